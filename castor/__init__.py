@@ -1,0 +1,61 @@
+"""castor: durable background tasks in your beaver-db file.
+
+    from beaver import BeaverDB
+    import castor
+
+    manager = castor.Manager(BeaverDB("app.db"))
+
+    @manager.task(mode="process")
+    def add(a, b):
+        return a + b
+
+    task = add.delay(1, 2)
+    task.join(timeout=5)   # 3, once a worker (castord) has run it
+"""
+
+from castor.errors import (
+    CastorError,
+    ConfigurationError,
+    DatabaseLockedError,
+    DuplicateTaskError,
+    JoinTimeout,
+    LeaseLostError,
+    SerializationError,
+    StoreError,
+    TaskCancelled,
+    TaskFailed,
+    TaskIdConflict,
+    TaskTimeout,
+    UnknownTaskError,
+    WorkerLost,
+)
+from castor.handle import Task
+from castor.manager import Manager
+from castor.states import TaskStatus
+from castor.task import Signature, TaskFunction
+from castor.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CastorError",
+    "ConfigurationError",
+    "DatabaseLockedError",
+    "DuplicateTaskError",
+    "JoinTimeout",
+    "LeaseLostError",
+    "Manager",
+    "SerializationError",
+    "Signature",
+    "StoreError",
+    "Task",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskFunction",
+    "TaskIdConflict",
+    "TaskStatus",
+    "TaskTimeout",
+    "UnknownTaskError",
+    "Worker",
+    "WorkerLost",
+]

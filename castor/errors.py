@@ -1,0 +1,80 @@
+"""castor's error tree: one root, a few precise leaves."""
+
+from __future__ import annotations
+
+
+class CastorError(Exception):
+    """Root of every error castor raises on purpose."""
+
+
+class ConfigurationError(CastorError, ValueError):
+    """A task definition or Manager option is wrong; the message says how to fix it."""
+
+
+class DuplicateTaskError(ConfigurationError):
+    """Two functions were registered under the same task name."""
+
+
+class UnknownTaskError(CastorError, LookupError):
+    """A task name that this process has no function for."""
+
+
+class SerializationError(CastorError, TypeError):
+    """Arguments or a result cannot be encoded by the Manager's serializer."""
+
+
+class StoreError(CastorError):
+    """The database file cannot be used (not SQLite, corrupt, read-only, locked)."""
+
+
+class DatabaseLockedError(StoreError):
+    """Another connection held the write lock for longer than the Manager's lock timeout."""
+
+
+class LeaseLostError(CastorError):
+    """A worker tried to settle or renew a task whose lease it no longer holds."""
+
+
+class JoinTimeout(CastorError, TimeoutError):
+    """`Task.join(timeout=...)` ran out of time before the task finished."""
+
+
+class TaskFailed(CastorError):
+    """A task failed and its own exception type could not be rebuilt here.
+
+    Carries the remote exception's type name, message and traceback text.
+    """
+
+    def __init__(self, exc_type: str, message: str, traceback: str = "", task_id: str = ""):
+        super().__init__(f"{exc_type}: {message}" if message else exc_type)
+        self.exc_type = exc_type
+        self.message = message
+        self.traceback = traceback
+        self.task_id = task_id
+
+
+class TaskCancelled(CastorError):
+    """The task was cancelled before it could finish."""
+
+
+class TaskTimeout(CastorError):
+    """A task ran past its `timeout=`."""
+
+
+class WorkerLost(CastorError):
+    """The worker running a task vanished too many times."""
+
+
+class RemoteTraceback(Exception):
+    """Attached as `__cause__` of a rebuilt exception so the worker's traceback shows."""
+
+    def __init__(self, traceback: str):
+        super().__init__(traceback)
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"\n\nTraceback from the worker:\n{self.traceback}"
+
+
+class TaskIdConflict(CastorError, ValueError):
+    """`apply_async(task_id=...)` named an id that is already in the database."""

@@ -1,0 +1,62 @@
+"""Running one claimed task's function and turning what happened into an Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from castor.errors import SerializationError, UnknownTaskError
+from castor.failures import describe, describe_message
+from castor.serialization import get_serializer
+from castor.states import TaskStatus
+from castor.store.base import TaskRecord
+
+if TYPE_CHECKING:
+    from castor.manager import Manager
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: TaskStatus
+    result: str | bytes | None = None
+    error: dict[str, Any] | None = None
+    duration: float = 0.0
+
+
+def execute(manager: Manager, record: TaskRecord) -> Outcome:
+    """Run the task's function; never raises for anything the task itself did."""
+    started = time.perf_counter()
+    task_fn = manager.registry.get(record.name)
+    if task_fn is None:
+        known = ", ".join(sorted(manager.registry)) or "none"
+        return Outcome(TaskStatus.FAILED, error=describe_message(
+            f"{UnknownTaskError.__module__}.{UnknownTaskError.__qualname__}",
+            f"no task named {record.name!r} is registered in this worker (known: {known}); "
+            "is the worker running the same code as the application?",
+        ))
+    serializer = get_serializer(record.serializer)
+    try:
+        args = serializer.loads(record.args)
+        kwargs = serializer.loads(record.kwargs)
+        value = task_fn.fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the task's failure is data
+        return Outcome(TaskStatus.FAILED, error=describe(exc), duration=time.perf_counter() - started)
+    duration = time.perf_counter() - started
+    try:
+        encoded = serializer.dumps(value)
+    except Exception as exc:  # noqa: BLE001
+        error = SerializationError(
+            f"the result of {record.name} ({type(value).__name__}) is not "
+            f"{serializer.name}-serializable: {exc}"
+        )
+        return Outcome(TaskStatus.FAILED, error=describe(error), duration=duration)
+    return Outcome(TaskStatus.SUCCESS, result=encoded, duration=duration)
+
+
+async def _await(value: Any) -> Any:
+    return await value

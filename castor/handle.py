@@ -1,0 +1,157 @@
+"""The Task handle returned by `.delay()`: status, result, join, resolve."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from castor.durations import from_epoch, to_seconds
+from castor.errors import JoinTimeout, TaskCancelled, UnknownTaskError
+from castor.failures import rebuild
+from castor.serialization import get_serializer
+from castor.states import TaskStatus
+from castor.store.base import TaskRecord
+
+if TYPE_CHECKING:
+    from castor.manager import Manager
+
+R = TypeVar("R")
+
+# join()/resolve() re-read the task at least this often even if no change
+# notification arrives (a safety net; notifications normally wake them at once).
+_RECHECK_SECONDS = 0.5
+
+
+class Task(Generic[R]):
+    """A handle on one stored task. Cheap to create; every read is fresh from the file."""
+
+    __slots__ = ("id", "_manager")
+
+    def __init__(self, manager: Manager, task_id: str):
+        self.id = task_id
+        self._manager = manager
+
+    # -- state -----------------------------------------------------------------
+
+    def info(self) -> TaskRecord:
+        """The whole stored record, as of now."""
+        record = self._manager.store.get(self.id)
+        if record is None:
+            raise UnknownTaskError(f"task {self.id} is not in the database (purged, or never enqueued)")
+        return record
+
+    def status(self) -> TaskStatus:
+        """"pending" | "running" | "success" | "failed" | "cancelled" (a str enum)."""
+        status = self._manager.store.status(self.id)
+        if status is None:
+            raise UnknownTaskError(f"task {self.id} is not in the database (purged, or never enqueued)")
+        return status
+
+    def __bool__(self) -> bool:
+        """True once the task has finished: success, failed or cancelled."""
+        return self.status().finished
+
+    @property
+    def name(self) -> str:
+        return self.info().name
+
+    @property
+    def attempts(self) -> int:
+        return self.info().attempts
+
+    @property
+    def enqueued_at(self) -> datetime:
+        return from_epoch(self.info().enqueued_at)  # type: ignore[return-value]
+
+    @property
+    def started_at(self) -> datetime | None:
+        return from_epoch(self.info().started_at)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return from_epoch(self.info().finished_at)
+
+    @property
+    def result(self) -> R | None:
+        """The result if the task succeeded, else None (use join() to wait or raise)."""
+        record = self.info()
+        if record.status != TaskStatus.SUCCESS:
+            return None
+        return self._decode_result(record)
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """For a failed task: {"type", "message", "traceback", "args"}; else None."""
+        return self.info().error
+
+    # -- waiting ---------------------------------------------------------------
+
+    def join(self, timeout: float | None = None) -> R:
+        """Block until the task finishes; return its result or raise its exception.
+
+        Raises `castor.JoinTimeout` (a TimeoutError) if `timeout` seconds pass first.
+        """
+        limit = to_seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        store = self._manager.store
+        while True:
+            seen = store.generation()
+            record = self.info()
+            if record.status.finished:
+                return self._outcome(record)
+            wait = _RECHECK_SECONDS
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._timeout(limit, record)
+                wait = min(wait, remaining)
+            store.wait_for_change(seen, wait)
+
+    async def resolve(self, timeout: float | None = None) -> R:
+        """`join` for asyncio: awaits without blocking the event loop."""
+        limit = to_seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        watch = self._manager.store.watch_async()
+        try:
+            while True:
+                record = self.info()
+                if record.status.finished:
+                    return self._outcome(record)
+                wait = _RECHECK_SECONDS
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise self._timeout(limit, record)
+                    wait = min(wait, remaining)
+                await watch.wait(wait)
+        finally:
+            watch.close()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _outcome(self, record: TaskRecord) -> R:
+        if record.status == TaskStatus.SUCCESS:
+            return self._decode_result(record)
+        if record.status == TaskStatus.CANCELLED:
+            raise TaskCancelled(f"task {self.id} ({record.name}) was cancelled")
+        raise rebuild(record.error or {}, self.id)
+
+    def _decode_result(self, record: TaskRecord) -> R:
+        if record.result is None:
+            return None  # type: ignore[return-value]
+        return get_serializer(record.serializer).loads(record.result)
+
+    def _timeout(self, limit: float | None, record: TaskRecord) -> JoinTimeout:
+        return JoinTimeout(
+            f"task {self.id} ({record.name}) is still {record.status} after {limit:g} s"
+        )
+
+    def __repr__(self) -> str:
+        return f"<castor.Task {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)

@@ -1,0 +1,83 @@
+"""castor's tables in the SQLite file, and forward-only migrations.
+
+castor never touches beaver-db's tables or `PRAGMA user_version`: its own
+version lives in `castor_meta`. Each migration runs in one write transaction
+that re-reads the version first, so two processes opening a new file at once
+apply it exactly once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from castor.errors import StoreError
+
+META_DDL = "CREATE TABLE IF NOT EXISTS castor_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+# Index N holds the statements that take the schema from version N to N+1.
+MIGRATIONS: list[list[str]] = [
+    [
+        """
+        CREATE TABLE castor_tasks (
+            id            TEXT PRIMARY KEY,
+            task_name     TEXT NOT NULL,
+            queue         TEXT NOT NULL DEFAULT 'default',
+            mode          TEXT NOT NULL,
+            daemon        INTEGER NOT NULL DEFAULT 0,
+            status        TEXT NOT NULL,
+            priority      INTEGER NOT NULL DEFAULT 0,
+            serializer    TEXT NOT NULL,
+            args          BLOB,
+            kwargs        BLOB,
+            enqueued_at   REAL NOT NULL,
+            eta           REAL NOT NULL,
+            started_at    REAL,
+            finished_at   REAL,
+            result        BLOB,
+            error         TEXT,
+            attempts      INTEGER NOT NULL DEFAULT 0,
+            lost          INTEGER NOT NULL DEFAULT 0,
+            owner         TEXT,
+            lease_expires REAL,
+            options       TEXT
+        )
+        """,
+        # Claim order: best priority first, then oldest ETA; only pending rows.
+        """CREATE INDEX castor_tasks_ready
+           ON castor_tasks (mode, priority DESC, eta) WHERE status = 'pending'""",
+        # "Is anything due?" and "when is the next ETA?" for idle workers.
+        "CREATE INDEX castor_tasks_due ON castor_tasks (mode, eta) WHERE status = 'pending'",
+        # Expired leases, and renewing one owner's leases.
+        "CREATE INDEX castor_tasks_leases ON castor_tasks (lease_expires) WHERE status = 'running'",
+        "CREATE INDEX castor_tasks_owner ON castor_tasks (owner) WHERE status = 'running'",
+        # Listing and counting by status / name / queue.
+        "CREATE INDEX castor_tasks_status ON castor_tasks (status, task_name, queue)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM castor_meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to SCHEMA_VERSION; call inside BEGIN IMMEDIATE."""
+    conn.execute(META_DDL)
+    version = current_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has castor schema version {version}, newer than this castor "
+            f"understands ({SCHEMA_VERSION}); upgrade castor"
+        )
+    for step in MIGRATIONS[version:]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO castor_meta (key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (str(SCHEMA_VERSION),),
+    )
+    return version

@@ -1,0 +1,408 @@
+"""The SQLite store: castor's own tables in the user's beaver-db file.
+
+Design notes (docs/design.md has the long form):
+
+* One connection per process, shared by its threads under a lock, re-opened
+  when the pid changes (a connection must never cross a fork; the inherited
+  one is abandoned, not closed, so the parent's locks stay intact).
+* Autocommit; multi-statement writes use BEGIN IMMEDIATE so they take the
+  write lock up front and never hit a lock upgrade failure.
+* SQLite's own busy handler sleeps in whole milliseconds; castor instead sets
+  no busy timeout and retries on SQLITE_BUSY with a short exponential backoff,
+  up to `lock_timeout`, then raises DatabaseLockedError. Both castor and a
+  beaver-db app in the same file then see waits, never "database is locked".
+* Idle reads first: a worker only takes the write lock to claim once a read
+  has seen something claimable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
+from castor.failures import describe_message
+from castor.states import TaskStatus
+from castor.store import schema
+from castor.store.base import NewTask, Query, Store, TaskRecord
+from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
+
+T = TypeVar("T")
+
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+_COLUMNS = (
+    "id, task_name, queue, mode, daemon, status, priority, serializer, args, kwargs, "
+    "enqueued_at, eta, started_at, finished_at, result, error, attempts, lost, owner, "
+    "lease_expires, options"
+)
+
+_INSERT = (
+    "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
+    "args, kwargs, enqueued_at, eta, options) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
+    (id_, name, queue, mode, daemon, status, priority, serializer, args, kwargs, enqueued_at, eta,
+     started_at, finished_at, result, error, attempts, lost, owner, lease_expires, options) = row
+    return TaskRecord(
+        id=id_, name=name, queue=queue, mode=mode, daemon=bool(daemon), status=TaskStatus(status),
+        priority=priority, serializer=serializer, args=args, kwargs=kwargs,
+        enqueued_at=enqueued_at, eta=eta, started_at=started_at, finished_at=finished_at,
+        result=result, error=json.loads(error) if error else None, attempts=attempts, lost=lost,
+        owner=owner, lease_expires=lease_expires, options=json.loads(options) if options else {},
+    )
+
+
+def _insert_params(task: NewTask) -> tuple[Any, ...]:
+    return (
+        task.id, task.name, task.queue, task.mode, int(task.daemon), task.priority,
+        task.serializer, task.args, task.kwargs, task.enqueued_at, task.eta,
+        json.dumps(task.options) if task.options else None,
+    )
+
+
+def _where(query: Query) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for column, value in (("status", query.status), ("task_name", query.name), ("queue", query.queue)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(str(value))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _queue_filter(queues: Sequence[str] | None) -> tuple[str, list[str]]:
+    if not queues:
+        return "", []
+    return f" AND queue IN ({', '.join('?' * len(queues))})", list(queues)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str, *, lock_timeout: float = 30.0, durable: bool = False):
+        self.path = os.path.abspath(os.fspath(path))
+        self.lock_timeout = lock_timeout
+        self.durable = durable
+        self._pid = -1
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._notifier: ChangeNotifier | None = None
+        self._probe: VersionProbe | None = None
+        self._closed = False
+        with self._locked() as conn:
+            self._write_txn(conn, schema.migrate)
+
+    # -- connection management -------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            # A fresh process (or a forked child): forget, don't close, what was inherited.
+            self._lock = threading.RLock()
+            self._conn = None
+            self._notifier = None
+            self._probe = None
+            self._pid = os.getpid()
+        if self._closed:
+            raise StoreError(f"the castor store for {self.path} is closed")
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise StoreError(f"cannot open {self.path}: directory {directory} does not exist")
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False,
+                cached_statements=64,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            self._retry(lambda: self._configure(conn))
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(_explain_open_error(self.path, exc)) from exc
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        with self._lock:
+            try:
+                yield conn
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise
+                raise StoreError(_explain_open_error(self.path, exc)) from exc
+
+    def _retry(self, operation: Callable[[], T]) -> T:
+        deadline: float | None = None
+        delay = 0.0001
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.lock_timeout
+                elif now >= deadline:
+                    raise DatabaseLockedError(
+                        f"{self.path} stayed locked by another writer for more than "
+                        f"{self.lock_timeout:g} s; nothing was changed. A long write "
+                        "transaction in another program holds it."
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
+
+    def _write_txn(self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+        def attempt() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = body(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return out
+
+        return self._retry(attempt)
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One autocommit statement with busy retry; returns all its rows."""
+        with self._locked() as conn:
+            return self._retry(lambda: conn.execute(sql, params).fetchall())
+
+    # -- producing ---------------------------------------------------------------
+
+    def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        if not tasks:
+            return
+        with self._locked() as conn:
+            try:
+                if len(tasks) == 1:
+                    self._retry(lambda: conn.execute(_INSERT, _insert_params(tasks[0])))
+                else:
+                    rows = [_insert_params(t) for t in tasks]
+                    self._write_txn(conn, lambda c: c.executemany(_INSERT, rows))
+            except sqlite3.IntegrityError as exc:
+                raise TaskIdConflict(
+                    f"a task with this id already exists ({exc}); task ids must be unique"
+                ) from exc
+
+    # -- consuming ---------------------------------------------------------------
+
+    def claim(
+        self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
+    ) -> list[TaskRecord]:
+        qsql, qparams = _queue_filter(queues)
+        if self._execute(
+            "SELECT 1 FROM castor_tasks WHERE status = 'running' AND lease_expires < ? LIMIT 1", (now,)
+        ):
+            self.recover_expired(now=now, max_lost=3)
+        due = self._execute(
+            f"SELECT 1 FROM castor_tasks WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql} LIMIT 1",
+            (mode, now, *qparams),
+        )
+        if not due:
+            return []
+        rows = self._execute(
+            f"""UPDATE castor_tasks
+                   SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
+                       attempts = attempts + 1
+                 WHERE id IN (SELECT id FROM castor_tasks
+                               WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql}
+                               ORDER BY priority DESC, eta, rowid LIMIT ?)
+             RETURNING {_COLUMNS}""",
+            (owner, now + lease, now, mode, now, *qparams, limit),
+        )
+        records = [_row_to_record(r) for r in rows]
+        records.sort(key=lambda r: (-r.priority, r.eta))
+        return records
+
+    def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
+        rows = self._execute(
+            f"""UPDATE castor_tasks
+                   SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
+                       attempts = attempts + 1
+                 WHERE id = ? AND status = 'pending'
+             RETURNING {_COLUMNS}""",
+            (owner, now + lease, now, task_id),
+        )
+        return _row_to_record(rows[0]) if rows else None
+
+    def renew(self, owner: str, *, lease: float, now: float) -> int:
+        rows = self._execute(
+            "UPDATE castor_tasks SET lease_expires = ? WHERE status = 'running' AND owner = ? RETURNING 1",
+            (now + lease, owner),
+        )
+        return len(rows)
+
+    def settle(
+        self,
+        task_id: str,
+        owner: str,
+        attempt: int,
+        status: TaskStatus,
+        *,
+        result: str | bytes | None = None,
+        error: dict[str, Any] | None = None,
+        now: float,
+    ) -> bool:
+        rows = self._execute(
+            """UPDATE castor_tasks
+                  SET status = ?, result = ?, error = ?, finished_at = ?, lease_expires = NULL
+                WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
+            RETURNING 1""",
+            (str(status), result, json.dumps(error) if error else None, now, task_id, owner, attempt),
+        )
+        return bool(rows)
+
+    def requeue(self, task_id: str, owner: str, attempt: int, *, count_attempt: bool) -> bool:
+        rows = self._execute(
+            """UPDATE castor_tasks
+                  SET status = 'pending', lease_expires = NULL, attempts = attempts - ?
+                WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
+            RETURNING 1""",
+            (0 if count_attempt else 1, task_id, owner, attempt),
+        )
+        return bool(rows)
+
+    def recover_expired(self, *, now: float, max_lost: int) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            error = json.dumps(describe_message(
+                "castor.errors.WorkerLost",
+                f"the worker running this task was lost {max_lost} times (its lease expired); "
+                "giving up",
+            ))
+            failed = conn.execute(
+                """UPDATE castor_tasks
+                      SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL,
+                          lost = lost + 1
+                    WHERE status = 'running' AND lease_expires < ? AND lost + 1 >= ?""",
+                (error, now, now, max_lost),
+            ).rowcount
+            requeued = conn.execute(
+                """UPDATE castor_tasks
+                      SET status = 'pending', lease_expires = NULL, lost = lost + 1
+                    WHERE status = 'running' AND lease_expires < ?""",
+                (now,),
+            ).rowcount
+            return failed + requeued
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
+    # -- reading -----------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        rows = self._execute(f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = ?", (task_id,))
+        return _row_to_record(rows[0]) if rows else None
+
+    def status(self, task_id: str) -> TaskStatus | None:
+        rows = self._execute("SELECT status FROM castor_tasks WHERE id = ?", (task_id,))
+        return TaskStatus(rows[0][0]) if rows else None
+
+    def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+        where, params = _where(query)
+        sql = f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, rowid DESC"
+        sql += " LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
+        return [_row_to_record(r) for r in self._execute(sql, params)]
+
+    def count(self, query: Query) -> int:
+        where, params = _where(query)
+        return self._execute(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0]
+
+    def counts_by_status(self) -> dict[TaskStatus, int]:
+        counts = {s: 0 for s in TaskStatus}
+        for status, n in self._execute("SELECT status, count(*) FROM castor_tasks GROUP BY status"):
+            counts[TaskStatus(status)] = n
+        return counts
+
+    def next_due(self, *, mode: str, now: float) -> float | None:
+        eta = self._execute(
+            "SELECT min(eta) FROM castor_tasks WHERE status = 'pending' AND mode = ?", (mode,)
+        )[0][0]
+        lease = self._execute(
+            "SELECT min(lease_expires) FROM castor_tasks WHERE status = 'running'"
+        )[0][0]
+        times = [t for t in (eta, lease) if t is not None]
+        return min(times) if times else None
+
+    # -- waiting -----------------------------------------------------------------
+
+    def _ensure_notifier(self) -> ChangeNotifier:
+        self._connection()
+        with self._lock:
+            if self._notifier is None:
+                self._notifier = ChangeNotifier(wal_path(self.path), self._ensure_probe())
+            return self._notifier
+
+    def _ensure_probe(self) -> VersionProbe:
+        if self._probe is None:
+            self._probe = VersionProbe(self.path)
+        return self._probe
+
+    def generation(self) -> int:
+        return self._ensure_notifier().generation
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        return self._ensure_notifier().wait(seen, timeout)
+
+    def watch_async(self) -> AsyncWatch:
+        self._connection()
+        with self._lock:
+            probe = self._ensure_probe()
+        return AsyncWatch(wal_path(self.path), probe)
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            self._closed = True
+            return
+        with self._lock:
+            if self._notifier is not None:
+                self._notifier.close()
+            if self._probe is not None:
+                self._probe.close()
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._notifier = self._probe = None
+            self._closed = True
+
+
+def _explain_open_error(path: str, exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return f"{path} is not a usable SQLite database ({text}); point castor at a beaver-db file"
+    if "readonly" in text or "read-only" in text:
+        return f"{path} is read-only ({text}); castor needs to write to the file and its directory"
+    if "unable to open" in text:
+        return f"cannot open {path} ({text}); check that the directory exists and is writable"
+    if "disk is full" in text or "full" in text:
+        return f"cannot write to {path}: the disk is full ({text}); no task was changed"
+    return f"database error on {path}: {text}"

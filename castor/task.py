@@ -1,0 +1,153 @@
+"""What `@manager.task(...)` returns: the function, plus delay/apply_async/s."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from castor.errors import ConfigurationError
+from castor.handle import Task
+
+if TYPE_CHECKING:
+    from castor.manager import Manager
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MODES = ("thread", "process")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """A task's defaults, validated once at decoration time."""
+
+    name: str
+    mode: str
+    daemon: bool = False
+    queue: str = "default"
+    priority: int = 0
+
+
+DECORATOR_OPTIONS = ("mode", "daemon", "name", "queue", "priority")
+CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id")
+
+
+def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOptions:
+    unknown = [k for k in options if k not in DECORATOR_OPTIONS]
+    if unknown:
+        raise ConfigurationError(_unknown_message("@manager.task", unknown[0], DECORATOR_OPTIONS))
+    mode = options.get("mode")
+    where = f"@manager.task on {getattr(fn, '__qualname__', fn)!r}"
+    if mode is None:
+        raise ConfigurationError(
+            f"{where}: mode is mandatory; write @manager.task(mode='thread') for I/O-bound "
+            "work or @manager.task(mode='process') for CPU-bound work"
+        )
+    if mode not in MODES:
+        raise ConfigurationError(f"{where}: mode must be 'thread' or 'process', not {mode!r}")
+    daemon = options.get("daemon", False)
+    if not isinstance(daemon, bool):
+        raise ConfigurationError(f"{where}: daemon must be True or False, not {daemon!r}")
+    name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+    if not isinstance(name, str):
+        raise ConfigurationError(f"{where}: name must be a string, not {name!r}")
+    return TaskOptions(
+        name=name, mode=mode, daemon=daemon,
+        queue=validate_queue(options.get("queue", "default"), where),
+        priority=validate_priority(options.get("priority", 0), where),
+    )
+
+
+def validate_queue(queue: Any, where: str) -> str:
+    if not isinstance(queue, str) or not queue.strip():
+        raise ConfigurationError(f"{where}: queue must be a non-empty string, not {queue!r}")
+    return queue
+
+
+def validate_priority(priority: Any, where: str) -> int:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ConfigurationError(f"{where}: priority must be an integer (higher runs first), not {priority!r}")
+    return priority
+
+
+def _unknown_message(where: str, option: str, valid: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(option, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{where}: unknown option {option!r}.{hint} Valid options: {', '.join(valid)}"
+
+
+class TaskFunction(Generic[P, R]):
+    """A registered task. Calling it runs the function inline; `.delay()` enqueues it."""
+
+    def __init__(self, manager: Manager, fn: Callable[P, R], options: TaskOptions):
+        self.manager = manager
+        self.fn = fn
+        self.options = options
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Task[R]:
+        """Enqueue with the task's defaults; durable once it returns."""
+        return self.manager._submit([self._new(args, kwargs, {})])[0]
+
+    def apply_async(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | float | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+    ) -> Task[R]:
+        """Enqueue with per-call options (Celery's spelling)."""
+        options = {"countdown": countdown, "eta": eta, "priority": priority, "queue": queue, "task_id": task_id}
+        return self.manager._submit([self._new(tuple(args), dict(kwargs or {}), options)])[0]
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A frozen call, to enqueue later or in a batch with manager.enqueue_many()."""
+        return Signature(self, args, kwargs)
+
+    def map(self, calls: Iterable[Iterable[Any]]) -> list[Task[R]]:
+        """Enqueue one task per argument tuple, in one transaction."""
+        return self.manager._submit([self._new(tuple(a), {}, {}) for a in calls])
+
+    def _new(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+        return self.manager._new_task(self, args, kwargs, options)
+
+    def __repr__(self) -> str:
+        return f"<castor task {self.name} mode={self.options.mode}>"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A task with its arguments (and per-call options) bound, not yet enqueued."""
+
+    task: TaskFunction[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def set(self, **options: Any) -> Signature:
+        unknown = [k for k in options if k not in CALL_OPTIONS]
+        if unknown:
+            raise ConfigurationError(_unknown_message("Signature.set", unknown[0], CALL_OPTIONS))
+        return Signature(self.task, self.args, self.kwargs, {**self.options, **options})
+
+    def delay(self) -> Task[Any]:
+        return self.apply_async()
+
+    def apply_async(self, **options: Any) -> Task[Any]:
+        merged = self.set(**options) if options else self
+        return merged.task.apply_async(merged.args, merged.kwargs, **merged.options)

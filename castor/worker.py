@@ -1,0 +1,239 @@
+"""The worker engine: claim → run → settle, in the current process.
+
+No process management here: castord's children each run one Worker, and a
+plain script can too (`Worker(manager, mode="process").run()`). `step()` does
+one claim → run → settle, for tests and for callers that own their loop.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from castor.durations import to_seconds
+from castor.errors import ConfigurationError
+from castor.execution import Outcome, execute
+from castor.logs import get_logger
+from castor.states import TaskStatus
+from castor.store.base import TaskRecord
+from castor.task import MODES
+
+if TYPE_CHECKING:
+    from castor.manager import Manager
+
+log = get_logger("castor.worker")
+
+# An idle worker re-checks the database at least this often (for expired
+# leases and anything a change notification missed); otherwise it sleeps.
+IDLE_RECHECK_SECONDS = 0.5
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+class Worker:
+    """Runs tasks of one mode: "process" (one at a time) or "thread" (a pool of `threads`)."""
+
+    def __init__(
+        self,
+        manager: Manager,
+        *,
+        mode: str = "process",
+        threads: int = 4,
+        queues: Sequence[str] | None = None,
+        lease: float = DEFAULT_LEASE_SECONDS,
+        owner: str | None = None,
+    ):
+        if mode not in MODES:
+            raise ConfigurationError(f"Worker mode must be 'thread' or 'process', not {mode!r}")
+        if not isinstance(threads, int) or threads < 1:
+            raise ConfigurationError(f"threads must be a positive integer, not {threads!r}")
+        self.manager = manager
+        self.store = manager.store
+        self.mode = mode
+        self.concurrency = 1 if mode == "process" else threads
+        self.queues = list(queues) if queues else None
+        self.lease = to_seconds(lease, "lease") or DEFAULT_LEASE_SECONDS
+        self._owner = owner
+        self._owner_pid = os.getpid() if owner else -1
+        self._stop = threading.Event()
+        self.done = 0  # tasks settled by this worker
+        self.running: dict[str, TaskRecord] = {}  # task id -> record, while it runs
+        self._running_lock = threading.Lock()
+
+    @property
+    def owner(self) -> str:
+        """This worker's lease-owner name: host, pid and a random suffix."""
+        if self._owner_pid != os.getpid():
+            self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self._owner_pid = os.getpid()
+        return self._owner  # type: ignore[return-value]
+
+    # -- one step ------------------------------------------------------------
+
+    def step(self, now: float | None = None) -> bool:
+        """Claim one due task, run it here, settle it. False if nothing was due."""
+        claims = self._claim(1, now)
+        if not claims:
+            return False
+        self.run_claimed(claims[0])
+        return True
+
+    def _claim(self, limit: int, now: float | None = None) -> list[TaskRecord]:
+        return self.store.claim(
+            self.owner, mode=self.mode, queues=self.queues, limit=limit, lease=self.lease,
+            now=time.time() if now is None else now,
+        )
+
+    def run_claimed(self, record: TaskRecord) -> Outcome:
+        """Run a task this worker has claimed and write its outcome."""
+        context = {"task_id": record.id, "task_name": record.name, "queue": record.queue,
+                   "attempt": record.attempts}
+        with self._running_lock:
+            self.running[record.id] = record
+        log.debug("task.started", **context)
+        try:
+            outcome = execute(self.manager, record)
+        finally:
+            with self._running_lock:
+                self.running.pop(record.id, None)
+        settled = self.store.settle(
+            record.id, self.owner, record.attempts, outcome.status,
+            result=outcome.result, error=outcome.error, now=time.time(),
+        )
+        self.done += 1
+        fields = {**context, "duration_ms": round(outcome.duration * 1000, 3), "status": str(outcome.status)}
+        if not settled:
+            # Our lease expired and the task went to another attempt: that one wins.
+            log.warning("task.settle_rejected", **fields)
+        elif outcome.status == TaskStatus.SUCCESS:
+            log.debug("task.succeeded", **fields)
+        else:
+            error = outcome.error or {}
+            log.info("task.failed", exc_type=error.get("type"), exc_message=error.get("message"), **fields)
+        return outcome
+
+    # -- the loop ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask run() to return: it stops claiming and finishes the tasks it holds."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, *, until_idle: bool = False) -> None:
+        """Work until stop() (or, with until_idle, until nothing is due)."""
+        keeper = LeaseKeeper(self)
+        keeper.start()
+        try:
+            if self.concurrency == 1:
+                self._run_serial(until_idle)
+            else:
+                self._run_pool(until_idle)
+        finally:
+            keeper.stop()
+
+    def _run_serial(self, until_idle: bool) -> None:
+        while not self._stop.is_set():
+            seen = self.store.generation()
+            if self.step():
+                continue
+            if until_idle:
+                return
+            self._wait_for_work(seen)
+
+    def _run_pool(self, until_idle: bool) -> None:
+        slots = threading.Semaphore(self.concurrency)
+        work: queue.SimpleQueue[TaskRecord | None] = queue.SimpleQueue()
+        threads = [
+            threading.Thread(target=self._pool_thread, args=(work, slots), name=f"castor-task-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while not self._stop.is_set():
+                if not slots.acquire(timeout=IDLE_RECHECK_SECONDS):
+                    continue
+                free = 1
+                while free < self.concurrency and slots.acquire(blocking=False):
+                    free += 1
+                seen = self.store.generation()
+                claims = self._claim(free)
+                for _ in range(free - len(claims)):
+                    slots.release()
+                for record in claims:
+                    work.put(record)
+                if claims:
+                    continue
+                if until_idle and self._idle(slots):
+                    return
+                self._wait_for_work(seen)
+        finally:
+            for _ in threads:
+                work.put(None)
+            for thread in threads:
+                thread.join()
+
+    def _idle(self, slots: threading.Semaphore) -> bool:
+        with self._running_lock:
+            return not self.running and self._free_slots(slots) == self.concurrency
+
+    def _free_slots(self, slots: threading.Semaphore) -> int:
+        return slots._value  # noqa: SLF001 - read-only peek, only for until_idle
+
+    def _pool_thread(self, work: queue.SimpleQueue[TaskRecord | None], slots: threading.Semaphore) -> None:
+        while (record := work.get()) is not None:
+            try:
+                self.run_claimed(record)
+            except Exception:  # noqa: BLE001 - a store error must not kill the pool thread
+                log.exception("worker.settle_error", task_id=record.id)
+            finally:
+                slots.release()
+
+    def _wait_for_work(self, seen: int) -> None:
+        now = time.time()
+        due = self.store.next_due(mode=self.mode, now=now)
+        timeout = IDLE_RECHECK_SECONDS if due is None else min(IDLE_RECHECK_SECONDS, max(0.0, due - now))
+        if timeout > 0:
+            self.store.wait_for_change(seen, timeout)
+
+
+class LeaseKeeper:
+    """Renews the worker's leases from its own thread, every lease/3 seconds."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="castor-lease-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        interval = self.worker.lease / 3
+        while not self._stop.wait(interval):
+            if not self.worker.running:
+                continue
+            try:
+                self.worker.store.renew(self.worker.owner, lease=self.worker.lease, now=time.time())
+            except Exception:  # noqa: BLE001 - try again next beat
+                log.exception("worker.renew_failed")
+
+
+def run_eagerly(manager: Manager, task_id: str) -> Any:
+    """Manager(eager=True): run a just-enqueued task inline, storing its outcome."""
+    worker = Worker(manager, mode="process", owner=f"eager:{os.getpid()}")
+    record = manager.store.claim_task(task_id, worker.owner, lease=worker.lease, now=time.time())
+    if record is not None:
+        worker.run_claimed(record)
