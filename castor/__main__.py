@@ -1,0 +1,43 @@
+"""`python -m castor APP`: run one worker engine in this process until SIGTERM/SIGINT.
+
+This is the plain-script way to run tasks (and what the tests use to start
+worker processes). Production deployments use castord, which supervises many.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from castor.app import AppLoadError, load_manager
+from castor.worker import Worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m castor", description=__doc__)
+    parser.add_argument("app", help="module.path:variable naming a castor.Manager")
+    parser.add_argument("--mode", choices=["process", "thread"], default="process")
+    parser.add_argument("--threads", type=int, default=4, help="pool size for --mode thread")
+    parser.add_argument("--queues", default=None, help="comma-separated queues to serve (default: all)")
+    parser.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
+    args = parser.parse_args(argv)
+    try:
+        manager = load_manager(args.app)
+    except AppLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    queues = [q for q in (args.queues or "").split(",") if q] or None
+    worker = Worker(manager, mode=args.mode, threads=args.threads, queues=queues, lease=args.lease)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    runner = threading.Thread(target=worker.run, name="castor-worker")
+    runner.start()
+    while runner.is_alive():
+        runner.join(0.2)  # the main thread stays free to take signals
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

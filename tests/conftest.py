@@ -1,0 +1,120 @@
+"""Shared fixtures: real beaver-db files in tmp dirs, worker processes stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import castor
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.01) -> object:
+    """Poll `predicate` until it is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "app.db")
+
+
+@pytest.fixture
+def manager(db_path: str) -> Iterator[castor.Manager]:
+    m = castor.Manager(db_path)
+    yield m
+    m.close()
+
+
+APP_TEMPLATE = '''
+import os, time
+import castor
+
+manager = castor.Manager(os.environ["CASTOR_TEST_DB"])
+
+@manager.task(mode="process", name="add")
+def add(a, b):
+    return a + b
+
+@manager.task(mode="thread", name="tadd")
+def tadd(a, b):
+    return a + b
+
+@manager.task(mode="process", name="slow")
+def slow(seconds, marker=None):
+    if marker:
+        open(marker, "a").write(f"{os.getpid()}\\n")
+    time.sleep(seconds)
+    return seconds
+
+@manager.task(mode="process", name="boom")
+def boom(message):
+    raise ValueError(message)
+'''
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path, db_path: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory holding `testapp.py` (a Manager on db_path with a few tasks)."""
+    (tmp_path / "testapp.py").write_text(textwrap.dedent(APP_TEMPLATE))
+    monkeypatch.setenv("CASTOR_TEST_DB", db_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("testapp", None)
+    yield tmp_path
+    sys.modules.pop("testapp", None)
+
+
+class Processes:
+    """Starts processes in their own session and stops exactly those, by pid."""
+
+    def __init__(self, cwd: Path):
+        self.cwd = cwd
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        full_env = {**os.environ, "PYTHONPATH": f"{self.cwd}{os.pathsep}{REPO}", **(env or {})}
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=self.cwd, env=full_env, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, app: str = "testapp:manager", *extra: str) -> subprocess.Popen[bytes]:
+        return self.start("-m", "castor", app, *extra)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            if proc.stdout:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def processes(app_dir: Path) -> Iterator[Processes]:
+    procs = Processes(app_dir)
+    yield procs
+    procs.stop_all()

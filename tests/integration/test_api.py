@@ -1,0 +1,358 @@
+"""The §2 library API against a real beaver-db file, workers stepped in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from beaver import BeaverDB
+
+import castor
+from castor import Worker
+
+
+@pytest.fixture
+def beaver(db_path):
+    db = BeaverDB(db_path)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def app(beaver):
+    manager = castor.Manager(beaver)
+
+    @manager.task(mode="process")
+    def add(a, b):
+        return a + b
+
+    @manager.task(mode="thread", daemon=False)
+    def echo(value):
+        return value
+
+    @manager.task(mode="process")
+    def fail(message):
+        raise KeyError(message)
+
+    @manager.task(mode="process")
+    def unserializable_result():
+        return {1, 2, 3}
+
+    yield manager, add, echo, fail, unserializable_result
+    manager.close()
+
+
+def drain(manager, mode="process"):
+    worker = Worker(manager, mode=mode)
+    while worker.step():
+        pass
+
+
+def test_seed_flow(app):
+    manager, add, *_ = app
+    task = add.delay(10, 20)
+    assert isinstance(task.id, str) and len(task.id) == 36
+    assert task.status() == "pending" and not task
+    drain(manager)
+    assert task and task.status() == "success"
+    assert task.join(timeout=5) == 30
+    assert task.result == 30 and task.error is None and task.attempts == 1
+    assert task.enqueued_at <= task.started_at <= task.finished_at
+    assert task.finished_at.tzinfo is timezone.utc
+    assert manager.get(task.id) == task and manager.get_task_by_id(task.id) == task
+    assert manager.get("no-such-id") is None
+    assert add(1, 2) == 3  # the plain call runs inline, enqueues nothing
+    assert manager.count() == 1
+
+
+def test_task_names_default_to_module_qualname(app):
+    manager, add, *_ = app
+    assert add.name.endswith("test_api.app.<locals>.add")
+    assert add.delay(1, 1).name == add.name
+
+
+def test_join_raises_the_tasks_own_exception(app):
+    manager, _, _, fail, _ = app
+    task = fail.delay("gone")
+    drain(manager)
+    assert task.status() == "failed"
+    with pytest.raises(KeyError) as info:
+        task.join(timeout=1)
+    assert info.value.args == ("gone",)
+    assert "raise KeyError(message)" in info.value.__cause__.traceback
+    assert task.error["type"] == "builtins.KeyError"
+
+
+def test_join_times_out_with_timeout_error(app):
+    _, add, *_ = app
+    task = add.delay(1, 2)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="still pending after 0.2 s"):
+        task.join(timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 1.5
+
+
+def test_join_wakes_promptly_when_another_thread_settles(app):
+    manager, add, *_ = app
+    task = add.delay(2, 3)
+    worker = Worker(manager, mode="process")
+    timer = threading.Timer(0.2, worker.step)
+    timer.start()
+    started = time.monotonic()
+    assert task.join(timeout=5) == 5
+    assert time.monotonic() - started < 0.45  # not the 0.5 s safety re-check
+    timer.join()
+
+
+def test_resolve_for_asyncio(app):
+    manager, add, *_ = app
+    task = add.delay(4, 5)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, Worker(manager, mode="process").step)
+        ticks = 0
+
+        async def ticker():  # proves the loop is not blocked while resolving
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.create_task(ticker())
+        result = await task.resolve(timeout=5)
+        tick_task.cancel()
+        return result, ticks
+
+    result, ticks = asyncio.run(main())
+    assert result == 9 and ticks >= 5
+
+
+def test_resolve_times_out(app):
+    _, add, *_ = app
+    task = add.delay(1, 1)
+    with pytest.raises(castor.JoinTimeout):
+        asyncio.run(task.resolve(timeout=0.1))
+
+
+def test_unserializable_arguments_enqueue_nothing(app):
+    manager, add, *_ = app
+    with pytest.raises(TypeError, match=r"argument 1 \(set\) is not json-serializable"):
+        add.delay(1, {2})
+    assert manager.count() == 0
+
+
+def test_unserializable_result_fails_the_task_and_the_worker_lives_on(app):
+    manager, add, _, _, bad = app
+    first, second = bad.delay(), add.delay(1, 1)
+    drain(manager)
+    with pytest.raises(castor.SerializationError, match="result of .*unserializable_result.*set"):
+        first.join(timeout=1)
+    assert second.join(timeout=1) == 2
+
+
+def test_unknown_task_name_fails_clearly(app, db_path):
+    manager, add, *_ = app
+    task = add.delay(1, 2)
+    other = castor.Manager(db_path)  # a worker that does not know `add`
+    drain(other)
+    with pytest.raises(castor.UnknownTaskError, match="no task named .*add.* is registered"):
+        task.join(timeout=1)
+    other.close()
+
+
+def test_listing_and_counting(app):
+    manager, add, echo, fail, _ = app
+    add.delay(1, 1)
+    fail.delay("x")
+    echo.apply_async(("hi",), queue="mail")
+    drain(manager)
+    assert manager.count() == 3
+    assert manager.count("pending") == 1 and manager.count("failed") == 1
+    assert manager.count(queue="mail") == 1 and manager.count(name=fail.name) == 1
+    assert manager.counts() == {"pending": 1, "running": 0, "success": 1, "failed": 1, "cancelled": 0}
+    assert [t.status() for t in manager.tasks("failed")] == ["failed"]
+    assert len(manager.tasks(limit=2)) == 2
+    with pytest.raises(ValueError, match="unknown task status 'done'"):
+        manager.count("done")
+
+
+def test_apply_async_options(app):
+    manager, add, *_ = app
+    later = add.apply_async((1, 1), countdown=60)
+    low = add.apply_async((1, 2), priority=-5)
+    high = add.apply_async((1, 3), priority=5)
+    named = add.apply_async((1, 4), task_id="my-own-id")
+    assert named.id == "my-own-id"
+    with pytest.raises(castor.TaskIdConflict):
+        add.apply_async((1, 5), task_id="my-own-id")
+    with pytest.raises(castor.ConfigurationError, match="eta or countdown"):
+        add.apply_async((1, 1), countdown=1, eta=time.time())
+    worker = Worker(manager, mode="process")
+    order = []
+    while worker.step():
+        order.append(next(t for t in (low, high, named) if t and t.id not in order).id)
+    assert order[0] == high.id and order[-1] == low.id
+    assert later.status() == "pending"  # its ETA is a minute away
+    assert worker.step(now=time.time() + 61) and later.join(timeout=1) == 2
+
+
+def test_eta_datetime(app):
+    manager, add, *_ = app
+    task = add.apply_async((2, 2), eta=datetime.now(timezone.utc) + timedelta(hours=1))
+    assert not Worker(manager, mode="process").step()
+    assert task.info().eta > time.time() + 3500
+
+
+def test_signatures_and_batches(app):
+    manager, add, *_ = app
+    tasks = manager.enqueue_many([add.s(i, i) for i in range(5)])
+    mapped = add.map([(1, 0), (2, 0)])
+    sig = add.s(7, 8).set(priority=3)
+    single = sig.delay()
+    drain(manager)
+    assert [t.join(1) for t in tasks] == [0, 2, 4, 6, 8]
+    assert [t.join(1) for t in mapped] == [1, 2]
+    assert single.join(1) == 15 and single.info().priority == 3
+    with pytest.raises(castor.ConfigurationError, match="unknown option 'prio'"):
+        add.s(1, 2).set(prio=1)
+
+
+def test_enqueue_many_is_all_or_nothing(app):
+    manager, add, *_ = app
+    with pytest.raises(TypeError):
+        manager.enqueue_many([add.s(1, 2), add.s(1, object())])
+    assert manager.count() == 0
+
+
+def test_thread_and_process_tasks_go_to_their_own_workers(app):
+    manager, add, echo, *_ = app
+    p, t = add.delay(1, 1), echo.delay("x")
+    assert Worker(manager, mode="thread").step()
+    assert t.status() == "success" and p.status() == "pending"
+    assert Worker(manager, mode="process").step()
+    assert p.status() == "success"
+
+
+def test_thread_pool_runs_many_tasks(app):
+    manager, _, echo, *_ = app
+    tasks = echo.map([(i,) for i in range(200)])
+    Worker(manager, mode="thread", threads=8).run(until_idle=True)
+    assert [t.join(timeout=1) for t in tasks] == list(range(200))
+
+
+def test_pickle_serializer(db_path):
+    manager = castor.Manager(db_path, serializer="pickle")
+
+    @manager.task(mode="process")
+    def span(a, b):
+        return {b - a}
+
+    task = span.delay(datetime(2020, 1, 1), datetime(2020, 1, 2))
+    drain(manager)
+    assert task.join(1) == {timedelta(days=1)}
+    manager.close()
+
+
+def test_eager_mode_runs_inline_and_stores(db_path):
+    manager = castor.Manager(db_path, eager=True)
+
+    @manager.task(mode="process")
+    def double(x):
+        if x < 0:
+            raise ValueError("negative")
+        return 2 * x
+
+    task = double.delay(21)
+    assert task.status() == "success" and task.join() == 42
+    bad = double.delay(-1)
+    with pytest.raises(ValueError, match="negative"):
+        bad.join()
+    manager.close()
+
+
+class TestDecorationErrors:
+    def test_missing_mode(self, manager):
+        with pytest.raises(castor.ConfigurationError, match="mode is mandatory"):
+            @manager.task
+            def f():
+                pass
+        with pytest.raises(castor.ConfigurationError, match="mode is mandatory"):
+            @manager.task()
+            def g():
+                pass
+
+    def test_bad_mode(self, manager):
+        with pytest.raises(castor.ConfigurationError, match="not 'async'"):
+            @manager.task(mode="async")
+            def f():
+                pass
+
+    def test_unknown_option(self, manager):
+        with pytest.raises(castor.ConfigurationError, match="unknown option 'deamon'"):
+            @manager.task(mode="thread", deamon=True)
+            def f():
+                pass
+
+    def test_duplicate_name(self, manager):
+        @manager.task(mode="thread", name="job")
+        def first():
+            pass
+
+        with pytest.raises(castor.DuplicateTaskError, match="'job' is already registered.*name="):
+            @manager.task(mode="thread", name="job")
+            def second():
+                pass
+
+
+class TestBadDatabase:
+    def test_not_sqlite(self, tmp_path):
+        path = tmp_path / "notes.db"
+        path.write_bytes(b"this is not a database, just text" * 100)
+        with pytest.raises(castor.StoreError, match="not a usable SQLite database"):
+            castor.Manager(str(path))
+        assert path.read_bytes().startswith(b"this is not a database")  # untouched
+
+    def test_corrupted_header(self, db_path):
+        m = castor.Manager(db_path)
+        m.close()
+        with open(db_path, "r+b") as f:
+            f.write(b"\x00" * 100)
+        with pytest.raises(castor.StoreError, match="not a usable SQLite database"):
+            castor.Manager(db_path)
+
+    def test_missing_directory(self, tmp_path):
+        with pytest.raises(castor.StoreError, match="does not exist"):
+            castor.Manager(str(tmp_path / "nope" / "app.db"))
+
+    def test_wrong_type(self):
+        with pytest.raises(castor.ConfigurationError, match="BeaverDB or a path"):
+            castor.Manager(42)
+
+    def test_memory_database_refused(self):
+        with pytest.raises(castor.ConfigurationError, match="':memory:' cannot be shared"):
+            castor.Manager(":memory:")
+
+    def test_locked_database_waits_then_says_so(self, db_path):
+        manager = castor.Manager(db_path, lock_timeout=0.3)
+
+        @manager.task(mode="thread")
+        def f():
+            pass
+
+        blocker = sqlite3.connect(db_path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(castor.DatabaseLockedError, match="locked by another writer for more than 0.3 s"):
+            f.delay()
+        assert time.monotonic() - started >= 0.3
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert manager.count() == 0
+        f.delay()
+        assert manager.count() == 1
+        manager.close()
