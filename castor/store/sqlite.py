@@ -103,8 +103,12 @@ class SQLiteStore(Store):
         self._notifier: ChangeNotifier | None = None
         self._probe: VersionProbe | None = None
         self._closed = False
-        with self._locked() as conn:
-            self._write_txn(conn, schema.migrate)
+        try:
+            with self._locked() as conn:
+                self._write_txn(conn, schema.migrate)
+        except BaseException:
+            self.close()
+            raise
 
     # -- connection management -------------------------------------------------
 
