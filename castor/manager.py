@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
+
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from castor.durations import to_epoch, to_seconds
 from castor.errors import ConfigurationError, DuplicateTaskError
 from castor.handle import Task
+from castor.ids import new_task_id
 from castor.serialization import encode_call, get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, open_store
@@ -105,7 +106,7 @@ class Manager:
             eta = now + (to_seconds(call["countdown"], "countdown") or 0.0)
         queue = opts.queue if call.get("queue") is None else validate_queue(call["queue"], where)
         priority = opts.priority if call.get("priority") is None else validate_priority(call["priority"], where)
-        task_id = call.get("task_id") or str(uuid.uuid4())
+        task_id = call.get("task_id") or new_task_id()
         if not isinstance(task_id, str):
             raise ConfigurationError(f"{where}: task_id must be a string, not {task_id!r}")
         encoded_args, encoded_kwargs = encode_call(self.serializer, fn.name, args, kwargs)

@@ -59,6 +59,8 @@ def encode_call(
 ) -> tuple[str | bytes, str | bytes]:
     """Encode a call's arguments, or raise SerializationError naming the one that fails."""
     try:
+        if not kwargs and serializer.name == "json":  # the common case, spared an encode
+            return serializer.dumps(list(args)), "{}"
         return serializer.dumps(list(args)), serializer.dumps(kwargs)
     except Exception as exc:  # noqa: BLE001 - re-raised with the culprit named
         raise SerializationError(_explain(serializer, task_name, args, kwargs, exc)) from exc

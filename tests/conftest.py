@@ -77,7 +77,9 @@ def app_dir(tmp_path: Path, db_path: str, monkeypatch: pytest.MonkeyPatch) -> Pa
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("testapp", None)
     yield tmp_path
-    sys.modules.pop("testapp", None)
+    module = sys.modules.pop("testapp", None)
+    if module is not None:  # a test imported the app: close its Manager
+        module.manager.close()
 
 
 class Processes:

@@ -139,6 +139,9 @@ class Store(ABC):
     def next_due(self, *, mode: str, now: float) -> float | None:
         """The earliest future time something may become claimable (ETA or lease expiry)."""
 
+    def checkpoint(self) -> None:
+        """Housekeeping a worker runs from its background thread (default: none)."""
+
     @abstractmethod
     def generation(self) -> int:
         """A counter that moves when the database may have changed (see wait_for_change)."""
