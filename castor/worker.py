@@ -7,6 +7,7 @@ one claim → run → settle, for tests and for callers that own their loop.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import socket
@@ -21,18 +22,22 @@ from castor.errors import ConfigurationError
 from castor.execution import Outcome, execute
 from castor.logs import get_logger
 from castor.states import TaskStatus
-from castor.store.base import TaskRecord
+from castor.store.base import Settlement, TaskRecord
 from castor.task import MODES
 
 if TYPE_CHECKING:
     from castor.manager import Manager
 
 log = get_logger("castor.worker")
+_stdlib_log = logging.getLogger("castor.worker")
 
 # An idle worker re-checks the database at least this often (for expired
 # leases and anything a change notification missed); otherwise it sleeps.
 IDLE_RECHECK_SECONDS = 0.5
 DEFAULT_LEASE_SECONDS = 30.0
+# How often a worker looks for expired leases (of any worker) to recover.
+RECOVERY_SECONDS = 1.0
+MAX_WORKER_LOSSES = 3
 CHECKPOINT_SECONDS = 1.0
 
 
@@ -63,8 +68,11 @@ class Worker:
         self._owner_pid = os.getpid() if owner else -1
         self._stop = threading.Event()
         self.done = 0  # tasks settled by this worker
-        self.running: dict[str, TaskRecord] = {}  # task id -> record, while it runs
+        self.running: dict[str, TaskRecord] = {}  # task id -> record, until settled
         self._running_lock = threading.Lock()
+        self._durations: dict[str, float] = {}
+        self._hot = False  # the last round claimed something: skip the read-first check
+        self._next_recovery = 0.0
 
     @property
     def owner(self) -> str:
@@ -91,32 +99,71 @@ class Worker:
         )
 
     def run_claimed(self, record: TaskRecord) -> Outcome:
-        """Run a task this worker has claimed and write its outcome."""
-        context = {"task_id": record.id, "task_name": record.name, "queue": record.queue,
-                   "attempt": record.attempts}
+        """Run a task this worker has claimed and write its outcome at once."""
+        outcome, settlement = self._execute(record)
+        accepted = self.store.settle(
+            settlement.task_id, settlement.owner, settlement.attempt, settlement.status,
+            result=settlement.result, error=settlement.error, now=settlement.finished_at,
+        )
+        self._settled(settlement, accepted)
+        return outcome
+
+    def _execute(self, record: TaskRecord) -> tuple[Outcome, Settlement]:
         with self._running_lock:
             self.running[record.id] = record
-        log.debug("task.started", **context)
-        try:
-            outcome = execute(self.manager, record)
-        finally:
-            with self._running_lock:
-                self.running.pop(record.id, None)
-        settled = self.store.settle(
-            record.id, self.owner, record.attempts, outcome.status,
-            result=outcome.result, error=outcome.error, now=time.time(),
+        if _debug_enabled():
+            log.debug("task.started", task_id=record.id, task_name=record.name, queue=record.queue,
+                      attempt=record.attempts)
+        outcome = execute(self.manager, record)
+        settlement = Settlement(
+            task_id=record.id, owner=self.owner, attempt=record.attempts, status=outcome.status,
+            result=outcome.result, error=outcome.error, finished_at=time.time(),
         )
+        self._durations[record.id] = outcome.duration
+        return outcome, settlement
+
+    def _settled(self, settlement: Settlement, accepted: bool) -> None:
+        """Bookkeeping and the log line once an outcome is written (or refused)."""
+        with self._running_lock:
+            record = self.running.pop(settlement.task_id, None)
+        duration = self._durations.pop(settlement.task_id, 0.0)
         self.done += 1
-        fields = {**context, "duration_ms": round(outcome.duration * 1000, 3), "status": str(outcome.status)}
-        if not settled:
+        fields = {
+            "task_id": settlement.task_id, "task_name": record.name if record else None,
+            "queue": record.queue if record else None, "attempt": settlement.attempt,
+            "duration_ms": round(duration * 1000, 3), "status": str(settlement.status),
+        }
+        if not accepted:
             # Our lease expired and the task went to another attempt: that one wins.
             log.warning("task.settle_rejected", **fields)
-        elif outcome.status == TaskStatus.SUCCESS:
-            log.debug("task.succeeded", **fields)
+        elif settlement.status == TaskStatus.SUCCESS:
+            if _debug_enabled():
+                log.debug("task.succeeded", **fields)
         else:
-            error = outcome.error or {}
+            error = settlement.error or {}
             log.info("task.failed", exc_type=error.get("type"), exc_message=error.get("message"), **fields)
-        return outcome
+
+    def _exchange(self, settlements: list[Settlement], limit: int) -> list[TaskRecord]:
+        """Write finished outcomes and claim up to `limit` more.
+
+        While work is flowing this is one transaction per round; when the last
+        round found nothing, a read checks for work before taking the write lock.
+        """
+        now = time.time()
+        if now >= self._next_recovery:
+            self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES)
+            self._next_recovery = now + RECOVERY_SECONDS
+        if settlements or self._hot:
+            accepted, claims = self.store.settle_and_claim(
+                settlements, self.owner, mode=self.mode, queues=self.queues, limit=limit,
+                lease=self.lease, now=now,
+            )
+            for settlement, ok in zip(settlements, accepted, strict=True):
+                self._settled(settlement, ok)
+        else:
+            claims = self._claim(limit, now) if limit > 0 else []
+        self._hot = bool(claims)
+        return claims
 
     # -- the loop ------------------------------------------------------------
 
@@ -141,19 +188,25 @@ class Worker:
             keeper.stop()
 
     def _run_serial(self, until_idle: bool) -> None:
-        while not self._stop.is_set():
+        finished: list[Settlement] = []
+        while True:
             seen = self.store.generation()
-            if self.step():
+            claims = self._exchange(finished, 0 if self._stop.is_set() else 1)
+            finished = []
+            if claims:
+                finished.append(self._execute(claims[0])[1])
                 continue
-            if until_idle:
+            if self._stop.is_set() or until_idle:
                 return
             self._wait_for_work(seen)
 
     def _run_pool(self, until_idle: bool) -> None:
         slots = threading.Semaphore(self.concurrency)
         work: queue.SimpleQueue[TaskRecord | None] = queue.SimpleQueue()
+        finished: queue.SimpleQueue[Settlement] = queue.SimpleQueue()
         threads = [
-            threading.Thread(target=self._pool_thread, args=(work, slots), name=f"castor-task-{i}", daemon=True)
+            threading.Thread(target=self._pool_thread, args=(work, finished, slots),
+                             name=f"castor-task-{i}", daemon=True)
             for i in range(self.concurrency)
         ]
         for thread in threads:
@@ -161,12 +214,13 @@ class Worker:
         try:
             while not self._stop.is_set():
                 if not slots.acquire(timeout=IDLE_RECHECK_SECONDS):
+                    self._exchange(_drain(finished), 0)
                     continue
                 free = 1
                 while free < self.concurrency and slots.acquire(blocking=False):
                     free += 1
                 seen = self.store.generation()
-                claims = self._claim(free)
+                claims = self._exchange(_drain(finished), free)
                 for _ in range(free - len(claims)):
                     slots.release()
                 for record in claims:
@@ -181,22 +235,21 @@ class Worker:
                 work.put(None)
             for thread in threads:
                 thread.join()
+            self._exchange(_drain(finished), 0)
 
     def _idle(self, slots: threading.Semaphore) -> bool:
         with self._running_lock:
-            return not self.running and self._free_slots(slots) == self.concurrency
+            return not self.running and slots._value == self.concurrency  # noqa: SLF001
 
-    def _free_slots(self, slots: threading.Semaphore) -> int:
-        return slots._value  # noqa: SLF001 - read-only peek, only for until_idle
-
-    def _pool_thread(self, work: queue.SimpleQueue[TaskRecord | None], slots: threading.Semaphore) -> None:
+    def _pool_thread(
+        self, work: queue.SimpleQueue[TaskRecord | None], finished: queue.SimpleQueue[Settlement],
+        slots: threading.Semaphore,
+    ) -> None:
         while (record := work.get()) is not None:
             try:
-                self.run_claimed(record)
-            except Exception:  # noqa: BLE001 - a store error must not kill the pool thread
-                log.exception("worker.settle_error", task_id=record.id)
+                finished.put(self._execute(record)[1])
             finally:
-                slots.release()
+                slots.release()  # after the put: the claimer then settles it at once
 
     def _wait_for_work(self, seen: int) -> None:
         now = time.time()
@@ -204,6 +257,21 @@ class Worker:
         timeout = IDLE_RECHECK_SECONDS if due is None else min(IDLE_RECHECK_SECONDS, max(0.0, due - now))
         if timeout > 0:
             self.store.wait_for_change(seen, timeout)
+
+
+def _debug_enabled() -> bool:
+    # structlog's level filter runs after the call is built; on the hot path
+    # the stdlib check (cached by logging) is much cheaper.
+    return _stdlib_log.isEnabledFor(logging.DEBUG)
+
+
+def _drain(finished: queue.SimpleQueue[Settlement]) -> list[Settlement]:
+    out = []
+    while True:
+        try:
+            out.append(finished.get_nowait())
+        except queue.Empty:
+            return out
 
 
 class LeaseKeeper:

@@ -60,6 +60,19 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Settlement:
+    """A finished attempt's outcome, to be written (fenced by owner and attempt)."""
+
+    task_id: str
+    owner: str
+    attempt: int
+    status: TaskStatus
+    result: str | bytes | None = None
+    error: dict[str, Any] | None = None
+    finished_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Query:
     """Filters for listing and counting tasks; None means any."""
 
@@ -90,6 +103,24 @@ class Store(ABC):
         """Move up to `limit` due tasks to running under `owner`'s lease, best first."""
 
     @abstractmethod
+    def settle_and_claim(
+        self,
+        settlements: Sequence[Settlement],
+        owner: str,
+        *,
+        mode: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> tuple[list[bool], list[TaskRecord]]:
+        """Write finished attempts and claim up to `limit` more, in one transaction.
+
+        The hot path of a busy worker: one commit per task instead of two.
+        Returns, per settlement, whether it was accepted, and the new claims.
+        """
+
+    @abstractmethod
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
         """Claim one named pending task (eager mode); None if it is not pending."""
 
@@ -117,7 +148,10 @@ class Store(ABC):
 
     @abstractmethod
     def recover_expired(self, *, now: float, max_lost: int) -> int:
-        """Return tasks whose lease expired to pending (or fail them after max_lost)."""
+        """Return tasks whose lease expired to pending (or fail them after max_lost).
+
+        Reads first and only takes the write lock when something has expired.
+        """
 
     @abstractmethod
     def get(self, task_id: str) -> TaskRecord | None: ...

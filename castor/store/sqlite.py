@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -30,7 +31,7 @@ from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
 from castor.failures import describe_message
 from castor.states import TaskStatus
 from castor.store import schema
-from castor.store.base import NewTask, Query, Store, TaskRecord
+from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
 T = TypeVar("T")
@@ -54,6 +55,39 @@ _INSERT = (
     "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
     "args, kwargs, enqueued_at, eta, options) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+_SETTLE = """UPDATE castor_tasks
+                 SET status = ?, result = ?, error = ?, finished_at = ?, lease_expires = NULL
+               WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
+           RETURNING 1"""
+
+
+def _settle_params(s: Settlement) -> tuple[Any, ...]:
+    return (str(s.status), s.result, json.dumps(s.error) if s.error else None, s.finished_at,
+            s.task_id, s.owner, s.attempt)
+
+
+def _claim_statement(
+    owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
+) -> tuple[str, tuple[Any, ...]]:
+    """Pick and lease the best due tasks in one statement (no race between workers)."""
+    qsql, qparams = _queue_filter(queues)
+    sql = f"""UPDATE castor_tasks
+                 SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
+                     attempts = attempts + 1
+               WHERE rowid IN (SELECT rowid FROM castor_tasks INDEXED BY castor_tasks_ready
+                                WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql}
+                                ORDER BY priority DESC, eta LIMIT ?)
+           RETURNING {_COLUMNS}"""
+    return sql, (owner, now + lease, now, mode, now, *qparams, limit)
+
+
+def _sorted(rows: list[tuple[Any, ...]]) -> list[TaskRecord]:
+    """RETURNING gives no order; hand claims out best first."""
+    records = [_row_to_record(r) for r in rows]
+    records.sort(key=lambda r: (-r.priority, r.eta))
+    return records
 
 
 def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
@@ -178,7 +212,8 @@ class SQLiteStore(Store):
 
     def _retry(self, operation: Callable[[], T]) -> T:
         deadline: float | None = None
-        delay = 0.0001
+        delay = 0.00005
+        tries = 0
         while True:
             try:
                 return operation()
@@ -194,8 +229,14 @@ class SQLiteStore(Store):
                         f"{self.lock_timeout:g} s; nothing was changed. A long write "
                         "transaction in another program holds it."
                     ) from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 0.005)
+                # The lock is usually held for tens of microseconds: yield a few
+                # times first, then back off (with jitter, so waiters spread out).
+                tries += 1
+                if tries <= 3:
+                    time.sleep(0)
+                else:
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 0.005)
 
     def _write_txn(self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
         def attempt() -> T:
@@ -250,10 +291,6 @@ class SQLiteStore(Store):
         self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
     ) -> list[TaskRecord]:
         qsql, qparams = _queue_filter(queues)
-        if self._execute(
-            f"SELECT 1 FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' AND lease_expires < ? LIMIT 1", (now,)
-        ):
-            self.recover_expired(now=now, max_lost=3)
         due = self._execute(
             "SELECT 1 FROM castor_tasks INDEXED BY castor_tasks_ready "
             f"WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql} LIMIT 1",
@@ -261,19 +298,27 @@ class SQLiteStore(Store):
         )
         if not due:
             return []
-        rows = self._execute(
-            f"""UPDATE castor_tasks
-                   SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
-                       attempts = attempts + 1
-                 WHERE rowid IN (SELECT rowid FROM castor_tasks INDEXED BY castor_tasks_ready
-                                  WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql}
-                                  ORDER BY priority DESC, eta LIMIT ?)
-             RETURNING {_COLUMNS}""",
-            (owner, now + lease, now, mode, now, *qparams, limit),
-        )
-        records = [_row_to_record(r) for r in rows]
-        records.sort(key=lambda r: (-r.priority, r.eta))
-        return records
+        return _sorted(self._execute(*_claim_statement(owner, mode, queues, limit, lease, now)))
+
+    def settle_and_claim(
+        self,
+        settlements: Sequence[Settlement],
+        owner: str,
+        *,
+        mode: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease: float,
+        now: float,
+    ) -> tuple[list[bool], list[TaskRecord]]:
+        def body(conn: sqlite3.Connection) -> tuple[list[bool], list[TaskRecord]]:
+            accepted = [bool(conn.execute(_SETTLE, _settle_params(s)).fetchall()) for s in settlements]
+            rows = conn.execute(*_claim_statement(owner, mode, queues, limit, lease, now)).fetchall() \
+                if limit > 0 else []
+            return accepted, _sorted(rows)
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
         rows = self._execute(
@@ -305,14 +350,8 @@ class SQLiteStore(Store):
         error: dict[str, Any] | None = None,
         now: float,
     ) -> bool:
-        rows = self._execute(
-            """UPDATE castor_tasks
-                  SET status = ?, result = ?, error = ?, finished_at = ?, lease_expires = NULL
-                WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
-            RETURNING 1""",
-            (str(status), result, json.dumps(error) if error else None, now, task_id, owner, attempt),
-        )
-        return bool(rows)
+        settlement = Settlement(task_id, owner, attempt, status, result, error, now)
+        return bool(self._execute(_SETTLE, _settle_params(settlement)))
 
     def requeue(self, task_id: str, owner: str, attempt: int, *, count_attempt: bool) -> bool:
         rows = self._execute(
@@ -347,6 +386,11 @@ class SQLiteStore(Store):
             ).rowcount
             return failed + requeued
 
+        if not self._execute(
+            f"SELECT 1 FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
+            "AND lease_expires < ? LIMIT 1", (now,)
+        ):
+            return 0
         with self._locked() as conn:
             return self._write_txn(conn, body)
 

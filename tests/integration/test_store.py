@@ -12,6 +12,7 @@ from beaver import BeaverDB
 import castor
 from castor.states import TaskStatus
 from castor.store import NewTask, Query, open_store
+from castor.store.base import Settlement
 from castor.store.schema import SCHEMA_VERSION
 
 
@@ -28,6 +29,7 @@ def store(db_path):
 
 
 def claim(store, owner="w1", *, now=1000.0, limit=1, lease=10.0, mode="process", queues=None):
+    store.recover_expired(now=now, max_lost=3)  # as a worker does before claiming
     return store.claim(owner, mode=mode, queues=queues, limit=limit, lease=lease, now=now)
 
 
@@ -52,6 +54,26 @@ def test_claim_sets_owner_lease_and_attempt_in_one_step(store):
     assert (rec.status, rec.owner, rec.lease_expires, rec.attempts, rec.started_at) == (
         TaskStatus.RUNNING, "w1", 1010.0, 1, 1000.0)
     assert claim(store, "w2", now=1005.0) == []  # held
+
+
+def test_settle_and_claim_is_one_transaction(store):
+    store.enqueue([new("a"), new("b")])
+    (a,) = claim(store, "w")
+    finished = Settlement("a", "w", a.attempts, TaskStatus.SUCCESS, result="1", finished_at=1001.0)
+    stale = Settlement("a", "w", a.attempts, TaskStatus.FAILED, finished_at=1001.0)
+    accepted, claims = store.settle_and_claim(
+        [finished, stale], "w", mode="process", queues=None, limit=5, lease=10.0, now=1001.0)
+    assert accepted == [True, False]  # the second write of the same attempt is refused
+    assert [r.id for r in claims] == ["b"]
+    assert store.get("a").status == TaskStatus.SUCCESS and store.get("a").result == "1"
+
+
+def test_recover_expired_reads_first(store):
+    store.enqueue([new("a")])
+    claim(store, "w", now=1000.0, lease=5.0)
+    assert store.recover_expired(now=1004.0, max_lost=3) == 0
+    assert store.recover_expired(now=1006.0, max_lost=3) == 1
+    assert store.get("a").status == TaskStatus.PENDING
 
 
 def test_batch_claim(store):
