@@ -52,4 +52,11 @@ def load_manager(app: str, *, cwd_on_path: bool = True) -> Manager:
             f"APP {app!r} is a {type(obj).__name__}, not a castor.Manager; "
             "point it at the object made by castor.Manager(db)"
         )
+    try:
+        obj.import_tasks()
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise AppLoadError(
+            f"APP {app!r}: importing its include= modules {list(obj.include)} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     return obj

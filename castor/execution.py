@@ -35,7 +35,8 @@ def execute(manager: Manager, record: TaskRecord) -> Outcome:
         return Outcome(TaskStatus.FAILED, error=describe_message(
             f"{UnknownTaskError.__module__}.{UnknownTaskError.__qualname__}",
             f"no task named {record.name!r} is registered in this worker (known: {known}); "
-            "is the worker running the same code as the application?",
+            "is the worker running the same code as the application, and does APP import the "
+            "module that defines it (or list it in Manager(..., include=[...]))?",
         ))
     serializer = get_serializer(record.serializer)
     try:

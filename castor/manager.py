@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 
@@ -36,12 +37,16 @@ class Manager:
         eager: bool = False,
         lock_timeout: float = 30.0,
         durable: bool = False,
+        include: Iterable[str] = (),
     ):
         self._db = db if not isinstance(db, (str, os.PathLike)) else None
         self.serializer = get_serializer(serializer)
         self.eager = eager
         self.store: Store = open_store(db, lock_timeout=lock_timeout, durable=durable)
         self.registry: dict[str, TaskFunction[..., Any]] = {}
+        # Modules that define tasks, imported by workers after loading APP
+        # (Celery's `include`): lets APP be a main.py that never imports them.
+        self.include = tuple(include)
 
     @property
     def path(self) -> str:
@@ -88,6 +93,11 @@ class Manager:
         task_fn: TaskFunction[..., Any] = TaskFunction(self, fn, task_options)
         self.registry[task_options.name] = task_fn
         return task_fn
+
+    def import_tasks(self) -> None:
+        """Import the `include=` modules so their tasks register (workers call this)."""
+        for module in self.include:
+            importlib.import_module(module)
 
     # -- enqueueing ----------------------------------------------------------
 

@@ -40,10 +40,12 @@ MIGRATIONS: list[list[str]] = [
             owner         TEXT,
             lease_expires REAL,
             options       TEXT
-        )
+        ) WITHOUT ROWID
         """,
+        # The table is keyed by its time-ordered id (WITHOUT ROWID: one B-tree
+        # fewer to write per enqueue than a rowid table with a unique id).
         # Pending rows, in claim order: best priority first, then oldest ETA
-        # (ties in enqueue order, via the rowid every index ends with). Claims
+        # (ties in enqueue order, via the id every index entry ends with). Claims
         # name it with INDEXED BY: without ANALYZE statistics the planner may
         # otherwise sort every due row for each claim.
         """CREATE INDEX castor_tasks_ready

@@ -76,7 +76,7 @@ def _claim_statement(
     sql = f"""UPDATE castor_tasks
                  SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
                      attempts = attempts + 1
-               WHERE rowid IN (SELECT rowid FROM castor_tasks INDEXED BY castor_tasks_ready
+               WHERE id IN (SELECT id FROM castor_tasks INDEXED BY castor_tasks_ready
                                 WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql}
                                 ORDER BY priority DESC, eta LIMIT ?)
            RETURNING {_COLUMNS}"""
@@ -406,7 +406,7 @@ class SQLiteStore(Store):
 
     def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
         where, params = _where(query)
-        sql = f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, rowid DESC"
+        sql = f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC"
         sql += " LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         return [_row_to_record(r) for r in self._execute(sql, params)]
