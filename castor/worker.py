@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from castor.durations import to_seconds
 from castor.errors import ConfigurationError
 from castor.execution import Outcome, execute
@@ -72,6 +74,7 @@ class Worker:
         self._running_lock = threading.Lock()
         self._durations: dict[str, float] = {}
         self._hot = False  # the last round claimed something: skip the read-first check
+        self._max_tasks: int | None = None
         self._next_recovery = 0.0
 
     @property
@@ -114,7 +117,12 @@ class Worker:
         if _debug_enabled():
             log.debug("task.started", task_id=record.id, task_name=record.name, queue=record.queue,
                       attempt=record.attempts)
-        outcome = execute(self.manager, record)
+        structlog.contextvars.bind_contextvars(
+            task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
+        try:
+            outcome = execute(self.manager, record)
+        finally:
+            structlog.contextvars.unbind_contextvars("task_id", "task_name", "queue", "attempt")
         settlement = Settlement(
             task_id=record.id, owner=self.owner, attempt=record.attempts, status=outcome.status,
             result=outcome.result, error=outcome.error, finished_at=time.time(),
@@ -175,8 +183,15 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def run(self, *, until_idle: bool = False) -> None:
-        """Work until stop() (or, with until_idle, until nothing is due)."""
+    def run(self, *, until_idle: bool = False, max_tasks: int | None = None) -> None:
+        """Work until stop() (or, with until_idle, until nothing is due).
+
+        With max_tasks, stop claiming after that many tasks (castord recycles
+        children this way). On return every non-daemon task this worker claimed
+        is settled; daemon tasks may still be running in pool threads (see
+        release_held()).
+        """
+        self._max_tasks = max_tasks
         keeper = LeaseKeeper(self)
         keeper.start()
         try:
@@ -191,6 +206,7 @@ class Worker:
         finished: list[Settlement] = []
         while True:
             seen = self.store.generation()
+            self._check_max_tasks()
             claims = self._exchange(finished, 0 if self._stop.is_set() else 1)
             finished = []
             if claims:
@@ -212,7 +228,7 @@ class Worker:
         for thread in threads:
             thread.start()
         try:
-            while not self._stop.is_set():
+            while not self._check_max_tasks():
                 if not slots.acquire(timeout=IDLE_RECHECK_SECONDS):
                     self._exchange(_drain(finished), 0)
                     continue
@@ -233,9 +249,29 @@ class Worker:
         finally:
             for _ in threads:
                 work.put(None)
-            for thread in threads:
-                thread.join()
+            # Settle everything non-daemon before returning; daemon tasks may be
+            # left running (the caller requeues them, see release_held()).
+            while self._holds_non_daemon():
+                try:
+                    first = [finished.get(timeout=IDLE_RECHECK_SECONDS)]
+                except queue.Empty:
+                    first = []
+                self._exchange(first + _drain(finished), 0)
             self._exchange(_drain(finished), 0)
+
+    def _holds_non_daemon(self) -> bool:
+        with self._running_lock:
+            return any(not r.daemon for r in self.running.values())
+
+    def _check_max_tasks(self) -> bool:
+        """True once the worker should stop claiming."""
+        if self._max_tasks is not None and self.done + len(self.running) >= self._max_tasks:
+            self._stop.set()
+        return self._stop.is_set()
+
+    def release_held(self) -> list[TaskRecord]:
+        """Requeue, without counting the attempt, every task this worker still holds."""
+        return self.store.release_owner(self.owner, count_attempt=False, max_lost=MAX_WORKER_LOSSES)
 
     def _idle(self, slots: threading.Semaphore) -> bool:
         with self._running_lock:

@@ -147,6 +147,27 @@ class Store(ABC):
         """Give a running task back to the queue (drain, crash); False if not held."""
 
     @abstractmethod
+    def release_owner(self, owner: str, *, count_attempt: bool, max_lost: int) -> list[TaskRecord]:
+        """Return every task `owner` still runs to pending, at once.
+
+        count_attempt=True: the owner died (lost += 1; after max_lost, fail with
+        WorkerLost). False: a drain stopped it (the attempt is not counted).
+        Returns the records as they were before release.
+        """
+
+    @abstractmethod
+    def record_daemon(self, daemon_id: str, *, host: str, pid: int, app: str, started_at: float,
+                      info: dict[str, Any], now: float) -> None:
+        """Upsert a castord master's heartbeat row."""
+
+    @abstractmethod
+    def remove_daemon(self, daemon_id: str) -> None: ...
+
+    @abstractmethod
+    def daemons(self) -> list[dict[str, Any]]:
+        """Every castord heartbeat row, freshest first."""
+
+    @abstractmethod
     def recover_expired(self, *, now: float, max_lost: int) -> int:
         """Return tasks whose lease expired to pending (or fail them after max_lost).
 
@@ -165,6 +186,10 @@ class Store(ABC):
 
     @abstractmethod
     def count(self, query: Query) -> int: ...
+
+    @abstractmethod
+    def pending_by_queue(self) -> dict[str, int]:
+        """Queue depth: pending tasks per queue."""
 
     @abstractmethod
     def counts_by_status(self) -> dict[TaskStatus, int]: ...

@@ -56,6 +56,21 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX castor_tasks_status
            ON castor_tasks (status, mode, eta) WHERE status != 'pending'""",
     ],
+    [
+        # One row per running castord master: its own heartbeat, what it runs.
+        # `castord status` and other castords on the same file read it.
+        """
+        CREATE TABLE castor_daemons (
+            id           TEXT PRIMARY KEY,
+            host         TEXT NOT NULL,
+            pid          INTEGER NOT NULL,
+            app          TEXT NOT NULL,
+            started_at   REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            info         TEXT
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

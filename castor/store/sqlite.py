@@ -363,13 +363,62 @@ class SQLiteStore(Store):
         )
         return bool(rows)
 
+    def release_owner(self, owner: str, *, count_attempt: bool, max_lost: int) -> list[TaskRecord]:
+        def body(conn: sqlite3.Connection) -> list[TaskRecord]:
+            held = [_row_to_record(r) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
+                "AND owner = ?", (owner,)).fetchall()]
+            if not held:
+                return held
+            if count_attempt:
+                conn.execute(
+                    f"""UPDATE castor_tasks
+                          SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL,
+                              lost = lost + 1
+                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ? AND lost + 1 >= ?""",
+                    (json.dumps(_worker_lost(max_lost)), time.time(), owner, max_lost),
+                )
+                conn.execute(
+                    f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1
+                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (owner,))
+            else:
+                conn.execute(
+                    f"""UPDATE castor_tasks
+                          SET status = 'pending', lease_expires = NULL, attempts = attempts - 1
+                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (owner,))
+            return held
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
+    def record_daemon(self, daemon_id: str, *, host: str, pid: int, app: str, started_at: float,
+                      info: dict[str, Any], now: float) -> None:
+        self._execute(
+            """INSERT INTO castor_daemons (id, host, pid, app, started_at, heartbeat_at, info)
+               VALUES (?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                                              info = excluded.info""",
+            (daemon_id, host, pid, app, started_at, now, json.dumps(info)),
+        )
+
+    def remove_daemon(self, daemon_id: str) -> None:
+        self._execute("DELETE FROM castor_daemons WHERE id = ?", (daemon_id,))
+
+    def daemons(self) -> list[dict[str, Any]]:
+        rows = self._execute(
+            "SELECT id, host, pid, app, started_at, heartbeat_at, info FROM castor_daemons "
+            "ORDER BY heartbeat_at DESC")
+        keys = ("id", "host", "pid", "app", "started_at", "heartbeat_at", "info")
+        out = []
+        for row in rows:
+            item = dict(zip(keys, row, strict=True))
+            item["info"] = json.loads(item["info"]) if item["info"] else {}
+            out.append(item)
+        return out
+
     def recover_expired(self, *, now: float, max_lost: int) -> int:
         def body(conn: sqlite3.Connection) -> int:
-            error = json.dumps(describe_message(
-                "castor.errors.WorkerLost",
-                f"the worker running this task was lost {max_lost} times (its lease expired); "
-                "giving up",
-            ))
+            error = json.dumps(_worker_lost(max_lost))
             failed = conn.execute(
                 """UPDATE castor_tasks
                       SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL,
@@ -414,6 +463,11 @@ class SQLiteStore(Store):
     def count(self, query: Query) -> int:
         where, params = _where(query)
         return self._execute(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0]
+
+    def pending_by_queue(self) -> dict[str, int]:
+        rows = self._execute(
+            "SELECT queue, count(*) FROM castor_tasks WHERE status = 'pending' GROUP BY queue")
+        return dict(rows)
 
     def counts_by_status(self) -> dict[TaskStatus, int]:
         # Two queries, one per partial index, so neither scans the table.
@@ -496,6 +550,14 @@ class SQLiteStore(Store):
                     conn.close()
             self._conn = self._notifier = self._probe = self._checkpointer = None
             self._closed = True
+
+
+def _worker_lost(max_lost: int) -> dict[str, Any]:
+    return describe_message(
+        "castor.errors.WorkerLost",
+        f"the worker running this task was lost {max_lost} times (it died, or its lease "
+        "expired); giving up",
+    )
 
 
 def _explain_open_error(path: str, exc: sqlite3.DatabaseError) -> str:

@@ -36,13 +36,13 @@ def main() -> int:
     started = time.monotonic()
     try:
         for task in fingerprints:
-            print(f"  fingerprint {task.id[:8]} -> {task.join(timeout=60)}")
+            print(f"  fingerprint {task.id[-8:]} -> {task.join(timeout=60)}")
         for task in payments:
-            print(f"  payment     {task.id[:8]} -> {task.join(timeout=60)}")
+            print(f"  payment     {task.id[-8:]} -> {task.join(timeout=60)}")
         try:
             bad.join(timeout=60)
         except ZeroDivisionError as exc:
-            print(f"  divide      {bad.id[:8]} -> raised ZeroDivisionError({exc}) as expected")
+            print(f"  divide      {bad.id[-8:]} -> raised ZeroDivisionError({exc}) as expected")
         print(f"all done in {time.monotonic() - started:.2f} s: {manager.counts()}")
         print(f"payments recorded in the app's beaver dict: {len(db.dict('payments'))}")
     finally:

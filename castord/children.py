@@ -1,0 +1,187 @@
+"""What runs inside a castord child: load APP, run one Worker, report heartbeats.
+
+Children are started from a clean fork server (never forked from the master,
+which has beaver-db's threads), import APP themselves, and talk to the master
+over one duplex pipe:
+
+    child -> master   ("ready", {...}) · ("beat", {...}) · ("boot_failed", message)
+                      · ("retiring", reason)
+    master -> child   "drain" (stop claiming; daemon tasks are abandoned at once)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from setproctitle import setproctitle
+
+from castor.app import AppLoadError, load_manager
+from castor.logs import get_logger
+from castor.worker import Worker
+
+PROCESS_WORKER = "process-worker"
+THREAD_HOST = "thread-host"
+
+# A child that could not load APP exits with this status (and says why first).
+EXIT_BOOT_FAILED = 3
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    role: str
+    index: int
+    generation: int
+    owner: str
+    app: str
+    threads: int
+    queues: tuple[str, ...] | None
+    lease: float
+    heartbeat_interval: float
+    max_tasks: int | None
+    max_memory_mb: int | None
+    log_format: str
+    log_level: str
+    log_file: str | None
+
+    @property
+    def mode(self) -> str:
+        return "process" if self.role == PROCESS_WORKER else "thread"
+
+    @property
+    def label(self) -> str:
+        return f"{self.role} {self.index}"
+
+
+def rss_kb(pid: int | str = "self") -> int:
+    """Resident set size from /proc (0 where unavailable)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Channel:
+    """The child's end of the pipe; sends are serialised across threads."""
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, kind: str, payload: Any = None) -> None:
+        with self._lock:
+            try:
+                self.conn.send((kind, payload))
+            except (OSError, EOFError, BrokenPipeError):
+                os._exit(0)  # the master is gone: nothing left to report to
+
+
+def child_main(spec: ChildSpec, conn: Any) -> None:
+    """Entry point in the child process."""
+    # The master coordinates shutdown: a terminal's Ctrl+C reaches the whole
+    # process group, and TTIN/TTOU would otherwise stop us.
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+    setproctitle(f"castord: {spec.label} booting {spec.app}")
+    from castord.logging import configure
+
+    configure(spec.role, fmt=spec.log_format, level=spec.log_level, log_file=spec.log_file)
+    log = get_logger("castord.child")
+    channel = Channel(conn)
+    try:
+        manager = load_manager(spec.app)
+    except AppLoadError as exc:
+        channel.send("boot_failed", str(exc))
+        os._exit(EXIT_BOOT_FAILED)
+    worker = Worker(
+        manager, mode=spec.mode, threads=max(1, spec.threads), queues=spec.queues,
+        lease=spec.lease, owner=spec.owner,
+    )
+    # A TERM sent to a child by hand drains just that child.
+    signal.signal(signal.SIGTERM, lambda *_: _drain(worker, spec))
+    Heartbeat(worker, spec, channel, log).start()
+    threading.Thread(target=_listen, args=(conn, worker, spec), name="castord-control", daemon=True).start()
+    channel.send("ready", {"pid": os.getpid(), "owner": spec.owner})
+    log.info("child.ready", child=spec.label, owner=spec.owner)
+    worker.run(max_tasks=spec.max_tasks)
+    if spec.max_tasks is not None and worker.done >= spec.max_tasks:
+        channel.send("retiring", f"max tasks per child ({spec.max_tasks}) reached")
+    # Daemon tasks still running in pool threads are requeued by the master.
+    logging_shutdown()
+    os._exit(0)
+
+
+def logging_shutdown() -> None:
+    import logging
+
+    logging.shutdown()
+
+
+def _listen(conn: Any, worker: Worker, spec: ChildSpec) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # master gone
+        if message == "drain":
+            _drain(worker, spec)
+
+
+def _drain(worker: Worker, spec: ChildSpec) -> None:
+    worker.stop()
+    if spec.role == PROCESS_WORKER and any(r.daemon for r in list(worker.running.values())):
+        # A daemon task may be stopped at once; the master requeues it (attempt
+        # not counted) when it sees us exit.
+        os._exit(0)
+
+
+class Heartbeat:
+    """Tells the master we are alive every interval, with what we are doing."""
+
+    def __init__(self, worker: Worker, spec: ChildSpec, channel: Channel, log: Any):
+        self.worker = worker
+        self.spec = spec
+        self.channel = channel
+        self.log = log
+        self._title = ""
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="castord-heartbeat", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self.beat()
+            time.sleep(self.spec.heartbeat_interval)
+
+    def beat(self) -> None:
+        running = [
+            {"id": r.id, "name": r.name, "daemon": r.daemon, "started_at": r.started_at}
+            for r in list(self.worker.running.values())
+        ]
+        rss = rss_kb()
+        self.channel.send("beat", {"running": running, "done": self.worker.done, "rss_kb": rss,
+                                   "stopping": self.worker.stopping})
+        self._set_title(running)
+        limit = self.spec.max_memory_mb
+        if limit is not None and rss > limit * 1024 and not self.worker.stopping:
+            self.log.warning("child.retiring", child=self.spec.label, reason="max memory per child",
+                             rss_mb=rss // 1024, limit_mb=limit)
+            self.channel.send("retiring", f"RSS {rss // 1024} MB over --max-memory-per-child {limit}")
+            self.worker.stop()
+
+    def _set_title(self, running: list[dict[str, Any]]) -> None:
+        if not running:
+            title = f"castord: {self.spec.label} idle"
+        elif self.spec.role == PROCESS_WORKER:
+            task = running[0]
+            title = f"castord: {self.spec.label} running {task['name']} {task['id'][-8:]}"
+        else:
+            title = f"castord: {self.spec.label} running {len(running)}/{self.spec.threads} threads"
+        if title != self._title:
+            setproctitle(title)
+            self._title = title

@@ -1,0 +1,96 @@
+"""Starting castord: detach if asked, set up logging, load APP, take the pidfile, supervise."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from castor.app import AppLoadError, load_manager
+from castor.errors import StoreError
+from castor.logs import get_logger
+from castord.config import Config
+from castord.errors import CastordError, ExitCode
+
+
+def run_daemon(config: Config) -> int:
+    ready_fd = _detach(config) if config.detach else None
+    from castord.logging import configure
+
+    sink = configure("master", fmt=config.log_format, level=config.log_level, log_file=config.log_file)
+    log = get_logger("castord.master")
+    started = time.monotonic()
+    try:
+        manager = load_manager(config.app)
+    except (AppLoadError, StoreError) as exc:
+        log.critical("castord.app_load_failed", app=config.app, error=str(exc))
+        print(f"castord: cannot load APP: {exc}", file=sys.stderr)
+        return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
+    log.info("castord.starting", app=config.app, workers=config.workers, threads=config.threads,
+             database=manager.path, load_s=round(time.monotonic() - started, 3))
+    from castord.pidfile import Pidfile
+
+    pidfile = Pidfile(config.pidfile) if config.pidfile else None
+    try:
+        if pidfile is not None:
+            pidfile.acquire()
+            from castord.control import write_sidecar
+
+            write_sidecar(pidfile.path, app=config.app, db_path=manager.path)
+    except CastordError as exc:
+        log.critical("castord.pidfile_refused", error=str(exc))
+        print(f"castord: {exc}", file=sys.stderr)
+        return _report(ready_fd, exc.exit_code)
+    from castord.supervisor import Supervisor
+
+    supervisor = Supervisor(config, manager, sink)
+    if ready_fd is not None:
+        supervisor.on_ready = lambda: _report(ready_fd, ExitCode.OK)
+    try:
+        code = supervisor.run()
+    finally:
+        if pidfile is not None:
+            from castord.control import remove_sidecar
+
+            remove_sidecar(pidfile.path)
+            pidfile.release()
+    return _report(ready_fd, code)
+
+
+def _report(ready_fd: int | None, code: int) -> int:
+    """Tell a waiting `castord start --detach` parent how the start went (once)."""
+    if ready_fd is not None:
+        try:
+            os.write(ready_fd, str(int(code)).encode())
+            os.close(ready_fd)
+        except OSError:
+            pass
+    return int(code)
+
+
+def _detach(config: Config) -> int:
+    """Classic double fork (before APP is loaded, so no threads exist yet).
+
+    The original process waits until the daemon reports READY or an exit code,
+    and exits with it, so `castord start --detach` fails visibly.
+    """
+    read_fd, write_fd = os.pipe()
+    if os.fork() > 0:
+        os.close(write_fd)
+        with os.fdopen(read_fd) as reader:
+            answer = reader.read(8)
+        code = int(answer) if answer.isdigit() else int(ExitCode.INTERNAL_ERROR)
+        if code == 0:
+            print(f"castord started in the background (pidfile {config.pidfile})")
+        else:
+            print(f"castord failed to start (exit {code}); see {config.log_file or 'its log'}", file=sys.stderr)
+        os._exit(code)
+    os.close(read_fd)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    return write_fd

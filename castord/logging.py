@@ -1,0 +1,60 @@
+"""Log output for castord's processes: JSON lines, or console rendering on a TTY.
+
+One handler on the root logger renders castor's structlog events and any stdlib
+`logging` record (task code's included, with the task's context bound) alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Any
+
+import structlog
+
+from castor.logs import SHARED_PROCESSORS, set_role
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class LogSink:
+    """The configured stream; reopen() after log rotation (SIGUSR1)."""
+
+    def __init__(self, log_file: str | None, handler: logging.StreamHandler[IO[str]]):
+        self.log_file = log_file
+        self.handler = handler
+
+    def reopen(self) -> None:
+        if self.log_file is None:
+            return
+        new_stream = open(self.log_file, "a", buffering=1)  # noqa: SIM115 - owned by the handler
+        old = self.handler.setStream(new_stream)
+        if old is not None and old not in (sys.stdout, sys.stderr):
+            old.close()
+
+
+def configure(role: str, *, fmt: str = "auto", level: str = "info", log_file: str | None = None) -> LogSink:
+    set_role(role)
+    stream: IO[str] = open(log_file, "a", buffering=1) if log_file else sys.stdout  # noqa: SIM115
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=SHARED_PROCESSORS,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # beaver-db and asyncio chatter stays at warning unless asked for.
+    for noisy in ("aiosqlite", "asyncio", "beaver"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    return LogSink(log_file, handler)

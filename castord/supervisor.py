@@ -1,0 +1,467 @@
+"""The master: a single loop that spawns, watches, drains and replaces children.
+
+It runs no task code. Signal handlers only record (castord/signals.py); every
+decision happens here, in one thread, between waits on the children's pipes,
+their process sentinels and the signal wake-up socket.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiprocess
+from multiprocess.connection import wait
+from setproctitle import setproctitle
+
+from castor.logs import get_logger
+from castor.manager import Manager
+from castord.children import EXIT_BOOT_FAILED, PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
+from castord.config import Config
+from castord.errors import ExitCode
+from castord.logging import LogSink
+from castord.notify import Notifier, watchdog_interval
+from castord.signals import Intent, SignalQueue, intent_for
+
+log = get_logger("castord.master")
+
+PRELOAD = ["castor", "castor.worker", "castord.children", "castord.logging", "beaver", "structlog"]
+MAX_BOOT_FAILURES = 5
+MAX_WORKER_LOSSES = 3
+KILL_GRACE_SECONDS = 2.0  # between SIGABRT and SIGKILL for an unresponsive child
+STATUS_SECONDS = 5.0
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    process: Any
+    conn: Any
+    spawned_at: float
+    last_beat: float
+    ready: bool = False
+    draining: bool = False
+    retiring: bool = False
+    boot_error: str | None = None
+    kill_deadline: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass
+class Slot:
+    """A place for one child; remembers restart backoff across its occupants."""
+
+    role: str
+    index: int
+    failures: int = 0
+    respawn_at: float = 0.0
+    child: Child | None = None
+    retired: bool = False  # shrunk away (TTOU) or the old generation of a reload
+
+
+class Supervisor:
+    def __init__(self, config: Config, manager: Manager, sink: LogSink | None = None):
+        self.config = config
+        self.manager = manager
+        self.sink = sink
+        self.state = State.RUNNING
+        self.generation = 0
+        self.slots: list[Slot] = []
+        self.signals = SignalQueue()
+        self.notifier = Notifier()
+        self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.started_at = time.time()
+        self.ready_sent = False
+        self.on_ready: Callable[[], object] | None = None  # `start --detach` waits for this
+        self.drain_deadline: float | None = None
+        self.exit_code = ExitCode.OK
+        self._next_record = 0.0
+        self._next_status = 0.0
+        self._watchdog = watchdog_interval()
+        self._next_watchdog = 0.0
+        self._ctx = multiprocess.get_context("forkserver")
+        self._ctx.set_forkserver_preload(PRELOAD)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def run(self) -> int:
+        self.signals.install()
+        setproctitle(self._title())
+        self._spawn_generation()
+        try:
+            while self._live_children() or self.state == State.RUNNING:
+                self._tick(self._wait())
+        finally:
+            self._finish()
+        return int(self.exit_code)
+
+    def _finish(self) -> None:
+        for slot in self.slots:
+            if slot.child is not None:
+                self._kill(slot.child, signal.SIGKILL)
+                slot.child.process.join(5)
+                self._release(slot.child, count_attempt=False)
+        try:
+            self.manager.store.remove_daemon(self.daemon_id)
+        except Exception:  # noqa: BLE001 - the row ages out anyway
+            log.exception("castord.cleanup_failed")
+        log.info("castord.stopped", exit_code=int(self.exit_code))
+        self.notifier.send(STATUS="stopped")
+        self.signals.close()
+
+    def _wait(self) -> list[Any]:
+        objects: list[Any] = [self.signals.wakeup]
+        for child in self._live_children():
+            objects.extend((child.conn, child.process.sentinel))
+        return wait(objects, timeout=self._timeout())
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [now + self.config.heartbeat_interval]
+        deadlines += [s.respawn_at for s in self.slots if s.child is None and not s.retired]
+        if self.drain_deadline is not None:
+            deadlines.append(self.drain_deadline)
+        return max(0.0, min(deadlines) - now)
+
+    def _tick(self, ready: list[Any]) -> None:
+        if self.signals.wakeup in ready:
+            self.signals.drain_wakeups()
+        for signum in self.signals.pop_all():
+            self._on_signal(signum)
+        for child in self._live_children():
+            if child.conn in ready:
+                self._read(child)
+        self._reap()
+        now = time.monotonic()
+        self._check_heartbeats(now)
+        self._check_drain_deadline(now)
+        if self.state == State.RUNNING:
+            self._respawn_due(now)
+        self._announce(now)
+
+    # -- spawning --------------------------------------------------------------
+
+    def _spawn_generation(self) -> None:
+        self.generation += 1
+        roles = [(PROCESS_WORKER, i) for i in range(self.config.workers)]
+        if self.config.threads > 0:
+            roles.append((THREAD_HOST, 0))
+        for role, index in roles:
+            slot = Slot(role, index)
+            self.slots.append(slot)
+            self._spawn(slot)
+
+    def _spawn(self, slot: Slot) -> None:
+        cfg = self.config
+        spec = ChildSpec(
+            role=slot.role, index=slot.index, generation=self.generation,
+            owner=f"{self.daemon_id}:{slot.role}-{slot.index}:{uuid.uuid4().hex[:6]}",
+            app=cfg.app, threads=cfg.threads, queues=cfg.queues, lease=cfg.lease,
+            heartbeat_interval=cfg.heartbeat_interval,
+            max_tasks=cfg.max_tasks_per_child if slot.role == PROCESS_WORKER else None,
+            max_memory_mb=cfg.max_memory_per_child if slot.role == PROCESS_WORKER else None,
+            log_format=cfg.log_format, log_level=cfg.log_level, log_file=cfg.log_file,
+        )
+        parent_end, child_end = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=child_main, args=(spec, child_end), name=spec.label, daemon=False)
+        process.start()
+        child_end.close()
+        now = time.monotonic()
+        slot.child = Child(spec, process, parent_end, spawned_at=now, last_beat=now)
+        log.info("child.spawned", child=spec.label, child_pid=process.pid, generation=self.generation)
+
+    def _respawn_due(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.child is None and not slot.retired and now >= slot.respawn_at:
+                self._spawn(slot)
+
+    # -- messages from children ------------------------------------------------
+
+    def _read(self, child: Child) -> None:
+        try:
+            while child.conn.poll():
+                kind, payload = child.conn.recv()
+                self._on_message(child, kind, payload)
+        except (EOFError, OSError):
+            pass  # the child is exiting; its sentinel tells us the rest
+
+    def _on_message(self, child: Child, kind: str, payload: Any) -> None:
+        child.last_beat = time.monotonic()
+        if kind == "ready":
+            child.ready = True
+            if child.draining:  # a drain was requested while it booted
+                self._send(child, "drain")
+        elif kind == "beat":
+            child.info = payload
+        elif kind == "boot_failed":
+            child.boot_error = payload
+        elif kind == "retiring":
+            child.retiring = True
+            log.info("child.retiring", child=child.spec.label, child_pid=child.pid, reason=payload)
+
+    def _send(self, child: Child, message: str) -> None:
+        try:
+            child.conn.send(message)
+        except (OSError, BrokenPipeError):
+            pass
+
+    # -- children that exit -----------------------------------------------------
+
+    def _reap(self) -> None:
+        for slot in self.slots:
+            child = slot.child
+            if child is None or child.process.is_alive():
+                continue
+            child.process.join()
+            self._read(child)  # last words (boot_failed, retiring)
+            child.conn.close()
+            slot.child = None
+            self._on_exit(slot, child, child.process.exitcode)
+
+    def _on_exit(self, slot: Slot, child: Child, code: int | None) -> None:
+        expected = child.draining or child.retiring or self.state != State.RUNNING or slot.retired
+        fields: dict[str, Any] = {"child": child.spec.label, "child_pid": child.pid,
+                                  "uptime_s": round(time.monotonic() - child.spawned_at, 3)}
+        fields.update(describe_exit(code))
+        released = self._release(child, count_attempt=not expected)
+        if expected:
+            log.info("child.exited", **fields, expected=True)
+        else:
+            log.error("child.exited", **fields, expected=False, tasks_returned=len(released))
+        if not child.ready and (child.boot_error or code == EXIT_BOOT_FAILED):
+            slot.failures += 1
+            log.error("child.boot_failed", child=child.spec.label, error=child.boot_error,
+                      failures=slot.failures)
+            if slot.failures >= MAX_BOOT_FAILURES:
+                log.critical("castord.boot_failures", failures=slot.failures,
+                             message="children keep failing to boot; stopping")
+                self.exit_code = ExitCode.BOOT_FAILURES
+                self._begin_fast_stop()
+                return
+        elif child.retiring or child.draining:
+            slot.failures = 0
+        elif time.monotonic() - child.spawned_at > 30:
+            slot.failures = 1  # a long-lived child that crashed: restart at once
+        else:
+            slot.failures += 1
+        slot.respawn_at = time.monotonic() + backoff(slot.failures)
+
+    def _release(self, child: Child, *, count_attempt: bool) -> list[Any]:
+        try:
+            released = self.manager.store.release_owner(
+                child.spec.owner, count_attempt=count_attempt, max_lost=MAX_WORKER_LOSSES)
+        except Exception:  # noqa: BLE001 - leases expire anyway; never crash the master
+            log.exception("castord.release_failed", child=child.spec.label)
+            return []
+        for record in released:
+            event = "task.requeued"
+            if count_attempt and record.lost + 1 >= MAX_WORKER_LOSSES:
+                event = "task.failed"
+            log.warning(event, task_id=record.id, task_name=record.name, queue=record.queue,
+                        attempt=record.attempts, child=child.spec.label,
+                        reason="worker lost" if count_attempt else "drained")
+        return released
+
+    # -- liveness ----------------------------------------------------------------
+
+    def _check_heartbeats(self, now: float) -> None:
+        for child in self._live_children():
+            if child.kill_deadline is not None:
+                if now >= child.kill_deadline:
+                    self._kill(child, signal.SIGKILL)
+                continue
+            if now - child.last_beat > self.config.heartbeat_timeout:
+                log.error("child.killed_unresponsive", child=child.spec.label, child_pid=child.pid,
+                          silent_s=round(now - child.last_beat, 3))
+                self._kill(child, signal.SIGABRT)
+                child.kill_deadline = now + KILL_GRACE_SECONDS
+
+    def _kill(self, child: Child, signum: int) -> None:
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+        # A stopped (SIGSTOP) child only dies of SIGKILL; SIGCONT lets it act on others.
+        if signum != signal.SIGKILL:
+            try:
+                os.kill(child.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    # -- signals ------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        intent = intent_for(signum, draining=self.state != State.RUNNING)
+        log.info("castord.signal", signal=signal.Signals(signum).name, intent=intent.value)
+        if intent is Intent.DRAIN:
+            self._begin_drain()
+        elif intent is Intent.FAST_STOP:
+            self._begin_fast_stop()
+        elif intent is Intent.RELOAD:
+            self._reload()
+        elif intent is Intent.GROW:
+            self._grow()
+        elif intent is Intent.SHRINK:
+            self._shrink()
+        elif intent is Intent.REOPEN_LOGS and self.sink is not None:
+            self.sink.reopen()
+            log.info("castord.logs_reopened")
+
+    def _begin_drain(self) -> None:
+        self.state = State.DRAINING
+        timeout = self.config.graceful_timeout
+        self.drain_deadline = None if timeout is None else time.monotonic() + timeout
+        self.notifier.send(STOPPING=1, STATUS="draining")
+        log.info("castord.draining", children=len(self._live_children()), graceful_timeout=timeout)
+        for child in self._live_children():
+            child.draining = True
+            self._send(child, "drain")
+
+    def _begin_fast_stop(self) -> None:
+        self.state = State.STOPPING
+        self.notifier.send(STOPPING=1, STATUS="stopping")
+        log.info("castord.stopping", children=len(self._live_children()))
+        for child in self._live_children():
+            child.draining = True
+            self._kill(child, signal.SIGKILL)
+
+    def _check_drain_deadline(self, now: float) -> None:
+        if self.drain_deadline is not None and now >= self.drain_deadline and self.state == State.DRAINING:
+            log.warning("castord.graceful_timeout", children=len(self._live_children()))
+            self.drain_deadline = None
+            self._begin_fast_stop()
+
+    def _reload(self) -> None:
+        if self.state != State.RUNNING:
+            return
+        old = [s for s in self.slots if not s.retired]
+        for slot in old:
+            slot.retired = True
+            if slot.child is not None:
+                slot.child.draining = True
+                self._send(slot.child, "drain")
+        log.info("castord.reloading", old_children=len(old), generation=self.generation + 1)
+        self._spawn_generation()
+        self.slots = [s for s in self.slots if not s.retired or s.child is not None]
+
+    def _grow(self) -> None:
+        index = 1 + max((s.index for s in self.slots if s.role == PROCESS_WORKER), default=-1)
+        slot = Slot(PROCESS_WORKER, index)
+        self.slots.append(slot)
+        self._spawn(slot)
+        log.info("castord.resized", process_children=self._process_count())
+
+    def _shrink(self) -> None:
+        candidates = [s for s in self.slots if s.role == PROCESS_WORKER and not s.retired]
+        if len(candidates) <= 1:
+            log.warning("castord.resize_refused", reason="keeping at least one process child")
+            return
+        slot = max(candidates, key=lambda s: s.index)
+        slot.retired = True
+        if slot.child is not None:
+            slot.child.draining = True
+            self._send(slot.child, "drain")
+        log.info("castord.resized", process_children=self._process_count())
+
+    # -- reporting ---------------------------------------------------------------
+
+    def _announce(self, now: float) -> None:
+        children = self._live_children()
+        if not self.ready_sent and self.state == State.RUNNING and children and all(c.ready for c in children):
+            self.ready_sent = True
+            log.info("castord.ready", daemon_id=self.daemon_id, process_children=self._process_count(),
+                     threads=self.config.threads, startup_s=round(time.time() - self.started_at, 3))
+            self.notifier.send(READY=1, STATUS=self._status_line(), MAINPID=os.getpid())
+            if self.on_ready is not None:
+                self.on_ready()
+        if now >= self._next_record:
+            self._next_record = now + self.config.heartbeat_interval
+            self._record()
+        if now >= self._next_status:
+            self._next_status = now + STATUS_SECONDS
+            setproctitle(self._title())
+            self.notifier.send(STATUS=self._status_line())
+            if self.state == State.DRAINING and self.notifier.enabled:
+                # Keep systemd's stop timeout from firing while the drain progresses.
+                self.notifier.send(EXTEND_TIMEOUT_USEC=int(3 * STATUS_SECONDS * 1_000_000))
+        if self._watchdog is not None and now >= self._next_watchdog:
+            self._next_watchdog = now + self._watchdog
+            self.notifier.send(WATCHDOG=1)
+
+    def _record(self) -> None:
+        try:
+            self.manager.store.record_daemon(
+                self.daemon_id, host=socket.gethostname(), pid=os.getpid(), app=self.config.app,
+                started_at=self.started_at, info=self.snapshot(), now=time.time())
+        except Exception:  # noqa: BLE001 - a busy database must not stop supervision
+            log.exception("castord.heartbeat_record_failed")
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "state": self.state.value,
+            "workers": self._process_count(),
+            "threads": self.config.threads,
+            "queues": list(self.config.queues) if self.config.queues else None,
+            "children": [
+                {
+                    "pid": c.pid, "role": c.spec.role, "index": c.spec.index,
+                    "generation": c.spec.generation,
+                    "state": "draining" if c.draining else ("ready" if c.ready else "booting"),
+                    "running": c.info.get("running", []), "done": c.info.get("done", 0),
+                    "rss_kb": c.info.get("rss_kb", 0), "heartbeat_age_s": round(now - c.last_beat, 3),
+                }
+                for c in self._live_children()
+            ],
+        }
+
+    def _status_line(self) -> str:
+        busy = sum(len(c.info.get("running", [])) for c in self._live_children())
+        done = sum(c.info.get("done", 0) for c in self._live_children())
+        return f"{self.state.value}: {len(self._live_children())} children, {busy} tasks running, {done} done"
+
+    def _title(self) -> str:
+        return f"castord: master {self.config.app} [{self._process_count()} proc, {self.config.threads} thr]"
+
+    def _process_count(self) -> int:
+        return sum(1 for s in self.slots if s.role == PROCESS_WORKER and not s.retired)
+
+    def _live_children(self) -> list[Child]:
+        return [s.child for s in self.slots if s.child is not None]
+
+
+def backoff(failures: int) -> float:
+    """Seconds before restarting a slot after `failures` consecutive crashes."""
+    if failures <= 1:
+        return 0.0
+    return min(0.25 * 2 ** (failures - 2), 30.0)
+
+
+def describe_exit(code: int | None) -> dict[str, Any]:
+    """Exit code or signal, in words an operator can act on."""
+    if code is None:
+        return {"exit_code": None}
+    if code < 0:
+        name = signal.Signals(-code).name
+        fields: dict[str, Any] = {"signal": name}
+        if -code == signal.SIGKILL:
+            fields["hint"] = "killed by SIGKILL: possibly out of memory"
+        return fields
+    return {"exit_code": code}
