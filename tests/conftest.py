@@ -66,6 +66,35 @@ def slow(seconds, marker=None):
 @manager.task(mode="process", name="boom")
 def boom(message):
     raise ValueError(message)
+
+def _first_time(marker):
+    """True the first time a marker is seen; records the running pid in it."""
+    first = not os.path.exists(marker)
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    return first
+
+@manager.task(mode="process", name="crash_once")
+def crash_once(marker):
+    if _first_time(marker):
+        time.sleep(120)  # the test kills whoever runs this first
+    return "second attempt"
+
+@manager.task(mode="process", name="critical", daemon=False)
+def critical(seconds, marker):
+    _first_time(marker)
+    time.sleep(seconds)
+    return "finished"
+
+@manager.task(mode="process", name="expendable", daemon=True)
+def expendable(marker):
+    if _first_time(marker):
+        time.sleep(120)  # a drain stops it; the rerun is quick
+    return "rerun"
+
+@manager.task(mode="thread", name="version")
+def version():
+    return 1
 '''
 
 

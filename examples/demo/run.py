@@ -1,11 +1,13 @@
-"""Run the demo end to end: enqueue tasks, run workers, print every result.
+"""Run the demo end to end: enqueue tasks, start castord, print every result, stop castord.
 
-Workers here are `python -m castor` engine processes (one per mode), started
-and stopped by this script by pid. castord will take their place once it lands.
+castord runs as a child of this script (2 process children, a thread host with
+4 threads), logs JSON to a file in the demo's temp directory, and is stopped by
+pid with SIGTERM: a graceful drain.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,14 +27,14 @@ def main() -> int:
     fingerprints = fingerprint.map([(f"document-{i}", 20_000) for i in range(4)])
     payments = [process_payment.delay(f"order-{i}", 10.0 * i) for i in range(1, 6)]
     bad = divide.delay(1, 0)
-    print(f"enqueued {manager.count('pending')} tasks; starting workers")
+    print(f"enqueued {manager.count('pending')} tasks; starting castord")
 
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "castor", APP, "--mode", "process"], env=env),
-        subprocess.Popen([sys.executable, "-m", "castor", APP, "--mode", "process"], env=env),
-        subprocess.Popen([sys.executable, "-m", "castor", APP, "--mode", "thread", "--threads", "4"], env=env),
-    ]
+    log_file = os.path.join(workdir, "castord.log")
+    castord = os.path.join(os.path.dirname(sys.executable), "castord")
+    daemon = subprocess.Popen(
+        [castord, "start", APP, "--workers", "2", "--threads", "4", "--log-file", log_file], env=env)
+    print(f"castord started (pid {daemon.pid}); its JSON log: {log_file}")
     started = time.monotonic()
     try:
         for task in fingerprints:
@@ -46,10 +48,12 @@ def main() -> int:
         print(f"all done in {time.monotonic() - started:.2f} s: {manager.counts()}")
         print(f"payments recorded in the app's beaver dict: {len(db.dict('payments'))}")
     finally:
-        for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in workers:
-            proc.wait(timeout=30)
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=60)
+        print(f"castord drained and exited with status {code}")
+    with open(log_file) as f:
+        events = [json.loads(line)["event"] for line in f]
+    print("castord log events: " + ", ".join(f"{e} x{events.count(e)}" for e in dict.fromkeys(events)))
     return 0
 
 

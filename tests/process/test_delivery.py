@@ -29,13 +29,6 @@ def record(producer, i):
     with open(os.path.join(os.path.dirname(os.environ["CASTOR_TEST_DB"]), "ran.log"), "a") as f:
         f.write(f"{producer}:{i}\\n")
     return [producer, i * 2]
-
-@manager.task(mode="process", name="crash_once")
-def crash_once(marker):
-    if not os.path.exists(marker):
-        open(marker, "w").write(str(os.getpid()))
-        time.sleep(120)   # the test SIGKILLs us here
-    return "second attempt"
 '''
 
 

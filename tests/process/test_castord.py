@@ -1,0 +1,345 @@
+"""castord for real: a real daemon, real signals, NOTIFY_SOCKET bound by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, wait_until
+
+CASTORD = str(Path(sys.executable).parent / "castord")
+
+
+class Castord:
+    """One castord started by a test, stopped by its pid."""
+
+    def __init__(self, app_dir: Path, name: str = "castord"):
+        self.app_dir = app_dir
+        self.log_file = app_dir / f"{name}.log"
+        self.sock_path = str(app_dir / f"{name}.notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.sock_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notes: list[str] = []
+
+    def start(self, *extra: str, app: str = "testapp:manager", env: dict[str, str] | None = None) -> Castord:
+        args = [CASTORD, "start", app, "--log-format", "json", "--log-file", str(self.log_file), *extra]
+        if not any(a.startswith("--workers") for a in extra):
+            args += ["--workers", "2"]
+        if not any(a.startswith("--threads") for a in extra):
+            args += ["--threads", "2"]
+        full_env = {**os.environ, "PYTHONPATH": f"{self.app_dir}{os.pathsep}{REPO}",
+                    "NOTIFY_SOCKET": self.sock_path, **(env or {})}
+        self.proc = subprocess.Popen(args, cwd=self.app_dir, env=full_env, start_new_session=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_note(self, text: str, timeout: float = 15) -> str:
+        """Wait for a notify datagram containing `text`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for note in self.notes:
+                if text in note:
+                    return note
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no {text!r} from castord within {timeout} s; got {self.notes}")
+            self.sock.settimeout(remaining)
+            try:
+                self.notes.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def events(self, name: str | None = None) -> list[dict]:
+        if not self.log_file.exists():
+            return []
+        lines = [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
+        return [e for e in lines if name is None or e["event"] == name]
+
+    def wait_event(self, name: str, timeout: float = 15, count: int = 1, **match: object) -> list[dict]:
+        def found() -> list[dict]:
+            hits = [e for e in self.events(name) if all(e.get(k) == v for k, v in match.items())]
+            return hits if len(hits) >= count else []
+        return wait_until(found, timeout, f"{count} x {name} {match} in castord's log")  # type: ignore[return-value]
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream:
+                    stream.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def daemons(app_dir):
+    started: list[Castord] = []
+
+    def make(name: str = "castord") -> Castord:
+        d = Castord(app_dir, name)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+def marker_pids(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def run_cli(app_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CASTORD, *args], cwd=app_dir, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": f"{app_dir}{os.pathsep}{REPO}"})
+
+
+@pytest.mark.timeout(60)
+def test_ready_status_then_stop_drains(daemons, app_dir):
+    import testapp
+
+    d = daemons().start()
+    d.wait_note("READY=1")
+    assert "STATUS=" in d.wait_note("STATUS=")
+    assert testapp.add.delay(2, 3).join(timeout=10) == 5
+    assert testapp.version.delay().join(timeout=10) == 1
+    testapp.add.apply_async((1, 1), countdown=3600, queue="later")
+    status = run_cli(app_dir, "status", "testapp:manager", "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["running"] and report["pid"] == d.pid
+    roles = sorted(c["role"] for c in report["children"])
+    assert roles == ["process-worker", "process-worker", "thread-host"]
+    assert report["queue_depth"] == {"later": 1}
+    assert report["counts"]["success"] == 2
+    human = run_cli(app_dir, "status", "testapp:manager")
+    assert "castord is running" in human.stdout and "thread-host 0" in human.stdout
+    stop = run_cli(app_dir, "stop", "testapp:manager", "--timeout", "20")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert d.wait_exit(5) == 0
+    d.wait_note("STOPPING=1")
+    after = run_cli(app_dir, "status", "testapp:manager")
+    assert after.returncode == 3 and "not running" in after.stdout
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_a_process_child_mid_task(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1")
+    d.wait_note("READY=1")
+    marker = app_dir / "crash.marker"
+    task = testapp.crash_once.delay(str(marker))
+    wait_until(lambda: marker_pids(marker), 15, "the task to start")
+    victim = marker_pids(marker)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert task.join(timeout=20) == "second attempt"
+    assert task.attempts == 2
+    exited = d.wait_event("child.exited", child_pid=victim)[0]
+    assert exited["signal"] == "SIGKILL" and "out of memory" in exited["hint"]
+    assert exited["expected"] is False and exited["tasks_returned"] == 1
+    spawned = [e["child_pid"] for e in d.events("child.spawned") if e["child"] == "process-worker 0"]
+    assert len(spawned) == 2 and spawned[-1] != victim
+    assert marker_pids(marker)[-1] == spawned[-1]  # the replacement ran it
+
+
+@pytest.mark.timeout(60)
+def test_sigstopped_child_is_killed_and_replaced(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1", "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5")
+    d.wait_note("READY=1")
+    marker = app_dir / "stop.marker"
+    task = testapp.crash_once.delay(str(marker))
+    wait_until(lambda: marker_pids(marker), 15, "the task to start")
+    victim = marker_pids(marker)[0]
+    os.kill(victim, signal.SIGSTOP)
+    killed = d.wait_event("child.killed_unresponsive", timeout=15)[0]
+    assert killed["child_pid"] == victim
+    assert task.join(timeout=20) == "second attempt"
+    assert len(marker_pids(marker)) == 2
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_finishes_critical_tasks_and_requeues_daemon_ones(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "2")
+    d.wait_note("READY=1")
+    crit_marker, exp_marker = app_dir / "critical.marker", app_dir / "expendable.marker"
+    critical = testapp.critical.delay(2.0, str(crit_marker))
+    expendable = testapp.expendable.delay(str(exp_marker))
+    wait_until(lambda: marker_pids(crit_marker) and marker_pids(exp_marker), 15, "both tasks to run")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0
+    assert critical.status() == "success" and critical.join(timeout=1) == "finished"
+    info = expendable.info()
+    assert info.status == "pending" and info.attempts == 0  # requeued, attempt not counted
+    requeued = [e for e in d.events("task.requeued") if e["task_id"] == expendable.id]
+    assert requeued and requeued[0]["reason"] == "drained"
+    d2 = daemons("castord2").start("--workers", "1")
+    assert expendable.join(timeout=20) == "rerun"
+    assert expendable.attempts == 1
+    d2.stop()
+
+
+@pytest.mark.timeout(60)
+def test_second_sigterm_stops_fast_and_loses_nothing(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1")
+    d.wait_note("READY=1")
+    marker = app_dir / "long.marker"
+    task = testapp.critical.delay(60, str(marker))
+    wait_until(lambda: marker_pids(marker), 15, "the task to start")
+    d.signal(signal.SIGTERM)
+    d.wait_event("castord.draining")
+    started = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(15) == 0
+    assert time.monotonic() - started < 10
+    info = task.info()
+    assert info.status == "pending" and info.attempts == 0
+
+
+@pytest.mark.timeout(90)
+def test_sigkill_the_master_under_load_then_restart(daemons, app_dir):
+    import testapp
+
+    tasks = testapp.add.map([(i, i) for i in range(300)]) + testapp.tadd.map([(i, 1) for i in range(300)])
+    d = daemons().start("--workers", "2", "--lease", "2")
+    d.wait_note("READY=1")
+    wait_until(lambda: testapp.manager.count("success") >= 50, 20, "some tasks to finish")
+    d.signal(signal.SIGKILL)
+    d.wait_exit(10)
+    d2 = daemons("castord2").start("--workers", "2", "--lease", "2")
+    d2.wait_note("READY=1")
+    assert [t.join(timeout=30) for t in tasks[:300]] == [2 * i for i in range(300)]
+    assert [t.join(timeout=30) for t in tasks[300:]] == [i + 1 for i in range(300)]
+    assert testapp.manager.count("success") == 600
+
+
+@pytest.mark.timeout(30)
+def test_app_import_error_exits_3_quickly(app_dir):
+    started = time.monotonic()
+    result = run_cli(app_dir, "start", "nosuchmodule:manager", "--log-format", "json")
+    assert result.returncode == 3
+    assert time.monotonic() - started < 5
+    assert "cannot import 'nosuchmodule'" in result.stderr
+
+
+@pytest.mark.timeout(30)
+def test_bad_options_exit_2(app_dir):
+    result = run_cli(app_dir, "start", "testapp:manager", "--workers", "-1")
+    assert result.returncode == 2 and "--workers" in result.stderr
+    result = run_cli(app_dir, "start", "testapp:manager", "--heartbeat-interval", "5",
+                     "--heartbeat-timeout", "2")
+    assert result.returncode == 2 and "must be longer" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_pidfile_held_by_a_live_castord_is_refused(daemons, app_dir):
+    pidfile = str(app_dir / "castord.pid")
+    d = daemons().start("--pidfile", pidfile, "--workers", "1")
+    d.wait_note("READY=1")
+    assert Path(pidfile).read_text().strip() == str(d.pid)
+    second = run_cli(app_dir, "start", "testapp:manager", "--pidfile", pidfile, "--workers", "1",
+                     "--log-format", "json")
+    assert second.returncode == 1 and f"already running with pid {d.pid}" in second.stderr
+    status = run_cli(app_dir, "status", "--pidfile", pidfile, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["pid"] == d.pid
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(20) == 0
+    assert not Path(pidfile).exists()
+    assert run_cli(app_dir, "status", "--pidfile", pidfile).returncode == 3
+
+
+@pytest.mark.timeout(60)
+def test_ttin_ttou_resize_the_process_pool(daemons, app_dir):
+    d = daemons().start("--workers", "1")
+    d.wait_note("READY=1")
+    d.signal(signal.SIGTTIN)
+    d.wait_event("castord.resized", process_children=2)
+    d.wait_event("child.spawned", child="process-worker 1")
+    d.signal(signal.SIGTTOU)
+    d.wait_event("castord.resized", process_children=1)
+    d.wait_event("child.exited", child="process-worker 1", expected=True)
+
+
+@pytest.mark.timeout(60)
+def test_max_tasks_per_child_recycles(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1", "--max-tasks-per-child", "5")
+    d.wait_note("READY=1")
+    assert [t.join(timeout=20) for t in testapp.add.map([(i, 0) for i in range(12)])] == list(range(12))
+    d.wait_event("child.retiring", count=2)
+    spawned = [e for e in d.events("child.spawned") if e["child"] == "process-worker 0"]
+    assert len(spawned) >= 3
+
+
+@pytest.mark.timeout(60)
+def test_hup_reloads_changed_task_code(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1")
+    d.wait_note("READY=1")
+    assert testapp.version.delay().join(timeout=10) == 1
+    source = (app_dir / "testapp.py").read_text().replace(
+        'def version():\n    return 1', 'def version():\n    return 2')
+    (app_dir / "testapp.py").write_text(source)
+    d.signal(signal.SIGHUP)
+    d.wait_event("castord.reloading")
+    d.wait_event("child.exited", child="thread-host 0", expected=True)
+    assert testapp.version.delay().join(timeout=10) == 2
+
+
+@pytest.mark.timeout(60)
+def test_json_logs_and_process_titles(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1", "--threads", "2")
+    d.wait_note("READY=1")
+    with pytest.raises(ValueError):
+        testapp.boom.delay("bad").join(timeout=10)
+    failed = d.wait_event("task.failed")[0]
+    for key in ("timestamp", "level", "event", "pid", "role", "task_id", "task_name", "queue", "attempt",
+                "duration_ms", "status", "exc_type", "exc_message"):
+        assert key in failed, key
+    assert failed["role"] == "process-worker" and failed["exc_type"] == "builtins.ValueError"
+    for event in d.events():
+        assert event["timestamp"].endswith("Z") and event["role"] in (
+            "master", "process-worker", "thread-host")
+    titles = {}
+    for e in d.events("child.spawned"):
+        titles[e["child"]] = Path(f"/proc/{e['child_pid']}/cmdline").read_bytes().decode()
+    titles["master"] = Path(f"/proc/{d.pid}/cmdline").read_bytes().decode()
+    assert titles["master"].startswith("castord: master testapp:manager [1 proc, 2 thr]")
+    assert titles["process-worker 0"].startswith("castord: process-worker 0")
+    assert titles["thread-host 0"].startswith("castord: thread-host 0")
