@@ -16,7 +16,14 @@ from castor.ids import new_task_id
 from castor.serialization import encode_call, get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, open_store
-from castor.task import Signature, TaskFunction, build_options, validate_priority, validate_queue
+from castor.task import (
+    Signature,
+    TaskFunction,
+    build_options,
+    validate_priority,
+    validate_queue,
+    validate_timeout,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -119,11 +126,13 @@ class Manager:
         task_id = call.get("task_id") or new_task_id()
         if not isinstance(task_id, str):
             raise ConfigurationError(f"{where}: task_id must be a string, not {task_id!r}")
+        timeout = opts.timeout if call.get("timeout") is None else validate_timeout(call["timeout"], where)
         encoded_args, encoded_kwargs = encode_call(self.serializer, fn.name, args, kwargs)
         return NewTask(
             id=task_id, name=fn.name, mode=opts.mode, serializer=self.serializer.name,
             args=encoded_args, kwargs=encoded_kwargs, enqueued_at=now, eta=eta,
             queue=queue, priority=priority, daemon=opts.daemon,
+            options={"timeout": timeout} if timeout is not None else {},
         )
 
     def _submit(self, tasks: list[NewTask]) -> list[Task[Any]]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from castor.durations import to_seconds
 from castor.errors import ConfigurationError
 from castor.handle import Task
 
@@ -30,10 +31,11 @@ class TaskOptions:
     daemon: bool = False
     queue: str = "default"
     priority: int = 0
+    timeout: float | None = None
 
 
-DECORATOR_OPTIONS = ("mode", "daemon", "name", "queue", "priority")
-CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id")
+DECORATOR_OPTIONS = ("mode", "daemon", "name", "queue", "priority", "timeout")
+CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id", "timeout")
 
 
 def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOptions:
@@ -59,7 +61,18 @@ def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOption
         name=name, mode=mode, daemon=daemon,
         queue=validate_queue(options.get("queue", "default"), where),
         priority=validate_priority(options.get("priority", 0), where),
+        timeout=validate_timeout(options.get("timeout"), where),
     )
+
+
+def validate_timeout(timeout: Any, where: str) -> float | None:
+    try:
+        seconds = to_seconds(timeout, "timeout")
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    if seconds is not None and seconds <= 0:
+        raise ConfigurationError(f"{where}: timeout must be more than 0 seconds, not {timeout!r}")
+    return seconds
 
 
 def validate_queue(queue: Any, where: str) -> str:
@@ -110,9 +123,11 @@ class TaskFunction(Generic[P, R]):
         priority: int | None = None,
         queue: str | None = None,
         task_id: str | None = None,
+        timeout: float | timedelta | None = None,
     ) -> Task[R]:
         """Enqueue with per-call options (Celery's spelling)."""
-        options = {"countdown": countdown, "eta": eta, "priority": priority, "queue": queue, "task_id": task_id}
+        options = {"countdown": countdown, "eta": eta, "priority": priority, "queue": queue,
+                   "task_id": task_id, "timeout": timeout}
         return self.manager._submit([self._new(tuple(args), dict(kwargs or {}), options)])[0]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:

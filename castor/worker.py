@@ -7,6 +7,7 @@ one claim → run → settle, for tests and for callers that own their loop.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -14,13 +15,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from castor.durations import to_seconds
-from castor.errors import ConfigurationError
+from castor.errors import ConfigurationError, TaskTimeout
 from castor.execution import Outcome, execute
 from castor.logs import get_logger
 from castor.states import TaskStatus
@@ -75,6 +76,10 @@ class Worker:
         self._durations: dict[str, float] = {}
         self._hot = False  # the last round claimed something: skip the read-first check
         self._max_tasks: int | None = None
+        # Called (from a timer thread) when a task passes its timeout=; castord's
+        # process children replace the default (an exception raised in the task's
+        # thread) with "record the timeout, then exit so the master replaces us".
+        self.on_timeout: Callable[[TaskRecord], None] | None = None
         self._next_recovery = 0.0
 
     @property
@@ -119,9 +124,12 @@ class Worker:
                       attempt=record.attempts)
         structlog.contextvars.bind_contextvars(
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
+        guard = TimeoutGuard(self, record) if record.options.get("timeout") else None
         try:
             outcome = execute(self.manager, record)
         finally:
+            if guard is not None:
+                guard.disarm()
             structlog.contextvars.unbind_contextvars("task_id", "task_name", "queue", "attempt")
         settlement = Settlement(
             task_id=record.id, owner=self.owner, attempt=record.attempts, status=outcome.status,
@@ -308,6 +316,57 @@ def _drain(finished: queue.SimpleQueue[Settlement]) -> list[Settlement]:
             out.append(finished.get_nowait())
         except queue.Empty:
             return out
+
+
+class TimeoutGuard:
+    """Raises TaskTimeout in the task's thread once its timeout= passes (best effort:
+    Python delivers it between bytecodes, so a long C call finishes first)."""
+
+    def __init__(self, worker: Worker, record: TaskRecord):
+        self.worker = worker
+        self.record = record
+        self.thread_id = threading.get_ident()
+        self._lock = threading.Lock()
+        self._armed = True
+        self._timer = threading.Timer(float(record.options["timeout"]), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            log.warning("task.timeout", task_id=self.record.id, task_name=self.record.name,
+                        queue=self.record.queue, attempt=self.record.attempts,
+                        timeout_s=self.record.options["timeout"])
+            if self.worker.on_timeout is not None:
+                self.worker.on_timeout(self.record)
+                return
+            message = f"{self.record.name} ran past its timeout of {self.record.options['timeout']:g} s"
+            _raise_in_thread(self.thread_id, _timeout_class(message))
+
+    def disarm(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            if self._armed:
+                self._armed = False
+                _raise_in_thread(self.thread_id, None)  # drop one not yet delivered
+
+
+def _timeout_class(message: str) -> type[TaskTimeout]:
+    # An asynchronous exception can only be a class, raised without arguments:
+    # bake the message into a subclass that records itself as a TaskTimeout.
+    def __init__(self: TaskTimeout) -> None:
+        TaskTimeout.__init__(self, message)
+
+    cls = type("TaskTimeout", (TaskTimeout,), {"__init__": __init__})
+    cls.__module__, cls.__qualname__ = TaskTimeout.__module__, TaskTimeout.__qualname__
+    return cls
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
 
 
 class LeaseKeeper:

@@ -29,6 +29,9 @@ THREAD_HOST = "thread-host"
 
 # A child that could not load APP exits with this status (and says why first).
 EXIT_BOOT_FAILED = 3
+# A process child whose task ran past its timeout= records that and exits with
+# this status; the master replaces it at once (it is not a crash).
+EXIT_TASK_TIMEOUT = 5
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         manager, mode=spec.mode, threads=max(1, spec.threads), queues=spec.queues,
         lease=spec.lease, owner=spec.owner,
     )
+    if spec.role == PROCESS_WORKER:
+        worker.on_timeout = lambda record: _timed_out(worker, record, channel)
     # A TERM sent to a child by hand drains just that child.
     signal.signal(signal.SIGTERM, lambda *_: _drain(worker, spec))
     Heartbeat(worker, spec, channel, log).start()
@@ -120,6 +125,22 @@ def logging_shutdown() -> None:
     import logging
 
     logging.shutdown()
+
+
+def _timed_out(worker: Worker, record: Any, channel: Channel) -> None:
+    """A process task ran past its timeout=: fail it, then leave so the master replaces us."""
+    from castor.failures import describe_message
+    from castor.states import TaskStatus
+
+    timeout = record.options["timeout"]
+    worker.store.settle(
+        record.id, worker.owner, record.attempts, TaskStatus.FAILED, now=time.time(),
+        error=describe_message("castor.errors.TaskTimeout",
+                               f"{record.name} ran past its timeout of {timeout:g} s; its process "
+                               "child was stopped and replaced"),
+    )
+    channel.send("retiring", f"task {record.id} ran past its timeout of {timeout:g} s")
+    os._exit(EXIT_TASK_TIMEOUT)
 
 
 def _listen(conn: Any, worker: Worker, spec: ChildSpec) -> None:

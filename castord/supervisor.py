@@ -23,7 +23,13 @@ from setproctitle import setproctitle
 
 from castor.logs import get_logger
 from castor.manager import Manager
-from castord.children import EXIT_BOOT_FAILED, PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
+from castord.children import (
+    EXIT_BOOT_FAILED,
+    PROCESS_WORKER,
+    THREAD_HOST,
+    ChildSpec,
+    child_main,
+)
 from castord.config import Config
 from castord.errors import ExitCode
 from castord.logging import LogSink

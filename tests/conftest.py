@@ -92,6 +92,13 @@ def expendable(marker):
         time.sleep(120)  # a drain stops it; the rerun is quick
     return "rerun"
 
+@manager.task(mode="thread", name="spin")
+def spin(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # pure Python: interruptible by TaskTimeout
+        pass
+    return "never"
+
 @manager.task(mode="thread", name="version")
 def version():
     return 1

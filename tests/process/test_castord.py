@@ -343,3 +343,35 @@ def test_json_logs_and_process_titles(daemons, app_dir):
     assert titles["master"].startswith("castord: master testapp:manager [1 proc, 2 thr]")
     assert titles["process-worker 0"].startswith("castord: process-worker 0")
     assert titles["thread-host 0"].startswith("castord: thread-host 0")
+
+
+@pytest.mark.timeout(60)
+def test_process_task_past_its_timeout_fails_and_the_child_is_replaced(daemons, app_dir):
+    import castor
+    import testapp
+
+    d = daemons().start("--workers", "1")
+    d.wait_note("READY=1")
+    marker = app_dir / "timeout.marker"
+    task = testapp.critical.apply_async((30, str(marker)), timeout=1)
+    started = time.monotonic()
+    with pytest.raises(castor.TaskTimeout, match="ran past its timeout of 1 s"):
+        task.join(timeout=20)
+    assert time.monotonic() - started < 10
+    victim = marker_pids(marker)[0]
+    exited = d.wait_event("child.exited", child_pid=victim)[0]
+    assert exited["exit_code"] == 5 and exited["expected"] is True
+    d.wait_event("child.spawned", count=2, child="process-worker 0")
+    assert testapp.add.delay(1, 1).join(timeout=10) == 2  # the replacement works
+
+
+@pytest.mark.timeout(60)
+def test_thread_task_past_its_timeout_gets_task_timeout(daemons, app_dir):
+    import castor
+    import testapp
+
+    d = daemons().start("--workers", "1", "--threads", "2")
+    d.wait_note("READY=1")
+    with pytest.raises(castor.TaskTimeout):
+        testapp.spin.apply_async((30,), timeout=0.5).join(timeout=20)
+    assert testapp.version.delay().join(timeout=10) == 1  # the thread host lives on
