@@ -1,0 +1,111 @@
+"""castord's pure parts: signal table, backoff, exit descriptions, config, notify, pidfile."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from castord.cli import build_config
+from castord.config import Config
+from castord.notify import Notifier, watchdog_interval
+from castord.pidfile import Pidfile, pid_alive
+from castord.errors import PidfileError
+from castord.signals import Intent, intent_for
+from castord.supervisor import backoff, describe_exit
+
+
+@pytest.mark.parametrize("signum,draining,intent", [
+    (signal.SIGTERM, False, Intent.DRAIN),
+    (signal.SIGINT, False, Intent.DRAIN),
+    (signal.SIGTERM, True, Intent.FAST_STOP),
+    (signal.SIGINT, True, Intent.FAST_STOP),
+    (signal.SIGQUIT, False, Intent.FAST_STOP),
+    (signal.SIGHUP, False, Intent.RELOAD),
+    (signal.SIGTTIN, False, Intent.GROW),
+    (signal.SIGTTOU, False, Intent.SHRINK),
+    (signal.SIGUSR1, False, Intent.REOPEN_LOGS),
+])
+def test_signal_table(signum, draining, intent):
+    assert intent_for(signum, draining=draining) is intent
+
+
+def test_backoff_is_immediate_then_capped():
+    assert backoff(0) == backoff(1) == 0.0
+    assert backoff(2) < backoff(3) < backoff(4)
+    assert backoff(50) == 30.0
+
+
+def test_exit_descriptions():
+    assert describe_exit(-signal.SIGKILL) == {"signal": "SIGKILL",
+                                              "hint": "killed by SIGKILL: possibly out of memory"}
+    assert describe_exit(-signal.SIGABRT) == {"signal": "SIGABRT"}
+    assert describe_exit(3) == {"exit_code": 3}
+
+
+def test_config_defaults_and_validation():
+    config = build_config("a:m", workers=3)
+    assert (config.workers, config.threads, config.queues, config.graceful_timeout) == (3, 6, None, None)
+    assert build_config("a:m", workers=1, queues="a, b,,").queues == ("a", "b")
+    with pytest.raises(ValueError, match="must be longer"):
+        Config(app="a:m", workers=1, threads=1, heartbeat_interval=2, heartbeat_timeout=1)
+    with pytest.raises(ValueError, match="run nothing"):
+        Config(app="a:m", workers=0, threads=0)
+
+
+def test_notify_sends_datagrams(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    notifier = Notifier(path)
+    assert notifier.send(READY=1, STATUS="up")
+    assert server.recv(1024) == b"READY=1\nSTATUS=up"
+    notifier.close()
+    server.close()
+
+
+def test_notify_is_a_no_op_without_a_socket(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = Notifier()
+    assert not notifier.enabled and notifier.send(READY=1) is False
+
+
+def test_watchdog_interval(monkeypatch):
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval() == 2.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    assert watchdog_interval() is None
+
+
+def test_pidfile_exclusive_and_stale(tmp_path):
+    path = str(tmp_path / "castord.pid")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(path, "w") as f:
+        f.write(f"{dead.pid}\n")
+    assert not pid_alive(dead.pid)
+    first = Pidfile(path)
+    first.acquire()  # the stale file is replaced
+    assert Path(path).read_text().strip() == str(os.getpid())
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with open(path, "w") as f:
+            f.write(f"{live.pid}\n")
+        with pytest.raises(PidfileError, match=f"already running with pid {live.pid}"):
+            Pidfile(path).acquire()
+    finally:
+        live.kill()
+        live.wait()
+    first.release()  # not ours any more: left alone
+    assert os.path.exists(path)
+
+
+def test_pidfile_in_a_missing_directory(tmp_path):
+    with pytest.raises(PidfileError, match="cannot create pidfile"):
+        Pidfile(str(tmp_path / "no" / "castord.pid")).acquire()
