@@ -99,6 +99,12 @@ def spin(seconds):
         pass
     return "never"
 
+@manager.task(mode="thread", name="chatty")
+def chatty(message):
+    import logging
+    logging.getLogger("testapp").warning(message)
+    return "logged"
+
 @manager.task(mode="thread", name="version")
 def version():
     return 1

@@ -375,3 +375,100 @@ def test_thread_task_past_its_timeout_gets_task_timeout(daemons, app_dir):
     with pytest.raises(castor.TaskTimeout):
         testapp.spin.apply_async((30,), timeout=0.5).join(timeout=20)
     assert testapp.version.delay().join(timeout=10) == 1  # the thread host lives on
+
+
+@pytest.mark.timeout(60)
+def test_task_code_logging_comes_out_as_json_with_task_context(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1", "--threads", "1")
+    d.wait_note("READY=1")
+    task = testapp.chatty.delay("hello from the task")
+    assert task.join(timeout=10) == "logged"
+    line = d.wait_event("hello from the task")[0]
+    assert line["task_id"] == task.id and line["task_name"] == "chatty"
+    assert line["role"] == "thread-host" and line["level"] == "warning"
+
+
+@pytest.mark.timeout(60)
+def test_watchdog_and_usr1_log_reopen(daemons, app_dir):
+    d = daemons().start("--workers", "1", "--threads", "0", env={"WATCHDOG_USEC": "400000"})
+    d.wait_note("READY=1")
+    d.wait_note("WATCHDOG=1", timeout=5)
+    rotated = app_dir / "castord.log.1"
+    d.log_file.rename(rotated)
+    d.signal(signal.SIGUSR1)
+    wait_until(lambda: d.log_file.exists(), 10, "castord to reopen its log file")
+    d.wait_event("castord.logs_reopened")
+    assert "castord.ready" in rotated.read_text()
+
+
+@pytest.mark.timeout(60)
+def test_drain_extends_systemds_stop_timeout_while_critical_work_runs(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1", "--threads", "0")
+    d.wait_note("READY=1")
+    marker = app_dir / "slow.marker"
+    task = testapp.critical.delay(7, str(marker))
+    wait_until(lambda: marker_pids(marker), 15, "the task to start")
+    d.signal(signal.SIGTERM)
+    d.wait_note("STOPPING=1")
+    d.wait_note("EXTEND_TIMEOUT_USEC=", timeout=10)
+    assert d.wait_exit(30) == 0
+    assert task.status() == "success"
+
+
+@pytest.mark.timeout(60)
+def test_detach_returns_once_ready_and_stop_by_pidfile(app_dir):
+    pidfile = str(app_dir / "bg.pid")
+    log = str(app_dir / "bg.log")
+    result = run_cli(app_dir, "start", "testapp:manager", "--detach", "--pidfile", pidfile, "--workers", "1",
+                     "--threads", "0", "--log-file", log)
+    assert result.returncode == 0, result.stderr
+    assert "started in the background" in result.stdout
+    pid = int(Path(pidfile).read_text())
+    try:
+        status = run_cli(app_dir, "status", "--pidfile", pidfile)
+        assert status.returncode == 0 and f"pid {pid}" in status.stdout
+        stop = run_cli(app_dir, "stop", "--pidfile", pidfile, "--timeout", "30")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+    assert not Path(pidfile).exists()
+
+
+@pytest.mark.timeout(60)
+def test_detach_reports_a_start_failure(app_dir):
+    result = run_cli(app_dir, "start", "nosuchmodule:manager", "--detach", "--pidfile",
+                     str(app_dir / "x.pid"), "--log-file", str(app_dir / "x.log"))
+    assert result.returncode == 3 and "failed to start (exit 3)" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_castor_command_runs_the_engine_in_the_foreground(app_dir):
+    import testapp
+
+    sock_path = str(app_dir / "castor.notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(20)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "castor"), "--workers", "1", "--threads", "1", "testapp:manager"],
+        cwd=app_dir, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": f"{app_dir}{os.pathsep}{REPO}", "NOTIFY_SOCKET": sock_path})
+    try:
+        while b"READY=1" not in sock.recv(4096):
+            pass
+        assert testapp.add.delay(20, 22).join(timeout=10) == 42
+        proc.send_signal(signal.SIGINT)  # Ctrl+C drains
+        assert proc.wait(timeout=30) == 0
+        out = proc.stdout.read().decode()
+        assert "castord.draining" in out and "castord.stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        sock.close()

@@ -1,0 +1,188 @@
+"""castord figures (issue: castord): start-up, respawn, idle CPU, drain and latency through it.
+
+    .venv/bin/python benchmarks/bench_castord.py [--runs 5] [--only ready,respawn,idle,drain,latency]
+
+Each run starts a fresh castord (2 process children, 8 threads unless stated) on a
+fresh database, with NOTIFY_SOCKET bound here, and stops it by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import REPO, Bench, wait_for  # noqa: E402
+
+CASTORD = str(Path(sys.executable).parent / "castord")
+
+
+class Daemon:
+    def __init__(self, bench: Bench, *args: str):
+        self.sock_path = str(bench.dir / f"notify-{time.monotonic_ns()}")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.sock_path)
+        self.log = bench.dir / "castord.log"
+        env = {**os.environ, "PYTHONPATH": f"{bench.dir}{os.pathsep}{REPO}", "NOTIFY_SOCKET": self.sock_path}
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [CASTORD, "start", "benchapp:manager", "--log-format", "json", "--log-file", str(self.log), *args],
+            cwd=bench.dir, env=env, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30) -> float:
+        self.sock.settimeout(timeout)
+        while b"READY=1" not in self.sock.recv(4096):
+            pass
+        return time.perf_counter() - self.started
+
+    def descendants(self) -> list[int]:
+        out, frontier = [], [self.proc.pid]
+        while frontier:
+            pid = frontier.pop()
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                kids = []
+            out.append(pid)
+            frontier.extend(int(k) for k in kids)
+        return out
+
+    def child_pids(self, title: str) -> list[int]:
+        return [p for p in self.descendants()
+                if Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").startswith(title)]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.sock.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ready() -> float:
+    b = Bench()
+    try:
+        d = Daemon(b, "--workers", "2", "--threads", "8")
+        elapsed = d.wait_ready()
+        d.stop()
+        return elapsed
+    finally:
+        b.close()
+
+
+def respawn() -> float:
+    """SIGKILL the only process child; seconds until its replacement starts a task."""
+    b = Bench()
+    try:
+        d = Daemon(b, "--workers", "1", "--threads", "0")
+        d.wait_ready()
+        b.app.noop.delay(0).join(timeout=10)
+        (victim,) = d.child_pids("castord: process-worker")
+        killed = time.time()
+        os.kill(victim, signal.SIGKILL)
+        task = b.app.noop.delay(1)
+        task.join(timeout=30)
+        elapsed = task.info().started_at - killed
+        d.stop()
+        return elapsed
+    finally:
+        b.close()
+
+
+def idle_cpu(seconds: float = 10.0) -> float:
+    """% of one core the whole idle daemon (master, fork server, children) uses."""
+    b = Bench()
+    try:
+        d = Daemon(b, "--workers", "2", "--threads", "8")
+        d.wait_ready()
+        time.sleep(1.0)
+        pids = d.descendants()
+        before = sum(cpu_seconds(p) for p in pids)
+        start = time.monotonic()
+        time.sleep(seconds)
+        used = sum(cpu_seconds(p) for p in pids) - before
+        d.stop()
+        return 100 * used / (time.monotonic() - start)
+    finally:
+        b.close()
+
+
+def drain(mode: str, n: int = 10_000) -> float:
+    b = Bench()
+    try:
+        fn = b.app.noop if mode == "process" else b.app.tnoop
+        fn.map([(i,) for i in range(n)])
+        args = ("--workers", "2", "--threads", "0") if mode == "process" else ("--workers", "0", "--threads", "8")
+        d = Daemon(b, *args)
+        wait_for(lambda: b.query("SELECT count(*) FROM castor_tasks WHERE status='success'")[0][0] == n, 120)
+        first, last = b.query("SELECT min(started_at), max(finished_at) FROM castor_tasks")[0]
+        d.stop()
+        return n / (last - first)
+    finally:
+        b.close()
+
+
+def latency(n: int = 500) -> tuple[float, float]:
+    b = Bench()
+    try:
+        d = Daemon(b, "--workers", "2", "--threads", "8")
+        d.wait_ready()
+        samples = []
+        for i in range(n):
+            start = time.perf_counter()
+            b.app.noop.delay(i).join(timeout=10)
+            samples.append(time.perf_counter() - start)
+            time.sleep(0.002)
+        d.stop()
+        samples.sort()
+        return samples[n // 2] * 1000, samples[int(n * 0.99) - 1] * 1000
+    finally:
+        b.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", default="ready,respawn,idle,drain,latency")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs")
+
+    def report(label: str, fn, fmt: str, *fargs) -> None:  # noqa: ANN001
+        values = [fn(*fargs) for _ in range(args.runs)]
+        if isinstance(values[0], tuple):
+            med = tuple(statistics.median(v[i] for v in values) for i in range(2))
+            print(f"{label:34s} p50 {med[0]:.2f} ms, p99 {med[1]:.2f} ms   runs: "
+                  f"{[(round(a, 2), round(c, 2)) for a, c in values]}")
+        else:
+            print(f"{label:34s} {format(statistics.median(values), fmt)}   runs: "
+                  f"{[round(v, 3) for v in values]}")
+
+    if "ready" in only:
+        report("start -> READY=1 (s)", ready, ".3f")
+    if "respawn" in only:
+        report("child SIGKILL -> replacement claims (s)", respawn, ".3f")
+    if "idle" in only:
+        report("idle daemon CPU (% of a core)", idle_cpu, ".2f")
+    if "drain" in only:
+        report("drain via castord, 2 proc (tasks/s)", drain, ",.0f", "process")
+        report("drain via castord, 8 thr (tasks/s)", drain, ",.0f", "thread")
+    if "latency" in only:
+        report("enqueue->join via castord", latency, "")
+
+
+if __name__ == "__main__":
+    main()
