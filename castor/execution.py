@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
+import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from castor.errors import SerializationError, UnknownTaskError
@@ -26,8 +29,47 @@ class Outcome:
     duration: float = 0.0
 
 
-def execute(manager: Manager, record: TaskRecord) -> Outcome:
-    """Run the task's function; never raises for anything the task itself did."""
+class EventLoopThread:
+    """One asyncio loop in its own thread, shared by a worker's `async def` tasks.
+
+    A pool thread submits the coroutine and waits for it, so M pool threads bound
+    how many async tasks run at once, as for plain thread tasks.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="castor-asyncio", daemon=True)
+        self._thread.start()
+
+    def run(self, awaitable: Any) -> Any:
+        future = asyncio.run_coroutine_threadsafe(_await(awaitable), self.loop)
+        try:
+            while True:
+                # Short waits, so an asynchronous TaskTimeout reaches this thread.
+                try:
+                    return future.result(timeout=0.05)
+                except concurrent.futures.TimeoutError:
+                    if future.done():
+                        raise  # the task's own TimeoutError, not our wait's
+        except BaseException:
+            future.cancel()  # e.g. TaskTimeout raised in the waiting thread
+            raise
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+def execute(
+    manager: Manager, record: TaskRecord, get_loop: Callable[[], EventLoopThread] | None = None
+) -> Outcome:
+    """Run the task's function; never raises for anything the task itself did.
+
+    `async def` tasks run on the loop `get_loop()` returns (a thread worker's
+    shared loop), else on a fresh loop of their own.
+    """
     started = time.perf_counter()
     task_fn = manager.registry.get(record.name)
     if task_fn is None:
@@ -44,7 +86,7 @@ def execute(manager: Manager, record: TaskRecord) -> Outcome:
         kwargs = serializer.loads(record.kwargs)
         value = task_fn.fn(*args, **kwargs)
         if inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
+            value = get_loop().run(value) if get_loop is not None else asyncio.run(_await(value))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the task's failure is data
         return Outcome(TaskStatus.FAILED, error=describe(exc), duration=time.perf_counter() - started)
     duration = time.perf_counter() - started

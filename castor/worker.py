@@ -22,7 +22,7 @@ import structlog
 
 from castor.durations import to_seconds
 from castor.errors import ConfigurationError, TaskTimeout
-from castor.execution import Outcome, execute
+from castor.execution import EventLoopThread, Outcome, execute
 from castor.logs import get_logger
 from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord
@@ -80,6 +80,8 @@ class Worker:
         # process children replace the default (an exception raised in the task's
         # thread) with "record the timeout, then exit so the master replaces us".
         self.on_timeout: Callable[[TaskRecord], None] | None = None
+        # Thread workers run `async def` tasks on one shared event loop (started lazily).
+        self._loop_thread: EventLoopThread | None = None
         self._next_recovery = 0.0
 
     @property
@@ -126,7 +128,7 @@ class Worker:
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
         guard = TimeoutGuard(self, record) if record.options.get("timeout") else None
         try:
-            outcome = execute(self.manager, record)
+            outcome = execute(self.manager, record, self._event_loop if self.mode == "thread" else None)
         finally:
             if guard is not None:
                 guard.disarm()
@@ -144,6 +146,9 @@ class Worker:
             record = self.running.pop(settlement.task_id, None)
         duration = self._durations.pop(settlement.task_id, 0.0)
         self.done += 1
+        quiet = accepted and settlement.status == TaskStatus.SUCCESS and not _debug_enabled()
+        if quiet:  # the hot path: nothing to log
+            return
         fields = {
             "task_id": settlement.task_id, "task_name": record.name if record else None,
             "queue": record.queue if record else None, "attempt": settlement.attempt,
@@ -153,8 +158,7 @@ class Worker:
             # Our lease expired and the task went to another attempt: that one wins.
             log.warning("task.settle_rejected", **fields)
         elif settlement.status == TaskStatus.SUCCESS:
-            if _debug_enabled():
-                log.debug("task.succeeded", **fields)
+            log.debug("task.succeeded", **fields)
         else:
             error = settlement.error or {}
             log.info("task.failed", exc_type=error.get("type"), exc_message=error.get("message"), **fields)
@@ -209,6 +213,9 @@ class Worker:
                 self._run_pool(until_idle)
         finally:
             keeper.stop()
+            if self._loop_thread is not None and not self.running:
+                self._loop_thread.close()
+                self._loop_thread = None
 
     def _run_serial(self, until_idle: bool) -> None:
         finished: list[Settlement] = []
@@ -266,6 +273,12 @@ class Worker:
                     first = []
                 self._exchange(first + _drain(finished), 0)
             self._exchange(_drain(finished), 0)
+
+    def _event_loop(self) -> EventLoopThread:
+        with self._running_lock:
+            if self._loop_thread is None:
+                self._loop_thread = EventLoopThread()
+            return self._loop_thread
 
     def _holds_non_daemon(self) -> bool:
         with self._running_lock:

@@ -356,3 +356,49 @@ class TestBadDatabase:
         f.delay()
         assert manager.count() == 1
         manager.close()
+
+
+def test_async_tasks_share_the_thread_workers_event_loop(db_path):
+    manager = castor.Manager(db_path)
+
+    @manager.task(mode="thread")
+    async def fetch(delay, value):
+        await asyncio.sleep(delay)
+        return [value, id(asyncio.get_running_loop())]
+
+    tasks = fetch.map([(0.2, i) for i in range(4)])
+    started = time.monotonic()
+    Worker(manager, mode="thread", threads=4).run(until_idle=True)
+    results = [t.join(timeout=1) for t in tasks]
+    assert [r[0] for r in results] == [0, 1, 2, 3]
+    assert len({r[1] for r in results}) == 1  # one loop for all of them
+    assert time.monotonic() - started < 0.7  # they ran concurrently
+    manager.close()
+
+
+def test_async_task_timeout(db_path):
+    manager = castor.Manager(db_path)
+
+    @manager.task(mode="thread", timeout=0.2)
+    async def hang():
+        await asyncio.sleep(30)
+
+    task = hang.delay()
+    Worker(manager, mode="thread", threads=2).run(until_idle=True)
+    with pytest.raises(castor.TaskTimeout):
+        task.join(timeout=1)
+    manager.close()
+
+
+def test_async_task_raising_timeout_error_fails_with_it(db_path):
+    manager = castor.Manager(db_path)
+
+    @manager.task(mode="thread")
+    async def slow_upstream():
+        raise TimeoutError("upstream took too long")
+
+    task = slow_upstream.delay()
+    Worker(manager, mode="thread", threads=2).run(until_idle=True)
+    with pytest.raises(TimeoutError, match="upstream took too long"):
+        task.join(timeout=1)
+    manager.close()

@@ -472,3 +472,27 @@ def test_castor_command_runs_the_engine_in_the_foreground(app_dir):
             proc.wait()
         proc.stdout.close()
         sock.close()
+
+
+@pytest.mark.timeout(90)
+def test_children_that_keep_failing_to_boot_stop_castord_with_4(daemons, app_dir):
+    # Loads fine in the master, fails in every child (the child's title says what it is).
+    (app_dir / "childfails.py").write_text(
+        "from setproctitle import getproctitle\n"
+        "if getproctitle().startswith('castord: process-worker'):\n"
+        "    raise RuntimeError('no GPU in this child')\n"
+        "from testapp import manager\n")
+    d = daemons().start("--workers", "1", "--threads", "0", app="childfails:manager")
+    assert d.wait_exit(60) == 4
+    failures = d.events("child.boot_failed")
+    assert len(failures) == 5 and "no GPU in this child" in failures[0]["error"]
+    assert d.events("castord.boot_failures")
+
+
+@pytest.mark.timeout(60)
+def test_max_memory_per_child_retires_the_child(daemons, app_dir):
+    d = daemons().start("--workers", "1", "--threads", "0", "--max-memory-per-child", "1")
+    d.wait_note("READY=1")
+    retiring = d.wait_event("child.retiring", timeout=15)[0]
+    assert "max-memory-per-child" in retiring["reason"] or retiring.get("limit_mb") == 1
+    d.wait_event("child.spawned", count=2, child="process-worker 0")
