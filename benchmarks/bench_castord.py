@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import REPO, Bench, wait_for  # noqa: E402
+from bench_core import REPO, Bench, drained_rate  # noqa: E402
 
 CASTORD = str(Path(sys.executable).parent / "castord")
 
@@ -127,10 +127,9 @@ def drain(mode: str, n: int = 10_000) -> float:
         fn.map([(i,) for i in range(n)])
         args = ("--workers", "2", "--threads", "0") if mode == "process" else ("--workers", "0", "--threads", "8")
         d = Daemon(b, *args)
-        wait_for(lambda: b.query("SELECT count(*) FROM castor_tasks WHERE status='success'")[0][0] == n, 120)
-        first, last = b.query("SELECT min(started_at), max(finished_at) FROM castor_tasks")[0]
+        rate = drained_rate(b, n)
         d.stop()
-        return n / (last - first)
+        return rate
     finally:
         b.close()
 

@@ -116,11 +116,16 @@ def drain(mode: str, n: int = 10_000) -> float:
             b.worker("--mode", "process")
         else:
             b.worker("--mode", "thread", "--threads", "8")
-        wait_for(lambda: b.query("SELECT count(*) FROM castor_tasks WHERE status='success'")[0][0] == n, 120)
-        first, last = b.query("SELECT min(started_at), max(finished_at) FROM castor_tasks")[0]
-        return n / (last - first)
+        return drained_rate(b, n)
     finally:
         b.close()
+
+
+def drained_rate(b: Bench, n: int) -> float:
+    """Wait until n tasks succeeded; tasks/s from the first claim to the last settle."""
+    wait_for(lambda: b.query("SELECT count(*) FROM castor_tasks WHERE status='success'")[0][0] == n, 120)
+    first, last = b.query("SELECT min(started_at), max(finished_at) FROM castor_tasks")[0]
+    return n / (last - first)
 
 
 def latency(n: int = 500) -> tuple[float, float]:

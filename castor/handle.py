@@ -92,39 +92,25 @@ class Task(Generic[R]):
 
         Raises `castor.JoinTimeout` (a TimeoutError) if `timeout` seconds pass first.
         """
-        limit = to_seconds(timeout, "timeout")
-        deadline = None if limit is None else time.monotonic() + limit
+        budget = _Budget(to_seconds(timeout, "timeout"))
         store = self._manager.store
         while True:
             seen = store.generation()
             record = self.info()
             if record.status.finished:
                 return self._outcome(record)
-            wait = _RECHECK_SECONDS
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise self._timeout(limit, record)
-                wait = min(wait, remaining)
-            store.wait_for_change(seen, wait)
+            store.wait_for_change(seen, budget.next_wait(self, record))
 
     async def resolve(self, timeout: float | None = None) -> R:
         """`join` for asyncio: awaits without blocking the event loop."""
-        limit = to_seconds(timeout, "timeout")
-        deadline = None if limit is None else time.monotonic() + limit
+        budget = _Budget(to_seconds(timeout, "timeout"))
         watch = self._manager.store.watch_async()
         try:
             while True:
                 record = self.info()
                 if record.status.finished:
                     return self._outcome(record)
-                wait = _RECHECK_SECONDS
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise self._timeout(limit, record)
-                    wait = min(wait, remaining)
-                await watch.wait(wait)
+                await watch.wait(budget.next_wait(self, record))
         finally:
             watch.close()
 
@@ -142,10 +128,7 @@ class Task(Generic[R]):
             return None  # type: ignore[return-value]
         return get_serializer(record.serializer).loads(record.result)
 
-    def _timeout(self, limit: float | None, record: TaskRecord) -> JoinTimeout:
-        return JoinTimeout(
-            f"task {self.id} ({record.name}) is still {record.status} after {limit:g} s"
-        )
+
 
     def __repr__(self) -> str:
         return f"<castor.Task {self.id}>"
@@ -155,3 +138,19 @@ class Task(Generic[R]):
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+class _Budget:
+    """How long join/resolve may still wait: the next wait, or JoinTimeout when spent."""
+
+    def __init__(self, limit: float | None):
+        self.limit = limit
+        self.deadline = None if limit is None else time.monotonic() + limit
+
+    def next_wait(self, task: Task[Any], record: TaskRecord) -> float:
+        if self.deadline is None:
+            return _RECHECK_SECONDS
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise JoinTimeout(f"task {task.id} ({record.name}) is still {record.status} after {self.limit:g} s")
+        return min(_RECHECK_SECONDS, remaining)
