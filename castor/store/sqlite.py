@@ -311,14 +311,18 @@ class SQLiteStore(Store):
         lease: float,
         now: float,
     ) -> tuple[list[bool], list[TaskRecord]]:
-        def body(conn: sqlite3.Connection) -> tuple[list[bool], list[TaskRecord]]:
-            accepted = [bool(conn.execute(_SETTLE, _settle_params(s)).fetchall()) for s in settlements]
-            rows = conn.execute(*_claim_statement(owner, mode, queues, limit, lease, now)).fetchall() \
-                if limit > 0 else []
-            return accepted, _sorted(rows)
+        # Everything but the statements is prepared, and decoded, outside the
+        # transaction: the write lock is held only while SQLite works.
+        settle_params = [_settle_params(s) for s in settlements]
+        claim = _claim_statement(owner, mode, queues, limit, lease, now) if limit > 0 else None
+
+        def body(conn: sqlite3.Connection) -> tuple[list[bool], list[tuple[Any, ...]]]:
+            accepted = [bool(conn.execute(_SETTLE, params).fetchall()) for params in settle_params]
+            return accepted, conn.execute(*claim).fetchall() if claim else []
 
         with self._locked() as conn:
-            return self._write_txn(conn, body)
+            accepted, rows = self._write_txn(conn, body)
+        return accepted, _sorted(rows)
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
         rows = self._execute(
