@@ -240,6 +240,8 @@ class Supervisor:
             child.conn.close()
             slot.child = None
             self._on_exit(slot, child, child.process.exitcode)
+        # Slots shrunk away or left by a reload are forgotten once their child is gone.
+        self.slots = [s for s in self.slots if not (s.retired and s.child is None)]
 
     def _on_exit(self, slot: Slot, child: Child, code: int | None) -> None:
         expected = child.draining or child.retiring or self.state != State.RUNNING or slot.retired
@@ -365,7 +367,6 @@ class Supervisor:
                 self._send(slot.child, "drain")
         log.info("castord.reloading", old_children=len(old), generation=self.generation + 1)
         self._spawn_generation()
-        self.slots = [s for s in self.slots if not s.retired or s.child is not None]
 
     def _grow(self) -> None:
         index = 1 + max((s.index for s in self.slots if s.role == PROCESS_WORKER), default=-1)

@@ -496,3 +496,47 @@ def test_max_memory_per_child_retires_the_child(daemons, app_dir):
     retiring = d.wait_event("child.retiring", timeout=15)[0]
     assert "max-memory-per-child" in retiring["reason"] or retiring.get("limit_mb") == 1
     d.wait_event("child.spawned", count=2, child="process-worker 0")
+
+
+@pytest.mark.timeout(60)
+def test_graceful_timeout_kills_and_requeues_what_remains(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1", "--threads", "0", "--graceful-timeout", "1")
+    d.wait_note("READY=1")
+    marker = app_dir / "stuck.marker"
+    task = testapp.critical.delay(60, str(marker))
+    wait_until(lambda: marker_pids(marker), 15, "the task to start")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(20) == 0
+    d.wait_event("castord.graceful_timeout")
+    info = task.info()
+    assert info.status == "pending" and info.attempts == 0
+
+
+@pytest.mark.timeout(60)
+def test_quit_stops_fast(daemons, app_dir):
+    import testapp
+
+    d = daemons().start("--workers", "1", "--threads", "0")
+    d.wait_note("READY=1")
+    marker = app_dir / "quit.marker"
+    task = testapp.critical.delay(60, str(marker))
+    wait_until(lambda: marker_pids(marker), 15, "the task to start")
+    d.signal(signal.SIGQUIT)
+    assert d.wait_exit(15) == 0
+    assert task.info().status == "pending"
+
+
+@pytest.mark.timeout(90)
+def test_two_castords_on_one_database_share_the_work(daemons, app_dir):
+    import testapp
+
+    first = daemons("first").start("--workers", "1", "--threads", "0", "--pidfile", str(app_dir / "a.pid"))
+    second = daemons("second").start("--workers", "1", "--threads", "0", "--pidfile", str(app_dir / "b.pid"))
+    first.wait_note("READY=1")
+    second.wait_note("READY=1")
+    tasks = testapp.add.map([(i, 1) for i in range(400)])
+    assert [t.join(timeout=30) for t in tasks] == [i + 1 for i in range(400)]
+    owners = {t.info().owner.split(":")[1] for t in tasks}  # the master pid is in the owner
+    assert owners == {str(first.pid), str(second.pid)}
