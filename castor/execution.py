@@ -7,8 +7,8 @@ import concurrent.futures
 import inspect
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from castor.errors import SerializationError, UnknownTaskError

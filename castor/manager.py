@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import time
-
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 

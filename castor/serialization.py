@@ -39,7 +39,8 @@ class PickleSerializer:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
     def loads(self, data: str | bytes) -> Any:
-        return pickle.loads(data)  # noqa: S301 - opt-in, documented in docs/tasks.md
+        raw = data.encode() if isinstance(data, str) else data
+        return pickle.loads(raw)  # noqa: S301 - opt-in, documented in docs/tasks.md
 
 
 SERIALIZERS: dict[str, Serializer] = {"json": JsonSerializer(), "pickle": PickleSerializer()}

@@ -198,8 +198,9 @@ class Store(ABC):
     def next_due(self, *, mode: str, now: float) -> float | None:
         """The earliest future time something may become claimable (ETA or lease expiry)."""
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Housekeeping a worker runs from its background thread (default: none)."""
+        return None
 
     @abstractmethod
     def generation(self) -> int:

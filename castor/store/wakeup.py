@@ -162,7 +162,11 @@ class AsyncWatch:
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
         fd = self._inotify.fileno()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
         try:
             await asyncio.wait_for(ready, timeout)
         except TimeoutError:

@@ -347,8 +347,9 @@ def test_json_logs_and_process_titles(daemons, app_dir):
 
 @pytest.mark.timeout(60)
 def test_process_task_past_its_timeout_fails_and_the_child_is_replaced(daemons, app_dir):
-    import castor
     import testapp
+
+    import castor
 
     d = daemons().start("--workers", "1")
     d.wait_note("READY=1")
@@ -367,8 +368,9 @@ def test_process_task_past_its_timeout_fails_and_the_child_is_replaced(daemons, 
 
 @pytest.mark.timeout(60)
 def test_thread_task_past_its_timeout_gets_task_timeout(daemons, app_dir):
-    import castor
     import testapp
+
+    import castor
 
     d = daemons().start("--workers", "1", "--threads", "2")
     d.wait_note("READY=1")

@@ -13,9 +13,9 @@ import pytest
 
 from castord.cli import build_config
 from castord.config import Config
+from castord.errors import PidfileError
 from castord.notify import Notifier, watchdog_interval
 from castord.pidfile import Pidfile, pid_alive
-from castord.errors import PidfileError
 from castord.signals import Intent, intent_for
 from castord.supervisor import backoff, describe_exit
 

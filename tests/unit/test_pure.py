@@ -7,7 +7,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from castor.durations import from_epoch, to_epoch, to_seconds
-from castor.errors import ConfigurationError, RemoteTraceback, SerializationError, TaskFailed
+from castor.errors import (
+    ConfigurationError,
+    RemoteTraceback,
+    SerializationError,
+    TaskFailed,
+)
 from castor.failures import describe, rebuild
 from castor.serialization import encode_call, get_serializer
 from castor.states import FINISHED, TaskStatus, can_transition, parse_status
