@@ -128,6 +128,36 @@ def drained_rate(b: Bench, n: int) -> float:
     return n / (last - first)
 
 
+def wal_peak(n: int = 60_000) -> float:
+    """Largest WAL file (MB) seen while 2 workers drain n tasks (it must stay bounded)."""
+    import threading
+
+    b = Bench()
+    try:
+        b.app.noop.map([(i,) for i in range(n)])
+        b.worker("--mode", "process")
+        b.worker("--mode", "process")
+        peak, done = 0, threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            while not done.is_set():
+                try:
+                    peak = max(peak, os.path.getsize(b.db + "-wal"))
+                except OSError:
+                    pass
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        drained_rate(b, n)
+        done.set()
+        watcher.join()
+        return peak / 1e6
+    finally:
+        b.close()
+
+
 def latency(n: int = 500) -> tuple[float, float]:
     """Enqueue -> join returns, one task at a time, idle process worker (ms p50, p99)."""
     b = Bench()
@@ -176,7 +206,7 @@ def median_of(runs: int, fn, *args):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", default="enqueue,drain,latency,idle")
+    parser.add_argument("--only", default="enqueue,drain,latency,idle,wal")
     args = parser.parse_args()
     only = set(args.only.split(","))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs")
@@ -190,6 +220,9 @@ def main() -> None:
         print(f"drain 2 process workers   {m:>9,.0f} tasks/s   runs: {[round(x) for x in v]}")
         m, v = median_of(args.runs, drain, "thread")
         print(f"drain 8 threads           {m:>9,.0f} tasks/s   runs: {[round(x) for x in v]}")
+    if "wal" in only:
+        m, v = median_of(args.runs, wal_peak)
+        print(f"WAL peak, 60,000-task drain {m:>9.1f} MB   runs: {[round(x, 1) for x in v]}")
     if "latency" in only:
         (p50, p99), v = median_of(args.runs, latency)
         print(f"enqueue->join latency     p50 {p50:.2f} ms, p99 {p99:.2f} ms   "

@@ -202,6 +202,11 @@ class Store(ABC):
         """Housekeeping a worker runs from its background thread (default: none)."""
         return None
 
+    def background_checkpoints(self, enabled: bool) -> None:  # noqa: B027 - optional hook
+        """While enabled, this process calls checkpoint() from a background thread,
+        so commits need not checkpoint themselves (default: nothing to change)."""
+        return None
+
     @abstractmethod
     def generation(self) -> int:
         """A counter that moves when the database may have changed (see wait_for_change)."""
