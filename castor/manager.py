@@ -112,6 +112,13 @@ class Manager:
     ) -> NewTask:
         now = time.time()
         opts = fn.options
+        encoded_args, encoded_kwargs = encode_call(self.serializer, fn.name, args, kwargs)
+        if not call:  # .delay(): the task's defaults, nothing to validate
+            return NewTask(
+                new_task_id(), fn.name, opts.mode, self.serializer.name, encoded_args, encoded_kwargs,
+                now, now, opts.queue, opts.priority, opts.daemon,
+                {"timeout": opts.timeout} if opts.timeout is not None else {},
+            )
         where = f"{fn.name}.apply_async"
         eta = now
         if call.get("eta") is not None:
@@ -126,7 +133,6 @@ class Manager:
         if not isinstance(task_id, str):
             raise ConfigurationError(f"{where}: task_id must be a string, not {task_id!r}")
         timeout = opts.timeout if call.get("timeout") is None else validate_timeout(call["timeout"], where)
-        encoded_args, encoded_kwargs = encode_call(self.serializer, fn.name, args, kwargs)
         return NewTask(
             id=task_id, name=fn.name, mode=opts.mode, serializer=self.serializer.name,
             args=encoded_args, kwargs=encoded_kwargs, enqueued_at=now, eta=eta,
