@@ -9,6 +9,7 @@ fresh database, with NOTIFY_SOCKET bound here, and stops it by pid.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import REPO, Bench, drained_rate  # noqa: E402
+from bench_core import REPO, Bench, drained_rate, round_trips  # noqa: E402
 
 CASTORD = str(Path(sys.executable).parent / "castord")
 
@@ -35,6 +36,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [CASTORD, "start", "benchapp:manager", "--log-format", "json", "--log-file", str(self.log), *args],
             cwd=bench.dir, env=env, start_new_session=True)
+        bench.procs.append(self.proc)  # so Bench.close() stops it even if a run fails
 
     def wait_ready(self, timeout: float = 30) -> float:
         self.sock.settimeout(timeout)
@@ -53,10 +55,6 @@ class Daemon:
             out.append(pid)
             frontier.extend(int(k) for k in kids)
         return out
-
-    def child_pids(self, title: str) -> list[int]:
-        return [p for p in self.descendants()
-                if Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace").startswith(title)]
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -90,7 +88,8 @@ def respawn() -> float:
         d = Daemon(b, "--workers", "1", "--threads", "0")
         d.wait_ready()
         b.app.noop.delay(0).join(timeout=10)
-        (victim,) = d.child_pids("castord: process-worker")
+        spawned = [json.loads(line) for line in d.log.read_text().splitlines()]
+        victim = [e["child_pid"] for e in spawned if e["event"] == "child.spawned"][-1]
         killed = time.time()
         os.kill(victim, signal.SIGKILL)
         task = b.app.noop.delay(1)
@@ -139,15 +138,9 @@ def latency(n: int = 500) -> tuple[float, float]:
     try:
         d = Daemon(b, "--workers", "2", "--threads", "8")
         d.wait_ready()
-        samples = []
-        for i in range(n):
-            start = time.perf_counter()
-            b.app.noop.delay(i).join(timeout=10)
-            samples.append(time.perf_counter() - start)
-            time.sleep(0.002)
+        result = round_trips(b, n)
         d.stop()
-        samples.sort()
-        return samples[n // 2] * 1000, samples[int(n * 0.99) - 1] * 1000
+        return result
     finally:
         b.close()
 

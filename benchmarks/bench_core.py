@@ -186,16 +186,21 @@ def latency(n: int = 500) -> tuple[float, float]:
     try:
         b.worker("--mode", "process")
         b.app.noop.delay(-1).join(timeout=30)  # worker is up and idle
-        samples = []
-        for i in range(n):
-            start = time.perf_counter()
-            b.app.noop.delay(i).join(timeout=10)
-            samples.append(time.perf_counter() - start)
-            time.sleep(0.002)  # let the worker go idle again
-        samples.sort()
-        return samples[n // 2] * 1000, samples[int(n * 0.99) - 1] * 1000
+        return round_trips(b, n)
     finally:
         b.close()
+
+
+def round_trips(b: Bench, n: int) -> tuple[float, float]:
+    """p50 and p99 (ms) of n delay() -> join() round trips, one at a time."""
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        b.app.noop.delay(i).join(timeout=10)
+        samples.append(time.perf_counter() - start)
+        time.sleep(0.002)  # let the worker go idle again
+    samples.sort()
+    return samples[n // 2] * 1000, samples[int(n * 0.99) - 1] * 1000
 
 
 def idle_cpu(seconds: float = 10.0) -> float:
