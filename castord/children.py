@@ -88,12 +88,16 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     """Entry point in the child process."""
     # The master coordinates shutdown: a terminal's Ctrl+C reaches the whole
     # process group, and TTIN/TTOU would otherwise stop us.
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(signum, signal.SIG_IGN)
+    # USR1 (forwarded by the master after log rotation): the heartbeat thread
+    # reopens the log file; the handler only records.
+    reopen_logs = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: reopen_logs.set())
     setproctitle(f"castord: {spec.label} booting {spec.app}")
     from castord.logging import configure
 
-    configure(spec.role, fmt=spec.log_format, level=spec.log_level, log_file=spec.log_file)
+    sink = configure(spec.role, fmt=spec.log_format, level=spec.log_level, log_file=spec.log_file)
     log = get_logger("castord.child")
     channel = Channel(conn)
     try:
@@ -109,7 +113,7 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         worker.on_timeout = lambda record: _timed_out(worker, record, channel)
     # A TERM sent to a child by hand drains just that child.
     signal.signal(signal.SIGTERM, lambda *_: _drain(worker, spec))
-    Heartbeat(worker, spec, channel, log).start()
+    Heartbeat(worker, spec, channel, log, sink, reopen_logs).start()
     threading.Thread(target=_listen, args=(conn, worker, spec), name="castord-control", daemon=True).start()
     channel.send("ready", {"pid": os.getpid(), "owner": spec.owner})
     log.info("child.ready", child=spec.label, owner=spec.owner)
@@ -164,11 +168,14 @@ def _drain(worker: Worker, spec: ChildSpec) -> None:
 class Heartbeat:
     """Tells the master we are alive every interval, with what we are doing."""
 
-    def __init__(self, worker: Worker, spec: ChildSpec, channel: Channel, log: Any):
+    def __init__(self, worker: Worker, spec: ChildSpec, channel: Channel, log: Any, sink: Any,
+                 reopen_logs: threading.Event):
         self.worker = worker
         self.spec = spec
         self.channel = channel
         self.log = log
+        self.sink = sink
+        self.reopen_logs = reopen_logs
         self._title = ""
 
     def start(self) -> None:
@@ -176,6 +183,9 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while True:
+            if self.reopen_logs.is_set():
+                self.reopen_logs.clear()
+                self.sink.reopen()
             self.beat()
             time.sleep(self.spec.heartbeat_interval)
 

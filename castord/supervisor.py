@@ -144,6 +144,8 @@ class Supervisor:
         deadlines += [s.respawn_at for s in self.slots if s.child is None and not s.retired]
         if self.drain_deadline is not None:
             deadlines.append(self.drain_deadline)
+        if self._watchdog is not None:
+            deadlines.append(self._next_watchdog)
         return max(0.0, min(deadlines) - now)
 
     def _tick(self, ready: list[Any]) -> None:
@@ -301,6 +303,12 @@ class Supervisor:
                 self._kill(child, signal.SIGABRT)
                 child.kill_deadline = now + KILL_GRACE_SECONDS
 
+    def _signal(self, child: Child, signum: int) -> None:
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
     def _kill(self, child: Child, signum: int) -> None:
         try:
             os.kill(child.pid, signum)
@@ -328,8 +336,11 @@ class Supervisor:
             self._grow()
         elif intent is Intent.SHRINK:
             self._shrink()
-        elif intent is Intent.REOPEN_LOGS and self.sink is not None:
-            self.sink.reopen()
+        elif intent is Intent.REOPEN_LOGS:
+            if self.sink is not None:
+                self.sink.reopen()
+            for child in self._live_children():
+                self._signal(child, signal.SIGUSR1)  # each child reopens its own stream
             log.info("castord.logs_reopened")
 
     def _begin_drain(self) -> None:

@@ -403,6 +403,18 @@ def test_watchdog_and_usr1_log_reopen(daemons, app_dir):
     wait_until(lambda: d.log_file.exists(), 10, "castord to reopen its log file")
     d.wait_event("castord.logs_reopened")
     assert "castord.ready" in rotated.read_text()
+    import testapp
+
+    # The children reopen too (at their next heartbeat): a child's line after the
+    # rotation lands in the new file.
+    def child_logged_to_new_file() -> bool:
+        with pytest.raises(ValueError):
+            testapp.boom.delay("after rotation").join(timeout=10)
+        return bool(d.events("task.failed"))
+
+    wait_until(child_logged_to_new_file, 15, "a child's line in the new log file", interval=0.2)
+    failed = d.events("task.failed")[0]
+    assert failed["role"] == "process-worker" and failed["exc_message"] == "after rotation"
 
 
 @pytest.mark.timeout(60)
