@@ -32,6 +32,18 @@ if TYPE_CHECKING:
     from castor.manager import Manager
 
 log = get_logger("castor.worker")
+
+# Bumped in every forked child, so `Worker.owner` notices a fork without a getpid()
+# system call on each of its (several per task) uses.
+_fork_generation = 0
+
+
+def _after_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _stdlib_log = logging.getLogger("castor.worker")
 
 # An idle worker re-checks the database at least this often (for expired
@@ -68,7 +80,8 @@ class Worker:
         self.queues = list(queues) if queues else None
         self.lease = to_seconds(lease, "lease") or DEFAULT_LEASE_SECONDS
         self._owner = owner
-        self._owner_pid = os.getpid() if owner else -1
+        # An explicit owner is kept (until a fork); otherwise one is made on first use.
+        self._owner_generation = -1
         self._stop = threading.Event()
         self.done = 0  # tasks settled by this worker
         self.running: dict[str, TaskRecord] = {}  # task id -> record, until settled
@@ -86,10 +99,11 @@ class Worker:
 
     @property
     def owner(self) -> str:
-        """This worker's lease-owner name: host, pid and a random suffix."""
-        if self._owner_pid != os.getpid():
-            self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-            self._owner_pid = os.getpid()
+        """This worker's lease-owner name: host, pid and a random suffix (new after a fork)."""
+        if self._owner_generation != _fork_generation:
+            if self._owner is None or self._owner_generation != -1:
+                self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self._owner_generation = _fork_generation
         return self._owner  # type: ignore[return-value]
 
     # -- one step ------------------------------------------------------------

@@ -36,9 +36,11 @@ class NewTask:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskRecord:
-    """A snapshot of one stored task."""
+    """A snapshot of one stored task (read-only by convention: not frozen, because a
+    frozen dataclass's __init__ is several microseconds slower, and workers build one
+    per claimed task)."""
 
     id: str
     name: str
