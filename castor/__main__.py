@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     runner.start()
     while runner.is_alive():
         runner.join(0.2)  # the main thread stays free to take signals
+    # daemon=True tasks still running in pool threads go back to the queue now
+    # (attempt not counted) instead of waiting for their leases to expire.
+    worker.release_held()
     return 0
 
 

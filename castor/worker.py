@@ -23,6 +23,7 @@ import structlog
 from castor.durations import to_seconds
 from castor.errors import ConfigurationError, TaskTimeout
 from castor.execution import EventLoopThread, Outcome, execute
+from castor.failures import describe
 from castor.logs import get_logger
 from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord
@@ -320,9 +321,13 @@ class Worker:
     ) -> None:
         while (record := work.get()) is not None:
             try:
-                finished.put(self._execute(record)[1])
-            finally:
-                slots.release()  # after the put: the claimer then settles it at once
+                settlement = self._execute(record)[1]
+            except BaseException as exc:  # noqa: BLE001 - e.g. a TaskTimeout delivered late
+                log.exception("worker.execute_error", task_id=record.id, task_name=record.name)
+                settlement = Settlement(record.id, self.owner, record.attempts, TaskStatus.FAILED,
+                                        error=describe(exc), finished_at=time.time())
+            finished.put(settlement)
+            slots.release()  # after the put: the claimer then settles it at once
 
     def _wait_for_work(self, seen: int) -> None:
         now = time.time()
