@@ -46,6 +46,7 @@ class Manager:
         include: Iterable[str] = (),
     ):
         self._db = db if not isinstance(db, (str, os.PathLike)) else None
+        self._owns_db = False  # True once `db` opened a BeaverDB for a path
         self.serializer = get_serializer(serializer)
         self.eager = eager
         self.store: Store = open_store(db, lock_timeout=lock_timeout, durable=durable)
@@ -65,6 +66,7 @@ class Manager:
             from beaver import BeaverDB
 
             self._db = BeaverDB(self.store.path)
+            self._owns_db = True
         return self._db
 
     # -- defining tasks ------------------------------------------------------
@@ -182,8 +184,13 @@ class Manager:
         return {str(k): v for k, v in self.store.counts_by_status().items()}
 
     def close(self) -> None:
-        """Close castor's own connections (the BeaverDB, if you passed one, stays yours)."""
+        """Close castor's connections, and the BeaverDB if castor opened it (one you
+        passed in stays yours to close)."""
         self.store.close()
+        if self._owns_db and self._db is not None:
+            self._db.close()
+            self._db = None
+            self._owns_db = False
 
     def __repr__(self) -> str:
         return f"<castor.Manager {self.store.path} tasks={len(self.registry)}>"

@@ -402,3 +402,19 @@ def test_async_task_raising_timeout_error_fails_with_it(db_path):
     with pytest.raises(TimeoutError, match="upstream took too long"):
         task.join(timeout=1)
     manager.close()
+
+
+def test_manager_from_a_path_opens_and_closes_its_own_beaverdb(db_path):
+    manager = castor.Manager(db_path)
+    manager.db.dict("settings")["theme"] = "dark"
+    assert manager.db.dict("settings")["theme"] == "dark"
+    db = manager.db
+    manager.close()
+    assert db._closed  # castor opened it, castor closed it
+
+
+def test_manager_leaves_a_passed_in_beaverdb_open(beaver):
+    manager = castor.Manager(beaver)
+    manager.close()
+    beaver.dict("still")["open"] = True
+    assert beaver.dict("still")["open"] is True
