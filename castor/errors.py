@@ -31,10 +31,6 @@ class DatabaseLockedError(StoreError):
     """Another connection held the write lock for longer than the Manager's lock timeout."""
 
 
-class LeaseLostError(CastorError):
-    """A worker tried to settle or renew a task whose lease it no longer holds."""
-
-
 class JoinTimeout(CastorError, TimeoutError):
     """`Task.join(timeout=...)` ran out of time before the task finished."""
 

@@ -11,6 +11,7 @@ over one duplex pipe:
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -121,14 +122,8 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     if spec.max_tasks is not None and worker.done >= spec.max_tasks:
         channel.send("retiring", f"max tasks per child ({spec.max_tasks}) reached")
     # Daemon tasks still running in pool threads are requeued by the master.
-    logging_shutdown()
+    logging.shutdown()  # flush the log file before _exit skips interpreter cleanup
     os._exit(0)
-
-
-def logging_shutdown() -> None:
-    import logging
-
-    logging.shutdown()
 
 
 def _timed_out(worker: Worker, record: Any, channel: Channel) -> None:

@@ -380,16 +380,7 @@ class SQLiteStore(Store):
             if not held:
                 return held
             if count_attempt:
-                conn.execute(
-                    f"""UPDATE castor_tasks
-                          SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL,
-                              lost = lost + 1
-                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ? AND lost + 1 >= ?""",
-                    (json.dumps(_worker_lost(max_lost)), time.time(), owner, max_lost),
-                )
-                conn.execute(
-                    f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1
-                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (owner,))
+                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=time.time())
             else:
                 conn.execute(
                     f"""UPDATE castor_tasks
@@ -427,22 +418,7 @@ class SQLiteStore(Store):
 
     def recover_expired(self, *, now: float, max_lost: int) -> int:
         def body(conn: sqlite3.Connection) -> int:
-            error = json.dumps(_worker_lost(max_lost))
-            failed = conn.execute(
-                """UPDATE castor_tasks
-                      SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL,
-                          lost = lost + 1
-                    WHERE status != 'pending' AND status = 'running' AND lease_expires < ?
-                      AND lost + 1 >= ?""",
-                (error, now, now, max_lost),
-            ).rowcount
-            requeued = conn.execute(
-                """UPDATE castor_tasks
-                      SET status = 'pending', lease_expires = NULL, lost = lost + 1
-                    WHERE status != 'pending' AND status = 'running' AND lease_expires < ?""",
-                (now,),
-            ).rowcount
-            return failed + requeued
+            return _lose(conn, "lease_expires < ?", (now,), max_lost=max_lost, now=now)
 
         if not self._execute(
             f"SELECT 1 FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
@@ -576,6 +552,23 @@ class SQLiteStore(Store):
                     conn.close()
             self._conn = self._notifier = self._probe = self._checkpointer = None
             self._closed = True
+
+
+def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float) -> int:
+    """The running tasks matching `where` lost their worker: fail those lost
+    `max_lost` times (WorkerLost), return the rest to pending. Inside a write txn."""
+    running = f"{_NOT_PENDING} AND status = 'running' AND {where}"
+    failed = conn.execute(
+        f"""UPDATE castor_tasks
+               SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL, lost = lost + 1
+             WHERE {running} AND lost + 1 >= ?""",
+        (json.dumps(_worker_lost(max_lost)), now, *params, max_lost),
+    ).rowcount
+    requeued = conn.execute(
+        f"UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1 WHERE {running}",
+        params,
+    ).rowcount
+    return failed + requeued
 
 
 def _worker_lost(max_lost: int) -> dict[str, Any]:

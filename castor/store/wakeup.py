@@ -127,10 +127,6 @@ class ChangeNotifier:
         self._inotify = ino
         return ino
 
-    def fileno(self) -> int | None:
-        ino = self._ensure_inotify()
-        return None if ino is None else ino.fileno()
-
     def close(self) -> None:
         if self._inotify is not None:
             self._inotify.close()
