@@ -13,12 +13,15 @@
     task.join(timeout=5)   # 3, once a worker (castord) has run it
 """
 
+from castor.context import cancelled, progress
 from castor.errors import (
     CastorError,
     ConfigurationError,
     DatabaseLockedError,
     DuplicateTaskError,
+    InvalidArguments,
     JoinTimeout,
+    Retry,
     SerializationError,
     StoreError,
     TaskCancelled,
@@ -28,7 +31,7 @@ from castor.errors import (
     UnknownTaskError,
     WorkerLost,
 )
-from castor.handle import Task
+from castor.handle import Progress, Task
 from castor.manager import Manager
 from castor.states import TaskStatus
 from castor.task import Signature, TaskFunction
@@ -41,8 +44,11 @@ __all__ = [
     "ConfigurationError",
     "DatabaseLockedError",
     "DuplicateTaskError",
+    "InvalidArguments",
     "JoinTimeout",
     "Manager",
+    "Progress",
+    "Retry",
     "SerializationError",
     "Signature",
     "StoreError",
@@ -56,4 +62,6 @@ __all__ = [
     "UnknownTaskError",
     "Worker",
     "WorkerLost",
+    "cancelled",
+    "progress",
 ]

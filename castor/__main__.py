@@ -10,8 +10,10 @@ import argparse
 import signal
 import sys
 import threading
+import time
 
 from castor.app import AppLoadError, load_manager
+from castor.periodic import Scheduler
 from castor.worker import Worker
 
 
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="pool size for --mode thread")
     parser.add_argument("--queues", default=None, help="comma-separated queues to serve (default: all)")
     parser.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
+    parser.add_argument("--no-periodic", action="store_true",
+                        help="do not fire @manager.periodic schedules from this process")
     args = parser.parse_args(argv)
     try:
         manager = load_manager(args.app)
@@ -34,8 +38,16 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: worker.stop())
     runner = threading.Thread(target=worker.run, name="castor-worker")
     runner.start()
+    # The main thread fires periodic schedules (each tick once, even if castords or
+    # other workers fire them too) and stays free to take signals.
+    scheduler = Scheduler(manager, now=time.time()) if manager.schedules and not args.no_periodic else None
     while runner.is_alive():
-        runner.join(0.2)  # the main thread stays free to take signals
+        wait = 0.2
+        if scheduler is not None and not worker.stopping:
+            scheduler.fire_due(time.time())
+            deadline = scheduler.next_deadline()
+            wait = min(wait, max(0.0, deadline - time.time())) if deadline is not None else wait
+        runner.join(wait)
     # daemon=True tasks still running in pool threads go back to the queue now
     # (attempt not counted) instead of waiting for their leases to expire.
     worker.release_held()

@@ -72,5 +72,22 @@ class RemoteTraceback(Exception):
         return f"\n\nTraceback from the worker:\n{self.traceback}"
 
 
+class Retry(CastorError):
+    """Raise from inside a task to run it again later: `raise castor.Retry(delay=10)`.
+
+    Counts as an attempt. Honoured while the task has attempts left: its
+    `retries=` if set, else `max_retries` (default 3, as Celery's self.retry()).
+    """
+
+    def __init__(self, reason: str = "", *, delay: float | None = None, max_retries: int | None = None):
+        super().__init__(reason or "the task asked to be retried")
+        self.delay = delay
+        self.max_retries = max_retries
+
+
+class InvalidArguments(CastorError, TypeError):
+    """`.delay()` arguments do not match the task's type hints (validate=True)."""
+
+
 class TaskIdConflict(CastorError, ValueError):
     """`apply_async(task_id=...)` named an id that is already in the database."""

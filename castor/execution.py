@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from castor.errors import SerializationError, UnknownTaskError
+from castor.context import context_values
+from castor.errors import SerializationError, TaskCancelled, UnknownTaskError
 from castor.failures import describe, describe_message
+from castor.retries import RetryPolicy
 from castor.serialization import get_serializer
 from castor.states import TaskStatus
-from castor.store.base import TaskRecord
+from castor.store.base import Settlement, TaskRecord
 
 if TYPE_CHECKING:
     from castor.manager import Manager
@@ -27,6 +29,8 @@ class Outcome:
     result: str | bytes | None = None
     error: dict[str, Any] | None = None
     duration: float = 0.0
+    # status PENDING: the attempt failed and the task runs again after this many seconds.
+    retry_in: float | None = None
 
 
 class EventLoopThread:
@@ -42,7 +46,9 @@ class EventLoopThread:
         self._thread.start()
 
     def run(self, awaitable: Any) -> Any:
-        future = asyncio.run_coroutine_threadsafe(_await(awaitable), self.loop)
+        # The loop's task gets this thread's context variables (the running task's
+        # castor context, the log fields), as asyncio.run would have given it.
+        future = asyncio.run_coroutine_threadsafe(_await(awaitable, context_values()), self.loop)
         try:
             while True:
                 # Short waits, so an asynchronous TaskTimeout reaches this thread.
@@ -88,7 +94,7 @@ def execute(
         if inspect.isawaitable(value):
             value = get_loop().run(value) if get_loop is not None else asyncio.run(_await(value))
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the task's failure is data
-        return Outcome(TaskStatus.FAILED, error=describe(exc), duration=time.perf_counter() - started)
+        return failure_outcome(record, exc, time.perf_counter() - started)
     duration = time.perf_counter() - started
     try:
         encoded = serializer.dumps(value)
@@ -101,5 +107,37 @@ def execute(
     return Outcome(TaskStatus.SUCCESS, result=encoded, duration=duration)
 
 
-async def _await(value: Any) -> Any:
+def failure_outcome(record: TaskRecord, exc: BaseException, duration: float = 0.0) -> Outcome:
+    """What a task's exception means: cancelled, retried later, or failed for good."""
+    error = describe(exc)
+    if isinstance(exc, TaskCancelled):
+        return Outcome(TaskStatus.CANCELLED, error=error, duration=duration)
+    retry_in = RetryPolicy.from_options(record.options).retry_in(exc, record.attempts)
+    if retry_in is not None:
+        return Outcome(TaskStatus.PENDING, error=error, duration=duration, retry_in=retry_in)
+    return Outcome(TaskStatus.FAILED, error=error, duration=duration)
+
+
+def settlement_for(manager: Manager, record: TaskRecord, outcome: Outcome, owner: str,
+                   now: float) -> Settlement:
+    """The write that records an outcome, with its retry time and result TTL."""
+    status = outcome.status
+    if status == TaskStatus.PENDING:
+        return Settlement(record.id, owner, record.attempts, status, error=outcome.error,
+                          finished_at=now, eta=now + (outcome.retry_in or 0.0))
+    options = record.options
+    if status == TaskStatus.SUCCESS:
+        ttl = options["result_ttl"] if "result_ttl" in options else manager.result_ttl
+    else:
+        ttl = options["failure_ttl"] if "failure_ttl" in options else manager.failure_ttl
+    return Settlement(
+        record.id, owner, record.attempts, status, result=outcome.result, error=outcome.error,
+        finished_at=now, expires_at=None if ttl is None else now + ttl,
+        drop=ttl == 0 and status == TaskStatus.SUCCESS,
+    )
+
+
+async def _await(value: Any, context: dict[Any, Any] | None = None) -> Any:
+    for var, item in (context or {}).items():
+        var.set(item)  # in this asyncio task's own copy of the context
     return await value

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from castor.durations import from_epoch, to_seconds
 from castor.errors import JoinTimeout, TaskCancelled, UnknownTaskError
 from castor.failures import rebuild
 from castor.serialization import get_serializer
 from castor.states import TaskStatus
-from castor.store.base import TaskRecord
+from castor.store.base import Query, TaskRecord
 
 if TYPE_CHECKING:
     from castor.manager import Manager
@@ -85,6 +85,64 @@ class Task(Generic[R]):
         """For a failed task: {"type", "message", "traceback", "args"}; else None."""
         return self.info().error
 
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per failed attempt so far: {"attempt", "type", "message", "at"}."""
+        return self.info().history
+
+    @property
+    def lost(self) -> int:
+        """How many times the worker running this task vanished (a "dirty" task if > 0)."""
+        return self.info().lost
+
+    @property
+    def progress(self) -> Progress | None:
+        """The latest `castor.progress(...)` report of the running attempt, if any."""
+        record = self.info()
+        if record.progress is None and record.progress_message is None:
+            return None
+        return Progress(record.progress, record.progress_message)
+
+    # -- acting ----------------------------------------------------------------
+
+    def cancel(self) -> TaskStatus:
+        """Cancel the task. Pending: it never starts. Running: its worker stops it
+        (a process task's child is replaced; a thread task sees castor.cancelled()
+        and gets TaskCancelled raised in it). Returns the status after the call:
+        "cancelled", "running" (the stop is under way), or a finished status
+        unchanged if it finished first."""
+        return self._manager.cancel(self.id)
+
+    revoke = cancel  # Celery's name
+
+    def retry(self) -> Task[R]:
+        """Run a failed or cancelled task again (a new attempt; its history is kept)."""
+        self._manager.retry(self.id)
+        return self
+
+    def forget(self) -> None:
+        """Delete the finished task's record (Celery's AsyncResult.forget)."""
+        self._manager.store.purge(Query(task_id=self.id))
+
+    # -- Celery's AsyncResult spellings ------------------------------------------
+
+    def get(self, timeout: float | None = None) -> R:
+        return self.join(timeout)
+
+    def ready(self) -> bool:
+        return bool(self)
+
+    def successful(self) -> bool:
+        return self.status() == TaskStatus.SUCCESS
+
+    def failed(self) -> bool:
+        return self.status() == TaskStatus.FAILED
+
+    @property
+    def state(self) -> str:
+        """The status in Celery's spelling: PENDING, STARTED, SUCCESS, FAILURE, REVOKED."""
+        return _CELERY_STATES[self.status()]
+
     # -- waiting ---------------------------------------------------------------
 
     def join(self, timeout: float | None = None) -> R:
@@ -128,8 +186,6 @@ class Task(Generic[R]):
             return None  # type: ignore[return-value]
         return get_serializer(record.serializer).loads(record.result)
 
-
-
     def __repr__(self) -> str:
         return f"<castor.Task {self.id}>"
 
@@ -138,6 +194,17 @@ class Task(Generic[R]):
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+class Progress(NamedTuple):
+    fraction: float | None
+    message: str | None
+
+
+_CELERY_STATES = {
+    TaskStatus.PENDING: "PENDING", TaskStatus.RUNNING: "STARTED", TaskStatus.SUCCESS: "SUCCESS",
+    TaskStatus.FAILED: "FAILURE", TaskStatus.CANCELLED: "REVOKED",
+}
 
 
 class _Budget:

@@ -6,22 +6,26 @@ import importlib
 import os
 import time
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from castor.durations import to_epoch, to_seconds
-from castor.errors import ConfigurationError, DuplicateTaskError
+from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
 from castor.handle import Task
 from castor.ids import new_task_id
+from castor.keys import call_key
 from castor.serialization import encode_call, get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, open_store
 from castor.task import (
+    STORED_OPTIONS,
     Signature,
     TaskFunction,
     build_options,
+    stored_options,
     validate_priority,
     validate_queue,
-    validate_timeout,
+    validate_ttl,
 )
 
 P = ParamSpec("P")
@@ -44,6 +48,8 @@ class Manager:
         lock_timeout: float = 30.0,
         durable: bool = False,
         include: Iterable[str] = (),
+        result_ttl: float | timedelta | None = None,
+        failure_ttl: float | timedelta | None = None,
     ):
         self._db = db if not isinstance(db, (str, os.PathLike)) else None
         self._owns_db = False  # True once `db` opened a BeaverDB for a path
@@ -54,6 +60,12 @@ class Manager:
         # Modules that define tasks, imported by workers after loading APP
         # (Celery's `include`): lets APP be a main.py that never imports them.
         self.include = tuple(include)
+        # How long finished tasks stay, unless a task says otherwise (None: until
+        # purged; result_ttl=0: a success is deleted as it finishes).
+        self.result_ttl = validate_ttl(result_ttl, "result_ttl", "Manager", allow_zero=True)
+        self.failure_ttl = validate_ttl(failure_ttl, "failure_ttl", "Manager", allow_zero=False)
+        # Periodic schedules by task name (see castor.periodic); castord fires them.
+        self.schedules: dict[str, Any] = {}
 
     @property
     def path(self) -> str:
@@ -102,6 +114,19 @@ class Manager:
         self.registry[task_options.name] = task_fn
         return task_fn
 
+    def periodic(
+        self, *, cron: str | None = None, every: Any = None, **options: Any
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+        """Register a task that castord enqueues on a schedule:
+        `@manager.periodic(cron="*/5 * * * *", mode="thread")` or `every=timedelta(minutes=5)`.
+
+        Takes every @manager.task option too. Each tick fires once, however many
+        castords share the file; ticks missed while no castord ran are skipped.
+        """
+        from castor.periodic import register_periodic
+
+        return lambda fn: register_periodic(self, fn, cron=cron, every=every, options=options)
+
     def import_tasks(self) -> None:
         """Import the `include=` modules so their tasks register (workers call this)."""
         for module in self.include:
@@ -114,42 +139,71 @@ class Manager:
     ) -> NewTask:
         now = time.time()
         opts = fn.options
+        if opts.validator is not None:
+            opts.validator(args, kwargs)
         encoded_args, encoded_kwargs = encode_call(self.serializer, fn.name, args, kwargs)
-        if not call:  # .delay(): the task's defaults, nothing to validate
+        if not call and opts.unique is False and opts.cache_ttl is None:
+            # .delay() of a plain task: the task's defaults, nothing to validate.
             return NewTask(
                 new_task_id(), fn.name, opts.mode, self.serializer.name, encoded_args, encoded_kwargs,
-                now, now, opts.queue, opts.priority, opts.daemon,
-                {"timeout": opts.timeout} if opts.timeout is not None else {},
+                now, now, opts.queue, opts.priority, opts.daemon, opts.stored,
             )
         where = f"{fn.name}.apply_async"
+        call = {k: v for k, v in call.items() if v is not None}  # None: the task's default
         eta = now
-        if call.get("eta") is not None:
+        if "eta" in call:
             eta = to_epoch(call["eta"], "eta")
-        if call.get("countdown") is not None:
-            if call.get("eta") is not None:
+        if "countdown" in call:
+            if "eta" in call:
                 raise ConfigurationError(f"{where}: give eta or countdown, not both")
             eta = now + (to_seconds(call["countdown"], "countdown") or 0.0)
-        queue = opts.queue if call.get("queue") is None else validate_queue(call["queue"], where)
-        priority = opts.priority if call.get("priority") is None else validate_priority(call["priority"], where)
+        queue = validate_queue(call["queue"], where) if "queue" in call else opts.queue
+        priority = validate_priority(call["priority"], where) if "priority" in call else opts.priority
         task_id = call.get("task_id") or new_task_id()
         if not isinstance(task_id, str):
             raise ConfigurationError(f"{where}: task_id must be a string, not {task_id!r}")
-        timeout = opts.timeout if call.get("timeout") is None else validate_timeout(call["timeout"], where)
+        stored = opts.stored
+        per_call = {k: v for k, v in call.items() if k in STORED_OPTIONS}
+        if per_call:
+            stored = stored_options({**opts.raw, **per_call}, where)
+        unique = call.get("unique", opts.unique)
+        cache_ttl = validate_ttl(call["cache_ttl"], "cache_ttl", where, allow_zero=False) \
+            if "cache_ttl" in call else opts.cache_ttl
         return NewTask(
             id=task_id, name=fn.name, mode=opts.mode, serializer=self.serializer.name,
             args=encoded_args, kwargs=encoded_kwargs, enqueued_at=now, eta=eta,
-            queue=queue, priority=priority, daemon=opts.daemon,
-            options={"timeout": timeout} if timeout is not None else {},
+            queue=queue, priority=priority, daemon=opts.daemon, options=stored,
+            unique_key=_unique_key(fn.name, unique, args, kwargs, where),
+            cache_key=call_key(fn.name, args, kwargs) if cache_ttl is not None else None,
+            cache_ttl=cache_ttl,
         )
 
     def _submit(self, tasks: list[NewTask]) -> list[Task[Any]]:
-        self.store.enqueue(tasks)
+        if len(tasks) == 1 and tasks[0].cache_ttl is None:
+            ids = self.store.enqueue(tasks)  # the hot path
+        else:
+            ids = self._enqueue_uncached(tasks)
         if self.eager:
             from castor.worker import run_eagerly
 
-            for task in tasks:
-                run_eagerly(self, task.id)
-        return [Task(self, t.id) for t in tasks]
+            for task, task_id in zip(tasks, ids, strict=True):
+                if task.id == task_id:  # not a unique twin's or a cached task's id
+                    run_eagerly(self, task.id)
+        return [Task(self, task_id) for task_id in ids]
+
+    def _enqueue_uncached(self, tasks: list[NewTask]) -> list[str]:
+        """Enqueue the tasks that no recent cached success answers (cache_ttl=)."""
+        ids: list[str | None] = [None] * len(tasks)
+        fresh: list[tuple[int, NewTask]] = []
+        for i, task in enumerate(tasks):
+            if task.cache_key is not None and task.cache_ttl is not None:
+                ids[i] = self.store.find_cached(task.cache_key, since=task.enqueued_at - task.cache_ttl)
+            if ids[i] is None:
+                fresh.append((i, task))
+        stored = self.store.enqueue([t for _, t in fresh])
+        for (i, _), task_id in zip(fresh, stored, strict=True):
+            ids[i] = task_id
+        return [i for i in ids if i is not None]
 
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[Task[Any]]:
         """Enqueue many calls (`add.s(1, 2)`, ...) in one transaction: all or none."""
@@ -162,6 +216,69 @@ class Manager:
         return Task(self, task_id) if self.store.status(task_id) is not None else None
 
     get_task_by_id = get
+
+    def AsyncResult(self, task_id: str) -> Task[Any]:  # noqa: N802 - Celery's spelling
+        """A handle by id without checking that the task exists (Celery's habit)."""
+        return Task(self, task_id)
+
+    # -- acting on tasks -----------------------------------------------------
+
+    def cancel(self, task_id: str) -> TaskStatus:
+        """Cancel a task by id (see Task.cancel); raises UnknownTaskError if there is none."""
+        record = self.store.get(task_id)
+        if record is None:
+            raise UnknownTaskError(f"task {task_id} is not in the database (purged, or never enqueued)")
+        now = time.time()
+        ttl = record.options.get("failure_ttl", self.failure_ttl)
+        status = self.store.cancel(task_id, now=now, expires_at=None if ttl is None else now + ttl)
+        if status is None:
+            raise UnknownTaskError(f"task {task_id} is not in the database (purged, or never enqueued)")
+        return status
+
+    revoke = cancel  # Celery's name
+
+    def retry(self, task_id: str) -> Task[Any]:
+        """Send one failed or cancelled task back to the queue, to run again now."""
+        status = self.store.status(task_id)
+        if status is None:
+            raise UnknownTaskError(f"task {task_id} is not in the database (purged, or never enqueued)")
+        if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            raise ConfigurationError(f"task {task_id} is {status}; only failed or cancelled tasks can be retried")
+        if not self.store.retry(task_id=task_id, now=time.time()):
+            raise ConfigurationError(
+                f"task {task_id} was not retried: an unfinished twin with the same unique key exists")
+        return Task(self, task_id)
+
+    def retry_failed(self, *, name: str | None = None, queue: str | None = None,
+                     status: str = "failed") -> list[Task[Any]]:
+        """Send every failed (or cancelled) task, optionally of one name or queue, back to the queue."""
+        query = _query(status, name, queue)
+        if query.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            raise ConfigurationError(f"retry_failed takes status 'failed' or 'cancelled', not {status!r}")
+        return [Task(self, i) for i in self.store.retry(query, now=time.time())]
+
+    def purge(self, *, older_than: float | timedelta | None = None, status: str | None = None,
+              name: str | None = None, queue: str | None = None) -> int:
+        """Delete finished tasks (success, failed, cancelled; never pending or running)
+        that finished more than `older_than` ago. Returns how many went."""
+        query = _query(status, name, queue)
+        if query.status is not None and not query.status.finished:
+            raise ConfigurationError(f"purge deletes finished tasks only, not {status} ones")
+        seconds = validate_ttl(older_than, "older_than", "Manager.purge", allow_zero=True)
+        before = None if seconds is None else time.time() - seconds
+        return self.store.purge(Query(query.status, query.name, query.queue, finished_before=before))
+
+    def failed(self, *, name: str | None = None, queue: str | None = None, limit: int | None = 100,
+               offset: int = 0) -> list[Task[Any]]:
+        """The failed tasks, newest first (inspect .error, .history, .attempts; .retry())."""
+        return self.tasks("failed", name=name, queue=queue, limit=limit, offset=offset)
+
+    def dirty(self, *, limit: int | None = 100) -> list[Task[Any]]:
+        """Tasks whose worker vanished at least once while running them (killed
+        process, lost machine), whatever their status now: worth a look, since a
+        task may have done part of its work twice."""
+        query = Query(dirty=True)
+        return [Task(self, r.id) for r in self.store.list(query, limit=limit)]
 
     def tasks(
         self,
@@ -194,6 +311,21 @@ class Manager:
 
     def __repr__(self) -> str:
         return f"<castor.Manager {self.store.path} tasks={len(self.registry)}>"
+
+
+def _unique_key(name: str, unique: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                where: str) -> str | None:
+    """unique=True: a key from the arguments; a function: its return value; a
+    string (per call): that key. Keys are per task name."""
+    if unique is False:
+        return None
+    if unique is True:
+        return call_key(name, args, kwargs)
+    if isinstance(unique, str):
+        return f"{name}:{unique}"
+    if callable(unique):
+        return f"{name}:{unique(*args, **kwargs)}"
+    raise ConfigurationError(f"{where}: unique must be True, False, a key string or a function, not {unique!r}")
 
 
 def _query(status: str | None, name: str | None, queue: str | None) -> Query:

@@ -6,12 +6,12 @@ import difflib
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from castor.durations import to_seconds
 from castor.errors import ConfigurationError
 from castor.handle import Task
+from castor.retries import RETRY_OPTIONS, build_policy
 
 if TYPE_CHECKING:
     from castor.manager import Manager
@@ -32,10 +32,23 @@ class TaskOptions:
     queue: str = "default"
     priority: int = 0
     timeout: float | None = None
+    # unique=True (key from the arguments), or a function of the arguments returning the key.
+    unique: bool | Callable[..., Any] = False
+    cache_ttl: float | None = None
+    # validate=True: checks .delay()'s arguments against the type hints (castor.validation).
+    validator: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None
+    # What every task record of this function carries in its options column
+    # (timeout, retry policy, TTLs), already validated; shared, never mutated.
+    stored: dict[str, Any] = field(default_factory=dict)
+    # The decorator's storable options as given, merged with per-call ones.
+    raw: dict[str, Any] = field(default_factory=dict)
 
 
-DECORATOR_OPTIONS = ("mode", "daemon", "name", "queue", "priority", "timeout")
-CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id", "timeout")
+# Options that live in each task record (the worker reads them from there).
+STORED_OPTIONS = ("timeout", *RETRY_OPTIONS, "result_ttl", "failure_ttl")
+DECORATOR_OPTIONS = ("mode", "daemon", "name", "queue", "priority", *STORED_OPTIONS, "unique",
+                     "cache_ttl", "validate")
+CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id", *STORED_OPTIONS, "unique", "cache_ttl")
 
 
 def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOptions:
@@ -57,12 +70,56 @@ def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOption
     name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
     if not isinstance(name, str):
         raise ConfigurationError(f"{where}: name must be a string, not {name!r}")
+    raw = {k: v for k, v in options.items() if k in STORED_OPTIONS}
+    stored = stored_options(raw, where)
+    validator = None
+    if options.get("validate", False):
+        from castor.validation import build_validator
+
+        validator = build_validator(fn, where)
+    elif not isinstance(options.get("validate", False), bool):
+        raise ConfigurationError(f"{where}: validate must be True or False, not {options['validate']!r}")
     return TaskOptions(
         name=name, mode=mode, daemon=daemon,
         queue=validate_queue(options.get("queue", "default"), where),
         priority=validate_priority(options.get("priority", 0), where),
-        timeout=validate_timeout(options.get("timeout"), where),
+        timeout=stored.get("timeout"),
+        unique=validate_unique(options.get("unique", False), where),
+        cache_ttl=validate_ttl(options.get("cache_ttl"), "cache_ttl", where, allow_zero=False),
+        validator=validator, stored=stored, raw=raw,
     )
+
+
+def stored_options(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate the options a task record carries; JSON-ready, defaults left out."""
+    stored: dict[str, Any] = {}
+    timeout = validate_timeout(raw.get("timeout"), where)
+    if timeout is not None:
+        stored["timeout"] = timeout
+    stored.update(build_policy(raw, where).to_options())
+    for key in ("result_ttl", "failure_ttl"):
+        ttl = validate_ttl(raw.get(key), key, where, allow_zero=key == "result_ttl")
+        if ttl is not None:
+            stored[key] = ttl
+    return stored
+
+
+def validate_ttl(value: Any, what: str, where: str, *, allow_zero: bool) -> float | None:
+    try:
+        seconds = to_seconds(value, what)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    if seconds is not None and seconds == 0 and not allow_zero:
+        raise ConfigurationError(f"{where}: {what} must be more than 0 seconds")
+    return seconds
+
+
+def validate_unique(value: Any, where: str) -> bool | Callable[..., Any]:
+    if isinstance(value, bool) or callable(value):
+        return value
+    raise ConfigurationError(
+        f"{where}: unique must be True, False or a function of the task's arguments that returns "
+        f"the key, not {value!r}")
 
 
 def validate_timeout(timeout: Any, where: str) -> float | None:
@@ -85,6 +142,12 @@ def validate_priority(priority: Any, where: str) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise ConfigurationError(f"{where}: priority must be an integer (higher runs first), not {priority!r}")
     return priority
+
+
+def check_call_options(where: str, options: dict[str, Any]) -> None:
+    unknown = [k for k in options if k not in CALL_OPTIONS]
+    if unknown:
+        raise ConfigurationError(_unknown_message(where, unknown[0], CALL_OPTIONS))
 
 
 def _unknown_message(where: str, option: str, valid: tuple[str, ...]) -> str:
@@ -114,20 +177,12 @@ class TaskFunction(Generic[P, R]):
         return self.manager._submit([self._new(args, kwargs, {})])[0]
 
     def apply_async(
-        self,
-        args: Iterable[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        countdown: float | timedelta | None = None,
-        eta: datetime | float | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        task_id: str | None = None,
-        timeout: float | timedelta | None = None,
+        self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Task[R]:
-        """Enqueue with per-call options (Celery's spelling)."""
-        options = {"countdown": countdown, "eta": eta, "priority": priority, "queue": queue,
-                   "task_id": task_id, "timeout": timeout}
+        """Enqueue with per-call options (Celery's spelling): countdown, eta, priority,
+        queue, task_id, timeout, retries (and retry_*), result_ttl, failure_ttl, unique,
+        cache_ttl."""
+        check_call_options(f"{self.name}.apply_async", options)
         return self.manager._submit([self._new(tuple(args), dict(kwargs or {}), options)])[0]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
@@ -155,9 +210,7 @@ class Signature:
     options: dict[str, Any] = field(default_factory=dict)
 
     def set(self, **options: Any) -> Signature:
-        unknown = [k for k in options if k not in CALL_OPTIONS]
-        if unknown:
-            raise ConfigurationError(_unknown_message("Signature.set", unknown[0], CALL_OPTIONS))
+        check_call_options("Signature.set", options)
         return Signature(self.task, self.args, self.kwargs, {**self.options, **options})
 
     def delay(self) -> Task[Any]:

@@ -7,7 +7,6 @@ one claim → run → settle, for tests and for callers that own their loop.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import queue
@@ -20,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from castor import context
+from castor.context import TaskContext, baked
 from castor.durations import to_seconds
-from castor.errors import ConfigurationError, TaskTimeout
-from castor.execution import EventLoopThread, Outcome, execute
-from castor.failures import describe
+from castor.errors import ConfigurationError, TaskCancelled, TaskTimeout
+from castor.execution import EventLoopThread, Outcome, execute, failure_outcome, settlement_for
 from castor.logs import get_logger
 from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord
@@ -55,6 +55,8 @@ DEFAULT_LEASE_SECONDS = 30.0
 RECOVERY_SECONDS = 1.0
 MAX_WORKER_LOSSES = 3
 CHECKPOINT_SECONDS = 0.25
+# How often a worker deletes finished tasks whose result_ttl / failure_ttl passed.
+EXPIRY_SECONDS = 2.0
 
 
 class Worker:
@@ -86,6 +88,7 @@ class Worker:
         self._stop = threading.Event()
         self.done = 0  # tasks settled by this worker
         self.running: dict[str, TaskRecord] = {}  # task id -> record, until settled
+        self.contexts: dict[str, TaskContext] = {}  # task id -> context, while its function runs
         self._running_lock = threading.Lock()
         self._durations: dict[str, float] = {}
         self._hot = False  # the last round claimed something: skip the read-first check
@@ -94,6 +97,8 @@ class Worker:
         # process children replace the default (an exception raised in the task's
         # thread) with "record the timeout, then exit so the master replaces us".
         self.on_timeout: Callable[[TaskRecord], None] | None = None
+        # Likewise when a running task is cancelled (castord: record it, then exit).
+        self.on_cancel: Callable[[TaskRecord], None] | None = None
         # Thread workers run `async def` tasks on one shared event loop (started lazily).
         self._loop_thread: EventLoopThread | None = None
         self._next_recovery = 0.0
@@ -126,10 +131,7 @@ class Worker:
     def run_claimed(self, record: TaskRecord) -> Outcome:
         """Run a task this worker has claimed and write its outcome at once."""
         outcome, settlement = self._execute(record)
-        accepted = self.store.settle(
-            settlement.task_id, settlement.owner, settlement.attempt, settlement.status,
-            result=settlement.result, error=settlement.error, now=settlement.finished_at,
-        )
+        accepted = self.store.settle_one(settlement)
         self._settled(settlement, accepted)
         return outcome
 
@@ -141,19 +143,42 @@ class Worker:
                       attempt=record.attempts)
         structlog.contextvars.bind_contextvars(
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
-        guard = TimeoutGuard(self, record) if record.options.get("timeout") else None
+        ctx = TaskContext(record, self.store, self.owner)
+        with self._running_lock:
+            self.contexts[record.id] = ctx
+        token = context._current.set(ctx)  # noqa: SLF001 - the worker owns the context
+        guard = TimeoutGuard(self, ctx) if record.options.get("timeout") else None
         try:
+            if record.cancel_requested:  # asked while it was being claimed
+                ctx.cancel_requested.set()
+                raise _cancelled_class(record)()
             outcome = execute(self.manager, record, self._event_loop if self.mode == "thread" else None)
+        except TaskCancelled as exc:  # delivered before the function began
+            outcome = failure_outcome(record, exc)
         finally:
             if guard is not None:
-                guard.disarm()
+                guard.cancel()
+            ctx.disarm()
+            context._current.reset(token)  # noqa: SLF001
+            with self._running_lock:
+                self.contexts.pop(record.id, None)
             structlog.contextvars.unbind_contextvars("task_id", "task_name", "queue", "attempt")
-        settlement = Settlement(
-            task_id=record.id, owner=self.owner, attempt=record.attempts, status=outcome.status,
-            result=outcome.result, error=outcome.error, finished_at=time.time(),
-        )
+        if outcome.status == TaskStatus.CANCELLED and not ctx.cancel_requested.is_set():
+            # The function raised TaskCancelled on its own: that is a failure like any other.
+            outcome = Outcome(TaskStatus.FAILED, error=outcome.error, duration=outcome.duration)
+        ctx.flush()
+        settlement = settlement_for(self.manager, record, outcome, self.owner, time.time())
         self._durations[record.id] = outcome.duration
         return outcome, settlement
+
+    def _execute_safely(self, record: TaskRecord) -> Settlement:
+        try:
+            return self._execute(record)[1]
+        except BaseException as exc:  # noqa: BLE001 - e.g. a TaskTimeout delivered a moment late
+            log.exception("worker.execute_error", task_id=record.id, task_name=record.name)
+            with self._running_lock:
+                self.contexts.pop(record.id, None)
+            return settlement_for(self.manager, record, failure_outcome(record, exc), self.owner, time.time())
 
     def _settled(self, settlement: Settlement, accepted: bool) -> None:
         """Bookkeeping and the log line once an outcome is written (or refused)."""
@@ -174,6 +199,12 @@ class Worker:
             log.warning("task.settle_rejected", **fields)
         elif settlement.status == TaskStatus.SUCCESS:
             log.debug("task.succeeded", **fields)
+        elif settlement.status == TaskStatus.PENDING:
+            error = settlement.error or {}
+            log.info("task.retrying", exc_type=error.get("type"), exc_message=error.get("message"),
+                     retry_in_s=round((settlement.eta or 0) - settlement.finished_at, 3), **fields)
+        elif settlement.status == TaskStatus.CANCELLED:
+            log.info("task.cancelled", **fields)
         else:
             error = settlement.error or {}
             log.info("task.failed", exc_type=error.get("type"), exc_message=error.get("message"), **fields)
@@ -242,7 +273,7 @@ class Worker:
             claims = self._exchange(finished, 0 if self._stop.is_set() else 1)
             finished = []
             if claims:
-                finished.append(self._execute(claims[0])[1])
+                finished.append(self._execute_safely(claims[0]))
                 continue
             if self._stop.is_set() or until_idle:
                 return
@@ -307,6 +338,20 @@ class Worker:
             self._stop.set()
         return self._stop.is_set()
 
+    def check_cancellations(self) -> None:
+        """Stop the running tasks someone asked to cancel (the housekeeping thread calls this)."""
+        for task_id in self.store.cancel_requests(self.owner):
+            with self._running_lock:
+                ctx = self.contexts.get(task_id)
+            if ctx is None or ctx.cancel_requested.is_set():
+                continue
+            ctx.cancel_requested.set()
+            log.info("task.cancel_requested", task_id=task_id, task_name=ctx.record.name)
+            if self.on_cancel is not None:
+                self.on_cancel(ctx.record)
+            else:
+                ctx.interrupt(_cancelled_class(ctx.record))
+
     def release_held(self) -> list[TaskRecord]:
         """Requeue, without counting the attempt, every task this worker still holds."""
         return self.store.release_owner(self.owner, count_attempt=False, max_lost=MAX_WORKER_LOSSES)
@@ -320,13 +365,7 @@ class Worker:
         slots: threading.Semaphore,
     ) -> None:
         while (record := work.get()) is not None:
-            try:
-                settlement = self._execute(record)[1]
-            except BaseException as exc:  # noqa: BLE001 - e.g. a TaskTimeout delivered late
-                log.exception("worker.execute_error", task_id=record.id, task_name=record.name)
-                settlement = Settlement(record.id, self.owner, record.attempts, TaskStatus.FAILED,
-                                        error=describe(exc), finished_at=time.time())
-            finished.put(settlement)
+            finished.put(self._execute_safely(record))
             slots.release()  # after the put: the claimer then settles it at once
 
     def _wait_for_work(self, seen: int) -> None:
@@ -356,57 +395,36 @@ class TimeoutGuard:
     """Raises TaskTimeout in the task's thread once its timeout= passes (best effort:
     Python delivers it between bytecodes, so a long C call finishes first)."""
 
-    def __init__(self, worker: Worker, record: TaskRecord):
+    def __init__(self, worker: Worker, ctx: TaskContext):
         self.worker = worker
-        self.record = record
-        self.thread_id = threading.get_ident()
-        self._lock = threading.Lock()
-        self._armed = True
-        self._timer = threading.Timer(float(record.options["timeout"]), self._fire)
+        self.ctx = ctx
+        self._timer = threading.Timer(float(ctx.record.options["timeout"]), self._fire)
         self._timer.daemon = True
         self._timer.start()
 
     def _fire(self) -> None:
-        with self._lock:
-            if not self._armed:
-                return
-            log.warning("task.timeout", task_id=self.record.id, task_name=self.record.name,
-                        queue=self.record.queue, attempt=self.record.attempts,
-                        timeout_s=self.record.options["timeout"])
-            if self.worker.on_timeout is not None:
-                self.worker.on_timeout(self.record)
-                return
-            message = f"{self.record.name} ran past its timeout of {self.record.options['timeout']:g} s"
-            _raise_in_thread(self.thread_id, _timeout_class(message))
+        record = self.ctx.record
+        timeout = record.options["timeout"]
+        log.warning("task.timeout", task_id=record.id, task_name=record.name, queue=record.queue,
+                    attempt=record.attempts, timeout_s=timeout)
+        if self.worker.on_timeout is not None:
+            self.worker.on_timeout(record)
+            return
+        self.ctx.interrupt(baked(TaskTimeout, f"{record.name} ran past its timeout of {timeout:g} s"))
 
-    def disarm(self) -> None:
+    def cancel(self) -> None:
         self._timer.cancel()
-        with self._lock:
-            if self._armed:
-                self._armed = False
-                _raise_in_thread(self.thread_id, None)  # drop one not yet delivered
 
 
-def _timeout_class(message: str) -> type[TaskTimeout]:
-    # An asynchronous exception can only be a class, raised without arguments:
-    # bake the message into a subclass that records itself as a TaskTimeout.
-    def __init__(self: TaskTimeout) -> None:
-        TaskTimeout.__init__(self, message)
-
-    cls = type("TaskTimeout", (TaskTimeout,), {"__init__": __init__})
-    cls.__module__, cls.__qualname__ = TaskTimeout.__module__, TaskTimeout.__qualname__
-    return cls
-
-
-def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
+def _cancelled_class(record: TaskRecord) -> type[BaseException]:
+    return baked(TaskCancelled, f"task {record.id} ({record.name}) was cancelled while running")
 
 
 class LeaseKeeper:
-    """The worker's background thread: renews its leases every lease/3 seconds,
-    and checkpoints the WAL every 0.25 s while tasks are flowing, so that
-    enqueues and settles do not pay for the checkpoint's fsync."""
+    """The worker's background thread: renews its leases every lease/3 seconds;
+    every 0.25 s while tasks are flowing, checkpoints the WAL (so that enqueues
+    and settles do not pay for the checkpoint's fsync), stops tasks someone
+    cancelled and writes held-back progress; every 2 s deletes expired results."""
 
     def __init__(self, worker: Worker):
         self.worker = worker
@@ -424,11 +442,19 @@ class LeaseKeeper:
     def _loop(self) -> None:
         interval = min(self.worker.lease / 3, CHECKPOINT_SECONDS)
         last_renew = time.monotonic()
+        next_expiry = 0.0
         while not self._stop.wait(interval):
             try:
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + EXPIRY_SECONDS
+                    self.worker.store.purge_expired(now=time.time())
                 if self.worker.running and time.monotonic() - last_renew >= self.worker.lease / 3:
                     self.worker.store.renew(self.worker.owner, lease=self.worker.lease, now=time.time())
                     last_renew = time.monotonic()
+                if self.worker.contexts:
+                    self.worker.check_cancellations()
+                    for ctx in list(self.worker.contexts.values()):
+                        ctx.flush()
                 if self.worker.done != self._done_at_checkpoint:
                     self._done_at_checkpoint = self.worker.done
                     self.worker.store.checkpoint()

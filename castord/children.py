@@ -22,6 +22,8 @@ from typing import Any
 from setproctitle import setproctitle
 
 from castor.app import AppLoadError, load_manager
+from castor.errors import TaskCancelled, TaskTimeout
+from castor.execution import failure_outcome, settlement_for
 from castor.logs import get_logger
 from castor.worker import Worker
 
@@ -33,6 +35,8 @@ EXIT_BOOT_FAILED = 3
 # A process child whose task ran past its timeout= records that and exits with
 # this status; the master replaces it at once (it is not a crash).
 EXIT_TASK_TIMEOUT = 5
+# Likewise for a task cancelled while it ran.
+EXIT_TASK_CANCELLED = 6
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     )
     if spec.role == PROCESS_WORKER:
         worker.on_timeout = lambda record: _timed_out(worker, record, channel)
+        worker.on_cancel = lambda record: _cancelled(worker, record, channel)
     # A TERM sent to a child by hand drains just that child.
     signal.signal(signal.SIGTERM, lambda *_: _drain(worker, spec))
     Heartbeat(worker, spec, channel, log, sink, reopen_logs).start()
@@ -127,19 +132,29 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
 
 
 def _timed_out(worker: Worker, record: Any, channel: Channel) -> None:
-    """A process task ran past its timeout=: fail it, then leave so the master replaces us."""
-    from castor.failures import describe_message
-    from castor.states import TaskStatus
-
+    """A process task ran past its timeout=: fail it (or schedule its retry), then
+    leave so the master replaces us."""
     timeout = record.options["timeout"]
-    worker.store.settle(
-        record.id, worker.owner, record.attempts, TaskStatus.FAILED, now=time.time(),
-        error=describe_message("castor.errors.TaskTimeout",
-                               f"{record.name} ran past its timeout of {timeout:g} s; its process "
-                               "child was stopped and replaced"),
-    )
-    channel.send("retiring", f"task {record.id} ran past its timeout of {timeout:g} s")
-    os._exit(EXIT_TASK_TIMEOUT)
+    _stop_task(worker, record, channel, TaskTimeout(
+        f"{record.name} ran past its timeout of {timeout:g} s; its process child was stopped and replaced"),
+        f"task {record.id} ran past its timeout of {timeout:g} s", EXIT_TASK_TIMEOUT)
+
+
+def _cancelled(worker: Worker, record: Any, channel: Channel) -> None:
+    """A running process task was cancelled: record that, then leave (the only way
+    to stop arbitrary code at once); the master replaces us."""
+    _stop_task(worker, record, channel, TaskCancelled(
+        f"task {record.id} ({record.name}) was cancelled while running; its process child was "
+        "stopped and replaced"), f"task {record.id} was cancelled", EXIT_TASK_CANCELLED)
+
+
+def _stop_task(worker: Worker, record: Any, channel: Channel, exc: BaseException, reason: str,
+               code: int) -> None:
+    settlement = settlement_for(worker.manager, record, failure_outcome(record, exc), worker.owner, time.time())
+    worker.store.settle_one(settlement)
+    channel.send("retiring", reason)
+    logging.shutdown()
+    os._exit(code)
 
 
 def _listen(conn: Any, worker: Worker, spec: ChildSpec) -> None:

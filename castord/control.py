@@ -109,12 +109,27 @@ def status_report(target: Target) -> dict[str, Any]:
             report["uptime_s"] = round(time.time() - row["started_at"], 1)
             report["heartbeat_age_s"] = round(time.time() - row["heartbeat_at"], 1)
             report.update({k: row["info"].get(k) for k in ("state", "workers", "threads", "queues", "children")})
+        report["schedules"] = _schedules(store.schedules(), (row or {}).get("info", {}).get("schedules") or {})
         report["queue_depth"] = store.pending_by_queue()
         report["counts"] = {str(k): v for k, v in store.counts_by_status().items()}
         report["database"] = target.db_path
     finally:
         store.close()
     return report
+
+
+def _schedules(fired: dict[str, dict[str, Any]], next_ticks: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Periodic schedules: the last tick fired (from the database, by any castord)
+    and, when this castord reported it, the next tick."""
+    return {name: {**fired.get(name, {"last_tick": None, "fired_at": None, "task_id": None}),
+                   "next_tick": next_ticks.get(name)}
+            for name in sorted(set(fired) | set(next_ticks))}
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
 def render(report: dict[str, Any]) -> str:
@@ -136,4 +151,7 @@ def render(report: dict[str, Any]) -> str:
         depth = ", ".join(f"{q}={n}" for q, n in sorted(report["queue_depth"].items())) or "empty"
         lines.append(f"queues: {depth}")
         lines.append("tasks: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
+    for name, sched in (report.get("schedules") or {}).items():
+        next_tick = f", next {_when(sched['next_tick'])}" if sched.get("next_tick") is not None else ""
+        lines.append(f"schedule {name}: last fired {_when(sched['fired_at'])}{next_tick}")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from setproctitle import setproctitle
 
 from castor.logs import get_logger
 from castor.manager import Manager
+from castor.periodic import Scheduler
 from castord.children import (
     EXIT_BOOT_FAILED,
     PROCESS_WORKER,
@@ -104,12 +105,15 @@ class Supervisor:
         self._next_watchdog = 0.0
         self._ctx = multiprocess.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)
+        self.scheduler: Scheduler | None = None  # fires @manager.periodic tasks (castor/periodic.py)
 
     # -- lifecycle -------------------------------------------------------------
 
     def run(self) -> int:
         self.signals.install()
         setproctitle(self._title())
+        if self.manager.schedules:
+            self.scheduler = Scheduler(self.manager, now=time.time())
         self._spawn_generation()
         try:
             while self._live_children() or self.state == State.RUNNING:
@@ -146,6 +150,10 @@ class Supervisor:
             deadlines.append(self.drain_deadline)
         if self._watchdog is not None:
             deadlines.append(self._next_watchdog)
+        if self.scheduler is not None and self.state == State.RUNNING:
+            tick = self.scheduler.next_deadline()
+            if tick is not None:  # an epoch time: convert it to the monotonic clock
+                deadlines.append(now + tick - time.time())
         return max(0.0, min(deadlines) - now)
 
     def _tick(self, ready: list[Any]) -> None:
@@ -162,6 +170,8 @@ class Supervisor:
         self._check_drain_deadline(now)
         if self.state == State.RUNNING:
             self._respawn_due(now)
+            if self.scheduler is not None:
+                self.scheduler.fire_due(time.time())  # not while draining: a stopping castord fires nothing
         self._announce(now)
 
     # -- spawning --------------------------------------------------------------
@@ -448,6 +458,7 @@ class Supervisor:
                 }
                 for c in self._live_children()
             ],
+            "schedules": self.scheduler.next_ticks() if self.scheduler is not None else {},
         }
 
     def _status_line(self) -> str:

@@ -34,6 +34,12 @@ class NewTask:
     priority: int = 0
     daemon: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    # unique=: at most one unfinished task per key (enqueue returns the twin).
+    unique_key: str | None = None
+    # cache_ttl=: a success with this key may answer later calls.
+    cache_key: str | None = None
+    # Not stored: how old a success with cache_key may be to answer instead.
+    cache_ttl: float | None = None
 
 
 @dataclass(slots=True)
@@ -63,6 +69,13 @@ class TaskRecord:
     owner: str | None
     lease_expires: float | None
     options: dict[str, Any]
+    progress: float | None = None
+    progress_message: str | None = None
+    cancel_requested: bool = False
+    # One entry per failed attempt: {"attempt", "type", "message", "at"}.
+    history: list[dict[str, Any]] = field(default_factory=list)
+    expires_at: float | None = None
+    unique_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +89,11 @@ class Settlement:
     result: str | bytes | None = None
     error: dict[str, Any] | None = None
     finished_at: float = 0.0
+    # status PENDING means "retry": the task runs again at `eta`.
+    eta: float | None = None
+    # Delete the finished row at this time (result_ttl); `drop` deletes it now.
+    expires_at: float | None = None
+    drop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +103,11 @@ class Query:
     status: TaskStatus | None = None
     name: str | None = None
     queue: str | None = None
+    # True: only tasks that lost their worker at least once (the "dirty" ones).
+    dirty: bool | None = None
+    # Finished before this epoch time (for purge).
+    finished_before: float | None = None
+    task_id: str | None = None
 
 
 class AsyncWatcher(Protocol):
@@ -99,8 +122,56 @@ class Store(ABC):
     path: str
 
     @abstractmethod
-    def enqueue(self, tasks: Sequence[NewTask]) -> None:
-        """Store tasks atomically (all or none); durable once this returns."""
+    def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
+        """Store tasks atomically (all or none); durable once this returns.
+
+        Returns each task's id, or for a task with a unique_key whose unfinished
+        twin is already stored, the twin's id (nothing is stored for it).
+        """
+
+    @abstractmethod
+    def find_cached(self, cache_key: str, *, since: float) -> str | None:
+        """The newest task with this cache_key that succeeded at or after `since`."""
+
+    @abstractmethod
+    def cancel(self, task_id: str, *, now: float, expires_at: float | None = None) -> TaskStatus | None:
+        """Cancel a task: pending → cancelled at once; running → cancel requested
+        (its worker stops it). Returns the status after the call (None: no such task)."""
+
+    @abstractmethod
+    def cancel_requests(self, owner: str) -> list[str]:
+        """Ids of tasks `owner` runs whose cancellation was requested."""
+
+    @abstractmethod
+    def set_progress(self, task_id: str, owner: str, attempt: int, fraction: float | None,
+                     message: str | None) -> bool:
+        """Record a running task's progress (fenced by owner and attempt)."""
+
+    @abstractmethod
+    def retry(self, query: Query | None = None, *, task_id: str | None = None, now: float) -> list[str]:
+        """Send finished failed/cancelled tasks back to pending (by id, or all that
+        match `query`, whose status must be failed or cancelled). Returns their ids."""
+
+    @abstractmethod
+    def purge(self, query: Query) -> int:
+        """Delete finished tasks matching `query` (never pending or running ones)."""
+
+    @abstractmethod
+    def purge_expired(self, *, now: float, limit: int = 1000) -> int:
+        """Delete up to `limit` finished tasks whose expires_at has passed."""
+
+    @abstractmethod
+    def fire_schedule(self, name: str, tick: float, task: NewTask, *, now: float) -> bool:
+        """Enqueue `task` for schedule `name`'s tick, unless that tick (or a later
+        one) was already fired by anyone; True if this call fired it."""
+
+    @abstractmethod
+    def schedules(self) -> dict[str, dict[str, Any]]:
+        """Each schedule's last fired tick: {name: {"last_tick", "fired_at", "task_id"}}."""
+
+    @abstractmethod
+    def settle_one(self, settlement: Settlement) -> bool:
+        """Write one finished attempt (fenced); False if the owner no longer holds it."""
 
     @abstractmethod
     def claim(

@@ -71,6 +71,39 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # Task semantics (retries, cancellation, progress, TTL, unique, caching).
+        "ALTER TABLE castor_tasks ADD COLUMN progress REAL",
+        "ALTER TABLE castor_tasks ADD COLUMN progress_message TEXT",
+        "ALTER TABLE castor_tasks ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        # JSON list: one short entry per failed attempt (the last one in full is `error`).
+        "ALTER TABLE castor_tasks ADD COLUMN history TEXT",
+        # A finished row is deleted by housekeeping after this time (result_ttl).
+        "ALTER TABLE castor_tasks ADD COLUMN expires_at REAL",
+        "ALTER TABLE castor_tasks ADD COLUMN unique_key TEXT",
+        "ALTER TABLE castor_tasks ADD COLUMN cache_key TEXT",
+        # Partial indexes: rows without a TTL, key or cache entry cost nothing.
+        """CREATE INDEX castor_tasks_expiry
+           ON castor_tasks (expires_at) WHERE expires_at IS NOT NULL""",
+        # At most one unfinished task per unique key: the enqueue of a twin
+        # finds the first instead (and a retry of a twin cannot collide).
+        """CREATE UNIQUE INDEX castor_tasks_unique
+           ON castor_tasks (unique_key)
+           WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')""",
+        """CREATE INDEX castor_tasks_cache
+           ON castor_tasks (cache_key, finished_at)
+           WHERE cache_key IS NOT NULL AND status = 'success'""",
+        # Periodic schedules: the last tick fired, so that several castords on
+        # one file fire each tick once (a conditional UPDATE decides who fires).
+        """
+        CREATE TABLE castor_schedules (
+            name       TEXT PRIMARY KEY,
+            last_tick  REAL NOT NULL,
+            fired_at   REAL NOT NULL,
+            task_id    TEXT
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

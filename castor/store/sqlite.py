@@ -53,24 +53,72 @@ _SQLITE_LOCKED = 6
 _COLUMNS = (
     "id, task_name, queue, mode, daemon, status, priority, serializer, args, kwargs, "
     "enqueued_at, eta, started_at, finished_at, result, error, attempts, lost, owner, "
-    "lease_expires, options"
+    "lease_expires, options, progress, progress_message, cancel_requested, history, expires_at, "
+    "unique_key"
 )
 
 _INSERT = (
     "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
-    "args, kwargs, enqueued_at, eta, options) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+    "args, kwargs, enqueued_at, eta, options, unique_key, cache_key) "
+    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# An enqueue with a unique key whose unfinished twin exists stores nothing
+# (the conflict target names the partial unique index).
+_INSERT_UNIQUE = _INSERT + (
+    " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')"
+    " DO NOTHING RETURNING id"
+)
+_UNFINISHED_TWIN = (
+    "SELECT id FROM castor_tasks WHERE unique_key = ? AND status IN ('pending', 'running')"
 )
 
 
-_SETTLE = """UPDATE castor_tasks
-                 SET status = ?, result = ?, error = ?, finished_at = ?, lease_expires = NULL
-               WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
-           RETURNING 1"""
+# Every settle is fenced: only the owner of the current attempt may write it.
+_FENCE = "WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running' RETURNING 1"
+
+# The hot path: a success (or a failure without history to keep).
+_SETTLE = f"""UPDATE castor_tasks
+                 SET status = ?, result = ?, error = ?, finished_at = ?, lease_expires = NULL,
+                     expires_at = ?
+               {_FENCE}"""
+
+# A failed attempt also appends a short entry to the task's history.
+_SETTLE_FAILED = f"""UPDATE castor_tasks
+                 SET status = ?, error = ?, finished_at = ?, lease_expires = NULL, expires_at = ?,
+                     history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
+               {_FENCE}"""
+
+# A failed attempt that will be retried goes back to pending at its new ETA,
+# unless someone asked to cancel it meanwhile.
+_SETTLE_RETRY = f"""UPDATE castor_tasks
+                 SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'pending' END,
+                     finished_at = CASE cancel_requested WHEN 1 THEN ? END,
+                     error = ?, eta = ?, lease_expires = NULL,
+                     progress = NULL, progress_message = NULL,
+                     history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
+               {_FENCE}"""
+
+# result_ttl=0 (drop on success): the row goes as the task finishes.
+_SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE}"
 
 
-def _settle_params(s: Settlement) -> tuple[Any, ...]:
-    return (str(s.status), s.result, json.dumps(s.error) if s.error else None, s.finished_at,
-            s.task_id, s.owner, s.attempt)
+def _history_entry(s: Settlement) -> str:
+    error = s.error or {}
+    return json.dumps({"attempt": s.attempt, "type": error.get("type"),
+                       "message": error.get("message"), "at": s.finished_at})
+
+
+def _settle_statement(s: Settlement) -> tuple[str, tuple[Any, ...]]:
+    fence = (s.task_id, s.owner, s.attempt)
+    if s.drop:
+        return _SETTLE_DROP, fence
+    if s.status == TaskStatus.PENDING:
+        return _SETTLE_RETRY, (s.finished_at, json.dumps(s.error), s.eta, _history_entry(s), *fence)
+    if s.status == TaskStatus.FAILED:
+        return _SETTLE_FAILED, (str(s.status), json.dumps(s.error), s.finished_at, s.expires_at,
+                                _history_entry(s), *fence)
+    return _SETTLE, (str(s.status), s.result, json.dumps(s.error) if s.error else None,
+                     s.finished_at, s.expires_at, *fence)
 
 
 def _claim_statement(
@@ -97,13 +145,16 @@ def _sorted(rows: list[tuple[Any, ...]]) -> list[TaskRecord]:
 
 def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
     (id_, name, queue, mode, daemon, status, priority, serializer, args, kwargs, enqueued_at, eta,
-     started_at, finished_at, result, error, attempts, lost, owner, lease_expires, options) = row
+     started_at, finished_at, result, error, attempts, lost, owner, lease_expires, options,
+     progress, progress_message, cancel_requested, history, expires_at, unique_key) = row
     return TaskRecord(
         id=id_, name=name, queue=queue, mode=mode, daemon=bool(daemon), status=TaskStatus(status),
         priority=priority, serializer=serializer, args=args, kwargs=kwargs,
         enqueued_at=enqueued_at, eta=eta, started_at=started_at, finished_at=finished_at,
         result=result, error=json.loads(error) if error else None, attempts=attempts, lost=lost,
         owner=owner, lease_expires=lease_expires, options=json.loads(options) if options else {},
+        progress=progress, progress_message=progress_message, cancel_requested=bool(cancel_requested),
+        history=json.loads(history) if history else [], expires_at=expires_at, unique_key=unique_key,
     )
 
 
@@ -111,7 +162,7 @@ def _insert_params(task: NewTask) -> tuple[Any, ...]:
     return (
         task.id, task.name, task.queue, task.mode, int(task.daemon), task.priority,
         task.serializer, task.args, task.kwargs, task.enqueued_at, task.eta,
-        json.dumps(task.options) if task.options else None,
+        json.dumps(task.options) if task.options else None, task.unique_key, task.cache_key,
     )
 
 
@@ -120,10 +171,16 @@ def _where(query: Query) -> tuple[str, list[Any]]:
     params: list[Any] = []
     if query.status is not None and query.status != TaskStatus.PENDING:
         clauses.append(_NOT_PENDING)
-    for column, value in (("status", query.status), ("task_name", query.name), ("queue", query.queue)):
+    for column, value in (("status", query.status), ("task_name", query.name), ("queue", query.queue),
+                          ("id", query.task_id)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(str(value))
+    if query.dirty is not None:
+        clauses.append("lost > 0" if query.dirty else "lost = 0")
+    if query.finished_before is not None:
+        clauses.append("finished_at < ?")
+        params.append(query.finished_before)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -270,10 +327,12 @@ class SQLiteStore(Store):
 
     # -- producing ---------------------------------------------------------------
 
-    def enqueue(self, tasks: Sequence[NewTask]) -> None:
+    def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
         if not tasks:
-            return
+            return []
         rows = [_insert_params(t) for t in tasks]
+        if any(t.unique_key is not None for t in tasks):
+            return self._enqueue_unique(tasks, rows)
         with self._locked() as conn:
             try:
                 if len(rows) == 1:
@@ -289,6 +348,35 @@ class SQLiteStore(Store):
                 raise TaskIdConflict(
                     f"a task with this id already exists ({exc}); task ids must be unique"
                 ) from exc
+        return [t.id for t in tasks]
+
+    def _enqueue_unique(self, tasks: Sequence[NewTask], rows: list[tuple[Any, ...]]) -> list[str]:
+        def body(conn: sqlite3.Connection) -> list[str]:
+            ids = []
+            for task, row in zip(tasks, rows, strict=True):
+                if task.unique_key is None:
+                    conn.execute(_INSERT, row)
+                    ids.append(task.id)
+                elif conn.execute(_INSERT_UNIQUE, row).fetchall():
+                    ids.append(task.id)
+                else:
+                    ids.append(conn.execute(_UNFINISHED_TWIN, (task.unique_key,)).fetchone()[0])
+            return ids
+
+        with self._locked() as conn:
+            try:
+                return self._write_txn(conn, body)
+            except sqlite3.IntegrityError as exc:
+                raise TaskIdConflict(
+                    f"a task with this id already exists ({exc}); task ids must be unique"
+                ) from exc
+
+    def find_cached(self, cache_key: str, *, since: float) -> str | None:
+        rows = self._execute(
+            "SELECT id FROM castor_tasks INDEXED BY castor_tasks_cache "
+            "WHERE cache_key = ? AND status = 'success' AND finished_at >= ? "
+            "ORDER BY finished_at DESC LIMIT 1", (cache_key, since))
+        return rows[0][0] if rows else None
 
     # -- consuming ---------------------------------------------------------------
 
@@ -318,11 +406,11 @@ class SQLiteStore(Store):
     ) -> tuple[list[bool], list[TaskRecord]]:
         # Everything but the statements is prepared, and decoded, outside the
         # transaction: the write lock is held only while SQLite works.
-        settle_params = [_settle_params(s) for s in settlements]
+        statements = [_settle_statement(s) for s in settlements]
         claim = _claim_statement(owner, mode, queues, limit, lease, now) if limit > 0 else None
 
         def body(conn: sqlite3.Connection) -> tuple[list[bool], list[tuple[Any, ...]]]:
-            accepted = [bool(conn.execute(_SETTLE, params).fetchall()) for params in settle_params]
+            accepted = [bool(conn.execute(*statement).fetchall()) for statement in statements]
             return accepted, conn.execute(*claim).fetchall() if claim else []
 
         with self._locked() as conn:
@@ -359,16 +447,20 @@ class SQLiteStore(Store):
         error: dict[str, Any] | None = None,
         now: float,
     ) -> bool:
-        settlement = Settlement(task_id, owner, attempt, status, result, error, now)
-        return bool(self._execute(_SETTLE, _settle_params(settlement)))
+        return self.settle_one(Settlement(task_id, owner, attempt, status, result, error, now))
+
+    def settle_one(self, settlement: Settlement) -> bool:
+        return bool(self._execute(*_settle_statement(settlement)))
 
     def requeue(self, task_id: str, owner: str, attempt: int, *, count_attempt: bool) -> bool:
         rows = self._execute(
             """UPDATE castor_tasks
-                  SET status = 'pending', lease_expires = NULL, attempts = attempts - ?
+                  SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'pending' END,
+                      finished_at = CASE cancel_requested WHEN 1 THEN ? END,
+                      lease_expires = NULL, attempts = attempts - ?
                 WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
             RETURNING 1""",
-            (0 if count_attempt else 1, task_id, owner, attempt),
+            (time.time(), 0 if count_attempt else 1, task_id, owner, attempt),
         )
         return bool(rows)
 
@@ -382,6 +474,7 @@ class SQLiteStore(Store):
             if count_attempt:
                 _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=time.time())
             else:
+                _finish_cancelled(conn, "owner = ?", (owner,), now=time.time())
                 conn.execute(
                     f"""UPDATE castor_tasks
                           SET status = 'pending', lease_expires = NULL, attempts = attempts - 1
@@ -427,6 +520,101 @@ class SQLiteStore(Store):
             return 0
         with self._locked() as conn:
             return self._write_txn(conn, body)
+
+    # -- cancelling, progress, retrying, purging ---------------------------------
+
+    def cancel(self, task_id: str, *, now: float, expires_at: float | None = None) -> TaskStatus | None:
+        def body(conn: sqlite3.Connection) -> TaskStatus | None:
+            row = conn.execute("SELECT status FROM castor_tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            status = TaskStatus(row[0])
+            if status == TaskStatus.PENDING:
+                conn.execute(
+                    "UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, expires_at = ? "
+                    "WHERE id = ?", (now, expires_at, task_id))
+                return TaskStatus.CANCELLED
+            if status == TaskStatus.RUNNING:
+                conn.execute("UPDATE castor_tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
+            return status
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
+    def cancel_requests(self, owner: str) -> list[str]:
+        rows = self._execute(
+            f"SELECT id FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' AND owner = ? "
+            "AND cancel_requested = 1", (owner,))
+        return [r[0] for r in rows]
+
+    def set_progress(self, task_id: str, owner: str, attempt: int, fraction: float | None,
+                     message: str | None) -> bool:
+        rows = self._execute(
+            f"UPDATE castor_tasks SET progress = ?, progress_message = ? {_FENCE}",
+            (fraction, message, task_id, owner, attempt))
+        return bool(rows)
+
+    def retry(self, query: Query | None = None, *, task_id: str | None = None, now: float) -> list[str]:
+        # OR IGNORE: a task whose unique twin is already pending or running stays
+        # as it is (the unique index would refuse a second unfinished one).
+        update = """UPDATE OR IGNORE castor_tasks
+                       SET status = 'pending', eta = ?, error = NULL, result = NULL, owner = NULL,
+                           finished_at = NULL, started_at = NULL, expires_at = NULL, lost = 0,
+                           cancel_requested = 0, progress = NULL, progress_message = NULL"""
+        if task_id is not None:
+            sql = f"{update} WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING id"
+            return [r[0] for r in self._execute(sql, (now, task_id))]
+        query = query or Query(status=TaskStatus.FAILED)
+        if query.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            raise ValueError("retry takes failed or cancelled tasks only")
+        where, params = _where(query)
+        return [r[0] for r in self._execute(f"{update}{where} RETURNING id", (now, *params))]
+
+    def purge(self, query: Query) -> int:
+        if query.status is not None and not query.status.finished:
+            raise ValueError(f"purge deletes finished tasks only, not {query.status} ones")
+        where, params = _where(query)
+        where += (" AND " if where else " WHERE ") + (
+            f"{_NOT_PENDING} AND status IN ('success', 'failed', 'cancelled')")
+        # In batches, so that a large purge never holds the write lock for long.
+        total = 0
+        while True:
+            deleted = len(self._execute(
+                f"DELETE FROM castor_tasks WHERE id IN (SELECT id FROM castor_tasks{where} LIMIT 1000) "
+                "RETURNING 1", params))
+            total += deleted
+            if deleted < 1000:
+                return total
+
+    def purge_expired(self, *, now: float, limit: int = 1000) -> int:
+        expired = "FROM castor_tasks WHERE expires_at IS NOT NULL AND expires_at < ?"
+        if not self._execute(f"SELECT 1 {expired} LIMIT 1", (now,)):
+            return 0
+        return len(self._execute(
+            f"DELETE FROM castor_tasks WHERE id IN (SELECT id {expired} LIMIT ?) RETURNING 1", (now, limit)))
+
+    # -- periodic schedules ------------------------------------------------------
+
+    def fire_schedule(self, name: str, tick: float, task: NewTask, *, now: float) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            won = conn.execute(
+                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE
+                      SET last_tick = excluded.last_tick, fired_at = excluded.fired_at,
+                          task_id = excluded.task_id
+                    WHERE castor_schedules.last_tick < excluded.last_tick
+                RETURNING 1""", (name, tick, now, task.id)).fetchall()
+            if won:
+                conn.execute(_INSERT, _insert_params(task))
+            return bool(won)
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
+    def schedules(self) -> dict[str, dict[str, Any]]:
+        rows = self._execute("SELECT name, last_tick, fired_at, task_id FROM castor_schedules")
+        return {name: {"last_tick": tick, "fired_at": fired, "task_id": tid}
+                for name, tick, fired, tid in rows}
 
     # -- reading -----------------------------------------------------------------
 
@@ -558,6 +746,7 @@ def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_
     """The running tasks matching `where` lost their worker: fail those lost
     `max_lost` times (WorkerLost), return the rest to pending. Inside a write txn."""
     running = f"{_NOT_PENDING} AND status = 'running' AND {where}"
+    cancelled = _finish_cancelled(conn, where, params, now=now)
     failed = conn.execute(
         f"""UPDATE castor_tasks
                SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL, lost = lost + 1
@@ -568,7 +757,18 @@ def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_
         f"UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1 WHERE {running}",
         params,
     ).rowcount
-    return failed + requeued
+    return cancelled + failed + requeued
+
+
+def _finish_cancelled(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, now: float) -> int:
+    """Running tasks matching `where` that were asked to cancel and lost (or left)
+    their worker end cancelled, not back in the queue. Inside a write txn."""
+    return conn.execute(
+        f"""UPDATE castor_tasks
+               SET status = 'cancelled', finished_at = ?, lease_expires = NULL
+             WHERE {_NOT_PENDING} AND status = 'running' AND cancel_requested = 1 AND {where}""",
+        (now, *params),
+    ).rowcount
 
 
 def _worker_lost(max_lost: int) -> dict[str, Any]:
