@@ -30,9 +30,11 @@ class TaskContext:
         self.store = store
         self.owner = owner
         self.thread_id = threading.get_ident()
-        self.cancel_requested = threading.Event()
+        # Set (once, by the housekeeping thread) when someone cancels the task.
+        self.cancel_requested = False
         self._lock = threading.Lock()
         self._armed = True  # False once the task's function has returned
+        self._interrupted = False
         self._last_write = 0.0
         self._held: tuple[float | None, str | None] | None = None
 
@@ -50,6 +52,8 @@ class TaskContext:
 
     def flush(self) -> None:
         """Write the progress report the throttle held back, if any."""
+        if self._held is None:
+            return
         with self._lock:
             held, self._held = self._held, None
             if held is not None:
@@ -69,14 +73,15 @@ class TaskContext:
         with self._lock:
             if not self._armed:
                 return False
+            self._interrupted = True
             raise_in_thread(self.thread_id, exc_class)
             return True
 
     def disarm(self) -> None:
         """The function returned: drop any interruption not yet delivered."""
         with self._lock:
-            if self._armed:
-                self._armed = False
+            self._armed = False
+            if self._interrupted:
                 raise_in_thread(self.thread_id, None)
 
 
@@ -110,7 +115,7 @@ def cancelled() -> bool:
     """True once someone asked to cancel the running task: check it in long loops
     and return early. (Thread tasks also get TaskCancelled raised in them.)"""
     ctx = _current.get()
-    return ctx is not None and ctx.cancel_requested.is_set()
+    return ctx is not None and ctx.cancel_requested
 
 
 def baked(cls: type[BaseException], message: str) -> type[BaseException]:

@@ -144,13 +144,12 @@ class Worker:
         structlog.contextvars.bind_contextvars(
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
         ctx = TaskContext(record, self.store, self.owner)
-        with self._running_lock:
-            self.contexts[record.id] = ctx
+        self.contexts[record.id] = ctx  # a dict update is atomic; readers copy the values
         token = context._current.set(ctx)  # noqa: SLF001 - the worker owns the context
         guard = TimeoutGuard(self, ctx) if record.options.get("timeout") else None
         try:
             if record.cancel_requested:  # asked while it was being claimed
-                ctx.cancel_requested.set()
+                ctx.cancel_requested = True
                 raise _cancelled_class(record)()
             outcome = execute(self.manager, record, self._event_loop if self.mode == "thread" else None)
         except TaskCancelled as exc:  # delivered before the function began
@@ -160,10 +159,9 @@ class Worker:
                 guard.cancel()
             ctx.disarm()
             context._current.reset(token)  # noqa: SLF001
-            with self._running_lock:
-                self.contexts.pop(record.id, None)
+            self.contexts.pop(record.id, None)
             structlog.contextvars.unbind_contextvars("task_id", "task_name", "queue", "attempt")
-        if outcome.status == TaskStatus.CANCELLED and not ctx.cancel_requested.is_set():
+        if outcome.status == TaskStatus.CANCELLED and not ctx.cancel_requested:
             # The function raised TaskCancelled on its own: that is a failure like any other.
             outcome = Outcome(TaskStatus.FAILED, error=outcome.error, duration=outcome.duration)
         ctx.flush()
@@ -176,8 +174,7 @@ class Worker:
             return self._execute(record)[1]
         except BaseException as exc:  # noqa: BLE001 - e.g. a TaskTimeout delivered a moment late
             log.exception("worker.execute_error", task_id=record.id, task_name=record.name)
-            with self._running_lock:
-                self.contexts.pop(record.id, None)
+            self.contexts.pop(record.id, None)
             return settlement_for(self.manager, record, failure_outcome(record, exc), self.owner, time.time())
 
     def _settled(self, settlement: Settlement, accepted: bool) -> None:
@@ -341,11 +338,10 @@ class Worker:
     def check_cancellations(self) -> None:
         """Stop the running tasks someone asked to cancel (the housekeeping thread calls this)."""
         for task_id in self.store.cancel_requests(self.owner):
-            with self._running_lock:
-                ctx = self.contexts.get(task_id)
-            if ctx is None or ctx.cancel_requested.is_set():
+            ctx = self.contexts.get(task_id)
+            if ctx is None or ctx.cancel_requested:
                 continue
-            ctx.cancel_requested.set()
+            ctx.cancel_requested = True
             log.info("task.cancel_requested", task_id=task_id, task_name=ctx.record.name)
             if self.on_cancel is not None:
                 self.on_cancel(ctx.record)

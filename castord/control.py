@@ -120,10 +120,16 @@ def status_report(target: Target) -> dict[str, Any]:
 
 def _schedules(fired: dict[str, dict[str, Any]], next_ticks: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Periodic schedules: the last tick fired (from the database, by any castord)
-    and, when this castord reported it, the next tick."""
-    return {name: {**fired.get(name, {"last_tick": None, "fired_at": None, "task_id": None}),
-                   "next_tick": next_ticks.get(name)}
-            for name in sorted(set(fired) | set(next_ticks))}
+    and, when this castord reported it, the next tick (unless that report is older
+    than the last firing)."""
+    report = {}
+    for name in sorted(set(fired) | set(next_ticks)):
+        row = fired.get(name) or {"last_tick": None, "fired_at": None, "task_id": None}
+        next_tick = next_ticks.get(name)
+        if next_tick is not None and row["last_tick"] is not None and next_tick <= row["last_tick"]:
+            next_tick = None
+        report[name] = {**row, "next_tick": next_tick}
+    return report
 
 
 def _when(epoch: float | None) -> str:

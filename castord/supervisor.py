@@ -112,10 +112,10 @@ class Supervisor:
     def run(self) -> int:
         self.signals.install()
         setproctitle(self._title())
-        if self.manager.schedules:
-            self.scheduler = Scheduler(self.manager, now=time.time())
         self._spawn_generation()
         try:
+            if self.manager.schedules:
+                self.scheduler = Scheduler(self.manager, now=time.time())
             while self._live_children() or self.state == State.RUNNING:
                 self._tick(self._wait())
         finally:

@@ -108,6 +108,61 @@ def chatty(message):
 @manager.task(mode="thread", name="version")
 def version():
     return 1
+
+@manager.task(mode="process", name="always_fails", retries=2, retry_delay=0.01)
+def always_fails(message):
+    raise ValueError(message)
+
+@manager.task(mode="process", name="flaky", retries=3, retry_delay=0.01)
+def flaky(marker, fails):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if len(open(marker).read().split()) <= fails:
+        raise ConnectionError("not yet")
+    return "ok"
+
+@manager.task(mode="process", name="stubborn")
+def stubborn(marker):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(120)  # only a cancel (or a kill) ends it
+
+@manager.task(mode="thread", name="tstubborn")
+def tstubborn(marker):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+
+@manager.task(mode="process", name="reporter")
+def reporter(marker):
+    castor.progress(0.5, "halfway")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    castor.progress(1.0, "done")
+    return "reported"
+
+@manager.task(mode="thread", name="record")
+def record(path, n):
+    with open(path, "a") as f:
+        f.write(f"{n}\\n")
+    return n
+
+@manager.task(mode="process", name="quick")
+def quick(n):
+    return n
+
+@manager.task(mode="process", name="once", unique=True)
+def once(path):
+    with open(path, "a") as f:
+        f.write("ran\\n")
+    return "once"
+
+@manager.task(mode="thread", name="ephemeral", result_ttl=0.5)
+def ephemeral(n):
+    return n
 '''
 
 
