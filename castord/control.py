@@ -9,12 +9,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from castor.store import open_store
+from castor.states import TaskStatus
+from castor.store import Query, TaskRecord, open_store
 from castord.errors import CastordError, ExitCode
 from castord.pidfile import pid_alive, read_pid
 
 # A master whose database heartbeat is older than this is considered gone.
 STALE_SECONDS = 15.0
+# `castord status` lists at most this many running tasks (newest first).
+RUNNING_SHOWN = 50
 
 
 @dataclass
@@ -110,12 +113,20 @@ def status_report(target: Target) -> dict[str, Any]:
             report["heartbeat_age_s"] = round(time.time() - row["heartbeat_at"], 1)
             report.update({k: row["info"].get(k) for k in ("state", "workers", "threads", "queues", "children")})
         report["schedules"] = _schedules(store.schedules(), (row or {}).get("info", {}).get("schedules") or {})
+        report["running_tasks"] = [_running(r) for r in store.list(
+            Query(status=TaskStatus.RUNNING), limit=RUNNING_SHOWN)]
         report["queue_depth"] = store.pending_by_queue()
         report["counts"] = {str(k): v for k, v in store.counts_by_status().items()}
         report["database"] = target.db_path
     finally:
         store.close()
     return report
+
+
+def _running(record: TaskRecord) -> dict[str, Any]:
+    return {"id": record.id, "name": record.name, "queue": record.queue, "attempt": record.attempts,
+            "owner": record.owner, "started_at": record.started_at, "progress": record.progress,
+            "progress_message": record.progress_message, "cancel_requested": record.cancel_requested}
 
 
 def _schedules(fired: dict[str, dict[str, Any]], next_ticks: dict[str, float]) -> dict[str, dict[str, Any]]:
@@ -153,6 +164,12 @@ def render(report: dict[str, Any]) -> str:
             f"  {child['role']} {child['index']}: pid {child['pid']}, {child['state']}, {doing}; "
             f"heartbeat {child['heartbeat_age_s']} s ago, {child['done']} done, "
             f"RSS {child['rss_kb'] // 1024} MB")
+    for task in report.get("running_tasks") or []:
+        done = "" if task["progress"] is None else f" {task['progress']:.0%}"
+        note = f" {task['progress_message']}" if task["progress_message"] else ""
+        cancelling = " (cancelling)" if task["cancel_requested"] else ""
+        lines.append(f"  running {task['name']} {task['id'][-8:]} attempt {task['attempt']}"
+                     f"{done}{note}{cancelling}")
     if "counts" in report:
         depth = ", ".join(f"{q}={n}" for q, n in sorted(report["queue_depth"].items())) or "empty"
         lines.append(f"queues: {depth}")

@@ -144,8 +144,8 @@ def reporter(marker):
     castor.progress(1.0, "done")
     return "reported"
 
-@manager.task(mode="thread", name="record")
-def record(path, n):
+@manager.task(mode="thread", name="note_down")
+def note_down(path, n):
     with open(path, "a") as f:
         f.write(f"{n}\\n")
     return n

@@ -50,12 +50,14 @@ _NOT_PENDING = "status != 'pending'"
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 
-_COLUMNS = (
+# What a worker needs of a task it claims: fewer columns to return and decode
+# on the hot path than a full record.
+_CLAIM_COLUMNS = (
     "id, task_name, queue, mode, daemon, status, priority, serializer, args, kwargs, "
     "enqueued_at, eta, started_at, finished_at, result, error, attempts, lost, owner, "
-    "lease_expires, options, progress, progress_message, cancel_requested, history, expires_at, "
-    "unique_key"
+    "lease_expires, options, cancel_requested"
 )
+_COLUMNS = _CLAIM_COLUMNS + ", progress, progress_message, history, expires_at, unique_key"
 
 _INSERT = (
     "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
@@ -132,30 +134,38 @@ def _claim_statement(
                WHERE id IN (SELECT id FROM castor_tasks INDEXED BY castor_tasks_ready
                                 WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql}
                                 ORDER BY priority DESC, eta LIMIT ?)
-           RETURNING {_COLUMNS}"""
+           RETURNING {_CLAIM_COLUMNS}"""
     return sql, (owner, now + lease, now, mode, now, *qparams, limit)
 
 
 def _sorted(rows: list[tuple[Any, ...]]) -> list[TaskRecord]:
     """RETURNING gives no order; hand claims out best first."""
-    records = [_row_to_record(r) for r in rows]
+    records = [_claimed_record(r) for r in rows]
     records.sort(key=lambda r: (-r.priority, r.eta))
     return records
 
 
-def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
+def _claimed_record(row: tuple[Any, ...]) -> TaskRecord:
+    """A record from _CLAIM_COLUMNS (progress, history and the rest left empty)."""
     (id_, name, queue, mode, daemon, status, priority, serializer, args, kwargs, enqueued_at, eta,
      started_at, finished_at, result, error, attempts, lost, owner, lease_expires, options,
-     progress, progress_message, cancel_requested, history, expires_at, unique_key) = row
+     cancel_requested) = row
     return TaskRecord(
-        id=id_, name=name, queue=queue, mode=mode, daemon=bool(daemon), status=TaskStatus(status),
-        priority=priority, serializer=serializer, args=args, kwargs=kwargs,
-        enqueued_at=enqueued_at, eta=eta, started_at=started_at, finished_at=finished_at,
-        result=result, error=json.loads(error) if error else None, attempts=attempts, lost=lost,
-        owner=owner, lease_expires=lease_expires, options=json.loads(options) if options else {},
-        progress=progress, progress_message=progress_message, cancel_requested=bool(cancel_requested),
-        history=json.loads(history) if history else [], expires_at=expires_at, unique_key=unique_key,
+        id_, name, queue, mode, bool(daemon), TaskStatus(status), priority, serializer, args, kwargs,
+        enqueued_at, eta, started_at, finished_at, result, json.loads(error) if error else None,
+        attempts, lost, owner, lease_expires, json.loads(options) if options else {},
+        cancel_requested=bool(cancel_requested),
     )
+
+
+def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
+    """A full record from _COLUMNS."""
+    record = _claimed_record(row[:22])
+    progress, progress_message, history, expires_at, unique_key = row[22:]
+    record.progress, record.progress_message = progress, progress_message
+    record.history = json.loads(history) if history else []
+    record.expires_at, record.unique_key = expires_at, unique_key
+    return record
 
 
 def _insert_params(task: NewTask) -> tuple[Any, ...]:

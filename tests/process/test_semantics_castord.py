@@ -131,7 +131,7 @@ def test_purge_while_tasks_run_loses_nothing(daemons, app_dir):  # noqa: F811
     d = daemons().start()
     d.wait_note("READY=1")
     log = app_dir / "record.log"
-    tasks = [testapp.record.delay(str(log), n) for n in range(300)]
+    tasks = [testapp.note_down.delay(str(log), n) for n in range(300)]
     purged = 0
     stop = threading.Event()
 

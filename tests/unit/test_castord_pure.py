@@ -109,3 +109,17 @@ def test_pidfile_exclusive_and_stale(tmp_path):
 def test_pidfile_in_a_missing_directory(tmp_path):
     with pytest.raises(PidfileError, match="cannot create pidfile"):
         Pidfile(str(tmp_path / "no" / "castord.pid")).acquire()
+
+
+def test_status_render_shows_running_tasks_with_progress():
+    from castord.control import render
+
+    report = {"running": False, "running_tasks": [
+        {"id": "0192-aaaa-bbbbcccc", "name": "tasks.resize", "attempt": 2, "progress": 0.4,
+         "progress_message": "resized b.png", "cancel_requested": False},
+        {"id": "0192-aaaa-ddddeeee", "name": "tasks.crawl", "attempt": 1, "progress": None,
+         "progress_message": None, "cancel_requested": True},
+    ]}
+    lines = render(report).splitlines()
+    assert lines[1] == "  running tasks.resize bbbbcccc attempt 2 40% resized b.png"
+    assert lines[2] == "  running tasks.crawl ddddeeee attempt 1 (cancelling)"
