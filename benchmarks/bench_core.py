@@ -1,6 +1,6 @@
 """Core figures for castor's store and worker engine (issue: castor core).
 
-    .venv/bin/python benchmarks/bench_core.py [--runs 3] [--only enqueue,drain,latency,idle]
+    .venv/bin/python benchmarks/bench_core.py [--runs 3] [--only enqueue,drain,latency,eta,idle,wal]
 
 Every figure is the median of --runs runs, each on a fresh database in a temp
 directory. No-op tasks, results stored, leases on. Workers are real processes
@@ -203,6 +203,25 @@ def round_trips(b: Bench, n: int) -> tuple[float, float]:
     return samples[n // 2] * 1000, samples[int(n * 0.99) - 1] * 1000
 
 
+def eta_lateness(n: int = 50, countdown: float = 0.2) -> tuple[float, float]:
+    """How late an ETA task starts under an idle worker: started_at - eta (ms p50, max)."""
+    b = Bench()
+    try:
+        b.worker("--mode", "process")
+        b.app.noop.delay(-1).join(timeout=30)
+        late = []
+        for i in range(n):
+            task = b.app.noop.apply_async((i,), countdown=countdown)
+            task.join(timeout=10)
+            record = task.info()
+            late.append(record.started_at - record.eta)
+        assert min(late) >= 0, "a task started before its ETA"
+        late.sort()
+        return late[n // 2] * 1000, late[-1] * 1000
+    finally:
+        b.close()
+
+
 def idle_cpu(seconds: float = 10.0) -> float:
     """% of one core an idle worker process uses."""
     b = Bench()
@@ -233,7 +252,7 @@ def median_of(runs: int, fn, *args):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", default="enqueue,drain,latency,idle,wal")
+    parser.add_argument("--only", default="enqueue,drain,latency,eta,idle,wal")
     args = parser.parse_args()
     only = set(args.only.split(","))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs")
@@ -255,6 +274,10 @@ def main() -> None:
     if "latency" in only:
         (p50, p99), v = median_of(args.runs, latency)
         print(f"enqueue->join latency     p50 {p50:.2f} ms, p99 {p99:.2f} ms   "
+              f"runs: {[(round(a, 2), round(b, 2)) for a, b in v]}")
+    if "eta" in only:
+        (p50, worst), v = median_of(args.runs, eta_lateness)
+        print(f"ETA lateness (idle)       p50 {p50:.2f} ms, max {worst:.2f} ms   "
               f"runs: {[(round(a, 2), round(b, 2)) for a, b in v]}")
     if "idle" in only:
         m, v = median_of(args.runs, idle_cpu)

@@ -87,10 +87,15 @@ class ChangeNotifier:
 
     def _watch(self, timeout: float) -> bool:
         """Block on the file for up to `timeout`; True once a new commit is visible."""
+        fresh = self._inotify is None and not self._inotify_failed
         ino = self._ensure_inotify()
         if ino is None:
             time.sleep(min(timeout, FALLBACK_POLL_SECONDS))
             return self._version_moved()
+        if fresh and self._version_moved():
+            # A commit between our first version read and the new watch raised no
+            # event we can see: without this check we would sleep through it.
+            return True
         if not ino.read(timeout=max(1, int(timeout * 1000))):
             return self._version_moved()
         return self._settle(ino)

@@ -237,3 +237,19 @@ def test_change_wait_returns_promptly_on_commit_from_another_connection(store, d
     timer.join()
     other.close()
     assert 0.09 <= elapsed < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_a_commit_before_the_first_wait_is_not_slept_through(db_path):
+    store = open_store(db_path)
+    try:
+        seen = store.generation()  # the notifier exists; its inotify watch does not yet
+        other = sqlite3.connect(db_path, isolation_level=None)
+        other.execute("CREATE TABLE IF NOT EXISTS app_data (x)")
+        other.execute("INSERT INTO app_data VALUES (1)")
+        other.close()
+        start = time.monotonic()
+        assert store.wait_for_change(seen, 5.0) > seen
+        assert time.monotonic() - start < 2.0  # woken by the commit, not by the 5 s timeout
+    finally:
+        store.close()
