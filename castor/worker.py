@@ -461,6 +461,8 @@ class LeaseKeeper:
 def run_eagerly(manager: Manager, task_id: str) -> Any:
     """Manager(eager=True): run a just-enqueued task inline, storing its outcome."""
     worker = Worker(manager, mode="process", owner=f"eager:{os.getpid()}")
-    record = manager.store.claim_task(task_id, worker.owner, lease=worker.lease, now=time.time())
-    if record is not None:
+    # A failed attempt with retries left goes back to pending: eager mode runs
+    # the retries at once too, without their backoff wait.
+    while (record := manager.store.claim_task(task_id, worker.owner, lease=worker.lease,
+                                              now=time.time())) is not None:
         worker.run_claimed(record)

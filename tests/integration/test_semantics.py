@@ -465,3 +465,19 @@ def test_celery_spellings(manager):
     assert same.ready() and same.successful() and not same.failed() and same.get(timeout=1) == 3
     pending = add.delay(1, 1)
     assert manager.revoke(pending.id) == "cancelled" and pending.state == "REVOKED"
+
+
+def test_eager_mode_runs_retries_inline(db_path, calls):
+    manager = castor.Manager(db_path, eager=True)
+    try:
+        @manager.task(mode="thread", retries=2, retry_delay=60)
+        def flaky():
+            calls.append(1)
+            if len(calls) < 3:
+                raise ConnectionError("down")
+            return "ok"
+
+        task = flaky.delay()
+        assert task.join(timeout=0.1) == "ok" and task.attempts == 3
+    finally:
+        manager.close()
