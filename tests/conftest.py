@@ -160,6 +160,10 @@ def once(path):
         f.write("ran\\n")
     return "once"
 
+@manager.task(mode="process", name="cached_square", cache_ttl=60)
+def cached_square(n):
+    return n * n
+
 @manager.task(mode="thread", name="ephemeral", result_ttl=0.5)
 def ephemeral(n):
     return n

@@ -161,6 +161,7 @@ def test_sigkill_a_process_child_mid_task(daemons, app_dir):
     os.kill(victim, signal.SIGKILL)
     assert task.join(timeout=20) == "second attempt"
     assert task.attempts == 2
+    assert task.lost == 1 and task in testapp.manager.dirty()  # the seed's "dirty" task
     exited = d.wait_event("child.exited", child_pid=victim)[0]
     assert exited["signal"] == "SIGKILL" and "out of memory" in exited["hint"]
     assert exited["expected"] is False and exited["tasks_returned"] == 1

@@ -154,7 +154,7 @@ def test_purge_while_tasks_run_loses_nothing(daemons, app_dir):  # noqa: F811
     assert all(testapp.manager.get(t.id) is None for t in tasks)
 
 
-def test_unique_task_runs_once_and_ttl_results_expire(daemons, app_dir):  # noqa: F811
+def test_unique_cached_and_ttl_tasks(daemons, app_dir):  # noqa: F811
     import testapp
 
     path = app_dir / "once.log"
@@ -167,3 +167,44 @@ def test_unique_task_runs_once_and_ttl_results_expire(daemons, app_dir):  # noqa
     assert path.read_text() == "ran\n"
     assert short.join(timeout=20) == 7
     wait_until(lambda: testapp.manager.get(short.id) is None, 15, "the result to expire")
+    square = testapp.cached_square.delay(12)
+    assert square.join(timeout=20) == 144
+    assert testapp.cached_square.delay(12) == square  # answered from the cache
+    assert square.attempts == 1
+
+
+def test_priorities_order_the_queue_and_queues_choose_what_runs(daemons, app_dir):  # noqa: F811
+    import testapp
+
+    low = [testapp.quick.apply_async((i,), priority=0) for i in range(5)]
+    high = [testapp.quick.apply_async((i,), priority=9) for i in range(5)]
+    elsewhere = testapp.quick.apply_async((99,), queue="reports")
+    d = daemons().start("--workers", "1", "--threads", "0", "--queues", "default")
+    d.wait_note("READY=1")
+    for task in high + low:
+        task.join(timeout=20)
+    order = sorted(high + low, key=lambda t: t.info().started_at)
+    assert order[:5] == high and order[5:] == low  # higher first; ties in enqueue order
+    assert [t.id for t in order[:5]] == [t.id for t in high]
+    # Claims after the 'reports' task was enqueued, so it was passed over, not unseen.
+    assert testapp.quick.delay(100).join(timeout=20) == 100
+    assert elsewhere.status() == "pending"
+
+
+@pytest.mark.timeout(120)
+def test_database_stops_growing_under_steady_load_with_a_ttl(daemons, app_dir):  # noqa: F811
+    import os
+
+    import testapp
+
+    d = daemons().start()
+    d.wait_note("READY=1")
+    db = os.environ["CASTOR_TEST_DB"]
+    sizes = []
+    for _ in range(4):
+        tasks = [testapp.ephemeral.delay(i) for i in range(1500)]  # result_ttl=0.5
+        tasks[-1].join(timeout=60)
+        wait_until(lambda: testapp.manager.count() == 0, 30, "every result to expire")
+        sizes.append(os.path.getsize(db))
+    # Freed pages are reused: after the first round the file does not grow.
+    assert sizes[-1] <= sizes[0] * 1.05, sizes
