@@ -120,7 +120,8 @@ class Manager:
         """Register a task that castord enqueues on a schedule:
         `@manager.periodic(cron="*/5 * * * *", mode="thread")` or `every=timedelta(minutes=5)`.
 
-        Takes every @manager.task option too. Each tick fires once, however many
+        Takes every @manager.task option too, and tz="Europe/Paris" for a cron
+        read in that zone (default UTC). Each tick fires once, however many
         castords share the file; ticks missed while no castord ran are skipped.
         """
         from castor.periodic import register_periodic
