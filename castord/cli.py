@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -156,6 +156,181 @@ def reload(app: str | None, pidfile: str | None) -> None:
         sys.exit(StatusCode.NOT_RUNNING)
     os.kill(target.pid, signal.SIGHUP)
     click.echo(f"reload requested from castord pid {target.pid}")
+
+
+# -- castord tasks ---------------------------------------------------------------
+
+
+@main.group()
+def tasks() -> None:
+    """Look at and act on stored tasks: list, show, retry, cancel, purge, stats.
+
+    Each subcommand takes APP (module:variable naming the Manager) to find the
+    database. Tables on a terminal, JSON otherwise (or with --json).
+    """
+
+
+def _json_option(fn: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="JSON output (the default when not a terminal).")(fn)
+
+
+def _manager(app: str) -> Any:
+    from castor.app import AppLoadError, load_manager
+    from castor.errors import StoreError
+
+    try:
+        return load_manager(app)
+    except (AppLoadError, StoreError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(ExitCode.APP_LOAD_ERROR)
+
+
+def _emit(data: Any, as_json: bool, render: Any) -> None:
+    if as_json or not sys.stdout.isatty():
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        from rich.console import Console
+
+        Console().print(render(data))
+
+
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+_STATUSES = click.Choice(["pending", "running", "success", "failed", "cancelled"])
+_FINISHED = click.Choice(["success", "failed", "cancelled"])
+
+
+@tasks.command("list")
+@click.argument("app", envvar=_env("APP"))
+@click.option("--status", type=_STATUSES)
+@click.option("--name", help="Task name (module.function, or the name= given).")
+@click.option("--queue")
+@click.option("--dirty", is_flag=True, help="Only tasks whose worker vanished while running them.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@_json_option
+def tasks_list(app: str, status: str | None, name: str | None, queue: str | None, dirty: bool,
+               limit: int, as_json: bool) -> None:
+    """List tasks, newest first."""
+    from castor.states import TaskStatus
+    from castor.store import Query
+    from castord import admin
+
+    manager = _manager(app)
+    try:
+        query = Query(TaskStatus(status) if status else None, name, queue, dirty=True if dirty else None)
+        rows = [admin.summary(r) for r in manager.store.list(query, limit=limit)]
+    finally:
+        manager.close()
+    _emit(rows, as_json, admin.render_list)
+
+
+@tasks.command("show")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("task_id")
+@_json_option
+def tasks_show(app: str, task_id: str, as_json: bool) -> None:
+    """Everything about one task: arguments, result, error and traceback, attempts."""
+    from castord import admin
+
+    manager = _manager(app)
+    try:
+        record = manager.store.get(task_id)
+    finally:
+        manager.close()
+    if record is None:
+        _fail(f"no task {task_id} in {manager.path} (purged, or never enqueued)", ExitCode.NOT_FOUND)
+    _emit(admin.detail(record), as_json, admin.render_detail)
+
+
+@tasks.command("retry")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("task_id", required=False)
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed task (with --name: of that name).")
+@click.option("--name", help="With --failed: only tasks of this name.")
+def tasks_retry(app: str, task_id: str | None, all_failed: bool, name: str | None) -> None:
+    """Send a failed or cancelled task (or, with --failed, every failed one) back to the queue."""
+    from castor.errors import ConfigurationError, UnknownTaskError
+
+    if bool(task_id) == all_failed:
+        raise click.UsageError("give a task ID or --failed (not both)")
+    manager = _manager(app)
+    try:
+        if all_failed:
+            retried = manager.retry_failed(name=name)
+            click.echo(f"retried {len(retried)} failed task{'s' if len(retried) != 1 else ''}")
+            return
+        try:
+            manager.retry(task_id)
+        except UnknownTaskError as exc:
+            _fail(str(exc), ExitCode.NOT_FOUND)
+        except ConfigurationError as exc:
+            _fail(str(exc), ExitCode.REFUSED)
+        click.echo(f"retried {task_id}: pending")
+    finally:
+        manager.close()
+
+
+@tasks.command("cancel")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("task_id")
+def tasks_cancel(app: str, task_id: str) -> None:
+    """Cancel a task: a pending one never runs; a running one is stopped by its worker."""
+    from castor.errors import UnknownTaskError
+
+    manager = _manager(app)
+    try:
+        before = manager.store.status(task_id)
+        if before is not None and before.finished:
+            _fail(f"task {task_id} already finished ({before}); nothing to cancel", ExitCode.REFUSED)
+        try:
+            status = manager.cancel(task_id)
+        except UnknownTaskError as exc:
+            _fail(str(exc), ExitCode.NOT_FOUND)
+    finally:
+        manager.close()
+    messages = {"cancelled": "cancelled", "running": "cancel requested: its worker is stopping it"}
+    if status not in messages:  # it finished in the meantime
+        _fail(f"task {task_id} finished ({status}) before it could be cancelled", ExitCode.REFUSED)
+    click.echo(f"{task_id}: {messages[status]}")
+
+
+@tasks.command("purge")
+@click.argument("app", envvar=_env("APP"))
+@click.option("--older-than", required=True, help="Finished more than this long ago: 90s, 15m, 12h, 7d, 2w.")
+@click.option("--status", type=_FINISHED, help="Only tasks in this status [default: every finished one].")
+@click.option("--name", help="Only tasks of this name.")
+def tasks_purge(app: str, older_than: str, status: str | None, name: str | None) -> None:
+    """Delete finished tasks (never pending or running ones)."""
+    from castord import admin
+
+    try:
+        seconds = admin.parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    manager = _manager(app)
+    try:
+        purged = manager.purge(older_than=seconds, status=status, name=name)
+    finally:
+        manager.close()
+    click.echo(f"purged {purged} task{'s' if purged != 1 else ''}")
+
+
+@tasks.command("stats")
+@click.argument("app", envvar=_env("APP"))
+@_json_option
+def tasks_stats(app: str, as_json: bool) -> None:
+    """Counts per status, queue depth, the oldest due task's wait, failures by name."""
+    from castord import admin
+
+    manager = _manager(app)
+    try:
+        data = admin.stats(manager)
+    finally:
+        manager.close()
+    _emit(data, as_json, admin.render_stats)
 
 
 def _find(app: str | None, pidfile: str | None) -> Any:

@@ -11,6 +11,9 @@ class ExitCode(IntEnum):
     USAGE = 2
     APP_LOAD_ERROR = 3
     BOOT_FAILURES = 4
+    # `castord tasks`: no task with that id; an action the task's state refuses.
+    NOT_FOUND = 5
+    REFUSED = 6
 
 
 class StatusCode(IntEnum):

@@ -272,6 +272,11 @@ class Store(ABC):
     def counts_by_status(self) -> dict[TaskStatus, int]: ...
 
     @abstractmethod
+    def queue_stats(self, *, now: float) -> dict[str, Any]:
+        """{"scheduled": pending tasks with a future ETA, "oldest_due": the earliest ETA
+        of a due pending task (or None), "failed_by_name": {name: count}}."""
+
+    @abstractmethod
     def next_due(self, *, mode: str, now: float) -> float | None:
         """The earliest future time something may become claimable (ETA or lease expiry)."""
 

@@ -663,6 +663,15 @@ class SQLiteStore(Store):
             counts[TaskStatus(status)] = n
         return counts
 
+    def queue_stats(self, *, now: float) -> dict[str, Any]:
+        scheduled, oldest_due = self._execute(
+            "SELECT count(*) FILTER (WHERE eta > ?), min(eta) FILTER (WHERE eta <= ?) "
+            "FROM castor_tasks WHERE status = 'pending'", (now, now))[0]
+        failed = self._execute(
+            f"SELECT task_name, count(*) FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'failed' "
+            "GROUP BY task_name ORDER BY count(*) DESC")
+        return {"scheduled": scheduled, "oldest_due": oldest_due, "failed_by_name": dict(failed)}
+
     def next_due(self, *, mode: str, now: float) -> float | None:
         eta = self._execute(
             "SELECT min(eta) FROM castor_tasks INDEXED BY castor_tasks_ready "
