@@ -26,6 +26,7 @@ from castor.errors import TaskCancelled, TaskTimeout
 from castor.execution import failure_outcome, settlement_for
 from castor.logs import get_logger
 from castor.worker import Worker
+from castord.tally import Tally
 
 PROCESS_WORKER = "process-worker"
 THREAD_HOST = "thread-host"
@@ -114,16 +115,20 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         manager, mode=spec.mode, threads=max(1, spec.threads), queues=spec.queues,
         lease=spec.lease, owner=spec.owner,
     )
+    tally = Tally()
+    worker.on_settled = tally.add
     if spec.role == PROCESS_WORKER:
         worker.on_timeout = lambda record: _timed_out(worker, record, channel)
         worker.on_cancel = lambda record: _cancelled(worker, record, channel)
     # A TERM sent to a child by hand drains just that child.
     signal.signal(signal.SIGTERM, lambda *_: _drain(worker, spec))
-    Heartbeat(worker, spec, channel, log, sink, reopen_logs).start()
+    heartbeat = Heartbeat(worker, spec, channel, log, sink, reopen_logs, tally)
+    heartbeat.start()
     threading.Thread(target=_listen, args=(conn, worker, spec), name="castord-control", daemon=True).start()
     channel.send("ready", {"pid": os.getpid(), "owner": spec.owner})
     log.info("child.ready", child=spec.label, owner=spec.owner)
     worker.run(max_tasks=spec.max_tasks)
+    heartbeat.beat()  # the last tally, so no finished task goes uncounted
     if spec.max_tasks is not None and worker.done >= spec.max_tasks:
         channel.send("retiring", f"max tasks per child ({spec.max_tasks}) reached")
     # Daemon tasks still running in pool threads are requeued by the master.
@@ -179,13 +184,14 @@ class Heartbeat:
     """Tells the master we are alive every interval, with what we are doing."""
 
     def __init__(self, worker: Worker, spec: ChildSpec, channel: Channel, log: Any, sink: Any,
-                 reopen_logs: threading.Event):
+                 reopen_logs: threading.Event, tally: Tally | None = None):
         self.worker = worker
         self.spec = spec
         self.channel = channel
         self.log = log
         self.sink = sink
         self.reopen_logs = reopen_logs
+        self.tally = tally
         self._title = ""
 
     def start(self) -> None:
@@ -206,7 +212,8 @@ class Heartbeat:
         ]
         rss = rss_kb()
         self.channel.send("beat", {"running": running, "done": self.worker.done, "rss_kb": rss,
-                                   "stopping": self.worker.stopping})
+                                   "stopping": self.worker.stopping,
+                                   "tally": self.tally.take() if self.tally is not None else None})
         self._set_title(running)
         limit = self.spec.max_memory_mb
         if limit is not None and rss > limit * 1024 and not self.worker.stopping:

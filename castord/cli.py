@@ -66,6 +66,10 @@ def _start_options(fn: Any) -> Any:
                      help="Retire a process child once its RSS passes this many MB."),
         click.option("--lease", type=click.FloatRange(min=1), default=30.0, show_default=True,
                      envvar=_env("LEASE"), help="Seconds a claimed task stays leased between renewals."),
+        click.option("--metrics-port", type=click.IntRange(min=0, max=65535), envvar=_env("METRICS_PORT"),
+                     help="Serve Prometheus metrics on this port (needs castor[metrics]; 0: any free port)."),
+        click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar=_env("METRICS_HOST"),
+                     help="Address the metrics endpoint listens on."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -87,6 +91,7 @@ def build_config(app: str, **opts: Any) -> Config:
             max_tasks_per_child=opts.get("max_tasks_per_child"),
             max_memory_per_child=opts.get("max_memory_per_child"),
             lease=opts.get("lease") or 30.0,
+            metrics_port=opts.get("metrics_port"), metrics_host=opts.get("metrics_host") or "127.0.0.1",
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -23,6 +23,8 @@ class Config:
     max_tasks_per_child: int | None = None
     max_memory_per_child: int | None = None  # MB of RSS
     lease: float = 30.0
+    metrics_port: int | None = None  # serve Prometheus metrics here (castor[metrics])
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.heartbeat_timeout <= self.heartbeat_interval:

@@ -46,9 +46,20 @@ def run_daemon(config: Config) -> int:
     supervisor = Supervisor(config, manager, sink)
     if ready_fd is not None:
         supervisor.on_ready = lambda: _report(ready_fd, ExitCode.OK)
+    metrics = None
     try:
+        if config.metrics_port is not None:
+            from castord.metrics import serve
+
+            metrics = serve(supervisor, config.metrics_port, config.metrics_host)
         code = supervisor.run()
+    except CastordError as exc:
+        log.critical("castord.metrics_failed", error=str(exc))
+        print(f"castord: {exc}", file=sys.stderr)
+        code = exc.exit_code
     finally:
+        if metrics is not None:
+            metrics.shutdown()
         if pidfile is not None:
             from castord.control import remove_sidecar
 

@@ -36,6 +36,7 @@ from castord.errors import ExitCode
 from castord.logging import LogSink
 from castord.notify import Notifier, watchdog_interval
 from castord.signals import Intent, SignalQueue, intent_for
+from castord.tally import Tally
 
 log = get_logger("castord.master")
 
@@ -106,6 +107,9 @@ class Supervisor:
         self._ctx = multiprocess.get_context("forkserver")
         self._ctx.set_forkserver_preload(PRELOAD)
         self.scheduler: Scheduler | None = None  # fires @manager.periodic tasks (castor/periodic.py)
+        # For the metrics endpoint: finished tasks as children report them, and replacements.
+        self.tally = Tally()
+        self.restarts: dict[tuple[str, str], int] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -228,6 +232,8 @@ class Supervisor:
                 self._send(child, "drain")
         elif kind == "beat":
             child.info = payload
+            if payload.get("tally"):
+                self.tally.merge(payload["tally"])
         elif kind == "boot_failed":
             child.boot_error = payload
         elif kind == "retiring":
@@ -261,6 +267,9 @@ class Supervisor:
                                   "uptime_s": round(time.monotonic() - child.spawned_at, 3)}
         fields.update(describe_exit(code))
         released = self._release(child, count_attempt=not expected)
+        if self.state == State.RUNNING and not slot.retired:  # it will be replaced
+            key = (child.spec.role, "recycled" if expected else "crash")
+            self.restarts[key] = self.restarts.get(key, 0) + 1
         if expected:
             log.info("child.exited", **fields, expected=True)
         else:

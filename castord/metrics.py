@@ -1,0 +1,136 @@
+"""Prometheus metrics for `castord start --metrics-port PORT` (the castor[metrics] extra).
+
+Served by prometheus_client's HTTP server from a thread of the master. Values are
+read when Prometheus scrapes: task counts and queue depth from the database (each
+query uses a partial index, so a scrape stays cheap on a large file), children
+from the master's own view, and finished-task counters and duration histograms
+from the tallies children send with their heartbeats (castord/tally.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from castor.logs import get_logger
+from castord.errors import CastordError, ExitCode
+from castord.tally import BUCKETS
+
+if TYPE_CHECKING:
+    from castord.supervisor import Supervisor
+
+log = get_logger("castord.metrics")
+
+
+class CastordCollector:
+    """Builds every metric family at scrape time."""
+
+    def __init__(self, supervisor: Supervisor):
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        sup = self.supervisor
+        yield from self._database(GaugeMetricFamily)
+
+        snapshot = sup.snapshot()
+        children = GaugeMetricFamily("castor_children", "Live castord children, by role", labels=["role"])
+        running = GaugeMetricFamily("castor_tasks_running_here", "Tasks this castord's children run now",
+                                    labels=["role"])
+        age = GaugeMetricFamily("castor_child_heartbeat_age_seconds", "Seconds since each child's last "
+                                "heartbeat", labels=["role", "index"])
+        rss = GaugeMetricFamily("castor_child_rss_bytes", "Resident memory of each child",
+                                labels=["role", "index"])
+        by_role: dict[str, list[dict[str, Any]]] = {}
+        for child in snapshot["children"]:
+            by_role.setdefault(child["role"], []).append(child)
+            labels = [child["role"], str(child["index"])]
+            age.add_metric(labels, child["heartbeat_age_s"])
+            rss.add_metric(labels, child["rss_kb"] * 1024)
+        for role, members in by_role.items():
+            children.add_metric([role], len(members))
+            running.add_metric([role], sum(len(c["running"]) for c in members))
+        yield from (children, running, age, rss)
+
+        restarts = CounterMetricFamily("castor_child_restarts", "Children replaced, by role and reason "
+                                       "(crash: died or went silent; recycled: retired on purpose)",
+                                       labels=["role", "reason"])
+        for (role, reason), n in sorted(sup.restarts.items()):
+            restarts.add_metric([role, reason], n)
+        yield restarts
+
+        finished_counts, durations = sup.tally.snapshot()
+        finished = CounterMetricFamily("castor_tasks_finished", "Attempts this castord finished, by task "
+                                       "name and outcome (success, failed, cancelled, retry)",
+                                       labels=["name", "status"])
+        for (name, status), n in sorted(finished_counts.items()):
+            finished.add_metric([name, status], n)
+        yield finished
+        histogram = HistogramMetricFamily("castor_task_duration_seconds", "Run time of finished attempts",
+                                          labels=["name"])
+        for name, (buckets, total) in sorted(durations.items()):
+            cumulative, edges = 0, []
+            for bound, count in zip((*BUCKETS, float("inf")), buckets, strict=True):
+                cumulative += count
+                edges.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            histogram.add_metric([name], edges, sum_value=total)
+        yield histogram
+
+        up = GaugeMetricFamily("castor_daemon_up", "1 while this castord runs (0 while it drains)")
+        up.add_metric([], 1 if snapshot["state"] == "running" else 0)
+        uptime = GaugeMetricFamily("castor_daemon_uptime_seconds", "Seconds since this castord started")
+        uptime.add_metric([], time.time() - sup.started_at)
+        yield from (up, uptime)
+
+    def _database(self, gauge: Any) -> Iterator[Any]:
+        store = self.supervisor.manager.store
+        reachable = gauge("castor_database_up", "1 if the last scrape could read the database")
+        try:
+            now = time.time()
+            counts = store.counts_by_status()
+            depth = store.pending_by_queue()
+            queues = store.queue_stats(now=now)
+        except Exception:  # noqa: BLE001 - a busy or sick database must not break the scrape
+            log.exception("metrics.database_failed")
+            reachable.add_metric([], 0)
+            yield reachable
+            return
+        reachable.add_metric([], 1)
+        yield reachable
+        tasks = gauge("castor_tasks", "Tasks in the database, by status", labels=["status"])
+        for status, n in counts.items():
+            tasks.add_metric([str(status)], n)
+        queue = gauge("castor_queue_depth", "Pending tasks, by queue", labels=["queue"])
+        for name, n in sorted(depth.items()):
+            queue.add_metric([name], n)
+        oldest = queues["oldest_due"]
+        waiting = gauge("castor_oldest_pending_age_seconds",
+                        "How long the oldest due pending task has waited (0: none)")
+        waiting.add_metric([], 0.0 if oldest is None else max(0.0, now - oldest))
+        scheduled = gauge("castor_scheduled_tasks", "Pending tasks whose ETA is still ahead")
+        scheduled.add_metric([], queues["scheduled"])
+        yield from (tasks, queue, waiting, scheduled)
+
+
+def serve(supervisor: Supervisor, port: int, host: str) -> Any:
+    """Start the endpoint (a daemon thread); returns the server so it can be shut down."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError:
+        raise CastordError("--metrics-port needs prometheus_client: pip install 'castor[metrics]'",
+                           ExitCode.USAGE) from None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CastordCollector(supervisor))  # type: ignore[arg-type]
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise CastordError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}",
+                           ExitCode.USAGE) from None
+    log.info("metrics.serving", host=host, port=server.server_port)
+    return server
