@@ -67,6 +67,11 @@ class TaskContext:
 
     # -- interrupting --------------------------------------------------------------
 
+    @property
+    def active(self) -> bool:
+        """True until the task's function has returned."""
+        return self._armed
+
     def interrupt(self, exc_class: type[BaseException]) -> bool:
         """Raise `exc_class` in the task's thread (at its next bytecode), unless the
         function has already returned. Python cannot interrupt a long C call."""

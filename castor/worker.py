@@ -404,6 +404,8 @@ class TimeoutGuard:
         self._timer.start()
 
     def _fire(self) -> None:
+        if not self.ctx.active:  # finished just as the timer went off
+            return
         record = self.ctx.record
         timeout = record.options["timeout"]
         log.warning("task.timeout", task_id=record.id, task_name=record.name, queue=record.queue,
