@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from typing import TYPE_CHECKING, Any
 
 from castor.errors import ConfigurationError
@@ -142,6 +142,4 @@ def raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
 
 def context_values() -> dict[Any, Any]:
     """This thread's context variables, to carry into an event loop's task."""
-    from contextvars import copy_context
-
     return dict(copy_context().items())

@@ -16,7 +16,11 @@ class DuplicateTaskError(ConfigurationError):
 
 
 class UnknownTaskError(CastorError, LookupError):
-    """A task name that this process has no function for."""
+    """A task name that this process has no function for, or a task id not stored."""
+
+    @classmethod
+    def missing(cls, task_id: str) -> UnknownTaskError:
+        return cls(f"task {task_id} is not in the database (purged, or never enqueued)")
 
 
 class SerializationError(CastorError, TypeError):

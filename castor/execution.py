@@ -125,15 +125,11 @@ def settlement_for(manager: Manager, record: TaskRecord, outcome: Outcome, owner
     if status == TaskStatus.PENDING:
         return Settlement(record.id, owner, record.attempts, status, error=outcome.error,
                           finished_at=now, eta=now + (outcome.retry_in or 0.0))
-    options = record.options
-    if status == TaskStatus.SUCCESS:
-        ttl = options["result_ttl"] if "result_ttl" in options else manager.result_ttl
-    else:
-        ttl = options["failure_ttl"] if "failure_ttl" in options else manager.failure_ttl
+    expires_at = manager.expires_at(record.options, status, now)
     return Settlement(
         record.id, owner, record.attempts, status, result=outcome.result, error=outcome.error,
-        finished_at=now, expires_at=None if ttl is None else now + ttl,
-        drop=ttl == 0 and status == TaskStatus.SUCCESS,
+        finished_at=now, expires_at=expires_at,
+        drop=expires_at == now and status == TaskStatus.SUCCESS,  # result_ttl=0
     )
 
 

@@ -38,14 +38,14 @@ class Task(Generic[R]):
         """The whole stored record, as of now."""
         record = self._manager.store.get(self.id)
         if record is None:
-            raise UnknownTaskError(f"task {self.id} is not in the database (purged, or never enqueued)")
+            raise UnknownTaskError.missing(self.id)
         return record
 
     def status(self) -> TaskStatus:
         """"pending" | "running" | "success" | "failed" | "cancelled" (a str enum)."""
         status = self._manager.store.status(self.id)
         if status is None:
-            raise UnknownTaskError(f"task {self.id} is not in the database (purged, or never enqueued)")
+            raise UnknownTaskError.missing(self.id)
         return status
 
     def __bool__(self) -> bool:

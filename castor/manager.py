@@ -99,6 +99,13 @@ class Manager:
             return self._register(fn, options)
         return lambda f: self._register(f, options)
 
+    def expires_at(self, options: dict[str, Any], status: TaskStatus, finished_at: float) -> float | None:
+        """When a task finished in `status` is deleted: its own result_ttl (success)
+        or failure_ttl (failed, cancelled), else this Manager's; None: kept."""
+        key = "result_ttl" if status == TaskStatus.SUCCESS else "failure_ttl"
+        ttl = options[key] if key in options else getattr(self, key)
+        return None if ttl is None else finished_at + ttl
+
     def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> TaskFunction[..., Any]:
         if not callable(fn):
             raise ConfigurationError(f"@manager.task must decorate a function, not {type(fn).__name__}")
@@ -228,12 +235,12 @@ class Manager:
         """Cancel a task by id (see Task.cancel); raises UnknownTaskError if there is none."""
         record = self.store.get(task_id)
         if record is None:
-            raise UnknownTaskError(f"task {task_id} is not in the database (purged, or never enqueued)")
+            raise UnknownTaskError.missing(task_id)
         now = time.time()
-        ttl = record.options.get("failure_ttl", self.failure_ttl)
-        status = self.store.cancel(task_id, now=now, expires_at=None if ttl is None else now + ttl)
+        status = self.store.cancel(task_id, now=now,
+                                   expires_at=self.expires_at(record.options, TaskStatus.CANCELLED, now))
         if status is None:
-            raise UnknownTaskError(f"task {task_id} is not in the database (purged, or never enqueued)")
+            raise UnknownTaskError.missing(task_id)
         return status
 
     revoke = cancel  # Celery's name
@@ -242,7 +249,7 @@ class Manager:
         """Send one failed or cancelled task back to the queue, to run again now."""
         status = self.store.status(task_id)
         if status is None:
-            raise UnknownTaskError(f"task {task_id} is not in the database (purged, or never enqueued)")
+            raise UnknownTaskError.missing(task_id)
         if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise ConfigurationError(f"task {task_id} is {status}; only failed or cancelled tasks can be retried")
         if not self.store.retry(task_id=task_id, now=time.time()):

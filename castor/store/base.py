@@ -205,7 +205,6 @@ class Store(ABC):
     def renew(self, owner: str, *, lease: float, now: float) -> int:
         """Extend every lease `owner` holds; returns how many it still holds."""
 
-    @abstractmethod
     def settle(
         self,
         task_id: str,
@@ -218,6 +217,7 @@ class Store(ABC):
         now: float,
     ) -> bool:
         """Finish a running task; False if `owner` no longer holds that attempt."""
+        return self.settle_one(Settlement(task_id, owner, attempt, status, result, error, now))
 
     @abstractmethod
     def requeue(self, task_id: str, owner: str, attempt: int, *, count_attempt: bool) -> bool:

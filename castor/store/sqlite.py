@@ -446,19 +446,6 @@ class SQLiteStore(Store):
         )
         return len(rows)
 
-    def settle(
-        self,
-        task_id: str,
-        owner: str,
-        attempt: int,
-        status: TaskStatus,
-        *,
-        result: str | bytes | None = None,
-        error: dict[str, Any] | None = None,
-        now: float,
-    ) -> bool:
-        return self.settle_one(Settlement(task_id, owner, attempt, status, result, error, now))
-
     def settle_one(self, settlement: Settlement) -> bool:
         return bool(self._execute(*_settle_statement(settlement)))
 
