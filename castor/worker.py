@@ -99,8 +99,9 @@ class Worker:
         self.on_timeout: Callable[[TaskRecord], None] | None = None
         # Likewise when a running task is cancelled (castord: record it, then exit).
         self.on_cancel: Callable[[TaskRecord], None] | None = None
-        # Called with (task name, status, seconds) for each settled task (castord's metrics).
-        self.on_settled: Callable[[str, str, float], None] | None = None
+        # Called with (task name, status, seconds, task id) for each settled task
+        # (castord's metrics and dashboard).
+        self.on_settled: Callable[[str, str, float, str], None] | None = None
         # Thread workers run `async def` tasks on one shared event loop (started lazily).
         self._loop_thread: EventLoopThread | None = None
         self._next_recovery = 0.0
@@ -187,7 +188,7 @@ class Worker:
         self.done += 1
         if self.on_settled is not None and record is not None:
             self.on_settled(record.name, "retry" if settlement.status == TaskStatus.PENDING
-                            else str(settlement.status), duration)
+                            else str(settlement.status), duration, record.id)
         quiet = accepted and settlement.status == TaskStatus.SUCCESS and not _debug_enabled()
         if quiet:  # the hot path: nothing to log
             return

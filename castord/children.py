@@ -56,6 +56,7 @@ class ChildSpec:
     log_format: str
     log_level: str
     log_file: str | None
+    capture_output: bool = False
 
     @property
     def mode(self) -> str:
@@ -104,6 +105,8 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     from castord.logging import configure
 
     sink = configure(spec.role, fmt=spec.log_format, level=spec.log_level, log_file=spec.log_file)
+    if spec.capture_output:
+        sink.capture_output()
     log = get_logger("castord.child")
     channel = Channel(conn)
     try:

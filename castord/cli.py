@@ -70,6 +70,9 @@ def _start_options(fn: Any) -> Any:
                      help="Serve Prometheus metrics on this port (needs castor[metrics]; 0: any free port)."),
         click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar=_env("METRICS_HOST"),
                      help="Address the metrics endpoint listens on."),
+        click.option("--capture-output", is_flag=True, default=False, envvar=_env("CAPTURE_OUTPUT"),
+                     help="Send stdout/stderr of castord and its children (task code's print()) "
+                          "to --log-file."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -92,6 +95,7 @@ def build_config(app: str, **opts: Any) -> Config:
             max_memory_per_child=opts.get("max_memory_per_child"),
             lease=opts.get("lease") or 30.0,
             metrics_port=opts.get("metrics_port"), metrics_host=opts.get("metrics_host") or "127.0.0.1",
+            capture_output=bool(opts.get("capture_output")), dashboard=bool(opts.get("dashboard")),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -355,12 +359,28 @@ def _find(app: str | None, pidfile: str | None) -> Any:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("app", envvar=_env("APP"))
 @_start_options
-def castor_main(app: str, **opts: Any) -> None:
-    """castor: run APP's tasks in the foreground (the castord engine, for development).
+@click.option("--dashboard/--no-dashboard", default=None,
+              help="Live terminal dashboard [default: on when stdout is a terminal].")
+def castor_main(app: str, dashboard: bool | None, **opts: Any) -> None:
+    """castor: run APP's tasks in the foreground with a live dashboard (the castord engine).
 
+    On a terminal it draws process and thread slots, pending tasks per queue,
+    finished counts, throughput, the latest tasks and recent log lines; the
+    full JSON log goes to --log-file (or a temporary file, named on exit).
+    Elsewhere it writes log lines to stdout, as castord does.
     Ctrl+C drains like SIGTERM; a second Ctrl+C stops fast.
     """
-    config = build_config(app, **opts)
+    if dashboard is None:
+        dashboard = sys.stdout.isatty()
+    if dashboard:
+        if not opts.get("log_file"):
+            import tempfile
+
+            fd, opts["log_file"] = tempfile.mkstemp(prefix="castor-", suffix=".log")
+            os.close(fd)
+        opts["log_format"] = "json"  # the dashboard parses it to show recent lines
+        opts["capture_output"] = True  # task code's print() must not scribble on the screen
+    config = build_config(app, dashboard=dashboard, **opts)
     from castord.daemon import run_daemon
 
     sys.exit(run_daemon(config))

@@ -25,6 +25,8 @@ class Config:
     lease: float = 30.0
     metrics_port: int | None = None  # serve Prometheus metrics here (castor[metrics])
     metrics_host: str = "127.0.0.1"
+    capture_output: bool = False  # children's stdout/stderr go to log_file (gunicorn's --capture-output)
+    dashboard: bool = False  # the `castor` command's live terminal view owns stdout
 
     def __post_init__(self) -> None:
         if self.heartbeat_timeout <= self.heartbeat_interval:
@@ -32,6 +34,8 @@ class Config:
                 f"--heartbeat-timeout ({self.heartbeat_timeout:g} s) must be longer than "
                 f"--heartbeat-interval ({self.heartbeat_interval:g} s)"
             )
+        if self.capture_output and self.log_file is None:
+            raise ValueError("--capture-output needs --log-file: there is nowhere else to send the output")
         if self.workers == 0 and self.threads == 0:
             raise ValueError("--workers and --threads are both 0: castord would run nothing")
 

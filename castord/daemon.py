@@ -18,6 +18,8 @@ def run_daemon(config: Config) -> int:
     from castord.logging import configure
 
     sink = configure("master", fmt=config.log_format, level=config.log_level, log_file=config.log_file)
+    if config.capture_output and not config.dashboard:  # with the dashboard, stdout is its screen
+        sink.capture_output()
     log = get_logger("castord.master")
     started = time.monotonic()
     try:
@@ -47,17 +49,28 @@ def run_daemon(config: Config) -> int:
     if ready_fd is not None:
         supervisor.on_ready = lambda: _report(ready_fd, ExitCode.OK)
     metrics = None
+    dashboard = None
+    code = int(ExitCode.INTERNAL_ERROR)  # unless run() returns or a known error says otherwise
     try:
         if config.metrics_port is not None:
             from castord.metrics import serve
 
             metrics = serve(supervisor, config.metrics_port, config.metrics_host)
+        if config.dashboard and config.log_file is not None:
+            from castord.dashboard import Dashboard
+
+            dashboard = Dashboard(supervisor, config.log_file)
+            supervisor.on_tick = dashboard.tick
+            dashboard.start()
         code = supervisor.run()
     except CastordError as exc:
         log.critical("castord.metrics_failed", error=str(exc))
         print(f"castord: {exc}", file=sys.stderr)
         code = exc.exit_code
     finally:
+        if dashboard is not None:
+            dashboard.stop()
+            print(dashboard.summary(code))
         if metrics is not None:
             metrics.shutdown()
         if pidfile is not None:

@@ -7,6 +7,7 @@ One handler on the root logger renders castor's structlog events and any stdlib
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import IO, Any
 
@@ -23,6 +24,7 @@ class LogSink:
     def __init__(self, log_file: str | None, handler: logging.StreamHandler[IO[str]]):
         self.log_file = log_file
         self.handler = handler
+        self.capturing = False
 
     def reopen(self) -> None:
         if self.log_file is None:
@@ -31,6 +33,26 @@ class LogSink:
         old = self.handler.setStream(new_stream)
         if old is not None and old not in (sys.stdout, sys.stderr):
             old.close()
+        if self.capturing:
+            self.capture_output()
+
+    def capture_output(self) -> None:
+        """Send this process's stdout and stderr (task code's print(), stray
+        tracebacks, C libraries' writes) into the log file too, as gunicorn's
+        --capture-output does. Lines arrive as they are written, not as JSON."""
+        if self.log_file is None:
+            return
+        self.capturing = True
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fd = self.handler.stream.fileno()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        # Line-buffered, so a print() shows up before the task ends.
+        for stream in (sys.stdout, sys.stderr):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(line_buffering=True)
 
 
 def configure(role: str, *, fmt: str = "auto", level: str = "info", log_file: str | None = None) -> LogSink:

@@ -110,6 +110,10 @@ class Supervisor:
         # For the metrics endpoint: finished tasks as children report them, and replacements.
         self.tally = Tally()
         self.restarts: dict[tuple[str, str], int] = {}
+        # The `castor` command's dashboard: called after every pass of the loop,
+        # which wakes at least every tick_seconds while it is set.
+        self.on_tick: Callable[[], object] | None = None
+        self.tick_seconds = 0.5
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -149,6 +153,8 @@ class Supervisor:
     def _timeout(self) -> float:
         now = time.monotonic()
         deadlines = [now + self.config.heartbeat_interval]
+        if self.on_tick is not None:
+            deadlines.append(now + self.tick_seconds)
         deadlines += [s.respawn_at for s in self.slots if s.child is None and not s.retired]
         if self.drain_deadline is not None:
             deadlines.append(self.drain_deadline)
@@ -177,6 +183,8 @@ class Supervisor:
             if self.scheduler is not None:
                 self.scheduler.fire_due(time.time())  # not while draining: a stopping castord fires nothing
         self._announce(now)
+        if self.on_tick is not None:
+            self.on_tick()
 
     # -- spawning --------------------------------------------------------------
 
@@ -200,6 +208,7 @@ class Supervisor:
             max_tasks=cfg.max_tasks_per_child if slot.role == PROCESS_WORKER else None,
             max_memory_mb=cfg.max_memory_per_child if slot.role == PROCESS_WORKER else None,
             log_format=cfg.log_format, log_level=cfg.log_level, log_file=cfg.log_file,
+            capture_output=cfg.capture_output,
         )
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=child_main, args=(spec, child_end), name=spec.label, daemon=False)

@@ -393,6 +393,45 @@ def test_task_code_logging_comes_out_as_json_with_task_context(daemons, app_dir)
     assert line["role"] == "thread-host" and line["level"] == "warning"
 
 
+PRINTAPP = """
+import sys
+from testapp import manager
+
+@manager.task(mode="process", name="shout")
+def shout(words):
+    print(words)
+    print(words.upper(), file=sys.stderr)
+    return words
+
+@manager.task(mode="thread", name="tshout")
+def tshout(words):
+    print(words)
+    return words
+"""
+
+
+@pytest.mark.timeout(60)
+def test_capture_output_sends_task_prints_to_the_log_file(daemons, app_dir):
+    (app_dir / "printapp.py").write_text(PRINTAPP)
+    import printapp
+
+    d = daemons().start("--workers", "1", "--threads", "1", "--capture-output", app="printapp:manager")
+    d.wait_note("READY=1")
+    assert printapp.shout.delay("printed in a process child").join(timeout=10)
+    assert printapp.tshout.delay("printed in the thread host").join(timeout=10)
+    text = d.log_file.read_text()  # each print() is flushed at its newline
+    for line in ("printed in a process child", "PRINTED IN A PROCESS CHILD", "printed in the thread host"):
+        assert f"\n{line}\n" in text
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    assert b"printed" not in d.proc.stdout.read()
+
+
+def test_capture_output_without_a_log_file_exits_2(app_dir):
+    result = run_cli(app_dir, "start", "testapp:manager", "--capture-output")
+    assert result.returncode == 2 and "--capture-output needs --log-file" in result.stderr
+
+
 @pytest.mark.timeout(60)
 def test_watchdog_and_usr1_log_reopen(daemons, app_dir):
     d = daemons().start("--workers", "1", "--threads", "0", env={"WATCHDOG_USEC": "400000"})
