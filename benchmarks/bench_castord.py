@@ -1,6 +1,7 @@
 """castord figures (issue: castord): start-up, respawn, idle CPU, drain and latency through it.
 
-    .venv/bin/python benchmarks/bench_castord.py [--runs 5] [--only ready,respawn,idle,drain,latency]
+    .venv/bin/python benchmarks/bench_castord.py [--runs 5]
+        [--only ready,respawn,idle,drain,latency,cpu,payload]
 
 Each run starts a fresh castord (2 process children, 8 threads unless stated) on a
 fresh database, with NOTIFY_SOCKET bound here, and stops it by pid.
@@ -145,10 +146,52 @@ def latency(n: int = 500) -> tuple[float, float]:
         b.close()
 
 
+def cpu_efficiency(n: int = 200, ms: int = 20, workers: int = 2) -> float:
+    """Ideal wall time (n × ms of CPU spread over the process children) ÷ measured,
+    from the moment the tasks are enqueued on a READY castord to the last settle."""
+    b = Bench()
+    try:
+        d = Daemon(b, "--workers", str(workers), "--threads", "0")
+        d.wait_ready()
+        b.app.burn.delay(0).join(timeout=10)  # both children warm
+        start = time.time()
+        tasks = b.app.burn.map([(ms,) for _ in range(n)])
+        for task in tasks:
+            task.join(timeout=120)
+        last = b.query("SELECT max(finished_at) FROM castor_tasks")[0][0]
+        d.stop()
+        return (n * ms / 1000 / workers) / (last - start)
+    finally:
+        b.close()
+
+
+def payload(n: int = 100, size: int = 1 << 20) -> tuple[float, float]:
+    """1 MB results through castord (2 process children): MB/s from enqueue until every
+    result is read back by join(), and the p50 (ms) of one 1 MB enqueue -> join round trip."""
+    b = Bench()
+    try:
+        d = Daemon(b, "--workers", "2", "--threads", "0")
+        d.wait_ready()
+        start = time.perf_counter()
+        tasks = b.app.blob.map([(size,) for _ in range(n)])
+        got = sum(len(task.join(timeout=120)) for task in tasks)
+        assert got == n * size
+        throughput = got / (1 << 20) / (time.perf_counter() - start)
+        samples = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            assert b.app.measure.delay("y" * size).join(timeout=30) == size  # 1 MB argument
+            samples.append(time.perf_counter() - t0)
+        d.stop()
+        return throughput, statistics.median(samples) * 1000
+    finally:
+        b.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--only", default="ready,respawn,idle,drain,latency")
+    parser.add_argument("--only", default="ready,respawn,idle,drain,latency,cpu,payload")
     args = parser.parse_args()
     only = set(args.only.split(","))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs")
@@ -174,6 +217,14 @@ def main() -> None:
         report("drain via castord, 8 thr (tasks/s)", drain, ",.0f", "thread")
     if "latency" in only:
         report("enqueue->join via castord", latency, "")
+    if "cpu" in only:
+        report("CPU-heavy 200 x 20 ms, 2 proc (eff.)", cpu_efficiency, ".3f")
+    if "payload" in only:
+        values = [payload() for _ in range(args.runs)]
+        print(f"{'1 MB results, 2 proc (MB/s)':34s} {statistics.median(v[0] for v in values):,.0f}   runs: "
+              f"{[round(v[0]) for v in values]}")
+        print(f"{'1 MB argument round trip (ms p50)':34s} {statistics.median(v[1] for v in values):.1f}   runs: "
+              f"{[round(v[1], 1) for v in values]}")
 
 
 if __name__ == "__main__":

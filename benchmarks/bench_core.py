@@ -37,6 +37,23 @@ APP = textwrap.dedent('''
     @manager.task(mode="thread", name="tnoop")
     def tnoop(i):
         return i
+
+    @manager.task(mode="process", name="burn")
+    def burn(ms):
+        # Exactly `ms` of this process's CPU time, however the scheduler shares the cores.
+        import time
+        end = time.process_time() + ms / 1000
+        while time.process_time() < end:
+            pass
+        return ms
+
+    @manager.task(mode="process", name="blob")
+    def blob(size):
+        return "x" * size
+
+    @manager.task(mode="process", name="measure")
+    def measure(data):
+        return len(data)
 ''')
 
 
