@@ -1,19 +1,18 @@
 """`castord tasks …`: look at and act on stored tasks from the shell.
 
-The data side only (records → JSON-ready dicts, the stats) and the rich
-rendering; cli.py parses and maps errors to exit codes.
+Durations and the rich rendering; the records → JSON-ready dicts and the stats
+live in castor.views (the HTTP API shows tasks the same way); cli.py parses and
+maps errors to exit codes.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
-from castor.durations import from_epoch
-from castor.manager import Manager
-from castor.serialization import get_serializer
-from castor.store import Query, TaskRecord
+from castor.views import detail, stats, summary
+
+__all__ = ["detail", "parse_duration", "render_detail", "render_list", "render_stats", "stats", "summary"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -25,62 +24,6 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(f"{text!r} is not a duration; write e.g. 90s, 15m, 12h, 7d or 2w")
     return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def _when(epoch: float | None) -> str | None:
-    moment = from_epoch(epoch)
-    return None if moment is None else moment.isoformat(timespec="milliseconds")
-
-
-def summary(record: TaskRecord) -> dict[str, Any]:
-    """One row of `tasks list`."""
-    error = record.error or {}
-    return {
-        "id": record.id, "name": record.name, "queue": record.queue, "status": str(record.status),
-        "priority": record.priority, "attempts": record.attempts, "lost": record.lost,
-        "enqueued_at": _when(record.enqueued_at), "eta": _when(record.eta),
-        "started_at": _when(record.started_at), "finished_at": _when(record.finished_at),
-        "progress": record.progress, "error": f"{error.get('type')}: {error.get('message')}" if error else None,
-    }
-
-
-def detail(record: TaskRecord) -> dict[str, Any]:
-    """Everything `tasks show` prints: the summary plus arguments, result, error, history."""
-    serializer = get_serializer(record.serializer)
-
-    def decode(data: str | bytes | None) -> Any:
-        if data is None:
-            return None
-        try:
-            value = serializer.loads(data)
-        except Exception as exc:  # noqa: BLE001 - show what we can
-            return f"<cannot decode: {exc}>"
-        return value if record.serializer == "json" else repr(value)
-
-    return {
-        **summary(record), "mode": record.mode, "daemon": record.daemon,
-        "args": decode(record.args), "kwargs": decode(record.kwargs), "result": decode(record.result),
-        "error": record.error, "history": record.history, "options": record.options,
-        "owner": record.owner, "lease_expires": _when(record.lease_expires),
-        "progress_message": record.progress_message, "cancel_requested": record.cancel_requested,
-        "expires_at": _when(record.expires_at), "unique_key": record.unique_key,
-    }
-
-
-def stats(manager: Manager) -> dict[str, Any]:
-    """Counts per status, queue depth, the oldest due task's wait, failures by name."""
-    store = manager.store
-    now = time.time()
-    queues = store.queue_stats(now=now)
-    oldest = queues["oldest_due"]
-    return {
-        "counts": {str(k): v for k, v in store.counts_by_status().items()},
-        "queue_depth": store.pending_by_queue(),
-        "scheduled": queues["scheduled"],
-        "oldest_due_wait_s": None if oldest is None else round(now - oldest, 3),
-        "failed_by_name": queues["failed_by_name"],
-        "dirty": store.count(Query(dirty=True)),
-    }
 
 
 # -- rendering ---------------------------------------------------------------------

@@ -11,11 +11,13 @@ from typing import Any
 
 from castor.states import TaskStatus
 from castor.store import Query, TaskRecord, open_store
+from castor.views import DAEMON_STALE_SECONDS
 from castord.errors import CastordError, ExitCode
 from castord.pidfile import pid_alive, read_pid
 
-# A master whose database heartbeat is older than this is considered gone.
-STALE_SECONDS = 15.0
+# A master whose database heartbeat is older than this is considered gone (the HTTP
+# API's health endpoint counts live castords by the same rule).
+STALE_SECONDS = DAEMON_STALE_SECONDS
 # `castord status` lists at most this many running tasks (newest first).
 RUNNING_SHOWN = 50
 

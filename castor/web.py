@@ -1,0 +1,327 @@
+"""The HTTP API: a FastAPI router to submit, inspect and cancel tasks (`pip install 'castor[web]'`).
+
+    from fastapi import FastAPI
+    import castor.web
+
+    app = FastAPI()
+    app.include_router(castor.web.router(manager))   # /tasks, /tasks/{id}, /tasks/types, /tasks/health
+
+Every endpoint is a plain `def`: FastAPI runs it in its thread pool, so the
+database calls never block the event loop. Tasks are shown by castor.views, as
+`castord tasks` shows them. docs/web.md has each endpoint with examples.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from typing import Annotated, Any, NoReturn
+
+try:
+    from fastapi import APIRouter, HTTPException, Query, Request, Response
+    from fastapi.params import Depends
+    from fastapi.responses import JSONResponse
+    from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides fastapi
+    raise ModuleNotFoundError(
+        f"castor.web needs FastAPI ({exc}); install it with: pip install 'castor[web]'", name="fastapi"
+    ) from exc
+
+from castor import views
+from castor.errors import ConfigurationError, StoreError, TaskIdConflict, UnknownTaskError
+from castor.manager import Manager
+from castor.states import TaskStatus
+from castor.store import Query as StoreQuery
+from castor.store import TaskRecord
+from castor.task import TaskFunction
+
+__all__ = ["HealthOut", "SubmitRequest", "Submitted", "TaskOut", "TaskSummaryOut", "TaskTypeOut", "router",
+           "task_out"]
+
+
+# -- bodies ---------------------------------------------------------------------------
+
+
+class SubmitRequest(BaseModel):
+    """POST {prefix}: a call of a registered task, with apply_async's per-call options.
+
+    Options left out (or null) take the task's defaults. `retry_on` is not offered:
+    it takes exception classes, which JSON cannot name safely.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The registered task name (GET {prefix}/types lists them).")
+    args: list[Any] = Field(default_factory=list, description="Positional arguments.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
+    countdown: float | None = Field(default=None, description="Run no sooner than this many seconds from now.")
+    eta: AwareDatetime | None = Field(
+        default=None, description="Run no sooner than this instant: ISO 8601 with a timezone, or Unix seconds.")
+    priority: int | None = Field(default=None, description="Higher runs first.")
+    queue: str | None = None
+    task_id: str | None = Field(default=None, description="Your own id for the task (must be new).")
+    timeout: float | None = Field(default=None, description="Seconds this run may take.")
+    retries: int | None = None
+    retry_delay: float | None = None
+    retry_backoff: float | None = None
+    retry_max_delay: float | None = None
+    retry_jitter: bool | None = None
+    result_ttl: float | None = Field(default=None, description="Seconds a success is kept (0: deleted at once).")
+    failure_ttl: float | None = Field(default=None, description="Seconds a failure or cancellation is kept.")
+    unique: bool | str | None = Field(
+        default=None, description="true: a pending or running twin with the same arguments is returned instead; "
+                          "a string: the twin's key.")
+    cache_ttl: float | None = Field(
+        default=None, description="Return a success with the same arguments that finished within this many seconds.")
+
+
+# The body's fields that are apply_async options (checked against CALL_OPTIONS by a test).
+SUBMIT_OPTIONS = tuple(f for f in SubmitRequest.model_fields if f not in ("name", "args", "kwargs"))
+
+
+class Submitted(BaseModel):
+    id: str
+    name: str
+    status: TaskStatus | None = Field(
+        description="The status just after the submit (an eager Manager has run it already; a unique "
+                    "twin or a cached success may be further on). null: it already finished and was "
+                    "deleted (result_ttl=0).")
+    url: str = Field(description="Where to GET the task.")
+
+
+class _TaskBase(BaseModel):
+    id: str
+    name: str
+    queue: str
+    status: TaskStatus
+    priority: int
+    attempts: int = Field(description="How many times a worker claimed it.")
+    lost: int = Field(description="How many times its worker vanished while running it.")
+    enqueued_at: str = Field(description="ISO 8601, UTC.")
+    eta: str = Field(description="Not run before this instant.")
+    started_at: str | None
+    finished_at: str | None
+    progress: float | None = Field(description="The latest castor.progress() fraction.")
+
+
+class TaskSummaryOut(_TaskBase):
+    error: str | None = Field(description="'type: message' of a failure.")
+
+
+class ErrorOut(BaseModel):
+    type: str = Field(description="The exception's module.qualname.")
+    message: str
+    traceback: str = ""
+    args: list[Any] | None = None
+
+
+class TaskOut(_TaskBase):
+    mode: str
+    daemon: bool
+    progress_message: str | None
+    cancel_requested: bool
+    result: Any = Field(default=None, description="The result of a success, when JSON carries it exactly.")
+    result_repr: str | None = Field(
+        default=None, description="Instead of `result`, its repr, when JSON cannot carry it (a pickled object, a "
+                          "tuple, NaN...); or why it could not be decoded.")
+    error: ErrorOut | None = Field(description="The last failure, traceback included.")
+    history: list[dict[str, Any]] = Field(description="One {attempt, type, message, at} per failed attempt.")
+
+
+class TaskTypeOut(BaseModel):
+    name: str
+    mode: str
+    daemon: bool
+    queue: str
+    priority: int
+    timeout: float | None
+    retries: int
+    unique: bool
+    cache_ttl: float | None
+    validate_: bool = Field(alias="validate", description="Arguments are checked against the type hints.")
+    schedule: str | None = Field(description="A periodic task's schedule, e.g. \"every 60 s\".")
+    doc: str | None = Field(description="The first line of the function's docstring.")
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="\"ok\", or \"unavailable\" (HTTP 503) when the database cannot be read.")
+    error: str | None = None
+    counts: dict[str, int] = Field(default_factory=dict, description="Tasks per status.")
+    queue_depth: dict[str, int] = Field(default_factory=dict, description="Pending tasks per queue.")
+    oldest_due_wait_s: float | None = Field(
+        default=None,
+        description="How long the oldest task that is due has waited: workers falling behind, or none running.")
+    castords: int = Field(default=0, description="castords with a fresh heartbeat in the database.")
+
+
+# -- the router -----------------------------------------------------------------------
+
+
+def router(
+    manager: Manager,
+    *,
+    prefix: str = "/tasks",
+    tags: Sequence[str | Enum] | None = ("tasks",),
+    dependencies: Sequence[Depends] | None = None,
+) -> APIRouter:
+    """A FastAPI router on `manager`: submit by name, get, cancel, list, task types, health.
+
+    `prefix` is where it lives ("/tasks"; "" for the root), `tags` its OpenAPI tags,
+    `dependencies` run before every endpoint (authentication: `[Depends(check_token)]`).
+    Include it with `app.include_router(...)`; include several for several Managers,
+    each under its own prefix.
+    """
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise ConfigurationError(f"castor.web.router: prefix must start with '/' and not end with one, "
+                                 f"e.g. '/tasks', not {prefix!r}")
+    api = APIRouter(prefix=prefix, tags=list(tags or []), dependencies=list(dependencies or []))
+    root = "" if prefix else "/"
+    missing: dict[int | str, dict[str, Any]] = {
+        404: {"description": "No task with that id (never enqueued, or purged)."}}
+    unavailable: dict[int | str, dict[str, Any]] = {
+        503: {"description": "The database is locked or cannot be read; retry."}}
+
+    @api.post(root, status_code=202, response_model=Submitted, responses={
+        404: {"description": "No task of that name is registered in this process."},
+        409: {"description": "task_id names a task that exists already."},
+        422: {"description": "Bad arguments or options."}, **unavailable})
+    def submit_task(body: SubmitRequest, request: Request, response: Response) -> Submitted:
+        """Enqueue a call of a registered task; 202 with its id (the Location header points at it)."""
+        with _http_errors():
+            fn = _task_function(manager, body.name)
+            _check_signature(fn, body.args, body.kwargs)
+            options = body.model_dump(include=set(SUBMIT_OPTIONS), exclude_none=True)
+            try:
+                task = fn.apply_async(body.args, body.kwargs, **options)
+            except TaskIdConflict:
+                raise HTTPException(409, f"a task with id {body.task_id!r} exists already; "
+                                         "task ids must be unique") from None
+            except (TypeError, ValueError) as exc:
+                # InvalidArguments (validate=True), SerializationError, ConfigurationError
+                # (a bad option), and a bad countdown or eta.
+                raise HTTPException(422, str(exc)) from None
+            url = f"{request.url.path.rstrip('/')}/{task.id}"
+            response.headers["Location"] = url
+            return Submitted(id=task.id, name=fn.name, status=manager.store.status(task.id), url=url)
+
+    @api.get(root, response_model=list[TaskSummaryOut], responses=unavailable)
+    def list_tasks(
+        status: TaskStatus | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[dict[str, Any]]:
+        """Tasks, newest first, filtered by status, task name and queue."""
+        with _http_errors():
+            records = manager.store.list(StoreQuery(status, name, queue), limit=limit, offset=offset)
+            return [views.summary(r) for r in records]
+
+    # Before /{task_id}, so that these two names are not read as task ids.
+    @api.get("/types", response_model=list[TaskTypeOut])
+    def task_types() -> list[dict[str, Any]]:
+        """The tasks registered in this process: what POST can submit by name."""
+        manager.import_tasks()
+        return [views.task_type(manager, fn) for _, fn in sorted(manager.registry.items())]
+
+    @api.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+    def health() -> Any:
+        """Whether the database answers, with counts per status, queue depth and live castords."""
+        try:
+            data = views.stats(manager)
+            castords = len(views.live_daemons(manager))
+        except StoreError as exc:
+            body = HealthOut(status="unavailable", error=str(exc))
+            return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
+        return HealthOut(status="ok", counts=data["counts"], queue_depth=data["queue_depth"],
+                         oldest_due_wait_s=data["oldest_due_wait_s"], castords=castords)
+
+    @api.get("/{task_id}", response_model=TaskOut, responses={**missing, **unavailable})
+    def get_task(task_id: str) -> TaskOut:
+        """One task: status, progress, attempts, timestamps, and its result or error."""
+        with _http_errors():
+            return task_out(_record(manager, task_id))
+
+    @api.delete("/{task_id}", response_model=TaskOut, responses={
+        202: {"model": TaskOut, "description": "It is running: its worker is stopping it."},
+        409: {"description": "It already finished (success, failed or cancelled)."},
+        **missing, **unavailable})
+    def cancel_task(task_id: str, response: Response) -> TaskOut:
+        """Cancel a task (the record stays): 200 when it will never run, 202 when its
+        worker is stopping it, 409 when it had already finished."""
+        with _http_errors():
+            before = _record(manager, task_id).status
+            if before.finished:
+                _already_finished(task_id, before)
+            after = manager.cancel(task_id)
+            if after.finished and after != TaskStatus.CANCELLED:
+                _already_finished(task_id, after)  # it finished in the meantime
+            response.status_code = 202 if after == TaskStatus.RUNNING else 200
+            return task_out(_record(manager, task_id))
+
+    return api
+
+
+def task_out(record: TaskRecord) -> TaskOut:
+    """The full view of a task, as GET {prefix}/{id} returns it."""
+    result = views.decode(record.serializer, record.result)
+    error = record.error
+    if error is not None and not views.json_exact(error):
+        error = {**error, "args": None}  # exception arguments JSON cannot carry (NaN...)
+    return TaskOut.model_validate({
+        **views.summary(record), "mode": record.mode, "daemon": record.daemon,
+        "progress_message": record.progress_message, "cancel_requested": record.cancel_requested,
+        "result": result.value, "result_repr": result.text, "error": error, "history": record.history,
+    })
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+@contextmanager
+def _http_errors() -> Iterator[None]:
+    """castor's errors as HTTP statuses: an unknown id 404, a busy or broken database 503."""
+    try:
+        yield
+    except UnknownTaskError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except StoreError as exc:  # DatabaseLockedError included: worth a retry
+        raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+
+
+def _record(manager: Manager, task_id: str) -> TaskRecord:
+    record = manager.store.get(task_id)
+    if record is None:
+        raise UnknownTaskError.missing(task_id)
+    return record
+
+
+def _already_finished(task_id: str, status: TaskStatus) -> NoReturn:
+    raise HTTPException(409, f"task {task_id} already finished ({status}); nothing to cancel")
+
+
+def _task_function(manager: Manager, name: str) -> TaskFunction[..., Any]:
+    manager.import_tasks()
+    fn = manager.registry.get(name)
+    if fn is not None:
+        return fn
+    close = difflib.get_close_matches(name, list(manager.registry), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    known = ", ".join(sorted(manager.registry)[:20]) or "none"
+    raise HTTPException(404, f"no task named {name!r} is registered in this process.{hint} "
+                             f"Registered tasks: {known} (GET .../types lists them)")
+
+
+def _check_signature(fn: TaskFunction[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+    """A call that cannot bind to the function is refused now (422), not failed later by a worker."""
+    try:
+        signature = inspect.signature(fn.fn)
+    except (TypeError, ValueError):  # a builtin or callable without one: let it through
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise HTTPException(422, f"bad arguments for {fn.name}: {exc}") from None
