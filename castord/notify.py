@@ -16,7 +16,11 @@ class Notifier:
         if address:
             # A leading "@" names a socket in the abstract namespace.
             self.address = "\0" + address[1:] if address.startswith("@") else address
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: when the reader lags (a full queue: Linux keeps only
+            # net.unix.max_dgram_qlen = 10 unread datagrams), a blocking sendto
+            # froze the master's loop, signals included. Dropped status is harmless.
+            self._sock = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
 
     @property
     def enabled(self) -> bool:

@@ -69,6 +69,22 @@ def test_notify_sends_datagrams(tmp_path):
     server.close()
 
 
+@pytest.mark.timeout(10)
+def test_notify_never_blocks_when_nobody_reads(tmp_path):
+    # A reader that lags (here: never reads) fills the socket's queue; the master's
+    # loop must go on (a blocking send once froze castord, SIGTERM included).
+    path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    notifier = Notifier(path)
+    sent = [notifier.send(STATUS=f"message {i}") for i in range(500)]
+    assert sent[0] is True and sent[-1] is False  # the queue filled; later sends were dropped
+    assert server.recv(1024) == b"STATUS=message 0"
+    assert notifier.send(STATUS="again") is True  # room again once the reader reads
+    notifier.close()
+    server.close()
+
+
 def test_notify_is_a_no_op_without_a_socket(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     notifier = Notifier()
