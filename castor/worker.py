@@ -221,7 +221,7 @@ class Worker:
             log.info("task.cancelled", **fields)
         else:
             error = settlement.error or {}
-            log.info("task.failed", exc_type=error.get("type"), exc_message=error.get("message"), **fields)
+            log.error("task.failed", exc_type=error.get("type"), exc_message=error.get("message"), **fields)
 
     def _exchange(self, settlements: list[Settlement], limit: int) -> list[TaskRecord]:
         """Write finished outcomes and claim up to `limit` more.
