@@ -13,6 +13,7 @@ import threading
 import time
 
 from castor.app import AppLoadError, load_manager
+from castor.errors import StoreError
 from castor.periodic import Scheduler
 from castor.worker import Worker
 
@@ -36,7 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(manager, mode=args.mode, threads=args.threads, queues=queues, lease=args.lease)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
-    runner = threading.Thread(target=worker.run, name="castor-worker")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except StoreError as exc:  # the database became unusable: say so, exit non-zero
+            failure.append(exc)
+            worker.stop()
+
+    runner = threading.Thread(target=run, name="castor-worker")
     runner.start()
     # The main thread fires periodic schedules (each tick once, even if castords or
     # other workers fire them too) and stays free to take signals.
@@ -50,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         runner.join(wait)
     # daemon=True tasks still running in pool threads go back to the queue now
     # (attempt not counted) instead of waiting for their leases to expire.
+    if failure:
+        print(f"error: {failure[0]}", file=sys.stderr)
+        return 1
     worker.release_held()
     return 0
 

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from castor.errors import CastorError
+from castor.errors import CastorError, StoreError
 
 if TYPE_CHECKING:
     from castor.manager import Manager
@@ -37,6 +37,8 @@ def load_manager(app: str, *, cwd_on_path: bool = True) -> Manager:
                 f"(run from the directory that holds it, or set PYTHONPATH)"
             ) from exc
         raise AppLoadError(f"importing {module_name!r} for APP {app!r} failed: {exc}") from exc
+    except StoreError as exc:  # the module's Manager(...) could not use its database file
+        raise AppLoadError(f"{exc} (while loading APP {app!r})") from exc
     except Exception as exc:  # noqa: BLE001 - any import-time failure of user code
         raise AppLoadError(
             f"importing {module_name!r} for APP {app!r} raised {type(exc).__name__}: {exc}"

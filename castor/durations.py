@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 
@@ -25,6 +26,8 @@ def to_epoch(value: datetime | float | int, what: str) -> float:
     if isinstance(value, datetime):
         return value.timestamp()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # NaN would fail the NOT NULL eta column; inf never comes
+            raise ValueError(f"{what} must be a finite Unix timestamp, got {value!r}")
         return float(value)
     raise TypeError(f"{what} must be a datetime or a Unix timestamp, not {type(value).__name__}")
 

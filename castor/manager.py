@@ -51,19 +51,24 @@ class Manager:
         result_ttl: float | timedelta | None = None,
         failure_ttl: float | timedelta | None = None,
     ):
+        if not isinstance(lock_timeout, (int, float)) or isinstance(lock_timeout, bool) or not lock_timeout >= 0:
+            raise ConfigurationError(
+                f"lock_timeout must be zero or more seconds (how long a write waits for another "
+                f"program's transaction), not {lock_timeout!r}")
         self._db = db if not isinstance(db, (str, os.PathLike)) else None
         self._owns_db = False  # True once `db` opened a BeaverDB for a path
         self.serializer = get_serializer(serializer)
         self.eager = eager
+        # How long finished tasks stay, unless a task says otherwise (None: until
+        # purged; result_ttl=0: a success is deleted as it finishes). Checked before
+        # the store opens, so a bad value leaves no connection behind.
+        self.result_ttl = validate_ttl(result_ttl, "result_ttl", "Manager", allow_zero=True)
+        self.failure_ttl = validate_ttl(failure_ttl, "failure_ttl", "Manager", allow_zero=False)
         self.store: Store = open_store(db, lock_timeout=lock_timeout, durable=durable)
         self.registry: dict[str, TaskFunction[..., Any]] = {}
         # Modules that define tasks, imported by workers after loading APP
         # (Celery's `include`): lets APP be a main.py that never imports them.
         self.include = tuple(include)
-        # How long finished tasks stay, unless a task says otherwise (None: until
-        # purged; result_ttl=0: a success is deleted as it finishes).
-        self.result_ttl = validate_ttl(result_ttl, "result_ttl", "Manager", allow_zero=True)
-        self.failure_ttl = validate_ttl(failure_ttl, "failure_ttl", "Manager", allow_zero=False)
         # Periodic schedules by task name (see castor.periodic); castord fires them.
         self.schedules: dict[str, Any] = {}
 
@@ -165,6 +170,8 @@ class Manager:
             if "eta" in call:
                 raise ConfigurationError(f"{where}: give eta or countdown, not both")
             eta = now + (to_seconds(call["countdown"], "countdown") or 0.0)
+            if eta == float("inf"):
+                raise ConfigurationError(f"{where}: countdown must be a finite number of seconds")
         queue = validate_queue(call["queue"], where) if "queue" in call else opts.queue
         priority = validate_priority(call["priority"], where) if "priority" in call else opts.priority
         task_id = call.get("task_id") or new_task_id()

@@ -138,9 +138,16 @@ def validate_queue(queue: Any, where: str) -> str:
     return queue
 
 
+# The range SQLite stores in an INTEGER column (a larger int would fail at the INSERT).
+PRIORITY_RANGE = (-(2**63), 2**63 - 1)
+
+
 def validate_priority(priority: Any, where: str) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise ConfigurationError(f"{where}: priority must be an integer (higher runs first), not {priority!r}")
+    if not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+        raise ConfigurationError(
+            f"{where}: priority {priority} is out of range; use a 64-bit integer (e.g. 0 to 9, higher runs first)")
     return priority
 
 

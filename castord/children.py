@@ -5,7 +5,7 @@ which has beaver-db's threads), import APP themselves, and talk to the master
 over one duplex pipe:
 
     child -> master   ("ready", {...}) · ("beat", {...}) · ("boot_failed", message)
-                      · ("retiring", reason)
+                      · ("retiring", reason) · ("database_error", message)
     master -> child   "drain" (stop claiming; daemon tasks are abandoned at once)
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 from setproctitle import setproctitle
 
 from castor.app import AppLoadError, load_manager
-from castor.errors import TaskCancelled, TaskTimeout
+from castor.errors import StoreError, TaskCancelled, TaskTimeout
 from castor.execution import failure_outcome, settlement_for
 from castor.logs import get_logger
 from castor.worker import Worker
@@ -38,6 +38,10 @@ EXIT_BOOT_FAILED = 3
 EXIT_TASK_TIMEOUT = 5
 # Likewise for a task cancelled while it ran.
 EXIT_TASK_CANCELLED = 6
+# The database became unusable under a running child (damaged, read-only, disk
+# failing): the child says why and exits with this; the master counts it like a
+# boot failure, so castord stops instead of replacing children forever.
+EXIT_DATABASE_ERROR = 7
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,13 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     threading.Thread(target=_listen, args=(conn, worker, spec), name="castord-control", daemon=True).start()
     channel.send("ready", {"pid": os.getpid(), "owner": spec.owner})
     log.info("child.ready", child=spec.label, owner=spec.owner)
-    worker.run(max_tasks=spec.max_tasks)
+    try:
+        worker.run(max_tasks=spec.max_tasks)
+    except StoreError as exc:  # a lock is waited out in run(); this is worse
+        log.critical("child.database_error", child=spec.label, error=str(exc))
+        channel.send("database_error", str(exc))
+        logging.shutdown()
+        os._exit(EXIT_DATABASE_ERROR)
     heartbeat.beat()  # the last tally, so no finished task goes uncounted
     if spec.max_tasks is not None and worker.done >= spec.max_tasks:
         channel.send("retiring", f"max tasks per child ({spec.max_tasks}) reached")

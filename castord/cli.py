@@ -170,7 +170,21 @@ def reload(app: str | None, pidfile: str | None) -> None:
 # -- castord tasks ---------------------------------------------------------------
 
 
-@main.group()
+class _TasksGroup(click.Group):
+    """A database that fails mid-command (damaged, locked too long, disk full)
+    gets one line and exit 3, as one that fails to open does, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from castor.errors import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(ExitCode.APP_LOAD_ERROR)
+
+
+@main.group(cls=_TasksGroup)
 def tasks() -> None:
     """Look at and act on stored tasks: list, show, retry, cancel, purge, stats.
 

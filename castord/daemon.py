@@ -28,6 +28,15 @@ def run_daemon(config: Config) -> int:
         log.critical("castord.app_load_failed", app=config.app, error=str(exc))
         print(f"castord: cannot load APP: {exc}", file=sys.stderr)
         return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
+    try:
+        # A damaged task table would otherwise be found by a child's claim, which
+        # would crash, be replaced, and crash again: refuse to start instead.
+        manager.store.verify()
+    except StoreError as exc:
+        log.critical("castord.database_unusable", app=config.app, database=manager.path, error=str(exc))
+        print(f"castord: cannot use the database: {exc}", file=sys.stderr)
+        manager.close()
+        return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
     log.info("castord.starting", app=config.app, workers=config.workers, threads=config.threads,
              database=manager.path, load_s=round(time.monotonic() - started, 3))
     from castord.pidfile import Pidfile

@@ -26,6 +26,7 @@ from castor.manager import Manager
 from castor.periodic import Scheduler
 from castord.children import (
     EXIT_BOOT_FAILED,
+    EXIT_DATABASE_ERROR,
     PROCESS_WORKER,
     THREAD_HOST,
     ChildSpec,
@@ -243,7 +244,7 @@ class Supervisor:
             child.info = payload
             if payload.get("tally"):
                 self.tally.merge(payload["tally"])
-        elif kind == "boot_failed":
+        elif kind in ("boot_failed", "database_error"):
             child.boot_error = payload
         elif kind == "retiring":
             child.retiring = True
@@ -275,7 +276,8 @@ class Supervisor:
         fields: dict[str, Any] = {"child": child.spec.label, "child_pid": child.pid,
                                   "uptime_s": round(time.monotonic() - child.spawned_at, 3)}
         fields.update(describe_exit(code))
-        released = self._release(child, count_attempt=not expected)
+        # A database error is not the task's fault: its attempt is not counted.
+        released = self._release(child, count_attempt=not expected and code != EXIT_DATABASE_ERROR)
         if self.state == State.RUNNING and not slot.retired:  # it will be replaced
             key = (child.spec.role, "recycled" if expected else "crash")
             self.restarts[key] = self.restarts.get(key, 0) + 1
@@ -283,13 +285,13 @@ class Supervisor:
             log.info("child.exited", **fields, expected=True)
         else:
             log.error("child.exited", **fields, expected=False, tasks_returned=len(released))
-        if not child.ready and (child.boot_error or code == EXIT_BOOT_FAILED):
+        if code == EXIT_DATABASE_ERROR or (not child.ready and (child.boot_error or code == EXIT_BOOT_FAILED)):
             slot.failures += 1
             log.error("child.boot_failed", child=child.spec.label, error=child.boot_error,
                       failures=slot.failures)
             if slot.failures >= MAX_BOOT_FAILURES:
-                log.critical("castord.boot_failures", failures=slot.failures,
-                             message="children keep failing to boot; stopping")
+                log.critical("castord.boot_failures", failures=slot.failures, error=child.boot_error,
+                             message="children keep failing to boot or to use the database; stopping")
                 self.exit_code = ExitCode.BOOT_FAILURES
                 self._begin_fast_stop()
                 return

@@ -280,6 +280,10 @@ class Store(ABC):
     def next_due(self, *, mode: str, now: float) -> float | None:
         """The earliest future time something may become claimable (ETA or lease expiry)."""
 
+    def verify(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Raise StoreError if castor's tables are damaged (castord checks at start)."""
+        return None
+
     def checkpoint(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Housekeeping a worker runs from its background thread (default: none)."""
         return None

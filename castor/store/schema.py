@@ -114,6 +114,13 @@ def current_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def installed_version(conn: sqlite3.Connection) -> int:
+    """The schema version in the file, read without a write lock (0: none yet)."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'castor_meta'").fetchone()
+    return current_version(conn) if has_meta else 0
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to SCHEMA_VERSION; call inside BEGIN IMMEDIATE."""
     conn.execute(META_DDL)
@@ -123,6 +130,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"the database has castor schema version {version}, newer than this castor "
             f"understands ({SCHEMA_VERSION}); upgrade castor"
         )
+    if version == SCHEMA_VERSION:
+        return version  # another process migrated meanwhile: nothing to write
     for step in MIGRATIONS[version:]:
         for statement in step:
             conn.execute(statement)

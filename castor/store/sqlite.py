@@ -221,7 +221,16 @@ class SQLiteStore(Store):
         self._closed = False
         try:
             with self._locked() as conn:
-                self._write_txn(conn, schema.migrate)
+                # Read first: a file already at this schema opens without the
+                # write lock (so a Manager opens, and workers boot, while
+                # another program holds a long write transaction) and without
+                # writing a byte (a damaged file is not touched by opening it).
+                if self._retry(lambda: schema.installed_version(conn)) != schema.SCHEMA_VERSION:
+                    self._write_txn(conn, schema.migrate)
+                elif os.path.exists(self.path) and not os.access(self.path, os.W_OK):
+                    # The migration's write used to find this out; say it at open as before.
+                    raise StoreError(_explain_open_error(
+                        self.path, sqlite3.OperationalError("attempt to write a readonly database")))
         except BaseException:
             self.close()
             raise
@@ -355,9 +364,7 @@ class SQLiteStore(Store):
                 else:
                     self._write_txn(conn, lambda c: c.executemany(_INSERT, rows))
             except sqlite3.IntegrityError as exc:
-                raise TaskIdConflict(
-                    f"a task with this id already exists ({exc}); task ids must be unique"
-                ) from exc
+                raise _integrity_error(self.path, exc) from exc
         return [t.id for t in tasks]
 
     def _enqueue_unique(self, tasks: Sequence[NewTask], rows: list[tuple[Any, ...]]) -> list[str]:
@@ -377,9 +384,7 @@ class SQLiteStore(Store):
             try:
                 return self._write_txn(conn, body)
             except sqlite3.IntegrityError as exc:
-                raise TaskIdConflict(
-                    f"a task with this id already exists ({exc}); task ids must be unique"
-                ) from exc
+                raise _integrity_error(self.path, exc) from exc
 
     def find_cached(self, cache_key: str, *, since: float) -> str | None:
         rows = self._execute(
@@ -672,6 +677,17 @@ class SQLiteStore(Store):
 
     # -- housekeeping ------------------------------------------------------------
 
+    def verify(self) -> None:
+        # Only castor's task table and its indexes (SQLite reads each page once:
+        # ~50 ms per 100,000 tasks); the application's own tables are its business.
+        # Without this, a damaged page is found by the first claim that reaches it,
+        # in a worker, over and over.
+        problems = [r[0] for r in self._execute("PRAGMA quick_check(castor_tasks)")]
+        if problems != ["ok"]:
+            detail = "; ".join(problems)[:300]
+            raise StoreError(_explain_open_error(
+                self.path, sqlite3.DatabaseError(f"database disk image is malformed: {detail}")))
+
     def checkpoint(self) -> None:
         """Copy the WAL back into the database, and keep the WAL from growing.
 
@@ -785,14 +801,47 @@ def _worker_lost(max_lost: int) -> dict[str, Any]:
     )
 
 
+def _integrity_error(path: str, exc: sqlite3.IntegrityError) -> Exception:
+    """A duplicate task id is the caller's; any other constraint is a bug to report."""
+    if "castor_tasks.id" in str(exc):
+        return TaskIdConflict(f"a task with this id already exists ({exc}); task ids must be unique")
+    return StoreError(f"{path} refused the task ({exc}); nothing was enqueued")
+
+
 def _explain_open_error(path: str, exc: sqlite3.DatabaseError) -> str:
     text = str(exc)
-    if "not a database" in text or "malformed" in text:
+    if "not a database" in text:
         return f"{path} is not a usable SQLite database ({text}); point castor at a beaver-db file"
+    if "malformed" in text:
+        return (f"{path} is not a usable SQLite database ({text}): the file is damaged. Restore it "
+                f"from a backup, or salvage it with `sqlite3 {path} .recover`")
     if "readonly" in text or "read-only" in text:
         return f"{path} is read-only ({text}); castor needs to write to the file and its directory"
     if "unable to open" in text:
         return f"cannot open {path} ({text}); check that the directory exists and is writable"
     if "disk is full" in text or "full" in text:
         return f"cannot write to {path}: the disk is full ({text}); no task was changed"
+    if "disk I/O error" in text:
+        return f"cannot write to {path} ({text}): {_io_error_hint(path)}; no task was changed"
+    if "too big" in text:
+        return (f"cannot store this in {path} ({text}): a task's arguments or result are larger "
+                "than SQLite allows in one value (1,000,000,000 bytes by default); pass a "
+                "reference to the data (a path, a key) instead")
     return f"database error on {path}: {text}"
+
+
+def _io_error_hint(path: str) -> str:
+    """SQLite reports EFBIG (a file-size limit) and EIO alike; say which is likelier."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return (f"this process may not write files larger than {soft} bytes (ulimit -f, "
+                "RLIMIT_FSIZE, LimitFSIZE= in systemd); raise the limit")
+    try:
+        stats = os.statvfs(os.path.dirname(path))
+    except OSError:
+        return "the disk may be full or failing"
+    if stats.f_bavail * stats.f_frsize < 64 * 1024 * 1024:
+        return "the disk is (nearly) full; free some space"
+    return "the disk or file system may be failing; check the system log (dmesg)"

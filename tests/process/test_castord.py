@@ -266,6 +266,9 @@ def test_bad_options_exit_2(app_dir):
 
 @pytest.mark.timeout(60)
 def test_a_pidfile_held_by_a_live_castord_is_refused(daemons, app_dir):
+    import testapp
+
+    parked = testapp.add.apply_async((1, 2), countdown=3600)  # committed before: must stay pending
     pidfile = str(app_dir / "castord.pid")
     d = daemons().start("--pidfile", pidfile, "--workers", "1")
     d.wait_note("READY=1")
@@ -273,6 +276,8 @@ def test_a_pidfile_held_by_a_live_castord_is_refused(daemons, app_dir):
     second = run_cli(app_dir, "start", "testapp:manager", "--pidfile", pidfile, "--workers", "1",
                      "--log-format", "json")
     assert second.returncode == 1 and f"already running with pid {d.pid}" in second.stderr
+    assert "Traceback" not in second.stderr and parked.status() == "pending"
+    assert testapp.add.delay(2, 2).join(timeout=10) == 4  # the first castord is unaffected
     status = run_cli(app_dir, "status", "--pidfile", pidfile, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["pid"] == d.pid
     d.signal(signal.SIGTERM)
