@@ -85,6 +85,7 @@ class Report:
     duplicates: int = 0
     unexplained: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    settle_s: float = 0.0  # from the end of the load until every task had finished
 
     @property
     def ok(self) -> bool:
@@ -93,7 +94,7 @@ class Report:
     def line(self) -> str:
         return (f"chaos: tasks={self.tasks} kills={self.kills} lost={len(self.lost)} "
                 f"duplicates={self.duplicates} unexplained={len(self.unexplained)} "
-                f"failed_worker_lost={self.worker_lost_failures} wall={self.wall_s:.1f}s "
+                f"failed_worker_lost={self.worker_lost_failures} wall={self.wall_s:.1f}s settle={self.settle_s:.1f}s "
                 f"actions={json.dumps(self.actions, sort_keys=True)}")
 
 
@@ -175,7 +176,7 @@ class Chaos:
         n = 0
         while time.monotonic() < until:
             fn = kinds[n % len(kinds)]
-            seconds = 2.0 if n % 97 == 0 else self.load_rng.uniform(0, 0.3)  # now and then a long one
+            seconds = 2.0 if n % 97 == 0 else self.load_rng.uniform(0, 0.1)  # now and then a long one
             token = f"t{n}"
             self.tokens[token] = fn.delay(token, seconds).id
             n += 1
@@ -205,9 +206,15 @@ class Chaos:
             self.report.kills += 1
             os.kill(victim, signal.SIGSTOP)  # castord must notice the silence and replace it
         elif action == "kill_master":
-            self.disrupted.update(self.descendants(master.pid))
+            family = self.descendants(master.pid)
+            self.disrupted.update(family)
             self.report.kills += 1
             os.kill(master.pid, signal.SIGKILL)
+            # Its children exit on their own once they find the master gone, but a
+            # SIGSTOPped one never looks: with nobody left to kill it, it would hold
+            # its SQLite locks for good. Killing it too is what a host crash does.
+            for pid in self.stopped.intersection(family):
+                os.kill(pid, signal.SIGKILL)
             master.wait(timeout=10)
             self.start_master()
         elif action == "term":
@@ -307,7 +314,9 @@ def run(duration: float, rate: float = 40.0, seed: int | None = None, interval: 
             time.sleep(chaos.rng.uniform(*interval))
             chaos.act()
         producer.join()
+        load_ended = time.monotonic()
         chaos.wait_finished(timeout=120)
+        chaos.report.settle_s = time.monotonic() - load_ended
         chaos.report.wall_s = time.monotonic() - started
         chaos.judge()
     finally:
