@@ -434,6 +434,7 @@ class Supervisor:
         children = self._live_children()
         if not self.ready_sent and self.state == State.RUNNING and children and all(c.ready for c in children):
             self.ready_sent = True
+            self._record()  # so `castord status` right after READY shows the children ready
             log.info("castord.ready", daemon_id=self.daemon_id, process_children=self._process_count(),
                      threads=self.config.threads, startup_s=round(time.time() - self.started_at, 3))
             self.notifier.send(READY=1, STATUS=self._status_line(), MAINPID=os.getpid())

@@ -490,6 +490,9 @@ def test_detach_returns_once_ready_and_stop_by_pidfile(app_dir):
     try:
         status = run_cli(app_dir, "status", "--pidfile", pidfile)
         assert status.returncode == 0 and f"pid {pid}" in status.stdout
+        # Written as READY is sent, not a heartbeat later: the child shows as ready at once.
+        report = json.loads(run_cli(app_dir, "status", "--pidfile", pidfile, "--json").stdout)
+        assert [c["state"] for c in report["children"]] == ["ready"]
         stop = run_cli(app_dir, "stop", "--pidfile", pidfile, "--timeout", "30")
         assert stop.returncode == 0, stop.stdout + stop.stderr
     finally:
