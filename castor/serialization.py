@@ -24,10 +24,26 @@ class JsonSerializer:
     _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=True)
 
     def dumps(self, value: Any) -> str:
-        return self._encoder.encode(value)
+        text = self._encoder.encode(value)
+        if not text.isascii():  # O(1) for ASCII text: the common case pays nothing
+            _check_utf8(text)
+        return text
 
     def loads(self, data: str | bytes) -> Any:
         return json.loads(data)
+
+
+def _check_utf8(text: str) -> None:
+    """SQLite stores text as UTF-8, which cannot hold a lone surrogate ("\\ud800"):
+    refuse it here, where the caller names the culprit, not later in the INSERT
+    (a bare UnicodeEncodeError at enqueue, or in a worker's settle for a result)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"a string holds a lone surrogate {exc.object[exc.start:exc.end]!r}, "
+            "which UTF-8 (and so SQLite) cannot store"
+        ) from None
 
 
 class PickleSerializer:

@@ -459,7 +459,12 @@ class SQLiteStore(Store):
             """UPDATE castor_tasks
                   SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'pending' END,
                       finished_at = CASE cancel_requested WHEN 1 THEN ? END,
-                      lease_expires = NULL, attempts = attempts - ?
+                      lease_expires = NULL,
+                      -- back in the queue: no attempt's progress; an attempt handed back
+                      -- uncounted runs again, a cancelled one does not
+                      progress = CASE cancel_requested WHEN 1 THEN progress END,
+                      progress_message = CASE cancel_requested WHEN 1 THEN progress_message END,
+                      attempts = attempts - CASE cancel_requested WHEN 1 THEN 0 ELSE ? END
                 WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
             RETURNING 1""",
             (time.time(), 0 if count_attempt else 1, task_id, owner, attempt),
@@ -479,7 +484,8 @@ class SQLiteStore(Store):
                 _finish_cancelled(conn, "owner = ?", (owner,), now=time.time())
                 conn.execute(
                     f"""UPDATE castor_tasks
-                          SET status = 'pending', lease_expires = NULL, attempts = attempts - 1
+                          SET status = 'pending', lease_expires = NULL, attempts = attempts - 1,
+                              progress = NULL, progress_message = NULL
                         WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (owner,))
             return held
 
@@ -776,7 +782,9 @@ def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_
         (json.dumps(_worker_lost(max_lost)), now, *params, max_lost),
     ).rowcount
     requeued = conn.execute(
-        f"UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1 WHERE {running}",
+        f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1,
+                                    progress = NULL, progress_message = NULL
+             WHERE {running}""",
         params,
     ).rowcount
     return cancelled + failed + requeued
