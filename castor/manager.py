@@ -65,6 +65,7 @@ class Manager:
         self.result_ttl = validate_ttl(result_ttl, "result_ttl", "Manager", allow_zero=True)
         self.failure_ttl = validate_ttl(failure_ttl, "failure_ttl", "Manager", allow_zero=False)
         self.store: Store = open_store(db, lock_timeout=lock_timeout, durable=durable)
+        self.store.failure_ttl = self.failure_ttl  # for tasks the store itself ends (lost worker)
         self.registry: dict[str, TaskFunction[..., Any]] = {}
         # Modules that define tasks, imported by workers after loading APP
         # (Celery's `include`): lets APP be a main.py that never imports them.

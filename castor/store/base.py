@@ -120,6 +120,10 @@ class Store(ABC):
     """Durable task storage with leases: at-least-once delivery, owner-fenced settles."""
 
     path: str
+    # The Manager's failure_ttl (seconds; None keeps them): when tasks the store ends
+    # itself (failed by WorkerLost, cancelled on their way back to the queue) expire,
+    # unless their own options carry a failure_ttl.
+    failure_ttl: float | None = None
 
     @abstractmethod
     def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:

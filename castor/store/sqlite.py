@@ -90,11 +90,17 @@ _SETTLE_FAILED = f"""UPDATE castor_tasks
                      history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
                {_FENCE}"""
 
+# When a task the store itself ends failed or cancelled (a lost worker, a cancel
+# met on the way back to the queue) is deleted: its own failure_ttl, else the
+# Manager's (SQLiteStore.failure_ttl); NULL keeps it. Parameters: (now, default).
+_FAILURE_EXPIRY = "(? + coalesce(json_extract(options, '$.failure_ttl'), ?))"
+
 # A failed attempt that will be retried goes back to pending at its new ETA,
 # unless someone asked to cancel it meanwhile.
 _SETTLE_RETRY = f"""UPDATE castor_tasks
                  SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'pending' END,
                      finished_at = CASE cancel_requested WHEN 1 THEN ? END,
+                     expires_at = CASE cancel_requested WHEN 1 THEN {_FAILURE_EXPIRY} END,
                      error = ?, eta = ?, lease_expires = NULL,
                      progress = NULL, progress_message = NULL,
                      history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
@@ -110,12 +116,13 @@ def _history_entry(s: Settlement) -> str:
                        "message": error.get("message"), "at": s.finished_at})
 
 
-def _settle_statement(s: Settlement) -> tuple[str, tuple[Any, ...]]:
+def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, tuple[Any, ...]]:
     fence = (s.task_id, s.owner, s.attempt)
     if s.drop:
         return _SETTLE_DROP, fence
     if s.status == TaskStatus.PENDING:
-        return _SETTLE_RETRY, (s.finished_at, json.dumps(s.error), s.eta, _history_entry(s), *fence)
+        return _SETTLE_RETRY, (s.finished_at, s.finished_at, failure_ttl, json.dumps(s.error), s.eta,
+                               _history_entry(s), *fence)
     if s.status == TaskStatus.FAILED:
         return _SETTLE_FAILED, (str(s.status), json.dumps(s.error), s.finished_at, s.expires_at,
                                 _history_entry(s), *fence)
@@ -421,7 +428,7 @@ class SQLiteStore(Store):
     ) -> tuple[list[bool], list[TaskRecord]]:
         # Everything but the statements is prepared, and decoded, outside the
         # transaction: the write lock is held only while SQLite works.
-        statements = [_settle_statement(s) for s in settlements]
+        statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
         claim = _claim_statement(owner, mode, queues, limit, lease, now) if limit > 0 else None
 
         def body(conn: sqlite3.Connection) -> tuple[list[bool], list[tuple[Any, ...]]]:
@@ -452,13 +459,15 @@ class SQLiteStore(Store):
         return len(rows)
 
     def settle_one(self, settlement: Settlement) -> bool:
-        return bool(self._execute(*_settle_statement(settlement)))
+        return bool(self._execute(*_settle_statement(settlement, self.failure_ttl)))
 
     def requeue(self, task_id: str, owner: str, attempt: int, *, count_attempt: bool) -> bool:
+        now = time.time()
         rows = self._execute(
-            """UPDATE castor_tasks
+            f"""UPDATE castor_tasks
                   SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'pending' END,
                       finished_at = CASE cancel_requested WHEN 1 THEN ? END,
+                      expires_at = CASE cancel_requested WHEN 1 THEN {_FAILURE_EXPIRY} END,
                       lease_expires = NULL,
                       -- back in the queue: no attempt's progress; an attempt handed back
                       -- uncounted runs again, a cancelled one does not
@@ -467,7 +476,7 @@ class SQLiteStore(Store):
                       attempts = attempts - CASE cancel_requested WHEN 1 THEN 0 ELSE ? END
                 WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
             RETURNING 1""",
-            (time.time(), 0 if count_attempt else 1, task_id, owner, attempt),
+            (now, now, self.failure_ttl, 0 if count_attempt else 1, task_id, owner, attempt),
         )
         return bool(rows)
 
@@ -479,9 +488,9 @@ class SQLiteStore(Store):
             if not held:
                 return held
             if count_attempt:
-                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=time.time())
+                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=time.time(), failure_ttl=self.failure_ttl)
             else:
-                _finish_cancelled(conn, "owner = ?", (owner,), now=time.time())
+                _finish_cancelled(conn, "owner = ?", (owner,), now=time.time(), failure_ttl=self.failure_ttl)
                 conn.execute(
                     f"""UPDATE castor_tasks
                           SET status = 'pending', lease_expires = NULL, attempts = attempts - 1,
@@ -519,7 +528,8 @@ class SQLiteStore(Store):
 
     def recover_expired(self, *, now: float, max_lost: int) -> int:
         def body(conn: sqlite3.Connection) -> int:
-            return _lose(conn, "lease_expires < ?", (now,), max_lost=max_lost, now=now)
+            return _lose(conn, "lease_expires < ?", (now,), max_lost=max_lost, now=now,
+                         failure_ttl=self.failure_ttl)
 
         if not self._execute(
             f"SELECT 1 FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
@@ -770,16 +780,18 @@ class SQLiteStore(Store):
             self._closed = True
 
 
-def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float) -> int:
+def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float,
+          failure_ttl: float | None) -> int:
     """The running tasks matching `where` lost their worker: fail those lost
     `max_lost` times (WorkerLost), return the rest to pending. Inside a write txn."""
     running = f"{_NOT_PENDING} AND status = 'running' AND {where}"
-    cancelled = _finish_cancelled(conn, where, params, now=now)
+    cancelled = _finish_cancelled(conn, where, params, now=now, failure_ttl=failure_ttl)
     failed = conn.execute(
         f"""UPDATE castor_tasks
-               SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL, lost = lost + 1
+               SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL, lost = lost + 1,
+                   expires_at = {_FAILURE_EXPIRY}
              WHERE {running} AND lost + 1 >= ?""",
-        (json.dumps(_worker_lost(max_lost)), now, *params, max_lost),
+        (json.dumps(_worker_lost(max_lost)), now, now, failure_ttl, *params, max_lost),
     ).rowcount
     requeued = conn.execute(
         f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1,
@@ -790,14 +802,15 @@ def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_
     return cancelled + failed + requeued
 
 
-def _finish_cancelled(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, now: float) -> int:
+def _finish_cancelled(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, now: float,
+                      failure_ttl: float | None) -> int:
     """Running tasks matching `where` that were asked to cancel and lost (or left)
     their worker end cancelled, not back in the queue. Inside a write txn."""
     return conn.execute(
         f"""UPDATE castor_tasks
-               SET status = 'cancelled', finished_at = ?, lease_expires = NULL
+               SET status = 'cancelled', finished_at = ?, lease_expires = NULL, expires_at = {_FAILURE_EXPIRY}
              WHERE {_NOT_PENDING} AND status = 'running' AND cancel_requested = 1 AND {where}""",
-        (now, *params),
+        (now, now, failure_ttl, *params),
     ).rowcount
 
 

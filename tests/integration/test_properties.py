@@ -709,23 +709,24 @@ def test_a_task_handed_back_to_the_queue_drops_the_old_attempts_progress(store, 
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason=(
-    "failure_ttl is applied where a worker settles or someone cancels a pending task "
-    "(Manager.expires_at), but a task the store itself finishes — failed by WorkerLost, or "
-    "cancelled by lease recovery, release_owner, requeue or a retry settle that meets a cancel "
-    "request — gets no expires_at, so the TTL sweep never deletes it. The store knows a "
-    "per-task failure_ttl (in options) but not the Manager's default: not a one-line fix."))
 def test_a_task_the_store_finishes_itself_honours_its_failure_ttl(store):
-    options = {"failure_ttl": 60.0}
+    # Its own failure_ttl, else the Manager's default (which a Manager hands its store).
+    store.failure_ttl = 30.0
+    tasks = {"lost": {"failure_ttl": 60.0}, "cancelled": {"failure_ttl": 60.0}, "lost_default": {},
+             "cancelled_default": {}}
     store.enqueue([NewTask(id=i, name="t", mode="process", serializer="json", args="[]", kwargs="{}",
-                           enqueued_at=START, eta=START, options=options) for i in ("lost", "cancelled")])
-    store.claim("w", mode="process", queues=None, limit=2, lease=5.0, now=START)
+                           enqueued_at=START, eta=START, options=o) for i, o in tasks.items()])
+    store.claim("w", mode="process", queues=None, limit=4, lease=5.0, now=START)
     store.cancel("cancelled", now=START + 1)
-    assert store.recover_expired(now=START + 6, max_lost=1) == 2
-    for task_id, status in (("lost", TaskStatus.FAILED), ("cancelled", TaskStatus.CANCELLED)):
+    store.cancel("cancelled_default", now=START + 1)
+    assert store.recover_expired(now=START + 6, max_lost=1) == 4
+    for task_id, status, ttl in (("lost", TaskStatus.FAILED, 60.0), ("cancelled", TaskStatus.CANCELLED, 60.0),
+                                 ("lost_default", TaskStatus.FAILED, 30.0),
+                                 ("cancelled_default", TaskStatus.CANCELLED, 30.0)):
         record = store.get(task_id)
         assert record is not None and record.status == status
-        assert record.expires_at == START + 6 + 60.0, f"{task_id}: expires_at {record.expires_at}"
+        assert record.expires_at == START + 6 + ttl, f"{task_id}: expires_at {record.expires_at}"
+    assert store.purge_expired(now=START + 6 + 45) == 2  # the defaults went first
 
 
 @pytest.mark.timeout(30)
