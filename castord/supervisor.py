@@ -21,6 +21,7 @@ import multiprocess
 from multiprocess.connection import wait
 from setproctitle import setproctitle
 
+from castor.errors import DatabaseLockedError
 from castor.logs import get_logger
 from castor.manager import Manager
 from castor.periodic import Scheduler
@@ -46,6 +47,7 @@ MAX_BOOT_FAILURES = 5
 MAX_WORKER_LOSSES = 3
 KILL_GRACE_SECONDS = 2.0  # between SIGABRT and SIGKILL for an unresponsive child
 STATUS_SECONDS = 5.0
+RECORD_LOCK_SECONDS = 0.2  # longest wait for the database lock to write the status row
 
 
 class State(enum.Enum):
@@ -102,6 +104,7 @@ class Supervisor:
         self.drain_deadline: float | None = None
         self.exit_code = ExitCode.OK
         self._next_record = 0.0
+        self._record_locked = False
         self._next_status = 0.0
         self._watchdog = watchdog_interval()
         self._next_watchdog = 0.0
@@ -455,10 +458,18 @@ class Supervisor:
             self.notifier.send(WATCHDOG=1)
 
     def _record(self) -> None:
+        # A short wait: while another program holds a long write lock, the loop
+        # (signals, heartbeats, respawns) must not stall for the store's 30 s.
         try:
             self.manager.store.record_daemon(
                 self.daemon_id, host=socket.gethostname(), pid=os.getpid(), app=self.config.app,
-                started_at=self.started_at, info=self.snapshot(), now=time.time())
+                started_at=self.started_at, info=self.snapshot(), now=time.time(),
+                lock_timeout=RECORD_LOCK_SECONDS)
+            self._record_locked = False
+        except DatabaseLockedError as exc:
+            if not self._record_locked:  # once per spell, not every heartbeat
+                log.warning("castord.heartbeat_record_skipped", error=str(exc))
+            self._record_locked = True
         except Exception:  # noqa: BLE001 - a busy database must not stop supervision
             log.exception("castord.heartbeat_record_failed")
 

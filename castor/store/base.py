@@ -238,8 +238,9 @@ class Store(ABC):
 
     @abstractmethod
     def record_daemon(self, daemon_id: str, *, host: str, pid: int, app: str, started_at: float,
-                      info: dict[str, Any], now: float) -> None:
-        """Upsert a castord master's heartbeat row."""
+                      info: dict[str, Any], now: float, lock_timeout: float | None = None) -> None:
+        """Upsert a castord master's heartbeat row, waiting at most `lock_timeout`
+        seconds (default: the store's) for another writer's lock."""
 
     @abstractmethod
     def remove_daemon(self, daemon_id: str) -> None: ...

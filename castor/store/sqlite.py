@@ -299,7 +299,8 @@ class SQLiteStore(Store):
                     raise
                 raise StoreError(_explain_open_error(self.path, exc)) from exc
 
-    def _retry(self, operation: Callable[[], T]) -> T:
+    def _retry(self, operation: Callable[[], T], lock_timeout: float | None = None) -> T:
+        lock_timeout = self.lock_timeout if lock_timeout is None else lock_timeout
         deadline: float | None = None
         delay = 0.00005
         tries = 0
@@ -311,11 +312,11 @@ class SQLiteStore(Store):
                     raise
                 now = time.monotonic()
                 if deadline is None:
-                    deadline = now + self.lock_timeout
+                    deadline = now + lock_timeout
                 elif now >= deadline:
                     raise DatabaseLockedError(
                         f"{self.path} stayed locked by another writer for more than "
-                        f"{self.lock_timeout:g} s; nothing was changed. A long write "
+                        f"{lock_timeout:g} s; nothing was changed. A long write "
                         "transaction in another program holds it."
                     ) from exc
                 # The lock is usually held for tens of microseconds: yield a few
@@ -341,7 +342,8 @@ class SQLiteStore(Store):
 
         return self._retry(attempt)
 
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _execute(self, sql: str, params: Sequence[Any] = (), lock_timeout: float | None = None
+                 ) -> list[tuple[Any, ...]]:
         """One autocommit statement with busy retry; returns all its rows."""
         with self._locked() as conn:
             try:  # the fast path: no closure, no retry bookkeeping
@@ -349,7 +351,7 @@ class SQLiteStore(Store):
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-            return self._retry(lambda: conn.execute(sql, params).fetchall())
+            return self._retry(lambda: conn.execute(sql, params).fetchall(), lock_timeout)
 
     # -- producing ---------------------------------------------------------------
 
@@ -502,13 +504,14 @@ class SQLiteStore(Store):
             return self._write_txn(conn, body)
 
     def record_daemon(self, daemon_id: str, *, host: str, pid: int, app: str, started_at: float,
-                      info: dict[str, Any], now: float) -> None:
+                      info: dict[str, Any], now: float, lock_timeout: float | None = None) -> None:
         self._execute(
             """INSERT INTO castor_daemons (id, host, pid, app, started_at, heartbeat_at, info)
                VALUES (?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
                                               info = excluded.info""",
             (daemon_id, host, pid, app, started_at, now, json.dumps(info)),
+            lock_timeout,
         )
 
     def remove_daemon(self, daemon_id: str) -> None:

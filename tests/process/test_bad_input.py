@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -530,6 +531,22 @@ def test_a_long_foreign_write_transaction_is_waited_out_then_reported(daemons, b
     finally:
         manager.close()
     assert_intact(db_path, before)
+
+
+@pytest.mark.timeout(60)
+def test_the_master_stays_responsive_while_a_foreign_lock_lasts(daemons, bad_app, db_path):  # noqa: F811
+    # The app's lock_timeout is the default 30 s; the master waits only briefly to write
+    # its status row, so signals are still acted on within the heartbeat interval.
+    d = daemons().start("--workers", "1", "--threads", "0", app="badapp:manager")
+    d.wait_note("READY=1")
+    with foreign_write_lock(bad_app, db_path) as locker:
+        d.wait_event("castord.heartbeat_record_skipped", timeout=10)
+        d.signal(signal.SIGTTIN)
+        d.wait_event("castord.resized", timeout=5, process_children=2)
+        release(locker)
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(timeout=30) == 0
+    assert len(d.events("castord.heartbeat_record_skipped")) == 1  # once per spell, not each beat
 
 
 # -- disk full -------------------------------------------------------------------------
