@@ -77,11 +77,12 @@ def main() -> None:
         d.wait_ready()
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {args.tasks:,} tasks, "
               f"backlog {args.backlog:,}, result_ttl {args.ttl:g} s; master pid {d.proc.pid}")
-        print(f"{'finished':>10} {'tasks/s':>8} {'master MB':>10} {'max child MB':>13} {'children':>9} "
-              f"{'db MB':>7} {'wal MB':>7} {'rows':>8}")
+        print(f"{'finished':>10} {'tasks/s':>8} {'master MB':>10} {'db MB':>7} {'wal MB':>7} {'rows':>8}  "
+              "every other process under the master, MB (by pid)")
         enqueued = 0
         step_start, next_step = time.perf_counter(), STEP
-        rates, child_peaks = [], []
+        rates: list[float] = []
+        child_range: dict[int, tuple[float, float]] = {}  # pid -> lowest, highest RSS seen
         while True:
             unfinished = b.query(
                 "SELECT count(*) FROM castor_tasks WHERE status IN ('pending', 'running')")[0][0]
@@ -96,22 +97,25 @@ def main() -> None:
             if finished >= next_step or (enqueued >= args.tasks and unfinished == 0):
                 now = time.perf_counter()
                 rate = (finished - (next_step - STEP)) / (now - step_start)
-                children = [p for p in d.descendants() if p != d.proc.pid]
-                child_mb = max((rss_mb(p) for p in children), default=0.0)
+                children = sorted(p for p in d.descendants() if p != d.proc.pid)
+                sizes = {p: rss_mb(p) for p in children}
                 rows = b.query("SELECT count(*) FROM castor_tasks")[0][0]
-                print(f"{finished:>10,} {rate:>8,.0f} {rss_mb(d.proc.pid):>10.1f} {child_mb:>13.1f} "
-                      f"{len(children):>9} {size_mb(b.db):>7.1f} {size_mb(b.db + '-wal'):>7.1f} {rows:>8,}",
-                      flush=True)
+                print(f"{finished:>10,} {rate:>8,.0f} {rss_mb(d.proc.pid):>10.1f} {size_mb(b.db):>7.1f} "
+                      f"{size_mb(b.db + '-wal'):>7.1f} {rows:>8,}  "
+                      + " ".join(f"{p}:{mb:.1f}" for p, mb in sizes.items()), flush=True)
                 rates.append(rate)
-                child_peaks.append(child_mb)
+                for pid, mb in sizes.items():
+                    low, high = child_range.get(pid, (mb, mb))
+                    child_range[pid] = (min(low, mb), max(high, mb))
                 step_start, next_step = now, next_step + STEP
                 if unfinished == 0 and enqueued >= args.tasks:
                     break
             time.sleep(0.2)
         failed = b.query("SELECT count(*) FROM castor_tasks WHERE status != 'success'")[0][0]
         d.stop()
+        growth = max(high - low for low, high in child_range.values())
         print(f"throughput per 100k: min {min(rates):,.0f}, max {max(rates):,.0f} tasks/s; "
-              f"largest child {min(child_peaks):.1f}-{max(child_peaks):.1f} MB; unfinished or failed: {failed}")
+              f"largest RSS change of any child: {growth:.1f} MB; unfinished or failed: {failed}")
         sys.exit(1 if failed else 0)
     finally:
         soak = sys.modules.pop("soakapp", None)
