@@ -6,12 +6,12 @@ The worker sets a TaskContext around each task's function. Outside a task
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from contextvars import ContextVar, copy_context
 from typing import TYPE_CHECKING, Any
 
+from castor import interrupts
 from castor.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -30,11 +30,13 @@ class TaskContext:
         self.store = store
         self.owner = owner
         self.thread_id = threading.get_ident()
+        # Made in the task's own thread: interruptions go through its guard, which
+        # holds them back while the task is inside castor's code (castor/interrupts.py).
+        self.guard = interrupts.guard()
         # Set (once, by the housekeeping thread) when someone cancels the task.
         self.cancel_requested = False
         self._lock = threading.Lock()
         self._armed = True  # False once the task's function has returned
-        self._interrupted = False
         self._last_write = 0.0
         self._held: tuple[float | None, str | None] | None = None
 
@@ -73,21 +75,20 @@ class TaskContext:
         return self._armed
 
     def interrupt(self, exc_class: type[BaseException]) -> bool:
-        """Raise `exc_class` in the task's thread (at its next bytecode), unless the
-        function has already returned. Python cannot interrupt a long C call."""
+        """Raise `exc_class` in the task's thread (at its next bytecode, or as it
+        leaves castor's code), unless the function has already returned. Python
+        cannot interrupt a long C call."""
         with self._lock:
             if not self._armed:
                 return False
-            self._interrupted = True
-            raise_in_thread(self.thread_id, exc_class)
+            self.guard.interrupt(exc_class)
             return True
 
     def disarm(self) -> None:
         """The function returned: drop any interruption not yet delivered."""
         with self._lock:
             self._armed = False
-            if self._interrupted:
-                raise_in_thread(self.thread_id, None)
+            self.guard.clear()
 
 
 _current: ContextVar[TaskContext | None] = ContextVar("castor_task", default=None)
@@ -133,11 +134,6 @@ def baked(cls: type[BaseException], message: str) -> type[BaseException]:
     sub = type(cls.__name__, (cls,), {"__init__": __init__})
     sub.__module__, sub.__qualname__ = cls.__module__, cls.__qualname__
     return sub
-
-
-def raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None)
 
 
 def context_values() -> dict[Any, Any]:

@@ -18,16 +18,19 @@ Design notes (docs/design.md has the long form):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
+from castor.interrupts import raise_deferred, shielded
 from castor.failures import describe_message
 from castor.states import TaskStatus
 from castor.store import schema
@@ -35,6 +38,7 @@ from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
 T = TypeVar("T")
+_stdlib_log = logging.getLogger("castor.store")
 
 AUTOCHECKPOINT_PAGES = 20_000
 # A worker's background checkpoint forces the WAL to rewind past this many frames
@@ -214,6 +218,41 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+# Every open store, so that a fork() waits for their connections to be idle.
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    """A connection must not be mid-transaction when the process forks.
+
+    SQLite keeps its POSIX lock bookkeeping per file in process-wide memory,
+    which a child inherits: had another thread been inside a write, the child's
+    own fresh connection would find the file "locked" by that phantom for good.
+    So a fork (a web server forking workers after --preload) waits for castor's
+    writes in flight; each store's lock is held across the fork.
+    """
+    for store in list(_STORES):
+        if store._pid == os.getpid() and store._lock.acquire(timeout=store.lock_timeout + 1):  # noqa: SLF001
+            store._held_for_fork = True  # noqa: SLF001
+
+
+def _after_fork_in_parent() -> None:
+    for store in list(_STORES):
+        if store._held_for_fork:  # noqa: SLF001
+            store._held_for_fork = False  # noqa: SLF001
+            store._lock.release()  # noqa: SLF001
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._held_for_fork = False  # noqa: SLF001
+        store._forget_inherited()  # noqa: SLF001
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str, *, lock_timeout: float = 30.0, durable: bool = False):
         self.path = os.path.abspath(os.fspath(path))
@@ -222,10 +261,13 @@ class SQLiteStore(Store):
         self._pid = -1
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
+        self._depth = 0  # how deep the thread holding _lock is in _locked()
         self._notifier: ChangeNotifier | None = None
         self._probe: VersionProbe | None = None
         self._checkpointer: sqlite3.Connection | None = None
         self._closed = False
+        self._held_for_fork = False
+        _STORES.add(self)
         try:
             with self._locked() as conn:
                 # Read first: a file already at this schema opens without the
@@ -244,15 +286,20 @@ class SQLiteStore(Store):
 
     # -- connection management -------------------------------------------------
 
+    def _forget_inherited(self) -> None:
+        """A fresh process (or a forked child): forget, don't close, what was inherited
+        (closing would touch the parent's locks); every lock is new."""
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn = None
+        self._notifier = None
+        self._probe = None
+        self._checkpointer = None
+        self._pid = os.getpid()
+
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
-            # A fresh process (or a forked child): forget, don't close, what was inherited.
-            self._lock = threading.RLock()
-            self._conn = None
-            self._notifier = None
-            self._probe = None
-            self._checkpointer = None
-            self._pid = os.getpid()
+            self._forget_inherited()
         if self._closed:
             raise StoreError(f"the castor store for {self.path} is closed")
         if self._conn is None:
@@ -290,14 +337,43 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        with self._lock:
+        # Shielded: a thread task's timeout or cancel, or Ctrl+C, waits until the
+        # thread is out of here (castor/interrupts.py), so no exception lands
+        # between a BEGIN and its COMMIT.
+        with shielded():
+            conn = self._connection()
+            with self._lock:
+                self._depth += 1
+                try:
+                    if self._depth == 1 and conn.in_transaction:
+                        # Left open by a thread stopped mid-transaction in a way the
+                        # shield could not hold back: its work did not happen.
+                        _stdlib_log.warning("castor: rolled back a transaction left open on %s", self.path)
+                        self._rollback(conn)
+                        conn = self._connection()
+                    yield conn
+                except sqlite3.DatabaseError as exc:
+                    if isinstance(exc, sqlite3.IntegrityError):
+                        raise
+                    raise StoreError(_explain_open_error(self.path, exc)) from exc
+                finally:
+                    self._depth -= 1
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        """End the connection's open transaction, or give up the connection."""
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A connection that cannot roll back must not serve another thread:
+            # the next operation opens a fresh one.
+            if conn is self._conn:
+                self._conn = None
             try:
-                yield conn
-            except sqlite3.DatabaseError as exc:
-                if isinstance(exc, sqlite3.IntegrityError):
-                    raise
-                raise StoreError(_explain_open_error(self.path, exc)) from exc
+                conn.close()
+            except sqlite3.Error:
+                pass
 
     def _retry(self, operation: Callable[[], T], lock_timeout: float | None = None) -> T:
         lock_timeout = self.lock_timeout if lock_timeout is None else lock_timeout
@@ -319,6 +395,9 @@ class SQLiteStore(Store):
                         f"{lock_timeout:g} s; nothing was changed. A long write "
                         "transaction in another program holds it."
                     ) from exc
+                # Between tries no transaction is open: a held-back interruption
+                # (a timeout, Ctrl+C) may go now rather than after lock_timeout.
+                raise_deferred()
                 # The lock is usually held for tens of microseconds: yield a few
                 # times first, then back off (with jitter, so waiters spread out).
                 tries += 1
@@ -330,13 +409,12 @@ class SQLiteStore(Store):
 
     def _write_txn(self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
         def attempt() -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            try:  # BEGIN inside: whatever fails or lands after it, the transaction ends here
+                conn.execute("BEGIN IMMEDIATE")
                 out = body(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
             return out
 
