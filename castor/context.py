@@ -65,7 +65,7 @@ class TaskContext:
 
     def _write(self, fraction: float | None, message: str | None) -> None:
         r = self.record
-        self.store.set_progress(r.id, self.owner, r.attempts, fraction, message)
+        self.store.set_progress(r.id, r.fence, fraction, message)
 
     # -- interrupting --------------------------------------------------------------
 

@@ -61,6 +61,11 @@ class TaskTimeout(CastorError):
     """A task ran past its `timeout=`."""
 
 
+class LeaseLost(CastorError):
+    """Raised in a running attempt whose lease expired (its worker stalled past
+    it) and went to another claim: its outcome would be refused, so it stops."""
+
+
 class WorkerLost(CastorError):
     """The worker running a task vanished too many times."""
 

@@ -124,12 +124,13 @@ def settlement_for(manager: Manager, record: TaskRecord, outcome: Outcome, owner
     status = outcome.status
     if status == TaskStatus.PENDING:
         return Settlement(record.id, owner, record.attempts, status, error=outcome.error,
-                          finished_at=now, eta=now + (outcome.retry_in or 0.0))
+                          finished_at=now, eta=now + (outcome.retry_in or 0.0), fence=record.fence)
     expires_at = manager.expires_at(record.options, status, now)
     return Settlement(
         record.id, owner, record.attempts, status, result=outcome.result, error=outcome.error,
         finished_at=now, expires_at=expires_at,
         drop=expires_at == now and status == TaskStatus.SUCCESS,  # result_ttl=0
+        fence=record.fence,
     )
 
 

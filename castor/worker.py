@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ import structlog
 from castor import context
 from castor.context import TaskContext, baked
 from castor.durations import to_seconds
-from castor.errors import ConfigurationError, DatabaseLockedError, TaskCancelled, TaskTimeout
+from castor.errors import ConfigurationError, DatabaseLockedError, LeaseLost, TaskCancelled, TaskTimeout
 from castor.execution import EventLoopThread, Outcome, execute, failure_outcome, settlement_for
 from castor.logs import get_logger
 from castor.states import TaskStatus
@@ -95,10 +96,17 @@ class Worker:
         self._owner_generation = -1
         self._stop = threading.Event()
         self.done = 0  # tasks settled by this worker
-        self.running: dict[str, TaskRecord] = {}  # task id -> record, until settled
-        self.contexts: dict[str, TaskContext] = {}  # task id -> context, while its function runs
+        # Keyed by claim (task id, fencing token), not by task id: a worker that
+        # stalled past its lease may claim the same task again while the old
+        # attempt still runs, and the two must not be confused.
+        self.running: dict[tuple[str, int], TaskRecord] = {}  # claim -> record, until settled
+        self.contexts: dict[tuple[str, int], TaskContext] = {}  # claim -> context, while its function runs
         self._running_lock = threading.Lock()
-        self._durations: dict[str, float] = {}
+        self._durations: dict[tuple[str, int], float] = {}
+        # A task marked to run alone (it ran beside a thread-host crash) is running:
+        # claim nothing beside it.
+        self._solo: tuple[str, int] | None = None
+        self._want_solo = False  # such tasks wait: stop claiming until the pool is idle
         self._hot = False  # the last round claimed something: skip the read-first check
         self._max_tasks: int | None = None
         # Called (from a timer thread) when a task passes its timeout=; castord's
@@ -107,6 +115,10 @@ class Worker:
         self.on_timeout: Callable[[TaskRecord], None] | None = None
         # Likewise when a running task is cancelled (castord: record it, then exit).
         self.on_cancel: Callable[[TaskRecord], None] | None = None
+        # Called when a renewal finds that a running attempt's lease is gone (it
+        # stalled past the lease and the task went to another claim): the default
+        # stops it in its thread; castord's process children exit instead.
+        self.on_lease_lost: Callable[[TaskRecord], None] | None = None
         # Called with (task name, status, seconds, task id) for each settled task
         # (castord's metrics and dashboard).
         self.on_settled: Callable[[str, str, float, str], None] | None = None
@@ -136,10 +148,10 @@ class Worker:
         self.run_claimed(claims[0])
         return True
 
-    def _claim(self, limit: int, now: float | None = None) -> list[TaskRecord]:
+    def _claim(self, limit: int, now: float | None = None, *, isolated: bool = False) -> list[TaskRecord]:
         return self.store.claim(
             self.owner, mode=self.mode, queues=self.queues, limit=limit, lease=self.lease,
-            now=time.time() if now is None else now,
+            now=time.time() if now is None else now, isolated=isolated,
         )
 
     def run_claimed(self, record: TaskRecord) -> Outcome:
@@ -150,15 +162,17 @@ class Worker:
         return outcome
 
     def _execute(self, record: TaskRecord) -> tuple[Outcome, Settlement]:
+        key = record.claim
+        pid = os.getpid()
         with self._running_lock:
-            self.running[record.id] = record
+            self.running[key] = record
         if _debug_enabled():
             log.debug("task.started", task_id=record.id, task_name=record.name, queue=record.queue,
                       attempt=record.attempts)
         structlog.contextvars.bind_contextvars(
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
         ctx = TaskContext(record, self.store, self.owner)
-        self.contexts[record.id] = ctx  # a dict update is atomic; readers copy the values
+        self.contexts[key] = ctx  # a dict update is atomic; readers copy the values
         token = context._current.set(ctx)  # noqa: SLF001 - the worker owns the context
         guard = TimeoutGuard(self, ctx) if record.options.get("timeout") else None
         try:
@@ -166,36 +180,46 @@ class Worker:
                 ctx.cancel_requested = True
                 raise _cancelled_class(record)()
             outcome = execute(self.manager, record, self._event_loop if self.mode == "thread" else None)
+            if os.getpid() != pid:
+                _leave_as_stranger(outcome)
         except TaskCancelled as exc:  # delivered before the function began
             outcome = failure_outcome(record, exc)
         finally:
+            if os.getpid() != pid:
+                _leave_as_stranger(None)
             if guard is not None:
                 guard.cancel()
             ctx.disarm()
             context._current.reset(token)  # noqa: SLF001
-            self.contexts.pop(record.id, None)
+            self.contexts.pop(key, None)
             structlog.contextvars.unbind_contextvars("task_id", "task_name", "queue", "attempt")
         if outcome.status == TaskStatus.CANCELLED and not ctx.cancel_requested:
             # The function raised TaskCancelled on its own: that is a failure like any other.
             outcome = Outcome(TaskStatus.FAILED, error=outcome.error, duration=outcome.duration)
         ctx.flush()
         settlement = settlement_for(self.manager, record, outcome, self.owner, time.time())
-        self._durations[record.id] = outcome.duration
+        self._durations[key] = outcome.duration
         return outcome, settlement
 
     def _execute_safely(self, record: TaskRecord) -> Settlement:
+        pid = os.getpid()
         try:
             return self._execute(record)[1]
         except BaseException as exc:  # noqa: BLE001 - e.g. a TaskTimeout delivered a moment late
+            if os.getpid() != pid:
+                _leave_as_stranger(None)
             log.exception("worker.execute_error", task_id=record.id, task_name=record.name)
-            self.contexts.pop(record.id, None)
+            self.contexts.pop(record.claim, None)
             return settlement_for(self.manager, record, failure_outcome(record, exc), self.owner, time.time())
 
     def _settled(self, settlement: Settlement, accepted: bool) -> None:
         """Bookkeeping and the log line once an outcome is written (or refused)."""
+        key = settlement.claim
         with self._running_lock:
-            record = self.running.pop(settlement.task_id, None)
-        duration = self._durations.pop(settlement.task_id, 0.0)
+            record = self.running.pop(key, None)
+            if key == self._solo:
+                self._solo = None
+        duration = self._durations.pop(key, 0.0)
         self.done += 1
         if self.on_settled is not None and record is not None:
             self.on_settled(record.name, "retry" if settlement.status == TaskStatus.PENDING
@@ -230,9 +254,11 @@ class Worker:
         round found nothing, a read checks for work before taking the write lock.
         """
         now = time.time()
-        if now >= self._next_recovery:
+        if time.monotonic() >= self._next_recovery:  # monotonic: a clock step must not pause recovery
             self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES)
-            self._next_recovery = now + RECOVERY_SECONDS
+            self._next_recovery = time.monotonic() + RECOVERY_SECONDS
+            if self.mode == "thread":
+                self._want_solo = self.store.has_due(mode=self.mode, queues=self.queues, now=now, isolated=True)
         if settlements or self._hot:
             accepted, claims = self.store.settle_and_claim(
                 settlements, self.owner, mode=self.mode, queues=self.queues, limit=limit,
@@ -305,6 +331,8 @@ class Worker:
             self._check_max_tasks()
             claims = self._exchange_or_wait(finished, 0 if self._stop.is_set() else 1)
             finished = []
+            if not claims and self._want_solo and not self._stop.is_set():
+                claims = self._claim_solo()  # one at a time here anyway
             if claims:
                 finished.append(self._execute_safely(claims[0]))
                 continue
@@ -325,6 +353,9 @@ class Worker:
             thread.start()
         try:
             while not self._check_max_tasks():
+                if self._solo is not None or self._want_solo:
+                    self._solo_round(slots, work, finished)
+                    continue
                 if not slots.acquire(timeout=IDLE_RECHECK_SECONDS):
                     self._exchange_or_wait(_drain(finished), 0)
                     continue
@@ -357,6 +388,32 @@ class Worker:
             while self._unwritten:
                 self._exchange_or_wait([], 0)
 
+    def _solo_round(self, slots: threading.Semaphore, work: queue.SimpleQueue[TaskRecord | None],
+                    finished: queue.SimpleQueue[Settlement]) -> None:
+        """A task marked to run alone waits (it ran beside a thread-host crash): let
+        the pool empty, run it with nothing beside it, claim nothing meanwhile."""
+        if self._solo is None and self._idle(slots):
+            claims = self._claim_solo()
+            if claims:
+                slots.acquire()
+                work.put(claims[0])
+            return
+        try:
+            first = [finished.get(timeout=IDLE_RECHECK_SECONDS)]
+        except queue.Empty:
+            first = []
+        self._exchange_or_wait(first + _drain(finished), 0)
+
+    def _claim_solo(self) -> list[TaskRecord]:
+        self._want_solo = False  # re-checked with the next recovery round
+        claims = self._claim(1, isolated=True)
+        if claims:
+            with self._running_lock:
+                self._solo = claims[0].claim
+            log.info("task.isolated", task_id=claims[0].id, task_name=claims[0].name,
+                     reason="it ran beside a crash of its thread host; running it alone")
+        return claims
+
     def _event_loop(self) -> EventLoopThread:
         with self._running_lock:
             if self._loop_thread is None:
@@ -375,16 +432,41 @@ class Worker:
 
     def check_cancellations(self) -> None:
         """Stop the running tasks someone asked to cancel (the housekeeping thread calls this)."""
-        for task_id in self.store.cancel_requests(self.owner):
-            ctx = self.contexts.get(task_id)
+        for claim in self.store.cancel_requests(self.owner):
+            ctx = self.contexts.get(claim)
             if ctx is None or ctx.cancel_requested:
                 continue
             ctx.cancel_requested = True
-            log.info("task.cancel_requested", task_id=task_id, task_name=ctx.record.name)
+            log.info("task.cancel_requested", task_id=claim[0], task_name=ctx.record.name)
             if self.on_cancel is not None:
                 self.on_cancel(ctx.record)
             else:
                 ctx.interrupt(_cancelled_class(ctx.record))
+
+    def renew_leases(self) -> None:
+        """Extend the leases of the running attempts; stop those whose lease is gone.
+
+        A lease is gone when this worker stalled past it (SIGSTOP, a long pause, a
+        slow disk) and the task was recovered, perhaps claimed again, even by this
+        very worker: the old attempt is a zombie whose outcome would be refused.
+        """
+        claims = list(self.running)
+        if not claims:
+            return
+        held = self.store.renew(claims, lease=self.lease)
+        for claim in claims:
+            ctx = self.contexts.get(claim)
+            if claim in held or ctx is None or not ctx.active:
+                continue  # renewed, or finished meanwhile (its settle decides)
+            record = ctx.record
+            log.warning("task.lease_lost", task_id=record.id, task_name=record.name, queue=record.queue,
+                        attempt=record.attempts, fence=record.fence,
+                        reason="the lease expired while this attempt ran; another claim holds the task")
+            if self.on_lease_lost is not None:
+                self.on_lease_lost(record)
+            else:
+                ctx.interrupt(baked(LeaseLost, f"task {record.id} ({record.name}) lost its lease while "
+                                    "running; the task went to another attempt"))
 
     def release_held(self) -> list[TaskRecord]:
         """Requeue, without counting the attempt, every task this worker still holds."""
@@ -452,6 +534,24 @@ class TimeoutGuard:
         self._timer.cancel()
 
 
+def _leave_as_stranger(outcome: Outcome | None) -> None:
+    """The task forked, and this is the copy returning from the task's function:
+    it is no worker. Leave at once, as the task's child asked (sys.exit's code),
+    without ever reaching castor's loop (it would claim tasks unsupervised)."""
+    code = 1
+    if outcome is not None and outcome.status == TaskStatus.SUCCESS:
+        code = 0
+    elif outcome is not None and (outcome.error or {}).get("type") == "builtins.SystemExit":
+        args = outcome.error.get("args") or [None]  # type: ignore[union-attr]
+        code = args[0] if isinstance(args[0], int) else (0 if args[0] is None else 1)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - nothing else to do on the way out
+            pass
+    os._exit(code)
+
+
 def _cancelled_class(record: TaskRecord) -> type[BaseException]:
     return baked(TaskCancelled, f"task {record.id} ({record.name}) was cancelled while running")
 
@@ -494,7 +594,7 @@ class LeaseKeeper:
                     next_expiry = time.monotonic() + EXPIRY_SECONDS
                     self._purge_expired()
                 if self.worker.running and time.monotonic() - last_renew >= self.worker.lease / 3:
-                    self.worker.store.renew(self.worker.owner, lease=self.worker.lease, now=time.time())
+                    self.worker.renew_leases()
                     last_renew = time.monotonic()
                 if self.worker.contexts:
                     self.worker.check_cancellations()

@@ -7,10 +7,11 @@ A backend (SQLite today, PostgreSQL for fleets later) implements `Store`;
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from castor.clocks import boot_clock
 from castor.states import TaskStatus
 
 
@@ -67,6 +68,7 @@ class TaskRecord:
     attempts: int
     lost: int
     owner: str | None
+    # Shown as an epoch time; the store keeps it on the boot clock (castor/clocks.py).
     lease_expires: float | None
     options: dict[str, Any]
     progress: float | None = None
@@ -76,11 +78,21 @@ class TaskRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     expires_at: float | None = None
     unique_key: str | None = None
+    # The fencing token of the claim this record came from: every claim gets a
+    # new one, and only that claim may settle, renew, report or hand back.
+    fence: int = 0
+    # Ran beside a thread-host crash: runs alone until blame is clear.
+    isolate: bool = False
+
+    @property
+    def claim(self) -> tuple[str, int]:
+        """This attempt's identity: the task and its fencing token."""
+        return (self.id, self.fence)
 
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """A finished attempt's outcome, to be written (fenced by owner and attempt)."""
+    """A finished attempt's outcome, to be written (fenced by the claim's token)."""
 
     task_id: str
     owner: str
@@ -94,6 +106,11 @@ class Settlement:
     # Delete the finished row at this time (result_ttl); `drop` deletes it now.
     expires_at: float | None = None
     drop: bool = False
+    fence: int = 0  # the claim's fencing token (TaskRecord.fence)
+
+    @property
+    def claim(self) -> tuple[str, int]:
+        return (self.task_id, self.fence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +137,9 @@ class Store(ABC):
     """Durable task storage with leases: at-least-once delivery, owner-fenced settles."""
 
     path: str
+    # Leases and heartbeats are measured on this clock (castor/clocks.py); tests
+    # may put a fake one in.
+    clock: Callable[[], float] = staticmethod(boot_clock)
     # The Manager's failure_ttl (seconds; None keeps them): when tasks the store ends
     # itself (failed by WorkerLost, cancelled on their way back to the queue) expire,
     # unless their own options carry a failure_ttl.
@@ -143,13 +163,12 @@ class Store(ABC):
         (its worker stops it). Returns the status after the call (None: no such task)."""
 
     @abstractmethod
-    def cancel_requests(self, owner: str) -> list[str]:
-        """Ids of tasks `owner` runs whose cancellation was requested."""
+    def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
+        """The claims (task id, fence) `owner` runs whose cancellation was requested."""
 
     @abstractmethod
-    def set_progress(self, task_id: str, owner: str, attempt: int, fraction: float | None,
-                     message: str | None) -> bool:
-        """Record a running task's progress (fenced by owner and attempt)."""
+    def set_progress(self, task_id: str, fence: int, fraction: float | None, message: str | None) -> bool:
+        """Record a running task's progress (fenced by the claim's token)."""
 
     @abstractmethod
     def retry(self, query: Query | None = None, *, task_id: str | None = None, now: float) -> list[str]:
@@ -178,10 +197,18 @@ class Store(ABC):
         """Write one finished attempt (fenced); False if the owner no longer holds it."""
 
     @abstractmethod
+    def has_due(self, *, mode: str, queues: Sequence[str] | None, now: float, isolated: bool = False) -> bool:
+        """Whether a claim would find a task (a read: no write lock)."""
+
+    @abstractmethod
     def claim(
-        self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
+        self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float,
+        isolated: bool = False,
     ) -> list[TaskRecord]:
-        """Move up to `limit` due tasks to running under `owner`'s lease, best first."""
+        """Move up to `limit` due tasks to running under `owner`'s lease, best first,
+        each with a new fencing token. `now` is the wall clock (for ETAs); the lease
+        runs on the store's own clock. isolated=True claims only tasks marked to run
+        alone (see release_owner), False only the others."""
 
     @abstractmethod
     def settle_and_claim(
@@ -194,6 +221,7 @@ class Store(ABC):
         limit: int,
         lease: float,
         now: float,
+        isolated: bool = False,
     ) -> tuple[list[bool], list[TaskRecord]]:
         """Write finished attempts and claim up to `limit` more, in one transaction.
 
@@ -206,8 +234,9 @@ class Store(ABC):
         """Claim one named pending task (eager mode); None if it is not pending."""
 
     @abstractmethod
-    def renew(self, owner: str, *, lease: float, now: float) -> int:
-        """Extend every lease `owner` holds; returns how many it still holds."""
+    def renew(self, claims: Sequence[tuple[str, int]], *, lease: float) -> set[tuple[str, int]]:
+        """Extend the leases of these claims (task id, fence); returns the ones still
+        held. A claim missing from the answer lost its lease: its attempt is a zombie."""
 
     def settle(
         self,
@@ -219,21 +248,25 @@ class Store(ABC):
         result: str | bytes | None = None,
         error: dict[str, Any] | None = None,
         now: float,
+        fence: int,
     ) -> bool:
-        """Finish a running task; False if `owner` no longer holds that attempt."""
-        return self.settle_one(Settlement(task_id, owner, attempt, status, result, error, now))
+        """Finish a running task; False if that claim no longer holds it."""
+        return self.settle_one(Settlement(task_id, owner, attempt, status, result, error, now, fence=fence))
 
     @abstractmethod
-    def requeue(self, task_id: str, owner: str, attempt: int, *, count_attempt: bool) -> bool:
+    def requeue(self, task_id: str, fence: int, *, count_attempt: bool) -> bool:
         """Give a running task back to the queue (drain, crash); False if not held."""
 
     @abstractmethod
     def release_owner(self, owner: str, *, count_attempt: bool, max_lost: int) -> list[TaskRecord]:
         """Return every task `owner` still runs to pending, at once.
 
-        count_attempt=True: the owner died (lost += 1; after max_lost, fail with
-        WorkerLost). False: a drain stopped it (the attempt is not counted).
-        Returns the records as they were before release.
+        count_attempt=True: the owner died. A task it ran alone (or in a process
+        child) is blamed: lost += 1, and after max_lost it fails with WorkerLost.
+        Thread tasks that ran several at once are not blamed: each is marked to run
+        alone (isolate), so the next crash names the culprit. False: a drain
+        stopped it (the attempt is not counted). Returns the records as they are
+        after release (status pending, failed or cancelled; isolate set or not).
         """
 
     @abstractmethod
@@ -283,7 +316,7 @@ class Store(ABC):
 
     @abstractmethod
     def next_due(self, *, mode: str, now: float) -> float | None:
-        """The earliest future time something may become claimable (ETA or lease expiry)."""
+        """The earliest wall-clock time something may become claimable (ETA or lease expiry)."""
 
     def verify(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Raise StoreError if castor's tables are damaged (castord checks at start)."""

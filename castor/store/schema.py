@@ -104,6 +104,26 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # Zero loss under adversity (docs/design.md, "Fencing, clocks, blame").
+        # The fencing token: bumped by every claim, never lowered, so each claim
+        # of a task has its own; settle, renew, progress and requeue name it.
+        "ALTER TABLE castor_tasks ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+        # 1: the task was running in a thread host that crashed beside other
+        # tasks; it runs alone until blame is clear (castor/worker.py).
+        "ALTER TABLE castor_tasks ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0",
+        # Claims filter on isolate, and a task enqueued without an ETA is due
+        # whatever the wall clock says (eta <= enqueued_at): both in the index.
+        "DROP INDEX castor_tasks_ready",
+        """CREATE INDEX castor_tasks_ready
+           ON castor_tasks (mode, isolate, priority DESC, eta, enqueued_at) WHERE status = 'pending'""",
+        # A master's heartbeat on the boot clock (castor/clocks.py).
+        "ALTER TABLE castor_daemons ADD COLUMN heartbeat_clock REAL",
+        # Leases move from the wall clock to the boot clock: a lease written by
+        # the previous version names a time the boot clock will not reach for
+        # decades. Its worker was stopped for the upgrade: expire it now.
+        "UPDATE castor_tasks SET lease_expires = 0 WHERE status = 'running'",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from castor.clocks import boot_id
 from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
-from castor.interrupts import raise_deferred, shielded
 from castor.failures import describe_message
+from castor.interrupts import raise_deferred, shielded
 from castor.states import TaskStatus
 from castor.store import schema
 from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord
@@ -59,8 +60,9 @@ _SQLITE_LOCKED = 6
 _CLAIM_COLUMNS = (
     "id, task_name, queue, mode, daemon, status, priority, serializer, args, kwargs, "
     "enqueued_at, eta, started_at, finished_at, result, error, attempts, lost, owner, "
-    "lease_expires, options, cancel_requested"
+    "lease_expires, options, cancel_requested, fence, isolate"
 )
+_N_CLAIM_COLUMNS = 24
 _COLUMNS = _CLAIM_COLUMNS + ", progress, progress_message, history, expires_at, unique_key"
 
 _INSERT = (
@@ -79,8 +81,14 @@ _UNFINISHED_TWIN = (
 )
 
 
-# Every settle is fenced: only the owner of the current attempt may write it.
-_FENCE = "WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running' RETURNING 1"
+# Every settle is fenced: only the claim holding the task may write it. The
+# token is bumped by every claim, so even the same owner's earlier claim of the
+# same task (a stalled worker whose lease expired) is refused.
+_FENCE = "WHERE id = ? AND fence = ? AND status = 'running' RETURNING 1"
+
+# Due: the ETA has passed, or the task was enqueued without one (eta <=
+# enqueued_at), which no step of the wall clock can delay.
+_DUE = "(eta <= ? OR eta <= enqueued_at)"
 
 # The hot path: a success (or a failure without history to keep).
 _SETTLE = f"""UPDATE castor_tasks
@@ -121,7 +129,7 @@ def _history_entry(s: Settlement) -> str:
 
 
 def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, tuple[Any, ...]]:
-    fence = (s.task_id, s.owner, s.attempt)
+    fence = (s.task_id, s.fence)
     if s.drop:
         return _SETTLE_DROP, fence
     if s.status == TaskStatus.PENDING:
@@ -135,44 +143,47 @@ def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, tu
 
 
 def _claim_statement(
-    owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
+    owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease_until: float, now: float,
+    isolated: bool,
 ) -> tuple[str, tuple[Any, ...]]:
     """Pick and lease the best due tasks in one statement (no race between workers)."""
     qsql, qparams = _queue_filter(queues)
     sql = f"""UPDATE castor_tasks
                  SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
-                     attempts = attempts + 1
+                     attempts = attempts + 1, fence = fence + 1
                WHERE id IN (SELECT id FROM castor_tasks INDEXED BY castor_tasks_ready
-                                WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql}
+                                WHERE status = 'pending' AND mode = ? AND isolate = ? AND {_DUE}{qsql}
                                 ORDER BY priority DESC, eta LIMIT ?)
            RETURNING {_CLAIM_COLUMNS}"""
-    return sql, (owner, now + lease, now, mode, now, *qparams, limit)
+    return sql, (owner, lease_until, now, mode, int(isolated), now, *qparams, limit)
 
 
-def _sorted(rows: list[tuple[Any, ...]]) -> list[TaskRecord]:
+def _sorted(rows: list[tuple[Any, ...]], to_wall: float) -> list[TaskRecord]:
     """RETURNING gives no order; hand claims out best first."""
-    records = [_claimed_record(r) for r in rows]
+    records = [_claimed_record(r, to_wall) for r in rows]
     records.sort(key=lambda r: (-r.priority, r.eta))
     return records
 
 
-def _claimed_record(row: tuple[Any, ...]) -> TaskRecord:
-    """A record from _CLAIM_COLUMNS (progress, history and the rest left empty)."""
+def _claimed_record(row: tuple[Any, ...], to_wall: float) -> TaskRecord:
+    """A record from _CLAIM_COLUMNS (progress, history and the rest left empty).
+    `to_wall` turns the boot-clock lease into an epoch time."""
     (id_, name, queue, mode, daemon, status, priority, serializer, args, kwargs, enqueued_at, eta,
      started_at, finished_at, result, error, attempts, lost, owner, lease_expires, options,
-     cancel_requested) = row
+     cancel_requested, fence, isolate) = row
     return TaskRecord(
         id_, name, queue, mode, bool(daemon), TaskStatus(status), priority, serializer, args, kwargs,
         enqueued_at, eta, started_at, finished_at, result, json.loads(error) if error else None,
-        attempts, lost, owner, lease_expires, json.loads(options) if options else {},
-        cancel_requested=bool(cancel_requested),
+        attempts, lost, owner, None if lease_expires is None else lease_expires + to_wall,
+        json.loads(options) if options else {}, cancel_requested=bool(cancel_requested),
+        fence=fence, isolate=bool(isolate),
     )
 
 
-def _row_to_record(row: tuple[Any, ...]) -> TaskRecord:
+def _row_to_record(row: tuple[Any, ...], to_wall: float) -> TaskRecord:
     """A full record from _COLUMNS."""
-    record = _claimed_record(row[:22])
-    progress, progress_message, history, expires_at, unique_key = row[22:]
+    record = _claimed_record(row[:_N_CLAIM_COLUMNS], to_wall)
+    progress, progress_message, history, expires_at, unique_key = row[_N_CLAIM_COLUMNS:]
     record.progress, record.progress_message = progress, progress_message
     record.history = json.loads(history) if history else []
     record.expires_at, record.unique_key = expires_at, unique_key
@@ -198,7 +209,8 @@ def _where(query: Query) -> tuple[str, list[Any]]:
             clauses.append(f"{column} = ?")
             params.append(str(value))
     if query.dirty is not None:
-        clauses.append("lost > 0" if query.dirty else "lost = 0")
+        # Dirty: a worker vanished while running it, blamed (lost) or not (isolate).
+        clauses.append("(lost > 0 OR isolate > 0)" if query.dirty else "(lost = 0 AND isolate = 0)")
     if query.finished_before is not None:
         clauses.append("finished_at < ?")
         params.append(query.finished_before)
@@ -280,9 +292,32 @@ class SQLiteStore(Store):
                     # The migration's write used to find this out; say it at open as before.
                     raise StoreError(_explain_open_error(
                         self.path, sqlite3.OperationalError("attempt to write a readonly database")))
+                self._check_boot(conn)
         except BaseException:
             self.close()
             raise
+
+    def _check_boot(self, conn: sqlite3.Connection) -> None:
+        """Leases run on the boot clock, which restarts at every boot: a lease
+        written before this boot is expired, whatever number it holds."""
+        current = boot_id()
+        row = self._retry(lambda: conn.execute("SELECT value FROM castor_meta WHERE key = 'boot_id'").fetchone())
+        if row is not None and row[0] == current:
+            return  # the usual case: a read, no write lock
+
+        def body(c: sqlite3.Connection) -> None:
+            changed = c.execute(
+                """INSERT INTO castor_meta (key, value) VALUES ('boot_id', ?)
+                   ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value
+                   RETURNING 1""", (current,)).fetchall()
+            if changed:
+                c.execute(f"UPDATE castor_tasks SET lease_expires = 0 WHERE {_NOT_PENDING} AND status = 'running'")
+
+        self._write_txn(conn, body)
+
+    def _to_wall(self) -> float:
+        """Add to a boot-clock time to tell it as an epoch time."""
+        return time.time() - self.clock()
 
     # -- connection management -------------------------------------------------
 
@@ -482,18 +517,23 @@ class SQLiteStore(Store):
 
     # -- consuming ---------------------------------------------------------------
 
-    def claim(
-        self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float
-    ) -> list[TaskRecord]:
+    def has_due(self, *, mode: str, queues: Sequence[str] | None, now: float, isolated: bool = False) -> bool:
         qsql, qparams = _queue_filter(queues)
-        due = self._execute(
+        return bool(self._execute(
             "SELECT 1 FROM castor_tasks INDEXED BY castor_tasks_ready "
-            f"WHERE status = 'pending' AND mode = ? AND eta <= ?{qsql} LIMIT 1",
-            (mode, now, *qparams),
-        )
-        if not due:
+            f"WHERE status = 'pending' AND mode = ? AND isolate = ? AND {_DUE}{qsql} LIMIT 1",
+            (mode, int(isolated), now, *qparams),
+        ))
+
+    def claim(
+        self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float,
+        isolated: bool = False,
+    ) -> list[TaskRecord]:
+        if not self.has_due(mode=mode, queues=queues, now=now, isolated=isolated):
             return []
-        return _sorted(self._execute(*_claim_statement(owner, mode, queues, limit, lease, now)))
+        clock = self.clock()
+        rows = self._execute(*_claim_statement(owner, mode, queues, limit, clock + lease, now, isolated))
+        return _sorted(rows, now - clock)
 
     def settle_and_claim(
         self,
@@ -505,11 +545,13 @@ class SQLiteStore(Store):
         limit: int,
         lease: float,
         now: float,
+        isolated: bool = False,
     ) -> tuple[list[bool], list[TaskRecord]]:
         # Everything but the statements is prepared, and decoded, outside the
         # transaction: the write lock is held only while SQLite works.
         statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
-        claim = _claim_statement(owner, mode, queues, limit, lease, now) if limit > 0 else None
+        clock = self.clock()
+        claim = _claim_statement(owner, mode, queues, limit, clock + lease, now, isolated) if limit > 0 else None
 
         def body(conn: sqlite3.Connection) -> tuple[list[bool], list[tuple[Any, ...]]]:
             accepted = [bool(conn.execute(*statement).fetchall()) for statement in statements]
@@ -517,31 +559,36 @@ class SQLiteStore(Store):
 
         with self._locked() as conn:
             accepted, rows = self._write_txn(conn, body)
-        return accepted, _sorted(rows)
+        return accepted, _sorted(rows, now - clock)
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
+        clock = self.clock()
         rows = self._execute(
             f"""UPDATE castor_tasks
                    SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
-                       attempts = attempts + 1
+                       attempts = attempts + 1, fence = fence + 1
                  WHERE id = ? AND status = 'pending'
              RETURNING {_COLUMNS}""",
-            (owner, now + lease, now, task_id),
+            (owner, clock + lease, now, task_id),
         )
-        return _row_to_record(rows[0]) if rows else None
+        return _row_to_record(rows[0], now - clock) if rows else None
 
-    def renew(self, owner: str, *, lease: float, now: float) -> int:
-        rows = self._execute(
-            "UPDATE castor_tasks SET lease_expires = ? "
-            f"WHERE {_NOT_PENDING} AND status = 'running' AND owner = ? RETURNING 1",
-            (now + lease, owner),
-        )
-        return len(rows)
+    def renew(self, claims: Sequence[tuple[str, int]], *, lease: float) -> set[tuple[str, int]]:
+        if not claims:
+            return set()
+        until = self.clock() + lease
+
+        def body(conn: sqlite3.Connection) -> set[tuple[str, int]]:
+            return {(task_id, fence) for task_id, fence in claims if conn.execute(
+                f"UPDATE castor_tasks SET lease_expires = ? {_FENCE}", (until, task_id, fence)).fetchall()}
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
 
     def settle_one(self, settlement: Settlement) -> bool:
         return bool(self._execute(*_settle_statement(settlement, self.failure_ttl)))
 
-    def requeue(self, task_id: str, owner: str, attempt: int, *, count_attempt: bool) -> bool:
+    def requeue(self, task_id: str, fence: int, *, count_attempt: bool) -> bool:
         now = time.time()
         rows = self._execute(
             f"""UPDATE castor_tasks
@@ -554,29 +601,44 @@ class SQLiteStore(Store):
                       progress = CASE cancel_requested WHEN 1 THEN progress END,
                       progress_message = CASE cancel_requested WHEN 1 THEN progress_message END,
                       attempts = attempts - CASE cancel_requested WHEN 1 THEN 0 ELSE ? END
-                WHERE id = ? AND owner = ? AND attempts = ? AND status = 'running'
-            RETURNING 1""",
-            (now, now, self.failure_ttl, 0 if count_attempt else 1, task_id, owner, attempt),
+                {_FENCE}""",
+            (now, now, self.failure_ttl, 0 if count_attempt else 1, task_id, fence),
         )
         return bool(rows)
 
     def release_owner(self, owner: str, *, count_attempt: bool, max_lost: int) -> list[TaskRecord]:
+        now = time.time()
+        to_wall = now - self.clock()
+
         def body(conn: sqlite3.Connection) -> list[TaskRecord]:
-            held = [_row_to_record(r) for r in conn.execute(
-                f"SELECT {_COLUMNS} FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
-                "AND owner = ?", (owner,)).fetchall()]
+            modes = dict(conn.execute(
+                f"SELECT id, mode FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
+                "AND owner = ?", (owner,)).fetchall())
+            held = list(modes)
             if not held:
-                return held
-            if count_attempt:
-                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=time.time(), failure_ttl=self.failure_ttl)
+                return []
+            if count_attempt and len(held) > 1 and all(m == "thread" for m in modes.values()):
+                # Several thread tasks shared the process that crashed: any one of
+                # them may have killed it. None is blamed; each runs alone next,
+                # so that a repeat of the crash names the culprit.
+                _finish_cancelled(conn, "owner = ?", (owner,), now=now, failure_ttl=self.failure_ttl)
+                conn.execute(
+                    f"""UPDATE castor_tasks
+                          SET status = 'pending', lease_expires = NULL, isolate = 1,
+                              progress = NULL, progress_message = NULL
+                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (owner,))
+            elif count_attempt:
+                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl)
             else:
-                _finish_cancelled(conn, "owner = ?", (owner,), now=time.time(), failure_ttl=self.failure_ttl)
+                _finish_cancelled(conn, "owner = ?", (owner,), now=now, failure_ttl=self.failure_ttl)
                 conn.execute(
                     f"""UPDATE castor_tasks
                           SET status = 'pending', lease_expires = NULL, attempts = attempts - 1,
                               progress = NULL, progress_message = NULL
                         WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (owner,))
-            return held
+            marks = ", ".join("?" * len(held))
+            return [_row_to_record(r, to_wall) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM castor_tasks WHERE id IN ({marks})", held).fetchall()]
 
         with self._locked() as conn:
             return self._write_txn(conn, body)
@@ -584,11 +646,12 @@ class SQLiteStore(Store):
     def record_daemon(self, daemon_id: str, *, host: str, pid: int, app: str, started_at: float,
                       info: dict[str, Any], now: float, lock_timeout: float | None = None) -> None:
         self._execute(
-            """INSERT INTO castor_daemons (id, host, pid, app, started_at, heartbeat_at, info)
-               VALUES (?, ?, ?, ?, ?, ?, ?)
+            """INSERT INTO castor_daemons (id, host, pid, app, started_at, heartbeat_at, info, heartbeat_clock)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                                              heartbeat_clock = excluded.heartbeat_clock,
                                               info = excluded.info""",
-            (daemon_id, host, pid, app, started_at, now, json.dumps(info)),
+            (daemon_id, host, pid, app, started_at, now, json.dumps(info), self.clock()),
             lock_timeout,
         )
 
@@ -597,24 +660,31 @@ class SQLiteStore(Store):
 
     def daemons(self) -> list[dict[str, Any]]:
         rows = self._execute(
-            "SELECT id, host, pid, app, started_at, heartbeat_at, info FROM castor_daemons "
+            "SELECT id, host, pid, app, started_at, heartbeat_at, info, heartbeat_clock FROM castor_daemons "
             "ORDER BY heartbeat_at DESC")
         keys = ("id", "host", "pid", "app", "started_at", "heartbeat_at", "info")
+        clock, wall = self.clock(), time.time()
         out = []
-        for row in rows:
+        for *row, beat_clock in rows:
             item = dict(zip(keys, row, strict=True))
             item["info"] = json.loads(item["info"]) if item["info"] else {}
+            # Seconds since its last heartbeat, on the boot clock (a wall-clock
+            # step changes neither); a row from before the boot clock: by wall time.
+            item["heartbeat_age"] = (clock - beat_clock) if beat_clock is not None and beat_clock <= clock \
+                else wall - item["heartbeat_at"]
             out.append(item)
         return out
 
     def recover_expired(self, *, now: float, max_lost: int) -> int:
+        clock = self.clock()
+
         def body(conn: sqlite3.Connection) -> int:
-            return _lose(conn, "lease_expires < ?", (now,), max_lost=max_lost, now=now,
+            return _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now,
                          failure_ttl=self.failure_ttl)
 
         if not self._execute(
             f"SELECT 1 FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
-            "AND lease_expires < ? LIMIT 1", (now,)
+            "AND lease_expires < ? LIMIT 1", (clock,)
         ):
             return 0
         with self._locked() as conn:
@@ -640,17 +710,16 @@ class SQLiteStore(Store):
         with self._locked() as conn:
             return self._write_txn(conn, body)
 
-    def cancel_requests(self, owner: str) -> list[str]:
+    def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
         rows = self._execute(
-            f"SELECT id FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' AND owner = ? "
+            f"SELECT id, fence FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' AND owner = ? "
             "AND cancel_requested = 1", (owner,))
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
-    def set_progress(self, task_id: str, owner: str, attempt: int, fraction: float | None,
-                     message: str | None) -> bool:
+    def set_progress(self, task_id: str, fence: int, fraction: float | None, message: str | None) -> bool:
         rows = self._execute(
             f"UPDATE castor_tasks SET progress = ?, progress_message = ? {_FENCE}",
-            (fraction, message, task_id, owner, attempt))
+            (fraction, message, task_id, fence))
         return bool(rows)
 
     def retry(self, query: Query | None = None, *, task_id: str | None = None, now: float) -> list[str]:
@@ -719,7 +788,7 @@ class SQLiteStore(Store):
 
     def get(self, task_id: str) -> TaskRecord | None:
         rows = self._execute(f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = ?", (task_id,))
-        return _row_to_record(rows[0]) if rows else None
+        return _row_to_record(rows[0], self._to_wall()) if rows else None
 
     def status(self, task_id: str) -> TaskStatus | None:
         rows = self._execute("SELECT status FROM castor_tasks WHERE id = ?", (task_id,))
@@ -730,7 +799,8 @@ class SQLiteStore(Store):
         sql = f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC"
         sql += " LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
-        return [_row_to_record(r) for r in self._execute(sql, params)]
+        to_wall = self._to_wall()
+        return [_row_to_record(r, to_wall) for r in self._execute(sql, params)]
 
     def count(self, query: Query) -> int:
         where, params = _where(query)
@@ -754,7 +824,7 @@ class SQLiteStore(Store):
 
     def queue_stats(self, *, now: float) -> dict[str, Any]:
         scheduled, oldest_due = self._execute(
-            "SELECT count(*) FILTER (WHERE eta > ?), min(eta) FILTER (WHERE eta <= ?) "
+            f"SELECT count(*) FILTER (WHERE NOT {_DUE}), min(eta) FILTER (WHERE {_DUE}) "
             "FROM castor_tasks WHERE status = 'pending'", (now, now))[0]
         failed = self._execute(
             f"SELECT task_name, count(*) FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'failed' "
@@ -769,6 +839,8 @@ class SQLiteStore(Store):
         lease = self._execute(
             f"SELECT min(lease_expires) FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running'"
         )[0][0]
+        if lease is not None:
+            lease = now + (lease - self.clock())  # a boot-clock time, told as a wall-clock one
         times = [t for t in (eta, lease) if t is not None]
         return min(times) if times else None
 

@@ -28,8 +28,14 @@ def store(db_path):
     s.close()
 
 
+def at(store, now):
+    """Leases run on the store's clock (the boot clock); here it reads `now` too."""
+    store.clock = lambda: now
+    return store
+
+
 def claim(store, owner="w1", *, now=1000.0, limit=1, lease=10.0, mode="process", queues=None):
-    store.recover_expired(now=now, max_lost=3)  # as a worker does before claiming
+    at(store, now).recover_expired(now=now, max_lost=3)  # as a worker does before claiming
     return store.claim(owner, mode=mode, queues=queues, limit=limit, lease=lease, now=now)
 
 
@@ -59,8 +65,8 @@ def test_claim_sets_owner_lease_and_attempt_in_one_step(store):
 def test_settle_and_claim_is_one_transaction(store):
     store.enqueue([new("a"), new("b")])
     (a,) = claim(store, "w")
-    finished = Settlement("a", "w", a.attempts, TaskStatus.SUCCESS, result="1", finished_at=1001.0)
-    stale = Settlement("a", "w", a.attempts, TaskStatus.FAILED, finished_at=1001.0)
+    finished = Settlement("a", "w", a.attempts, TaskStatus.SUCCESS, result="1", finished_at=1001.0, fence=a.fence)
+    stale = Settlement("a", "w", a.attempts, TaskStatus.FAILED, finished_at=1001.0, fence=a.fence)
     accepted, claims = store.settle_and_claim(
         [finished, stale], "w", mode="process", queues=None, limit=5, lease=10.0, now=1001.0)
     assert accepted == [True, False]  # the second write of the same attempt is refused
@@ -71,8 +77,8 @@ def test_settle_and_claim_is_one_transaction(store):
 def test_recover_expired_reads_first(store):
     store.enqueue([new("a")])
     claim(store, "w", now=1000.0, lease=5.0)
-    assert store.recover_expired(now=1004.0, max_lost=3) == 0
-    assert store.recover_expired(now=1006.0, max_lost=3) == 1
+    assert at(store, 1004.0).recover_expired(now=1004.0, max_lost=3) == 0
+    assert at(store, 1006.0).recover_expired(now=1006.0, max_lost=3) == 1
     assert store.get("a").status == TaskStatus.PENDING
 
 
@@ -101,26 +107,45 @@ def test_expired_lease_is_claimed_again_and_old_owner_is_fenced(store):
     (second,) = claim(store, "alive", now=1006.0, lease=5.0)
     assert second.id == "a" and second.attempts == 2 and second.lost == 1
     # The dead worker's late settle is rejected; the live one's is accepted.
-    assert not store.settle("a", "dead", first.attempts, TaskStatus.SUCCESS, result="1", now=1007.0)
-    assert store.settle("a", "alive", second.attempts, TaskStatus.SUCCESS, result="2", now=1007.0)
+    assert second.fence == first.fence + 1
+    assert not store.settle("a", "dead", first.attempts, TaskStatus.SUCCESS, result="1", now=1007.0,
+                            fence=first.fence)
+    assert store.settle("a", "alive", second.attempts, TaskStatus.SUCCESS, result="2", now=1007.0,
+                        fence=second.fence)
     assert store.get("a").result == "2"
     # Settling twice is rejected too.
-    assert not store.settle("a", "alive", second.attempts, TaskStatus.FAILED, now=1008.0)
+    assert not store.settle("a", "alive", second.attempts, TaskStatus.FAILED, now=1008.0, fence=second.fence)
 
 
 def test_same_owner_stale_attempt_is_fenced(store):
     store.enqueue([new("a")])
     (first,) = claim(store, "w", now=1000.0, lease=1.0)
     (second,) = claim(store, "w", now=1002.0, lease=10.0)
-    assert not store.settle("a", "w", first.attempts, TaskStatus.SUCCESS, now=1003.0)
-    assert store.settle("a", "w", second.attempts, TaskStatus.SUCCESS, now=1003.0)
+    assert not store.settle("a", "w", first.attempts, TaskStatus.SUCCESS, now=1003.0, fence=first.fence)
+    assert store.settle("a", "w", second.attempts, TaskStatus.SUCCESS, now=1003.0, fence=second.fence)
+
+
+def test_same_owner_drained_then_claiming_again_is_fenced(store):
+    # A drain hands the attempt back uncounted (attempts - 1): the attempt number
+    # repeats, the fencing token does not.
+    store.enqueue([new("a")])
+    (first,) = claim(store, "w", now=1000.0)
+    store.release_owner("w", count_attempt=False, max_lost=3)
+    (second,) = claim(store, "w", now=1001.0)
+    assert second.attempts == first.attempts and second.fence != first.fence
+    assert not store.renew([first.claim], lease=10.0)
+    assert not store.set_progress("a", first.fence, 0.5, "old")
+    assert not store.requeue("a", first.fence, count_attempt=True)
+    assert not store.settle("a", "w", first.attempts, TaskStatus.FAILED, now=1002.0, fence=first.fence)
+    assert store.renew([second.claim], lease=10.0) == {second.claim}
+    assert store.settle("a", "w", second.attempts, TaskStatus.SUCCESS, now=1002.0, fence=second.fence)
 
 
 def test_renew_extends_only_the_owners_leases(store):
     store.enqueue([new("a"), new("b")])
-    claim(store, "w1", now=1000.0, lease=5.0)
-    claim(store, "w2", now=1000.0, lease=5.0)
-    assert store.renew("w1", lease=5.0, now=1004.0) == 1
+    (a,) = claim(store, "w1", now=1000.0, lease=5.0)
+    (b,) = claim(store, "w2", now=1000.0, lease=5.0)
+    assert at(store, 1004.0).renew([a.claim], lease=5.0) == {a.claim}
     assert [r.id for r in claim(store, "w3", now=1006.0, limit=5)] == [
         store.get("b").id]  # w2's lease expired, w1's was renewed
     assert store.get("a").owner == "w1"
@@ -141,12 +166,12 @@ def test_worker_lost_three_times_fails_the_task(store):
 def test_requeue_with_and_without_counting_the_attempt(store):
     store.enqueue([new("a")])
     (rec,) = claim(store, "w", now=1000.0)
-    assert store.requeue("a", "w", rec.attempts, count_attempt=False)
+    assert store.requeue("a", rec.fence, count_attempt=False)
     assert store.get("a").status == TaskStatus.PENDING and store.get("a").attempts == 0
     (rec,) = claim(store, "w", now=1001.0)
-    assert store.requeue("a", "w", rec.attempts, count_attempt=True)
+    assert store.requeue("a", rec.fence, count_attempt=True)
     assert store.get("a").attempts == 1
-    assert not store.requeue("a", "w", 1, count_attempt=True)  # not running any more
+    assert not store.requeue("a", rec.fence, count_attempt=True)  # not running any more
 
 
 def test_listing_is_newest_first_and_filtered(store):
@@ -169,7 +194,7 @@ class TestSchema:
         for _ in range(3):
             open_store(db_path).close()
         conn = sqlite3.connect(db_path)
-        assert conn.execute("SELECT count(*) FROM castor_meta").fetchone() == (1,)
+        assert dict(conn.execute("SELECT key, value FROM castor_meta")).keys() == {"schema_version", "boot_id"}
         conn.close()
 
     def test_newer_schema_is_refused(self, store, db_path):
