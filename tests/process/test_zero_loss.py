@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import sys
 import textwrap
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def cancel_me():
 
 def _app(app_dir: Path, text: str, name: str) -> str:
     (app_dir / f"{name}.py").write_text(textwrap.dedent(text))
+    sys.modules.pop(name, None)  # each test imports its own copy (the last one's Manager is closed)
     return f"{name}:manager"
 
 
@@ -143,7 +145,6 @@ print(f"failures={failures}", flush=True)
 @pytest.mark.timeout(120)
 def test_a_child_forked_while_another_thread_writes_can_enqueue(tmp_path, db_path):
     import subprocess
-    import sys
 
     script = tmp_path / "producer.py"
     script.write_text(FORK_PRODUCER)
@@ -154,3 +155,218 @@ def test_a_child_forked_while_another_thread_writes_can_enqueue(tmp_path, db_pat
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "failures=0" in out.stdout, out.stdout + out.stderr
+
+
+STALL_APP = '''
+import os, time
+import castor
+
+manager = castor.Manager(os.environ["CASTOR_TEST_DB"])
+
+@manager.task(mode="thread", name="long_thread")
+def long_thread(marker, steps):
+    # Counts its own running time in steps: a stopped process does not advance it.
+    with open(marker, "a") as f:
+        f.write(f"start {os.getpid()}\\n")
+    for _ in range(steps):
+        time.sleep(0.05)
+    with open(marker, "a") as f:
+        f.write(f"end {os.getpid()}\\n")
+    return "done"
+
+@manager.task(mode="process", name="long_process")
+def long_process(marker, steps):
+    return long_thread.fn(marker, steps)
+
+@manager.task(mode="thread", name="innocent")
+def innocent(marker, steps):
+    return long_thread.fn(marker, steps)
+
+@manager.task(mode="thread", name="culprit")
+def culprit(marker):
+    with open(marker, "a") as f:
+        f.write(f"start {os.getpid()}\\n")
+    time.sleep(0.3)
+    os._exit(1)  # takes its thread host down, and whatever ran beside it
+'''
+
+# A lease castord accepts with these heartbeats, short enough to wait out.
+FAST = ("--heartbeat-interval", "0.25", "--heartbeat-timeout", "1.5", "--lease", "6")
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _child_pid(d: Castord, label: str) -> int:
+    return [e for e in d.events("child.spawned") if e["child"] == label][-1]["child_pid"]
+
+
+def _row(db_path: str, task_id: str) -> dict:
+    conn = sqlite3.connect(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return dict(conn.execute("SELECT * FROM castor_tasks WHERE id = ?", (task_id,)).fetchone())
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_thread_host_that_reclaims_its_own_task_stops_the_old_attempt(app_dir, db_path):
+    app = _app(app_dir, STALL_APP, "stallapp")
+    import stallapp
+
+    marker = app_dir / "stall.marker"
+    d = Castord(app_dir)
+    try:
+        d.start("--workers", "1", "--threads", "4", *FAST, app=app)
+        d.wait_note("READY=1")
+        task = stallapp.long_thread.delay(str(marker), 200)  # ~10 s of its own running time
+        wait_until(lambda: _lines(marker), 30, "the task to start")
+        host = _child_pid(d, "thread-host 0")
+        # The master and the thread host stall together past the lease (a paused VM,
+        # a host under memory pressure); the process child goes on and recovers the task.
+        os.kill(d.pid, signal.SIGSTOP)
+        os.kill(host, signal.SIGSTOP)
+        wait_until(lambda: _row(db_path, task.id)["status"] == "pending", 60, "the lease to be recovered")
+        os.kill(host, signal.SIGCONT)  # the host first, so the master hears from it on waking
+        wait_until(lambda: _row(db_path, task.id)["status"] == "running", 30,
+                   "the same thread host to claim the task again")
+        os.kill(d.pid, signal.SIGCONT)
+        assert task.join(timeout=60) == "done"
+        row = _row(db_path, task.id)
+        assert row["status"] == "success" and row["lost"] == 1 and row["attempts"] == 2
+        lost = d.wait_event("task.lease_lost", task_id=task.id)
+        assert lost[0]["fence"] == 1
+        starts = [line for line in _lines(marker) if line.startswith("start")]
+        ends = [line for line in _lines(marker) if line.startswith("end")]
+        assert len(starts) == 2 and len(ends) == 1, _lines(marker)  # the old attempt was stopped
+        assert {line.split()[1] for line in starts} == {str(host)}  # both in the same live process
+    finally:
+        for pid in (d.pid,):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        d.stop()
+        stallapp.manager.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_thread_task_that_kills_its_host_takes_the_blame_alone(app_dir, db_path):
+    app = _app(app_dir, STALL_APP, "stallapp")
+    import stallapp
+
+    d = Castord(app_dir)
+    try:
+        d.start("--workers", "1", "--threads", "4", *FAST, app=app)
+        d.wait_note("READY=1")
+        markers = [app_dir / f"innocent{i}.marker" for i in range(3)]
+        innocents = [stallapp.innocent.delay(str(m), 20) for m in markers]  # ~1 s each
+        wait_until(lambda: all(_lines(m) for m in markers), 30, "the innocent tasks to start")
+        culprit = stallapp.culprit.delay(str(app_dir / "culprit.marker"))
+        for task in innocents:
+            assert task.join(timeout=60) == "done"
+            assert task.lost == 0  # ran beside a crash: never blamed for it
+        wait_until(lambda: culprit, 60, "the culprit to end")
+        assert str(culprit.status()) == "failed"
+        assert culprit.error["type"] == "castor.errors.WorkerLost"
+        assert culprit.lost == 3
+        assert d.proc.poll() is None  # castord lives on
+        assert d.events("task.isolated")
+    finally:
+        d.stop()
+        stallapp.manager.close()
+
+
+CLOCK_SITECUSTOMIZE = '''
+# Test double: every process on PYTHONPATH here reads the wall clock with an
+# offset kept in a file the test changes (a clock step seen by the whole host).
+import mmap, os, struct, time
+
+_path = os.environ.get("CASTOR_TEST_CLOCK_FILE")
+if _path:
+    _fd = os.open(_path, os.O_RDONLY)
+    _map = mmap.mmap(_fd, 8, prot=mmap.PROT_READ)
+    _real_time, _real_time_ns = time.time, time.time_ns
+
+    def _offset():
+        return struct.unpack_from("d", _map)[0]
+
+    time.time = lambda: _real_time() + _offset()
+    time.time_ns = lambda: _real_time_ns() + int(_offset() * 1e9)
+'''
+
+
+class SteppedClock:
+    def __init__(self, app_dir: Path, monkeypatch: pytest.MonkeyPatch):
+        import struct
+        import time
+
+        self.path = app_dir / "clock.offset"
+        self.path.write_bytes(struct.pack("d", 0.0))
+        (app_dir / "sitecustomize.py").write_text(CLOCK_SITECUSTOMIZE)
+        monkeypatch.setenv("CASTOR_TEST_CLOCK_FILE", str(self.path))
+        real = time.time
+        # The test's own process (the producer) steps with the host.
+        monkeypatch.setattr(time, "time", lambda: real() + self.offset())
+
+    def offset(self) -> float:
+        import struct
+
+        return struct.unpack("d", self.path.read_bytes())[0]
+
+    def step(self, seconds: float) -> None:
+        import mmap
+        import struct
+
+        with open(self.path, "r+b") as f, mmap.mmap(f.fileno(), 8) as m:
+            struct.pack_into("d", m, 0, self.offset() + seconds)
+
+
+@pytest.mark.timeout(120)
+def test_a_backward_clock_step_does_not_delay_tasks_enqueued_before_it(app_dir, db_path, monkeypatch):
+    clock = SteppedClock(app_dir, monkeypatch)
+    app = _app(app_dir, STALL_APP, "stallapp")
+    import stallapp
+
+    markers = [app_dir / f"before{i}.marker" for i in range(3)]
+    before = [stallapp.long_process.delay(str(m), 1) for m in markers]
+    clock.step(-3600)
+    later = stallapp.long_process.apply_async((str(app_dir / "countdown.marker"), 1), countdown=600)
+    d = Castord(app_dir)
+    try:
+        d.start("--workers", "1", "--threads", "1", *FAST, app=app)
+        d.wait_note("READY=1")
+        after = stallapp.long_process.delay(str(app_dir / "after.marker"), 1)
+        for task in [*before, after]:
+            assert task.join(timeout=30) == "done"
+        assert str(later.status()) == "pending"  # its countdown is an hour and ten minutes off now
+    finally:
+        d.stop()
+        stallapp.manager.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_forward_clock_step_does_not_start_a_live_task_a_second_time(app_dir, db_path, monkeypatch):
+    clock = SteppedClock(app_dir, monkeypatch)
+    app = _app(app_dir, STALL_APP, "stallapp")
+    import stallapp
+
+    d = Castord(app_dir)
+    try:
+        d.start("--workers", "2", "--threads", "2", *FAST, app=app)
+        d.wait_note("READY=1")
+        markers = {mode: app_dir / f"{mode}.marker" for mode in ("process", "thread")}
+        tasks = [stallapp.long_process.delay(str(markers["process"]), 160),  # ~8 s
+                 stallapp.long_thread.delay(str(markers["thread"]), 160)]
+        wait_until(lambda: all(_lines(m) for m in markers.values()), 30, "both tasks to start")
+        clock.step(3600)
+        for task in tasks:
+            assert task.join(timeout=60) == "done"
+            assert task.attempts == 1 and task.lost == 0
+        for marker in markers.values():
+            assert len(_lines(marker)) == 2, _lines(marker)  # one start, one end
+    finally:
+        d.stop()
+        stallapp.manager.close()
