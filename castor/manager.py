@@ -13,6 +13,7 @@ from castor.durations import to_epoch, to_seconds
 from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
 from castor.handle import Task
 from castor.ids import new_task_id
+from castor.interrupts import shielded
 from castor.keys import call_key
 from castor.serialization import encode_call, get_serializer
 from castor.states import TaskStatus, parse_status
@@ -223,7 +224,9 @@ class Manager:
 
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[Task[Any]]:
         """Enqueue many calls (`add.s(1, 2)`, ...) in one transaction: all or none."""
-        return self._submit([s.task._new(s.args, s.kwargs, s.options) for s in signatures])
+        with shielded():
+            tasks = [s.task._new(s.args, s.kwargs, s.options) for s in signatures]
+        return self._submit(tasks)
 
     # -- finding tasks -------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from castor.durations import to_seconds
 from castor.errors import ConfigurationError
 from castor.handle import Task
+from castor.interrupts import shielded
 from castor.retries import RETRY_OPTIONS, build_policy
 
 if TYPE_CHECKING:
@@ -181,7 +182,9 @@ class TaskFunction(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Task[R]:
         """Enqueue with the task's defaults; durable once it returns."""
-        return self.manager._submit([self._new(args, kwargs, {})])[0]
+        with shielded():  # serialization, like the store, is never interrupted halfway
+            new = self._new(args, kwargs, {})
+        return self.manager._submit([new])[0]
 
     def apply_async(
         self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
@@ -190,7 +193,9 @@ class TaskFunction(Generic[P, R]):
         queue, task_id, timeout, retries (and retry_*), result_ttl, failure_ttl, unique,
         cache_ttl."""
         check_call_options(f"{self.name}.apply_async", options)
-        return self.manager._submit([self._new(tuple(args), dict(kwargs or {}), options)])[0]
+        with shielded():
+            new = self._new(tuple(args), dict(kwargs or {}), options)
+        return self.manager._submit([new])[0]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A frozen call, to enqueue later or in a batch with manager.enqueue_many()."""
@@ -198,7 +203,9 @@ class TaskFunction(Generic[P, R]):
 
     def map(self, calls: Iterable[Iterable[Any]]) -> list[Task[R]]:
         """Enqueue one task per argument tuple, in one transaction."""
-        return self.manager._submit([self._new(tuple(a), {}, {}) for a in calls])
+        with shielded():
+            tasks = [self._new(tuple(a), {}, {}) for a in calls]
+        return self.manager._submit(tasks)
 
     def _new(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
         return self.manager._new_task(self, args, kwargs, options)

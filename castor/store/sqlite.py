@@ -287,7 +287,8 @@ class SQLiteStore(Store):
                 # another program holds a long write transaction) and without
                 # writing a byte (a damaged file is not touched by opening it).
                 if self._retry(lambda: schema.installed_version(conn)) != schema.SCHEMA_VERSION:
-                    self._write_txn(conn, schema.migrate)
+                    if self._write_txn(conn, schema.migrate) == 0:
+                        _make_private(self.path)  # castor's tables are new here: so is its data
                 elif os.path.exists(self.path) and not os.access(self.path, os.W_OK):
                     # The migration's write used to find this out; say it at open as before.
                     raise StoreError(_explain_open_error(
@@ -345,6 +346,7 @@ class SQLiteStore(Store):
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             raise StoreError(f"cannot open {self.path}: directory {directory} does not exist")
+        _create_private(self.path)
         try:
             conn = sqlite3.connect(
                 self.path, timeout=0, isolation_level=None, check_same_thread=False,
@@ -931,6 +933,31 @@ class SQLiteStore(Store):
                     conn.close()
             self._conn = self._notifier = self._probe = self._checkpointer = None
             self._closed = True
+
+
+def _create_private(path: str) -> None:
+    """A new database file is created owner-only (SQLite gives its -wal and -shm
+    the database's mode): task arguments and results are nobody else's to read."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # SQLite's own open says what is wrong, in its words
+    os.close(fd)
+
+
+def _make_private(path: str) -> None:
+    """castor just put its tables in a file someone else created (a BeaverDB
+    opened first, under a umask that lets others read): take the group's and
+    others' bits off the file and its -wal/-shm, if it is ours to change."""
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            info = os.stat(name, follow_symlinks=False)
+            if info.st_uid == os.geteuid() and info.st_mode & 0o077 and not os.path.islink(name):
+                os.chmod(name, info.st_mode & 0o700)
+        except OSError:
+            pass  # missing (no WAL yet), or not ours: leave it
 
 
 def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float,

@@ -91,7 +91,8 @@ def test_an_interruption_aimed_just_before_the_shield_is_taken_back_and_raised_a
         go, record = threading.Event(), []
         box: list[interrupts.Guard] = []
 
-        def target() -> None:
+        def target(go: threading.Event = go, record: list[str] = record,
+                   box: list[interrupts.Guard] = box) -> None:
             box.append(interrupts.guard())
             try:
                 go.wait(5)
@@ -104,7 +105,7 @@ def test_an_interruption_aimed_just_before_the_shield_is_taken_back_and_raised_a
 
         thread = threading.Thread(target=target)
         thread.start()
-        wait_until(lambda: box, 5, "the guard")
+        wait_until(lambda box=box: box, 5, "the guard")
         go.set()
         box[0].interrupt(Stop)
         thread.join(5)

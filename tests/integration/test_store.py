@@ -278,3 +278,20 @@ def test_a_commit_before_the_first_wait_is_not_slept_through(db_path):
         assert time.monotonic() - start < 2.0  # woken by the commit, not by the 5 s timeout
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("first", ["castor", "beaver"])
+def test_the_database_is_owner_only_even_under_a_permissive_umask(tmp_path, first):
+    path = str(tmp_path / "private.db")
+    old = os.umask(0o022)
+    try:
+        db = BeaverDB(path) if first == "beaver" else None
+        manager = castor.Manager(db or path)
+        manager.store.enqueue([new("a")])  # a write: the -wal and -shm exist now
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            assert os.stat(name).st_mode & 0o077 == 0, f"{name} is {oct(os.stat(name).st_mode)}"
+        manager.close()
+        if db is not None:
+            db.close()
+    finally:
+        os.umask(old)
