@@ -402,3 +402,36 @@ class SetstateRaises:
 
     def __setstate__(self, state: dict[str, int]) -> None:
         raise StrRaises("cannot restore")
+
+
+# -- results that fight back when serialized (castor/execution.py) ---------------------
+
+
+class ItemsRaise(dict):  # type: ignore[type-arg]
+    """A result the json encoder cannot walk: its items() raises an exception whose str() raises."""
+
+    def items(self) -> Any:
+        raise StrRaises("items() refuses")
+
+    def keys(self) -> Any:
+        raise StrRaises("keys() refuses")
+
+    def __iter__(self) -> Any:
+        raise StrRaises("__iter__ refuses")
+
+
+class NameHidingMeta(type):
+    def __getattribute__(cls, name: str) -> Any:
+        if name in ("__module__", "__qualname__", "__name__"):
+            raise RuntimeError(f"the class refuses {name}")
+        return super().__getattribute__(name)
+
+
+class MetaHostileValue(metaclass=NameHidingMeta):
+    """A result whose class hides its name (json's TypeError message asks for it)."""
+
+
+RESULTS: dict[str, Callable[[], object]] = {
+    "result_items_raise": lambda: ItemsRaise(a=1),
+    "result_meta_hostile": MetaHostileValue,
+}

@@ -141,3 +141,61 @@ def test_retry_on_matches_a_hostile_exception(manager, kind):
     check_failed(task, kind, attempts=expected)
     after = double.delay(1)
     assert worker.step() and after.join(timeout=5) == 2
+
+
+NEEDS_SAFE_RESULT_ERROR = pytest.mark.xfail(
+    strict=True, raises=Escaped,
+    reason="castor/execution.py execute() builds the SerializationError for an unserializable result "
+           "with f'{type(value).__name__}' and f'{exc}'; both run the result's own code. Needs "
+           "castor.failures.class_name() and safe_text() there.")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("result", [pytest.param(r, marks=NEEDS_SAFE_RESULT_ERROR) for r in sorted(hostile.RESULTS)])
+def test_a_result_that_fights_serialization_fails_the_task(manager, mode, result):
+    @manager.task(mode=mode, name=f"returns_{mode}")
+    def returns(which: str) -> object:
+        return hostile.RESULTS[which]()
+
+    task = returns.delay(result)
+    worker = castor.Worker(manager, mode=mode)
+    assert call(worker.step)
+    assert task.status() == "failed"
+    record = check_record(task.error)
+    assert record["type"] == "castor.errors.SerializationError" and "not json-serializable" in record["message"]
+
+
+NEEDS_BASE_EXCEPTION_SETTLED = pytest.mark.xfail(
+    strict=True,
+    reason="castor/worker.py run_claimed() (Worker.step(), eager .delay()) lets a BaseException "
+           "the task raised escape without settling the task, which stays running; castord's "
+           "_execute_safely() records it as failed. Needs run_claimed() to settle it, then re-raise.")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("eager", [False, True])
+@pytest.mark.parametrize("raised", [pytest.param(c, marks=NEEDS_BASE_EXCEPTION_SETTLED)
+                                    for c in (hostile.Hostile, GeneratorExit, KeyboardInterrupt)])
+def test_a_task_raising_a_base_exception_is_settled(db_path, eager, raised):
+    """step() and eager .delay() may pass a BaseException on (a Ctrl+C should stop the
+    caller), but never with the task left running."""
+    manager = castor.Manager(db_path, eager=eager)
+    try:
+        @manager.task(mode="process", name="base")
+        def base() -> None:
+            raise raised("from the task")
+
+        try:
+            if eager:
+                call(base.delay)
+            else:
+                base.delay()
+                call(castor.Worker(manager, mode="process").step)
+        except Escaped as escaped:
+            assert class_path(raised) in str(escaped)
+        [task] = manager.tasks()
+        assert task is not None and task.status() == "failed"
+        assert check_record(task.error)["type"] == class_path(raised)
+    finally:
+        manager.close()
