@@ -199,3 +199,30 @@ def test_a_task_raising_a_base_exception_is_settled(db_path, eager, raised):
         assert check_record(task.error)["type"] == class_path(raised)
     finally:
         manager.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, raises=Exception,
+                   reason="castord/admin.py render_list()/render_detail() pass the task's text to rich as "
+                          "markup: a message holding '[/]' raises MarkupError (castord tasks show/list crash). "
+                          "Needs rich.markup.escape() on every value but the status.")
+def test_castord_tasks_show_and_list_print_a_message_that_looks_like_markup(db_path):
+    import io
+
+    from rich.console import Console
+
+    from castord import admin
+
+    manager = castor.Manager(db_path, eager=True)
+    try:
+        boom, _ = register(manager, "process")
+        task = boom.delay("markup_message")
+        record = manager.store.get(task.id)
+        assert record is not None
+        out = io.StringIO()
+        console = Console(file=out, width=200, color_system=None)
+        console.print(admin.render_detail(admin.detail(record)))
+        console.print(admin.render_list([admin.summary(record)]))
+        assert out.getvalue().count("[/] [bold]not markup[/bold]") >= 2
+    finally:
+        manager.close()
