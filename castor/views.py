@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from castor.durations import from_epoch
+from castor.failures import safe_text
 from castor.serialization import get_serializer
 from castor.store import Query, TaskRecord
 
@@ -34,7 +35,7 @@ def json_exact(value: Any) -> bool:
     no objects (what a JSON-serialized result always is, and a pickled one may not be)."""
     try:
         return bool(json.loads(json.dumps(value, allow_nan=False)) == value)
-    except (TypeError, ValueError, RecursionError):
+    except Exception:  # noqa: BLE001 - also a pickled object's own __eq__ or items() raising
         return False
 
 
@@ -59,8 +60,9 @@ def decode(serializer: str, data: str | bytes | None) -> Decoded:
     try:
         value = get_serializer(serializer).loads(data)
     except Exception as exc:  # noqa: BLE001 - show what we can
-        return Decoded(None, f"<cannot decode: {exc}>")
-    return Decoded(value, None) if json_exact(value) else Decoded(None, repr(value))
+        return Decoded(None, f"<cannot decode: {safe_text(exc)}>")
+    # A pickled value's repr is its own code: it may raise, or be enormous.
+    return Decoded(value, None) if json_exact(value) else Decoded(None, safe_text(value, repr))
 
 
 def summary(record: TaskRecord) -> dict[str, Any]:

@@ -3,8 +3,12 @@ stopped and signalled at random; then every task must be finished, none lost,
 and every task that ran twice must have lost a worker to one of our kills.
 
     scripts/chaos [--duration 180] [--rate 40] [--seed N]
+    scripts/chaos --until-actions 8 --until-tasks 300 [--deadline 90]
 
-The short variant runs in the test suite (tests/process/test_chaos.py).
+The first runs for a fixed time. The second (the short variant the test suite runs,
+tests/process/test_chaos.py) runs until it has taken that many chaos actions and
+enqueued that many tasks, however long that takes on this machine, up to a deadline:
+a run that misses its goal by then is a failed run, never a quietly smaller one.
 
 Each task appends "start TOKEN PID" when it begins and "end TOKEN PID" when its
 body returns, to one file (O_APPEND writes of one short line do not interleave).
@@ -69,10 +73,34 @@ APP = textwrap.dedent('''
         return _work(token, seconds)
 ''')
 
-CASTORD_ARGS = ("--workers", "2", "--threads", "4", "--lease", "3", "--heartbeat-interval", "0.5",
-                "--heartbeat-timeout", "3", "--graceful-timeout", "5", "--log-format", "json")
+# Fast failure detection: a stopped child is noticed after 1.5 s of silence. castord
+# wants the lease at least 1.5 x (heartbeat timeout + interval + 2 s) = 5.6 s, so that a
+# live child's lease never runs out while the master is still deciding it is dead.
+CASTORD_ARGS = ("--workers", "2", "--threads", "4", "--lease", "6", "--heartbeat-interval", "0.25",
+                "--heartbeat-timeout", "1.5", "--graceful-timeout", "5", "--log-format", "json")
 ACTIONS = ("kill_child", "kill_child", "kill_child", "stop_child", "kill_master", "term", "hup", "ttin",
            "ttou")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """Run until at least this much happened (however long it takes), up to `deadline` s."""
+
+    actions: int = 8  # chaos actions taken (of any kind)
+    kills: int = 2  # of which SIGKILLs or SIGSTOPs of a child or the master
+    tasks: int = 300  # tasks enqueued
+    deadline: float = 90.0
+
+    def shortfall(self, report: Report, tasks: int) -> str | None:
+        """What is still missing, or None once the goal is reached."""
+        missing = []
+        if sum(report.actions.values()) < self.actions:
+            missing.append(f"actions {sum(report.actions.values())}/{self.actions}")
+        if report.kills < self.kills:
+            missing.append(f"kills {report.kills}/{self.kills}")
+        if tasks < self.tasks:
+            missing.append(f"tasks {tasks}/{self.tasks}")
+        return ", ".join(missing) or None
 
 
 @dataclass
@@ -85,16 +113,20 @@ class Report:
     duplicates: int = 0
     unexplained: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    load_s: float = 0.0  # of load and disruption
     settle_s: float = 0.0  # from the end of the load until every task had finished
+    goal_missed: str | None = None  # a goal run that reached its deadline first: what was missing
 
     @property
     def ok(self) -> bool:
-        return not self.lost and not self.unexplained
+        return not self.lost and not self.unexplained and self.goal_missed is None
 
     def line(self) -> str:
-        return (f"chaos: tasks={self.tasks} kills={self.kills} lost={len(self.lost)} "
+        missed = f" GOAL MISSED ({self.goal_missed})" if self.goal_missed else ""
+        return (f"chaos:{missed} tasks={self.tasks} kills={self.kills} lost={len(self.lost)} "
                 f"duplicates={self.duplicates} unexplained={len(self.unexplained)} "
-                f"failed_worker_lost={self.worker_lost_failures} wall={self.wall_s:.1f}s settle={self.settle_s:.1f}s "
+                f"failed_worker_lost={self.worker_lost_failures} wall={self.wall_s:.1f}s load={self.load_s:.1f}s "
+                f"settle={self.settle_s:.1f}s "
                 f"actions={json.dumps(self.actions, sort_keys=True)}")
 
 
@@ -171,16 +203,31 @@ class Chaos:
 
     # -- load -----------------------------------------------------------------------
 
-    def produce(self, until: float) -> None:
+    def produce(self, stop: threading.Event) -> None:
         kinds = [self.app.proc, self.app.proc_daemon, self.app.thread, self.app.thread_daemon]
         n = 0
-        while time.monotonic() < until:
+        while not stop.is_set():
             fn = kinds[n % len(kinds)]
             seconds = 2.0 if n % 97 == 0 else self.load_rng.uniform(0, 0.1)  # now and then a long one
             token = f"t{n}"
             self.tokens[token] = fn.delay(token, seconds).id
             n += 1
-            time.sleep(1 / self.rate)
+            stop.wait(1 / self.rate)
+
+    def disrupt(self, duration: float | None, goal: Goal | None, interval: tuple[float, float]) -> None:
+        """Act at random intervals: for `duration` seconds, or until `goal` is reached
+        (recording what was missing if its deadline comes first)."""
+        end = time.monotonic() + (goal.deadline if goal is not None else duration or 0.0)
+        while True:
+            if goal is not None and goal.shortfall(self.report, len(self.tokens)) is None:
+                return
+            if time.monotonic() >= end:
+                if goal is not None:
+                    self.report.goal_missed = (f"after {goal.deadline:g} s: "
+                                               f"{goal.shortfall(self.report, len(self.tokens))}")
+                return
+            time.sleep(self.rng.uniform(*interval))
+            self.act()
 
     # -- disruption -------------------------------------------------------------------
 
@@ -297,24 +344,36 @@ class Chaos:
         sys.path.remove(str(self.dir))
 
 
-def run(duration: float, rate: float = 40.0, seed: int | None = None, interval: tuple[float, float] = (0.5, 2.0),
-        workdir: Path | None = None, log=print) -> Report:  # noqa: ANN001
+def run(duration: float | None = None, rate: float = 40.0, seed: int | None = None,
+        interval: tuple[float, float] = (0.5, 2.0), workdir: Path | None = None, log=print,  # noqa: ANN001
+        goal: Goal | None = None) -> Report:
+    """Load and disruption for `duration` seconds, or until `goal` (see Goal); then
+    wait for every task to finish and judge. The report's `ok` is False if a task was
+    lost, a duplicate is unexplained, or the goal was not reached by its deadline."""
+    if (duration is None) == (goal is None):
+        raise ValueError("give run() either duration= or goal=")
     seed = random.randrange(1 << 30) if seed is None else seed
     own_dir = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="castor-chaos-")) if workdir is None else workdir
-    log(f"chaos: seed {seed}, {duration:g} s of load at {rate:g} tasks/s, in {workdir}")
+    what = (f"{duration:g} s of load" if goal is None else
+            f"load until {goal.actions} actions ({goal.kills} kills) and {goal.tasks} tasks, "
+            f"at most {goal.deadline:g} s")
+    log(f"chaos: seed {seed}, {what} at {rate:g} tasks/s, in {workdir}")
     chaos = Chaos(workdir, seed, rate, log)
     started = time.monotonic()
     try:
         chaos.start_master()
-        until = time.monotonic() + duration
-        producer = threading.Thread(target=chaos.produce, args=(until,), daemon=True)
+        load_started = time.monotonic()
+        stop = threading.Event()
+        producer = threading.Thread(target=chaos.produce, args=(stop,), daemon=True)
         producer.start()
-        while time.monotonic() < until:
-            time.sleep(chaos.rng.uniform(*interval))
-            chaos.act()
-        producer.join()
+        try:
+            chaos.disrupt(duration, goal, interval)
+        finally:
+            stop.set()
+            producer.join()
         load_ended = time.monotonic()
+        chaos.report.load_s = load_ended - load_started
         chaos.wait_finished(timeout=120)
         chaos.report.settle_s = time.monotonic() - load_ended
         chaos.report.wall_s = time.monotonic() - started
@@ -334,11 +393,29 @@ def run(duration: float, rate: float = 40.0, seed: int | None = None, interval: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=180, help="seconds of load and disruption")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds of load and disruption (default 180, unless --until-... is given)")
+    parser.add_argument("--until-actions", type=int, default=None, metavar="N",
+                        help="instead: run until N chaos actions were taken (and --until-tasks enqueued)")
+    parser.add_argument("--until-tasks", type=int, default=None, metavar="M")
+    parser.add_argument("--until-kills", type=int, default=None, metavar="K")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds a --until-... run may take before it counts as failed (default 90)")
     parser.add_argument("--rate", type=float, default=40, help="tasks enqueued per second")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
-    report = run(args.duration, args.rate, args.seed)
+    until = (args.until_actions, args.until_tasks, args.until_kills, args.deadline)
+    if any(v is not None for v in until):
+        if args.duration is not None:
+            parser.error("--duration runs for a fixed time; --until-... runs until a goal: give one or the other")
+        defaults = Goal()
+        goal = Goal(actions=defaults.actions if args.until_actions is None else args.until_actions,
+                    kills=0 if args.until_kills is None else args.until_kills,
+                    tasks=0 if args.until_tasks is None else args.until_tasks,
+                    deadline=defaults.deadline if args.deadline is None else args.deadline)
+        report = run(rate=args.rate, seed=args.seed, goal=goal)
+    else:
+        report = run(180 if args.duration is None else args.duration, args.rate, args.seed)
     sys.exit(0 if report.ok else 1)
 
 
