@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor.context import context_values
 from castor.errors import SerializationError, TaskCancelled, UnknownTaskError
-from castor.failures import describe, describe_message
+from castor.failures import class_name, describe, describe_message, safe_text
 from castor.retries import RetryPolicy
 from castor.serialization import get_serializer
 from castor.states import TaskStatus
@@ -99,9 +99,11 @@ def execute(
     try:
         encoded = serializer.dumps(value)
     except Exception as exc:  # noqa: BLE001
+        # The result's own code (items(), its class's name) ran in the encoder: it may
+        # have raised anything, and may raise again if asked to describe itself.
         error = SerializationError(
-            f"the result of {record.name} ({type(value).__name__}) is not "
-            f"{serializer.name}-serializable: {exc}"
+            f"the result of {record.name} ({class_name(type(value))}) is not "
+            f"{serializer.name}-serializable: {safe_text(exc)}"
         )
         return Outcome(TaskStatus.FAILED, error=describe(error), duration=duration)
     return Outcome(TaskStatus.SUCCESS, result=encoded, duration=duration)
@@ -110,7 +112,9 @@ def execute(
 def failure_outcome(record: TaskRecord, exc: BaseException, duration: float = 0.0) -> Outcome:
     """What a task's exception means: cancelled, retried later, or failed for good."""
     error = describe(exc)
-    if isinstance(exc, TaskCancelled):
+    # issubclass(type(...)), not isinstance: isinstance asks the object for its
+    # __class__, and a task's exception may refuse (or lie).
+    if issubclass(type(exc), TaskCancelled):
         return Outcome(TaskStatus.CANCELLED, error=error, duration=duration)
     retry_in = RetryPolicy.from_options(record.options).retry_in(exc, record.attempts)
     if retry_in is not None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 from typing import Any
 
 import structlog
+
+from castor.failures import class_path, format_traceback, safe_text
 
 # The process's role in log lines: client | process-worker | thread-host | master.
 _role = "client"
@@ -41,9 +42,11 @@ def structure_exception(_logger: Any, _name: str, event: dict[str, Any]) -> dict
         exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
     if isinstance(exc_info, tuple) and exc_info[0] is not None:
         exc_type, exc, tb = exc_info
-        event.setdefault("exc_type", f"{exc_type.__module__}.{exc_type.__qualname__}")
-        event.setdefault("exc_message", str(exc))
-        event["traceback"] = "".join(traceback.format_exception(exc_type, exc, tb))
+        # The exception may be a task's: its __str__ may raise, its chain be hostile
+        # (castor.failures never raises, and bounds the sizes).
+        event.setdefault("exc_type", class_path(exc_type))
+        event.setdefault("exc_message", safe_text(exc))
+        event["traceback"] = format_traceback(exc)
     return event
 
 

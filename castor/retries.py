@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from castor.errors import ConfigurationError, Retry, TaskCancelled, UnknownTaskError
+from castor.failures import class_path
 
 DEFAULT_DELAY = 1.0
 DEFAULT_BACKOFF = 2.0
@@ -20,7 +21,7 @@ _NEVER_RETRIED = (TaskCancelled, UnknownTaskError)
 
 
 def type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return class_path(cls)  # never raises, whatever the class's __module__ or metaclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +71,11 @@ class RetryPolicy:
     def retry_in(self, exc: BaseException, attempt: int,
                  rand: Callable[[], float] = random.random) -> float | None:
         """Seconds until the next attempt after `attempt` failed with `exc`; None: no retry."""
-        if isinstance(exc, _NEVER_RETRIED) or not isinstance(exc, Exception):
+        # issubclass(type(exc)): isinstance would ask the exception for its __class__.
+        cls = type(exc)
+        if issubclass(cls, _NEVER_RETRIED) or not issubclass(cls, Exception):
             return None
-        if isinstance(exc, Retry):
+        if issubclass(cls, Retry) and isinstance(exc, Retry):  # (isinstance for mypy: true by now)
             limit = exc.max_retries if exc.max_retries is not None else (
                 self.retries or DEFAULT_EXPLICIT_RETRIES)
             if attempt > limit:
@@ -87,7 +90,8 @@ class RetryPolicy:
     def _matches(self, exc: BaseException) -> bool:
         if not self.retry_on:
             return True
-        return any(type_name(cls) in self.retry_on for cls in type(exc).__mro__)
+        mro = type.__dict__["__mro__"].__get__(type(exc))  # past a metaclass that hides __mro__
+        return any(type_name(cls) in self.retry_on for cls in mro)
 
 
 _NO_RETRIES = RetryPolicy()

@@ -155,8 +155,17 @@ class Worker:
         )
 
     def run_claimed(self, record: TaskRecord) -> Outcome:
-        """Run a task this worker has claimed and write its outcome at once."""
-        outcome, settlement = self._execute(record)
+        """Run a task this worker has claimed and write its outcome at once.
+
+        A BaseException the task raised (KeyboardInterrupt, GeneratorExit, ...) is
+        recorded as its failure, then passed on to the caller.
+        """
+        try:
+            outcome, settlement = self._execute(record)
+        except BaseException as exc:
+            settlement = settlement_for(self.manager, record, failure_outcome(record, exc), self.owner, time.time())
+            self._settled(settlement, self.store.settle_one(settlement))
+            raise
         accepted = self.store.settle_one(settlement)
         self._settled(settlement, accepted)
         return outcome

@@ -33,6 +33,7 @@ _STATUS_STYLE = {"pending": "yellow", "running": "cyan", "success": "green", "fa
 
 
 def render_list(rows: list[dict[str, Any]]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_edge=False, header_style="bold")
@@ -40,24 +41,28 @@ def render_list(rows: list[dict[str, Any]]) -> Any:
         table.add_column(column, overflow="fold")
     for row in rows:
         style = _STATUS_STYLE.get(row["status"], "")
-        table.add_row(row["id"], row["name"], row["queue"], f"[{style}]{row['status']}[/]",
+        # Names and error messages are the application's text: "[/]" in them is not markup.
+        table.add_row(escape(row["id"]), escape(row["name"]), escape(row["queue"]), f"[{style}]{row['status']}[/]",
                       str(row["attempts"]), _short(row["enqueued_at"]), _short(row["finished_at"]),
-                      row["error"] or "")
+                      escape(row["error"] or ""))
     return table
 
 
 def render_detail(task: dict[str, Any]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_header=False, show_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     for key, value in task.items():
+        if key == "status":
+            table.add_row(key, f"[{_STATUS_STYLE.get(value, '')}]{value}[/]")
+            continue
         if key == "error" and value:
             value = f"{value.get('type')}: {value.get('message')}\n{value.get('traceback') or ''}".rstrip()
-        elif key == "status":
-            value = f"[{_STATUS_STYLE.get(value, '')}]{value}[/]"
-        table.add_row(key, "" if value is None else str(value))
+        # The task's own text (arguments, result, error): "[/]" in it is not markup.
+        table.add_row(key, "" if value is None else escape(str(value)))
     return table
 
 

@@ -33,24 +33,6 @@ def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 MODES = ["process", "thread"]
 KINDS = sorted(hostile.KINDS)
 
-# Kinds that still escape until a change outside castor/failures.py lands (see
-# the report of this change, and docs in the xfail reasons).
-NEEDS_TYPE_CHECKS = pytest.mark.xfail(
-    strict=True, raises=Escaped,
-    reason="castor/execution.py failure_outcome() and castor/retries.py retry_in() test the exception "
-           "with isinstance(), which asks the exception for its __class__; GetattrHostile refuses. "
-           "Needs issubclass(type(exc), ...) there.")
-NEEDS_SAFE_RETRY_ON = pytest.mark.xfail(
-    strict=True, raises=Escaped,
-    reason="castor/retries.py _matches() formats each class of type(exc).__mro__ with "
-           "f'{cls.__module__}.{cls.__qualname__}' (and reads __mro__ through the metaclass). "
-           "Needs castor.failures.class_path() and type.__dict__['__mro__'] there.")
-
-
-def kind_params(xfails: dict[str, Any]) -> list[Any]:
-    return [pytest.param(kind, marks=xfails[kind]) if kind in xfails else kind for kind in KINDS]
-
-
 def register(manager: castor.Manager, mode: str, **options: Any) -> tuple[Any, Any]:
     @manager.task(mode=mode, name=f"boom_{mode}", **options)
     def boom(kind: str) -> None:
@@ -80,7 +62,7 @@ def check_failed(task: castor.Task[Any], kind: str, attempts: int = 1) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", kind_params({"getattr_hostile": NEEDS_TYPE_CHECKS}))
+@pytest.mark.parametrize("kind", KINDS)
 def test_worker_step_fails_the_task_and_goes_on(manager, mode, kind):
     boom, double = register(manager, mode)
     task = boom.delay(kind)
@@ -94,7 +76,7 @@ def test_worker_step_fails_the_task_and_goes_on(manager, mode, kind):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", kind_params({"getattr_hostile": NEEDS_TYPE_CHECKS}))
+@pytest.mark.parametrize("kind", KINDS)
 def test_eager_delay_fails_the_task_and_goes_on(db_path, mode, kind):
     manager = castor.Manager(db_path, eager=True)
     try:
@@ -111,8 +93,7 @@ RETRIED = ["str_raises", "str_not_a_string", "args_raise", "weird_module_object"
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=NEEDS_TYPE_CHECKS) if k == "getattr_hostile" else k
-                                  for k in RETRIED])
+@pytest.mark.parametrize("kind", RETRIED)
 def test_every_attempt_of_a_retried_task_is_recorded(db_path, kind):
     manager = castor.Manager(db_path, eager=True)  # eager runs the retries at once
     try:
@@ -127,9 +108,7 @@ def test_every_attempt_of_a_retried_task_is_recorded(db_path, kind):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", [
-    pytest.param(k, marks=NEEDS_TYPE_CHECKS if k == "getattr_hostile" else NEEDS_SAFE_RETRY_ON)
-    if k in ("getattr_hostile", "weird_module_object", "meta_hostile") else k for k in RETRIED])
+@pytest.mark.parametrize("kind", RETRIED)
 def test_retry_on_matches_a_hostile_exception(manager, kind):
     boom, double = register(manager, "thread", retries=1, retry_on=(ValueError,), retry_delay=0)
     task = boom.delay(kind)
@@ -143,16 +122,9 @@ def test_retry_on_matches_a_hostile_exception(manager, kind):
     assert worker.step() and after.join(timeout=5) == 2
 
 
-NEEDS_SAFE_RESULT_ERROR = pytest.mark.xfail(
-    strict=True, raises=Escaped,
-    reason="castor/execution.py execute() builds the SerializationError for an unserializable result "
-           "with f'{type(value).__name__}' and f'{exc}'; both run the result's own code. Needs "
-           "castor.failures.class_name() and safe_text() there.")
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("result", [pytest.param(r, marks=NEEDS_SAFE_RESULT_ERROR) for r in sorted(hostile.RESULTS)])
+@pytest.mark.parametrize("result", sorted(hostile.RESULTS))
 def test_a_result_that_fights_serialization_fails_the_task(manager, mode, result):
     @manager.task(mode=mode, name=f"returns_{mode}")
     def returns(which: str) -> object:
@@ -166,17 +138,9 @@ def test_a_result_that_fights_serialization_fails_the_task(manager, mode, result
     assert record["type"] == "castor.errors.SerializationError" and "not json-serializable" in record["message"]
 
 
-NEEDS_BASE_EXCEPTION_SETTLED = pytest.mark.xfail(
-    strict=True,
-    reason="castor/worker.py run_claimed() (Worker.step(), eager .delay()) lets a BaseException "
-           "the task raised escape without settling the task, which stays running; castord's "
-           "_execute_safely() records it as failed. Needs run_claimed() to settle it, then re-raise.")
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("eager", [False, True])
-@pytest.mark.parametrize("raised", [pytest.param(c, marks=NEEDS_BASE_EXCEPTION_SETTLED)
-                                    for c in (hostile.Hostile, GeneratorExit, KeyboardInterrupt)])
+@pytest.mark.parametrize("raised", [hostile.Hostile, GeneratorExit, KeyboardInterrupt])
 def test_a_task_raising_a_base_exception_is_settled(db_path, eager, raised):
     """step() and eager .delay() may pass a BaseException on (a Ctrl+C should stop the
     caller), but never with the task left running."""
@@ -202,10 +166,6 @@ def test_a_task_raising_a_base_exception_is_settled(db_path, eager, raised):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="castord/admin.py render_list()/render_detail() pass the task's text to rich as "
-                          "markup: a message holding '[/]' raises MarkupError (castord tasks show/list crash). "
-                          "Needs rich.markup.escape() on every value but the status.")
 def test_castord_tasks_show_and_list_print_a_message_that_looks_like_markup(db_path):
     import io
 
