@@ -103,7 +103,8 @@ def stats(manager: Manager) -> dict[str, Any]:
         "counts": {str(k): v for k, v in store.counts_by_status().items()},
         "queue_depth": store.pending_by_queue(),
         "scheduled": queues["scheduled"],
-        "oldest_due_wait_s": None if oldest is None else round(now - oldest, 3),
+        # Never negative: after a step back of the wall clock a due task's eta may be "ahead".
+        "oldest_due_wait_s": None if oldest is None else round(max(0.0, now - oldest), 3),
         "failed_by_name": queues["failed_by_name"],
         "dirty": store.count(Query(dirty=True)),
     }
@@ -111,7 +112,8 @@ def stats(manager: Manager) -> dict[str, Any]:
 
 def live_daemons(manager: Manager, *, now: float | None = None) -> list[dict[str, Any]]:
     """The castords (any host) whose heartbeat row is fresh: running, or just stopped."""
-    now = time.time() if now is None else now
+    if now is None:  # the store's own measure: on the boot clock, so no wall-clock step fools it
+        return [row for row in manager.store.daemons() if row["heartbeat_age"] <= DAEMON_STALE_SECONDS]
     return [row for row in manager.store.daemons() if now - row["heartbeat_at"] <= DAEMON_STALE_SECONDS]
 
 
