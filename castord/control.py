@@ -77,8 +77,21 @@ def _read_sidecar(pidfile: str) -> tuple[dict[str, Any], list[str]]:
     try:
         meta = json.loads(text)
     except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
         return {}, [f"ignoring {path}: it is not the JSON castord writes"]
-    return (meta, []) if isinstance(meta, dict) else ({}, [f"ignoring {path}: it is not the JSON castord writes"])
+    db_path = meta.get("db_path")
+    if st.st_uid not in (0, os.geteuid()) and isinstance(db_path, str):
+        # Opening a database migrates it: only one its writer could have written anyway.
+        try:
+            db_owner = os.stat(db_path).st_uid
+        except OSError:
+            db_owner = st.st_uid  # missing: status says so, and never creates it
+        if db_owner != st.st_uid:
+            return {**meta, "db_path": None}, [
+                f"ignoring the database {path} names, {db_path}: the sidecar's owner (uid {st.st_uid}) "
+                f"does not own it (uid {db_owner})"]
+    return meta, []
 
 
 def find(app: str | None, pidfile: str | None) -> Target:

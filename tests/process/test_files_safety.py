@@ -10,8 +10,10 @@ castord creates is owner-only under its --umask, whatever umask it inherits.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -238,3 +240,32 @@ def test_a_pidfile_naming_pid_0_is_no_castord(app_dir):
                                 capture_output=True, text=True, timeout=30,
                                 start_new_session=True)  # its own group: all it could kill is itself
         assert result.returncode == code and "castord is not running" in result.stdout, result
+
+
+@pytest.mark.timeout(60)
+def test_status_does_not_open_a_database_named_by_another_users_sidecar(app_dir):
+    """A pidfile and sidecar another user wrote (naming their own process) must not make
+    `castord status` open, and so migrate, a database that user does not own."""
+    if os.geteuid() != 0:
+        pytest.skip("files and a process of another user need root")
+    theirs = subprocess.Popen(["sleep", "60"], user=NOBODY, start_new_session=True)
+    try:
+        ours = app_dir / "ours.db"
+        conn = sqlite3.connect(ours)
+        conn.execute("CREATE TABLE mine (n INTEGER)")
+        conn.close()
+        before = ours.read_bytes()
+        pidfile = app_dir / "castord.pid"
+        pidfile.write_text(f"{theirs.pid}\n")
+        Path(f"{pidfile}.json").write_text(json.dumps({"pid": theirs.pid, "app": "x:y", "db_path": str(ours)}))
+        for path in (pidfile, Path(f"{pidfile}.json")):
+            os.chown(path, NOBODY, NOBODY)
+        result = run_cli(app_dir, "status", "--pidfile", str(pidfile), "--json", timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        report = json.loads(result.stdout)
+        assert report["running"] and "database" not in report
+        assert any(f"the sidecar's owner (uid {NOBODY}) does not own it (uid 0)" in w for w in report["warnings"]), report
+        assert ours.read_bytes() == before and not Path(f"{ours}-wal").exists()
+    finally:
+        theirs.kill()
+        theirs.wait(timeout=10)
