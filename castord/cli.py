@@ -130,6 +130,9 @@ def start(app: str, **opts: Any) -> None:
     if opts.get("detach") and not opts.get("pidfile"):
         opts["pidfile"] = os.path.abspath("castord.pid")
     config = build_config(app, **opts)
+    if config.detach and config.log_file is None:
+        click.echo("castord: warning: --detach without --log-file: the detached castord's log goes to "
+                   "/dev/null; give --log-file", err=True)
     from castord.daemon import run_daemon
 
     sys.exit(run_daemon(config))

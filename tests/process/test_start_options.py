@@ -62,3 +62,11 @@ def test_the_environment_and_the_castor_command_check_the_lease_too(tmp_path):
     assert outcome(result) == 3
     result = run(tmp_path, CASTORD, "start", NO_APP, "--workers", "1", env={"CASTORD_UMASK": "99"})
     assert outcome(result) == 2 and "--umask must be an octal number" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_detach_without_a_log_file_warns_that_the_log_goes_nowhere(tmp_path):
+    result = run(tmp_path, CASTORD, "start", NO_APP, "--detach", "--pidfile", str(tmp_path / "x.pid"))
+    assert outcome(result) == 3
+    assert ("castord: warning: --detach without --log-file: the detached castord's log goes to "
+            "/dev/null; give --log-file") in result.stderr
