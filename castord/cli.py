@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from castord.config import Config, default_workers
+from castord.config import DEFAULT_UMASK, Config, default_workers, parse_umask
 from castord.errors import CastordError, ExitCode, StatusCode
 
 LOG_FORMATS = ("auto", "json", "console")
@@ -23,6 +23,18 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 def _env(name: str) -> str:
     return f"CASTORD_{name}"
+
+
+class _Umask(click.ParamType):
+    name = "octal"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_umask(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def _target_options(fn: Any) -> Any:
@@ -73,6 +85,10 @@ def _start_options(fn: Any) -> Any:
         click.option("--capture-output", is_flag=True, default=False, envvar=_env("CAPTURE_OUTPUT"),
                      help="Send stdout/stderr of castord and its children (task code's print()) "
                           "to --log-file."),
+        click.option("--umask", type=_Umask(), default=f"{DEFAULT_UMASK:03o}", show_default=True,
+                     envvar=_env("UMASK"),
+                     help="Octal umask castord and its children run with: what they create (a new "
+                          "database and its -wal/-shm, the pidfile, logs) is owner-only by default."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -96,6 +112,7 @@ def build_config(app: str, **opts: Any) -> Config:
             lease=opts.get("lease") or 30.0,
             metrics_port=opts.get("metrics_port"), metrics_host=opts.get("metrics_host") or "127.0.0.1",
             capture_output=bool(opts.get("capture_output")), dashboard=bool(opts.get("dashboard")),
+            umask=DEFAULT_UMASK if opts.get("umask") is None else opts["umask"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -113,6 +130,9 @@ def start(app: str, **opts: Any) -> None:
     if opts.get("detach") and not opts.get("pidfile"):
         opts["pidfile"] = os.path.abspath("castord.pid")
     config = build_config(app, **opts)
+    if config.detach and config.log_file is None:
+        click.echo("castord: warning: --detach without --log-file: the detached castord's log goes to "
+                   "/dev/null; give --log-file", err=True)
     from castord.daemon import run_daemon
 
     sys.exit(run_daemon(config))
@@ -150,7 +170,8 @@ def status(app: str | None, pidfile: str | None, as_json: bool) -> None:
     try:
         report = control.status_report(target)
     except Exception as exc:  # noqa: BLE001 - status must answer even with a sick database
-        report = {"running": target.pid is not None, "pid": target.pid, "error": str(exc)}
+        report = {"running": target.pid is not None, "pid": target.pid, "app": target.app,
+                  "warnings": [*target.warnings, f"cannot read castord's database: {exc}"]}
     click.echo(json.dumps(report, indent=2) if as_json else control.render(report))
     sys.exit(StatusCode.RUNNING if report["running"] else StatusCode.NOT_RUNNING)
 

@@ -1,4 +1,10 @@
-"""The client side of `castord stop / status / reload`: find a castord, signal it, report."""
+"""The client side of `castord stop / status / reload`: find a castord, signal it, report.
+
+A castord is found by its process first (its pidfile, or its title and open files
+in /proc) and described from its database second: a master that is alive is
+"running" even when its database was deleted, replaced or locked under it; what
+the database cannot tell is said in `warnings`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,14 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from castor.states import TaskStatus
 from castor.store import Query, TaskRecord, open_store
 from castor.views import DAEMON_STALE_SECONDS
 from castord.errors import CastordError, ExitCode
+from castord.files import UnsafePathError, read_regular, replace_atomically
 from castord.pidfile import pid_alive, read_pid
 
 # A master whose database heartbeat is older than this is considered gone (the HTTP
@@ -20,6 +27,8 @@ from castord.pidfile import pid_alive, read_pid
 STALE_SECONDS = DAEMON_STALE_SECONDS
 # `castord status` lists at most this many running tasks (newest first).
 RUNNING_SHOWN = 50
+# How long `castord status` waits for another program's write lock on the database.
+STATUS_LOCK_SECONDS = 2.0
 
 
 @dataclass
@@ -29,6 +38,7 @@ class Target:
     pid: int | None
     db_path: str | None
     app: str | None
+    warnings: list[str] = field(default_factory=list)
 
 
 def sidecar_path(pidfile: str) -> str:
@@ -36,11 +46,11 @@ def sidecar_path(pidfile: str) -> str:
 
 
 def write_sidecar(pidfile: str, *, app: str, db_path: str) -> None:
-    """Beside the pidfile: what `status --pidfile` needs to find the database."""
-    tmp = sidecar_path(pidfile) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"pid": os.getpid(), "app": app, "db_path": db_path}, f)
-    os.replace(tmp, sidecar_path(pidfile))
+    """Beside the pidfile: what `status --pidfile` needs to find the database. Written
+    to a fresh randomly named file and renamed into place: a link planted at either
+    name is replaced, never written through."""
+    data = json.dumps({"pid": os.getpid(), "app": app, "db_path": db_path}).encode()
+    replace_atomically(sidecar_path(pidfile), data)
 
 
 def remove_sidecar(pidfile: str) -> None:
@@ -50,28 +60,101 @@ def remove_sidecar(pidfile: str) -> None:
         pass
 
 
+def _read_sidecar(pidfile: str) -> tuple[dict[str, Any], list[str]]:
+    """The sidecar's content if it can be trusted as much as the pidfile, and why not."""
+    path = sidecar_path(pidfile)
+    try:
+        text, st = read_regular(path, "pidfile sidecar")
+        owner = os.lstat(pidfile).st_uid
+    except FileNotFoundError:
+        return {}, []
+    except UnsafePathError as exc:
+        return {}, [str(exc)]
+    except OSError as exc:
+        return {}, [f"cannot read {path}: {exc.strerror}"]
+    if st.st_uid not in (0, os.geteuid(), owner):
+        return {}, [f"ignoring {path}: it belongs to uid {st.st_uid}, not to the pidfile's owner (uid {owner})"]
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        return {}, [f"ignoring {path}: it is not the JSON castord writes"]
+    db_path = meta.get("db_path")
+    if st.st_uid not in (0, os.geteuid()) and isinstance(db_path, str):
+        # Opening a database migrates it: only one its writer could have written anyway.
+        try:
+            db_owner = os.stat(db_path).st_uid
+        except OSError:
+            db_owner = st.st_uid  # missing: status says so, and never creates it
+        if db_owner != st.st_uid:
+            return {**meta, "db_path": None}, [
+                f"ignoring the database {path} names, {db_path}: the sidecar's owner (uid {st.st_uid}) "
+                f"does not own it (uid {db_owner})"]
+    return meta, []
+
+
 def find(app: str | None, pidfile: str | None) -> Target:
-    """Locate a running castord from a pidfile, or from APP's database heartbeat rows."""
+    """Locate a running castord from a pidfile, or from APP: its database heartbeat
+    rows, else a master for APP that holds APP's database open."""
     if pidfile:
         pid = read_pid(pidfile)
-        meta: dict[str, Any] = {}
-        try:
-            with open(sidecar_path(pidfile)) as f:
-                meta = json.load(f)
-        except (OSError, ValueError):
-            pass
+        meta, warnings = _read_sidecar(pidfile)
         alive = pid is not None and pid_alive(pid)
-        return Target(pid if alive else None, meta.get("db_path"), meta.get("app") or app)
+        return Target(pid if alive else None, meta.get("db_path"), meta.get("app") or app, warnings)
     if not app:
         raise CastordError("name the castord: give APP or --pidfile", ExitCode.USAGE)
     from castor.app import load_manager
 
     manager = load_manager(app)
+    warnings = []
     try:
-        row = _live_row(manager.store.daemons(), app)
+        rows = manager.store.daemons()
+    except Exception as exc:  # noqa: BLE001 - a sick database must not hide a live master
+        rows = []
+        warnings.append(f"cannot read castord's heartbeat rows in {manager.path}: {exc}")
     finally:
         manager.close()
-    return Target(row["pid"] if row else None, manager.path, app)
+    row = _live_row(rows, app)
+    if row is not None:
+        return Target(row["pid"], manager.path, app, warnings)
+    masters = masters_using(manager.path, app)
+    return Target(masters[0] if masters else None, manager.path, app, warnings)
+
+
+def masters_using(db_path: str, app: str) -> list[int]:
+    """Live castord masters for `app` on this host that hold `db_path` open, found in
+    /proc by their process title and their open files: so also when the file was
+    deleted or replaced under them, or their heartbeat rows are stale (a long foreign
+    lock). Processes of other users are seen only by root."""
+    real = os.path.realpath(db_path)
+    wanted = {real, f"{real} (deleted)"}
+    title = f"castord: master {app} [".encode()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if not f.read().startswith(title):
+                    continue
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if any(_readlink(f"/proc/{entry}/fd/{fd}") in wanted for fd in fds) and pid_alive(int(entry)):
+                found.append(int(entry))
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
 
 def _live_row(rows: list[dict[str, Any]], app: str | None) -> dict[str, Any] | None:
@@ -102,27 +185,58 @@ def signal_and_wait(pid: int, signum: int, timeout: float) -> bool:
 
 
 def status_report(target: Target) -> dict[str, Any]:
-    """Everything `castord status` shows, as data."""
-    report: dict[str, Any] = {"running": target.pid is not None, "pid": target.pid, "app": target.app}
-    if target.db_path is None:
+    """Everything `castord status` shows, as data. `running` comes from the process
+    alone; the database adds details, and `warnings` says what it could not add."""
+    report: dict[str, Any] = {"running": target.pid is not None, "pid": target.pid, "app": target.app,
+                              "warnings": list(target.warnings)}
+    db_path = target.db_path
+    if db_path is None:
+        if target.pid is not None:
+            report["warnings"].append(
+                f"castord pid {target.pid} runs, but its pidfile's sidecar does not say which database "
+                "it uses; give APP instead of --pidfile to see its tasks")
         return report
-    store = open_store(target.db_path)
+    report["database"] = db_path
+    if not os.path.exists(db_path):  # never create one: opening would
+        if target.pid is not None:
+            report["warnings"].append(
+                f"database {db_path} is missing: deleted or moved while castord pid {target.pid} runs, "
+                "which still uses the file it opened (its tasks and heartbeats go there, out of reach); "
+                "restart castord to use a new file")
+        return report
+    try:
+        _add_database_details(report, target, db_path)
+    except Exception as exc:  # noqa: BLE001 - status must answer even with a sick database
+        report["warnings"].append(f"cannot read database {db_path}: {exc}")
+    return report
+
+
+def _add_database_details(report: dict[str, Any], target: Target, db_path: str) -> None:
+    store = open_store(db_path, lock_timeout=STATUS_LOCK_SECONDS)
     try:
         rows = store.daemons()
         row = next((r for r in rows if r["pid"] == target.pid and r["host"] == socket.gethostname()), None)
         if row is not None and target.pid is not None:
-            report["uptime_s"] = round(time.time() - row["started_at"], 1)
-            report["heartbeat_age_s"] = round(time.time() - row["heartbeat_at"], 1)
+            now = time.time()
+            report["uptime_s"] = round(now - row["started_at"], 1)
+            report["heartbeat_age_s"] = round(now - row["heartbeat_at"], 1)
             report.update({k: row["info"].get(k) for k in ("state", "workers", "threads", "queues", "children")})
+            if now - row["heartbeat_at"] > STALE_SECONDS:
+                report["warnings"].append(
+                    f"castord pid {target.pid} last wrote its heartbeat row in {db_path} "
+                    f"{now - row['heartbeat_at']:.0f} s ago: it cannot write to the file (locked by another "
+                    "program, full, read-only?) or its main loop is stuck; the details shown are that old")
+        elif target.pid is not None:
+            report["warnings"].append(
+                f"no heartbeat row for castord pid {target.pid} in {db_path}: the file was replaced under it, "
+                "or castord cannot write to it; what follows is the file's content, not necessarily castord's")
         report["schedules"] = _schedules(store.schedules(), (row or {}).get("info", {}).get("schedules") or {})
         report["running_tasks"] = [_running(r) for r in store.list(
             Query(status=TaskStatus.RUNNING), limit=RUNNING_SHOWN)]
         report["queue_depth"] = store.pending_by_queue()
         report["counts"] = {str(k): v for k, v in store.counts_by_status().items()}
-        report["database"] = target.db_path
     finally:
         store.close()
-    return report
 
 
 def _running(record: TaskRecord) -> dict[str, Any]:
@@ -155,10 +269,13 @@ def render(report: dict[str, Any]) -> str:
     """The human form of status_report()."""
     lines = []
     if report["running"]:
-        lines.append(f"castord is running: pid {report['pid']}, app {report.get('app')}, "
-                     f"state {report.get('state', '?')}, up {report.get('uptime_s', '?')} s")
+        head = f"castord is running: pid {report['pid']}, app {report.get('app')}"
+        if report.get("state") is not None:
+            head += f", state {report['state']}, up {report.get('uptime_s', '?')} s"
+        lines.append(head)
     else:
         lines.append("castord is not running")
+    lines.extend(f"warning: {w}" for w in report.get("warnings") or [])
     for child in report.get("children") or []:
         running = child.get("running") or []
         doing = ", ".join(f"{t['name']} {t['id'][-8:]}" for t in running) or "idle"

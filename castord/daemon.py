@@ -14,6 +14,14 @@ from castord.errors import CastordError, ExitCode
 
 
 def run_daemon(config: Config) -> int:
+    # Before anything is created (log file, database, pidfile) and before the fork
+    # server and the children start, so that all of them inherit it.
+    os.umask(config.umask)
+    try:  # refused here, the message still reaches the terminal of `start --detach`
+        _check_paths(config)
+    except CastordError as exc:
+        print(f"castord: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
     ready_fd = _detach(config) if config.detach else None
     from castord.logging import configure
 
@@ -88,6 +96,22 @@ def run_daemon(config: Config) -> int:
             remove_sidecar(pidfile.path)
             pidfile.release()
     return _report(ready_fd, code)
+
+
+def _check_paths(config: Config) -> None:
+    """Refuse, before APP is loaded, a pidfile directory another user could swap the
+    pidfile in, and a log file that is a link, not a file, or has other names; create
+    the log file (owner-only under the umask) if it is missing."""
+    from castord.files import open_append
+    from castord.pidfile import Pidfile
+
+    if config.pidfile is not None:
+        Pidfile(config.pidfile).check_directory()
+    if config.log_file is not None:
+        try:
+            open_append(config.log_file).close()
+        except OSError as exc:
+            raise CastordError(f"cannot open log file {config.log_file}: {exc.strerror}", ExitCode.USAGE) from exc
 
 
 def _report(ready_fd: int | None, code: int) -> int:

@@ -234,12 +234,15 @@ def test_sigkill_the_master_under_load_then_restart(daemons, app_dir):
     import testapp
 
     tasks = testapp.add.map([(i, i) for i in range(300)]) + testapp.tadd.map([(i, 1) for i in range(300)])
-    d = daemons().start("--workers", "2", "--lease", "2")
+    # A short lease, so the killed master's claims expire soon (6 s: the shortest
+    # castord takes with these heartbeat settings).
+    short_lease = ("--lease", "6", "--heartbeat-interval", "0.5", "--heartbeat-timeout", "1.5")
+    d = daemons().start("--workers", "2", *short_lease)
     d.wait_note("READY=1")
     wait_until(lambda: testapp.manager.count("success") >= 50, 20, "some tasks to finish")
     d.signal(signal.SIGKILL)
     d.wait_exit(10)
-    d2 = daemons("castord2").start("--workers", "2", "--lease", "2")
+    d2 = daemons("castord2").start("--workers", "2", *short_lease)
     d2.wait_note("READY=1")
     assert [t.join(timeout=30) for t in tasks[:300]] == [2 * i for i in range(300)]
     assert [t.join(timeout=30) for t in tasks[300:]] == [i + 1 for i in range(300)]

@@ -55,3 +55,9 @@ def test_systemd_analyze_verify(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+@pytest.mark.parametrize("name", ["castord@.service", "castord-example.service"])
+def test_units_create_owner_only_files(name):
+    service = parse(UNITS / name)["Service"]
+    assert service["UMask"] == "0077"
