@@ -7,6 +7,7 @@ worker processes). Production deployments use castord, which supervises many.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -18,13 +19,24 @@ from castor.periodic import Scheduler
 from castor.worker import Worker
 
 
+def _lease(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lease must be a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        # inf: a crashed worker's tasks would never run again; a tiny one: renewals spin.
+        raise argparse.ArgumentTypeError(f"--lease must be a finite number of seconds, at least 1, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m castor", description=__doc__)
     parser.add_argument("app", help="module.path:variable naming a castor.Manager")
     parser.add_argument("--mode", choices=["process", "thread"], default="process")
     parser.add_argument("--threads", type=int, default=4, help="pool size for --mode thread")
     parser.add_argument("--queues", default=None, help="comma-separated queues to serve (default: all)")
-    parser.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
+    parser.add_argument("--lease", type=_lease, default=30.0, help="lease seconds (default 30)")
     parser.add_argument("--no-periodic", action="store_true",
                         help="do not fire @manager.periodic schedules from this process")
     args = parser.parse_args(argv)

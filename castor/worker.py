@@ -8,6 +8,7 @@ one claim → run → settle, for tests and for callers that own their loop.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -90,6 +91,9 @@ class Worker:
         seconds = to_seconds(lease, "lease")
         if not seconds:
             raise ConfigurationError(f"lease must be more than 0 seconds, not {lease!r}")
+        if not math.isfinite(seconds):
+            # A lease that never runs out: a crashed worker's tasks would never run again.
+            raise ConfigurationError(f"lease must be a finite number of seconds, not {lease!r}")
         self.lease: float = seconds
         self._owner = owner
         # An explicit owner is kept (until a fork); otherwise one is made on first use.

@@ -13,7 +13,9 @@ from typing import IO, Any
 
 import structlog
 
-from castor.logs import SHARED_PROCESSORS, set_role
+from castor.logs import SHARED_PROCESSORS, get_logger, set_role
+from castord.errors import CastordError
+from castord.files import open_append
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -29,7 +31,13 @@ class LogSink:
     def reopen(self) -> None:
         if self.log_file is None:
             return
-        new_stream = open(self.log_file, "a", buffering=1)  # noqa: SIM115 - owned by the handler
+        try:
+            new_stream = open_append(self.log_file)
+        except (CastordError, OSError) as exc:  # a link planted after rotation, a full disk...
+            # Keep writing to the stream we have, and say so there.
+            get_logger("castord.logging").error("castord.log_reopen_failed", log_file=self.log_file,
+                                                error=str(exc))
+            return
         old = self.handler.setStream(new_stream)
         if old is not None and old not in (sys.stdout, sys.stderr):
             old.close()
@@ -57,7 +65,7 @@ class LogSink:
 
 def configure(role: str, *, fmt: str = "auto", level: str = "info", log_file: str | None = None) -> LogSink:
     set_role(role)
-    stream: IO[str] = open(log_file, "a", buffering=1) if log_file else sys.stdout  # noqa: SIM115
+    stream: IO[str] = open_append(log_file) if log_file else sys.stdout
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (

@@ -279,6 +279,7 @@ class SQLiteStore(Store):
         self._checkpointer: sqlite3.Connection | None = None
         self._closed = False
         self._held_for_fork = False
+        self._opened = False  # True once a connection opened the file
         _STORES.add(self)
         try:
             with self._locked() as conn:
@@ -346,6 +347,12 @@ class SQLiteStore(Store):
         directory = os.path.dirname(self.path)
         if not os.path.isdir(directory):
             raise StoreError(f"cannot open {self.path}: directory {directory} does not exist")
+        if self._opened and not os.path.exists(self.path):
+            # Deleted or moved while we used it: a fresh empty file here would split
+            # the workers across two databases, and hide every task in the old one.
+            raise StoreError(f"{self.path} was deleted or moved while castor used it; castor will not "
+                             "create an empty one in its place. Restore the file, or restart the "
+                             "program to start afresh")
         _create_private(self.path)
         try:
             conn = sqlite3.connect(
@@ -359,6 +366,7 @@ class SQLiteStore(Store):
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(_explain_open_error(self.path, exc)) from exc
+        self._opened = True
         return conn
 
     def _configure(self, conn: sqlite3.Connection) -> None:

@@ -295,3 +295,19 @@ def test_the_database_is_owner_only_even_under_a_permissive_umask(tmp_path, firs
             db.close()
     finally:
         os.umask(old)
+
+
+def test_a_database_deleted_under_the_store_is_not_recreated_empty(db_path):
+    store = open_store(db_path)
+    try:
+        store.enqueue([new("a")])
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(db_path + suffix):
+                os.unlink(db_path + suffix)
+        store._conn.close()  # noqa: SLF001 - as in a forked child: a new connection next
+        store._forget_inherited()  # noqa: SLF001
+        with pytest.raises(castor.StoreError, match="was deleted or moved while castor used it"):
+            store.enqueue([new("b")])
+        assert not os.path.exists(db_path)
+    finally:
+        store.close()

@@ -461,6 +461,16 @@ def test_a_database_that_stops_taking_writes_stops_python_m_castor_with_1(bad_ap
     assert_intact(db_path, before)
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("lease", ["inf", "nan", "0.5"])
+def test_python_m_castor_refuses_a_lease_that_never_ends_or_spins(bad_app, db_path, lease):
+    before = seed(db_path)
+    result = run(bad_app, sys.executable, "-m", "castor", "badapp:manager", "--lease", lease)
+    assert result.returncode == 2
+    assert f"--lease must be a finite number of seconds, at least 1, not {lease}" in result.stdout + result.stderr
+    assert_intact(db_path, before)
+
+
 # -- a long write transaction in another program -------------------------------------
 
 LOCKER = '''
@@ -710,11 +720,12 @@ def test_options_from_the_environment_and_the_castor_command_exit_2(bad_app):
      "double.apply_async: queue must be a non-empty string, not ''"),
     (lambda m: castor.Worker(m, lease=0), "lease must be more than 0 seconds, not 0"),
     (lambda m: castor.Worker(m, lease=-1), "lease must be zero or more seconds, got -1"),
+    (lambda m: castor.Worker(m, lease=float("inf")), "lease must be a finite number of seconds, not inf"),
     (lambda m: castor.Worker(m, mode="thread", threads=0), "threads must be a positive integer, not 0"),
     (lambda m: castor.Manager(m.path, lock_timeout=-1), "lock_timeout must be zero or more seconds"),
     (lambda m: castor.Manager(m.path, result_ttl=-1), "Manager: result_ttl must be zero or more seconds, got -1"),
 ], ids=["priority-64bit", "priority-type", "countdown-negative", "countdown-inf", "eta-nan", "timeout-0",
-        "retries-negative", "queue-empty", "lease-0", "lease-negative", "threads-0", "lock-timeout",
+        "retries-negative", "queue-empty", "lease-0", "lease-negative", "lease-inf", "threads-0", "lock-timeout",
         "result-ttl"])
 def test_library_options_out_of_range_raise_value_error(db_path, call, message):
     before = seed(db_path)
