@@ -16,23 +16,52 @@ from castord.config import Config
 from castord.errors import PidfileError
 from castord.notify import Notifier, watchdog_interval
 from castord.pidfile import Pidfile, pid_alive
-from castord.signals import Intent, intent_for
+from castord.signals import INTENTS, MASTER_SIGNALS, Intent, State, intent_for
 from castord.supervisor import backoff, describe_exit
 
 
-@pytest.mark.parametrize("signum,draining,intent", [
-    (signal.SIGTERM, False, Intent.DRAIN),
-    (signal.SIGINT, False, Intent.DRAIN),
-    (signal.SIGTERM, True, Intent.FAST_STOP),
-    (signal.SIGINT, True, Intent.FAST_STOP),
-    (signal.SIGQUIT, False, Intent.FAST_STOP),
-    (signal.SIGHUP, False, Intent.RELOAD),
-    (signal.SIGTTIN, False, Intent.GROW),
-    (signal.SIGTTOU, False, Intent.SHRINK),
-    (signal.SIGUSR1, False, Intent.REOPEN_LOGS),
+@pytest.mark.parametrize("signum,state,intent", [
+    (signal.SIGTERM, State.RUNNING, Intent.DRAIN),
+    (signal.SIGINT, State.RUNNING, Intent.DRAIN),
+    (signal.SIGQUIT, State.RUNNING, Intent.FAST_STOP),
+    (signal.SIGHUP, State.RUNNING, Intent.RELOAD),
+    (signal.SIGTTIN, State.RUNNING, Intent.GROW),
+    (signal.SIGTTOU, State.RUNNING, Intent.SHRINK),
+    (signal.SIGUSR1, State.RUNNING, Intent.REOPEN_LOGS),
+    # A reload: TERM drains both generations, resizes apply to the new one, a
+    # second HUP waits for this reload to end.
+    (signal.SIGTERM, State.RELOADING, Intent.DRAIN),
+    (signal.SIGINT, State.RELOADING, Intent.DRAIN),
+    (signal.SIGQUIT, State.RELOADING, Intent.FAST_STOP),
+    (signal.SIGHUP, State.RELOADING, Intent.DEFER_RELOAD),
+    (signal.SIGTTIN, State.RELOADING, Intent.GROW),
+    (signal.SIGTTOU, State.RELOADING, Intent.SHRINK),
+    # Winding down: a second TERM/INT goes fast; nothing may add children.
+    (signal.SIGTERM, State.DRAINING, Intent.FAST_STOP),
+    (signal.SIGINT, State.DRAINING, Intent.FAST_STOP),
+    (signal.SIGQUIT, State.DRAINING, Intent.FAST_STOP),
+    (signal.SIGHUP, State.DRAINING, Intent.REFUSE_RELOAD),
+    (signal.SIGTTIN, State.DRAINING, Intent.REFUSE_RESIZE),
+    (signal.SIGTTOU, State.DRAINING, Intent.REFUSE_RESIZE),
+    (signal.SIGUSR1, State.DRAINING, Intent.REOPEN_LOGS),
+    (signal.SIGTERM, State.STOPPING, Intent.FAST_STOP),
+    (signal.SIGHUP, State.STOPPING, Intent.REFUSE_RELOAD),
+    (signal.SIGTTIN, State.STOPPING, Intent.REFUSE_RESIZE),
+    (signal.SIGUSR1, State.STOPPING, Intent.REOPEN_LOGS),
 ])
-def test_signal_table(signum, draining, intent):
-    assert intent_for(signum, draining=draining) is intent
+def test_signal_table(signum, state, intent):
+    assert intent_for(signum, state) is intent
+
+
+def test_every_signal_has_an_intent_in_every_state():
+    for state in State:
+        assert set(INTENTS[state]) == set(MASTER_SIGNALS), state
+    # Only a running castord may add children.
+    adds = {Intent.RELOAD, Intent.GROW, Intent.DEFER_RELOAD}
+    for state in (State.DRAINING, State.STOPPING):
+        assert not adds & set(INTENTS[state].values()), state
+    assert not State.DRAINING.accepting and not State.STOPPING.accepting
+    assert State.RUNNING.accepting and State.RELOADING.accepting
 
 
 def test_backoff_is_immediate_then_capped():
@@ -46,6 +75,7 @@ def test_exit_descriptions():
                                               "hint": "killed by SIGKILL: possibly out of memory"}
     assert describe_exit(-signal.SIGABRT) == {"signal": "SIGABRT"}
     assert describe_exit(3) == {"exit_code": 3}
+    assert describe_exit(-40) == {"signal": "signal 40"}  # a real-time signal: no name, no crash
 
 
 def test_config_defaults_and_validation():
