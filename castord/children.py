@@ -116,6 +116,7 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         os.setpgid(0, 0)
     except OSError:
         pass
+    _close_master_tracker()
     # The master coordinates shutdown: INT, HUP, TTIN, TTOU are its to act on
     # (and TTIN/TTOU would otherwise stop us).
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
@@ -169,6 +170,25 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         channel.send("retiring", reason)
     # Daemon tasks still running in pool threads are requeued by the master.
     _leave(channel, reason, 0)
+
+
+def _close_master_tracker() -> None:
+    """Close our copy of the pipe to the master's multiprocess resource tracker.
+
+    As it exits, the master waits for that tracker, which waits until every copy
+    of the pipe is closed: a process task's fork that outlived us (one that left
+    our process group with setsid, say) held castord's exit forever. Task code
+    that needs a tracker starts its own.
+    """
+    try:
+        from multiprocess import resource_tracker
+
+        tracker = resource_tracker._resource_tracker  # noqa: SLF001 - no public way to let go
+        fd, tracker._fd, tracker._pid = tracker._fd, None, None  # noqa: SLF001
+        if fd is not None:
+            os.close(fd)
+    except (ImportError, AttributeError, OSError):
+        pass
 
 
 def _leave(channel: Channel, reason: str, code: int) -> None:
