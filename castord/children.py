@@ -18,6 +18,7 @@ code forked along with it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -135,6 +136,9 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         sink.capture_output()
     log = get_logger("castord.child")
     channel = Channel(conn)
+    # A process task's fork gets /dev/null where our pipe was: it cannot write into
+    # it, and the master sees end-of-file as soon as we are gone.
+    os.register_at_fork(after_in_child=functools.partial(_detach, conn.fileno()))
     try:
         manager = load_manager(spec.app)
     except AppLoadError as exc:
@@ -170,6 +174,17 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         channel.send("retiring", reason)
     # Daemon tasks still running in pool threads are requeued by the master.
     _leave(channel, reason, 0)
+
+
+def _detach(fd: int) -> None:
+    """In a fork of the child: point `fd` at /dev/null (the number stays valid for
+    the Connection object that still names it)."""
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def _close_master_tracker() -> None:

@@ -76,6 +76,7 @@ class SignalQueue:
 
     def __init__(self) -> None:
         self.pending: deque[int] = deque()
+        self._installed = False
         self._reader, self._writer = socket.socketpair()
         for sock in (self._reader, self._writer):
             sock.setblocking(False)
@@ -84,6 +85,7 @@ class SignalQueue:
         signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         for signum in MASTER_SIGNALS:
             signal.signal(signum, self._record)
+        self._installed = True
 
     def _record(self, signum: int, _frame: object) -> None:
         self.pending.append(signum)  # deque.append is atomic; nothing else here
@@ -109,8 +111,9 @@ class SignalQueue:
         """Supervision is over. From here a signal can change nothing, so it is ignored:
         Python would otherwise restore the default actions as the interpreter exits,
         and a TERM arriving then (after a QUIT, say) would kill castord mid-cleanup."""
-        for signum in MASTER_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
-        signal.set_wakeup_fd(-1)
+        if self._installed:
+            for signum in MASTER_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
+            signal.set_wakeup_fd(-1)
         self._reader.close()
         self._writer.close()

@@ -179,7 +179,8 @@ class Supervisor:
         deadlines = [now + self.config.heartbeat_interval]
         if self.on_tick is not None:
             deadlines.append(now + self.tick_seconds)
-        deadlines += [s.respawn_at for s in self.slots if s.child is None and not s.retired]
+        if self.state.accepting:  # a draining castord respawns nothing: no deadline (it spun)
+            deadlines += [s.respawn_at for s in self.slots if s.child is None and not s.retired]
         if self.drain_deadline is not None:
             deadlines.append(self.drain_deadline)
         if self._watchdog is not None:
@@ -299,12 +300,13 @@ class Supervisor:
             if child is None or child.process.is_alive():
                 continue
             child.process.join()
+            # Anything task code forked is an orphan now: it goes with its child,
+            # first, so that no copy of the pipe keeps a half-sent message unended.
+            _kill_group(child.pgid)
+            self.groups.discard(child.pgid)
             self._read(child)  # last words (exiting, boot_failed, database_error)
             child.conn.close()
             slot.child = None
-            # Anything task code forked is an orphan now: it goes with its child.
-            _kill_group(child.pgid)
-            self.groups.discard(child.pgid)
             self._on_exit(slot, child, child.process.exitcode)
         # Slots shrunk away or left by a reload are forgotten once their child is gone.
         self.slots = [s for s in self.slots if not (s.retired and s.child is None)]
@@ -320,7 +322,12 @@ class Supervisor:
         if child.farewell is not None:
             fields["reason"] = child.farewell
         # A database error is not the task's fault: its attempt is not counted.
-        released = self._release(child, count_attempt=not expected and child.database_error is None)
+        if child.database_error is not None:
+            released = self._release(child, count_attempt=False, reason="database error")
+        elif expected:
+            released = self._release(child, count_attempt=False, reason="drained")
+        else:
+            released = self._release(child, count_attempt=True, reason="worker lost")
         if replaced:
             key = (child.spec.role, "recycled" if expected else "crash")
             self.restarts[key] = self.restarts.get(key, 0) + 1
@@ -334,7 +341,7 @@ class Supervisor:
     def _count_failure(self, slot: Slot, child: Child, expected: bool) -> None:
         """Restart backoff for the slot; castord stops if its children cannot boot or work."""
         # Died before it said ready (import error, or worse), or could not use the database.
-        cannot_work = child.database_error is not None or (not child.ready and not child.stopped)
+        cannot_work = child.database_error is not None or not (child.ready or expected)
         if cannot_work:
             slot.failures += 1
             error = child.database_error or child.boot_error
@@ -353,7 +360,7 @@ class Supervisor:
             slot.failures += 1
         slot.respawn_at = time.monotonic() + backoff(slot.failures)
 
-    def _release(self, child: Child, *, count_attempt: bool) -> list[Any]:
+    def _release(self, child: Child, *, count_attempt: bool, reason: str = "drained") -> list[Any]:
         try:
             released = self.manager.store.release_owner(
                 child.spec.owner, count_attempt=count_attempt, max_lost=MAX_WORKER_LOSSES)
@@ -366,7 +373,7 @@ class Supervisor:
                 event = "task.failed"
             log.warning(event, task_id=record.id, task_name=record.name, queue=record.queue,
                         attempt=record.attempts, child=child.spec.label,
-                        reason="worker lost" if count_attempt else "drained")
+                        reason=reason)
         return released
 
     # -- liveness ----------------------------------------------------------------

@@ -7,13 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from castord.cli import build_config
 from castord.config import Config
-from castord.errors import PidfileError
+from castord.errors import ExitCode, PidfileError
 from castord.notify import Notifier, watchdog_interval
 from castord.pidfile import Pidfile, pid_alive
 from castord.signals import INTENTS, MASTER_SIGNALS, Intent, State, intent_for
@@ -169,3 +170,77 @@ def test_status_render_shows_running_tasks_with_progress():
     lines = render(report).splitlines()
     assert lines[1] == "  running tasks.resize bbbbcccc attempt 2 40% resized b.png"
     assert lines[2] == "  running tasks.crawl ddddeeee attempt 1 (cancelling)"
+
+
+# -- the master's judgement of an exited child (no processes: a stand-in for one) -----
+
+
+class _Gone:
+    """Stands in for a child process that has exited."""
+
+    pid = 4_194_304 + 1  # above Linux's largest pid: nothing to signal by mistake
+
+
+@pytest.fixture
+def supervisor(tmp_path, monkeypatch):
+    import castor
+    from castord.supervisor import Supervisor
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    manager = castor.Manager(str(tmp_path / "app.db"))
+    sup = Supervisor(Config(app="app:manager", workers=1, threads=0), manager)
+    yield sup
+    sup.signals.close()
+    manager.close()
+
+
+def _exited(sup, slot, code, *, ready=True, **said):
+    from castord.children import ChildSpec
+    from castord.supervisor import Child
+
+    spec = ChildSpec(role="process-worker", index=0, generation=1, owner="nobody", app="app:manager",
+                     threads=1, queues=None, lease=30.0, heartbeat_interval=1.0, max_tasks=None,
+                     max_memory_mb=None, log_format="json", log_level="info", log_file=None)
+    now = time.monotonic()
+    sup._on_exit(slot, Child(spec, _Gone(), None, spawned_at=now, last_beat=now, ready=ready, **said), code)
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 4, 5, 6, 7, -signal.SIGKILL, -40])
+def test_an_exit_status_alone_is_a_crash_never_a_boot_or_database_failure(supervisor, code):
+    from castord.supervisor import Slot
+
+    slot = Slot("process-worker", 0, 1)
+    for _ in range(6):  # more than MAX_BOOT_FAILURES in a row
+        _exited(supervisor, slot, code)
+    assert supervisor.exit_code == ExitCode.OK and supervisor.state is State.RUNNING
+    assert slot.failures == 6  # each a young crash: restart backoff, nothing more
+
+
+def test_what_a_child_said_decides(supervisor):
+    from castord.supervisor import Slot
+
+    slot = Slot("process-worker", 0, 1, failures=3)
+    _exited(supervisor, slot, 5, farewell="task timeout")
+    assert slot.failures == 0  # it left on purpose
+    for _ in range(5):
+        _exited(supervisor, slot, 0, database_error="disk I/O error")
+    assert supervisor.exit_code == ExitCode.BOOT_FAILURES and supervisor.state is State.STOPPING
+
+
+def test_dying_before_ready_is_a_boot_failure(supervisor):
+    from castord.supervisor import Slot
+
+    slot = Slot("process-worker", 0, 1)
+    for _ in range(5):
+        _exited(supervisor, slot, -signal.SIGSEGV, ready=False)
+    assert supervisor.exit_code == ExitCode.BOOT_FAILURES
+
+
+def test_a_draining_master_has_no_respawn_deadline(supervisor):
+    from castord.supervisor import Slot
+
+    supervisor.slots.append(Slot("process-worker", 0, 1, respawn_at=0.0))  # due long ago
+    assert supervisor._timeout() == 0.0
+    supervisor.state = State.DRAINING
+    assert supervisor._timeout() > 0.5  # its loop waits for its children; it used to spin
