@@ -197,3 +197,42 @@ def test_random_signal_sequences_stop_cleanly_and_lose_nothing(daemons, app_dir,
     assert d.events("castord.stopped"), what
     assert_nothing_left(d, what)
     assert_lost_nothing(tasks, daemons, what)
+
+
+@pytest.mark.timeout(60)
+def test_hup_during_a_reload_waits_for_it_and_term_drains_both_generations(daemons, app_dir, flow):  # noqa: F811
+    starts = app_dir / "starts"
+    first_gate, second_gate = app_dir / "gate1", app_dir / "gate2"
+    d = daemons().start("--workers", "1", "--threads", "0", app="flowapp:manager")
+    d.wait_note("READY=1")
+    held = flow.pgated.delay(str(starts), 0, str(first_gate))
+    wait_until(lambda: start_pids(starts), 20, "the first generation to run a task")
+    d.signal(signal.SIGHUP)
+    d.wait_event("castord.reloading", generation=2)
+    d.signal(signal.SIGHUP)  # the old generation still drains: this one waits for it
+    deferred = d.wait_event("castord.reload_deferred")[0]
+    assert deferred["state"] == "reloading" and len(d.events("castord.reloading")) == 1
+    first_gate.touch()
+    assert held.join(timeout=20) == 0
+    d.wait_event("castord.reloaded", generation=2)
+    d.wait_event("castord.reloading", generation=3)  # the deferred one
+    d.wait_event("castord.reloaded", generation=3)
+    # Now a reload with a critical task in the old generation, and a TERM during it.
+    held = flow.pgated.delay(str(starts), 1, str(second_gate))
+    wait_until(lambda: len(list(starts.iterdir())) == 2, 20, "the third generation to run a task")
+    d.signal(signal.SIGHUP)
+    d.wait_event("castord.reloading", generation=4)
+    d.wait_event("child.ready", count=4)
+    d.signal(signal.SIGTERM)
+    d.wait_event("castord.draining")
+    d.signal(signal.SIGHUP)
+    assert d.wait_event("castord.reload_refused")[0]["state"] == "draining"
+    second_gate.touch()
+    assert d.wait_exit(30) == 0
+    assert held.status() == "success"
+    _before, after = spawned_before_and_after(d.events(), "castord.draining")
+    assert after == []
+    exits = d.events("child.exited")
+    assert {e["child_pid"] for e in exits} == {e["child_pid"] for e in d.events("child.spawned")}
+    assert all(e["expected"] for e in exits) and not d.events("castord.graceful_timeout")
+    assert_nothing_left(d, "after a drain during a reload")
