@@ -82,6 +82,8 @@ class SignalQueue:
             sock.setblocking(False)
 
     def install(self) -> None:
+        if self._installed:
+            return
         signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         for signum in MASTER_SIGNALS:
             signal.signal(signum, self._record)

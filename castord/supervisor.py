@@ -94,7 +94,8 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, manager: Manager, sink: LogSink | None = None):
+    def __init__(self, config: Config, manager: Manager, sink: LogSink | None = None,
+                 signals: SignalQueue | None = None):
         self.config = config
         self.manager = manager
         self.sink = sink
@@ -102,7 +103,8 @@ class Supervisor:
         self.reload_pending = False  # a HUP came during a reload: reload again after it
         self.generation = 0
         self.slots: list[Slot] = []
-        self.signals = SignalQueue()
+        # A queue installed earlier (before APP loads) keeps what arrived meanwhile.
+        self.signals = signals or SignalQueue()
         self.notifier = Notifier()
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.started_at = time.time()

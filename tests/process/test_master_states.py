@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_until
-from tests.process.leftovers import in_session
+from tests.process.leftovers import in_groups, in_session
 from tests.process.test_castord import daemons  # noqa: F401 - fixture
 
 FLOWAPP = '''
@@ -110,9 +110,11 @@ def spawned_before_and_after(events: list[dict], marker: str) -> tuple[set[int],
 
 
 def assert_nothing_left(d, what: str) -> None:
-    """No live process of castord's session: master, fork server, children, their children."""
+    """No live process of castord's session (master, fork server, children, their
+    children), nor in the process group of any child it logged."""
+    children = {e["child_pid"] for e in d.events("child.spawned")}
     deadline = time.monotonic() + 10
-    while (left := in_session(d.pid)) and time.monotonic() < deadline:
+    while (left := in_session(d.pid) + in_groups(children, d.pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"{what}: left behind: {left}"
 
@@ -236,3 +238,30 @@ def test_hup_during_a_reload_waits_for_it_and_term_drains_both_generations(daemo
     assert {e["child_pid"] for e in exits} == {e["child_pid"] for e in d.events("child.spawned")}
     assert all(e["expected"] for e in exits) and not d.events("castord.graceful_timeout")
     assert_nothing_left(d, "after a drain during a reload")
+
+
+@pytest.mark.timeout(60)
+def test_a_term_sent_to_one_child_drains_just_that_child(daemons, app_dir, flow):  # noqa: F811
+    # Its handler only records now; the heartbeat thread drains (it used to act in
+    # the handler, which could interrupt a send on the pipe under its lock).
+    starts, gate = app_dir / "starts", app_dir / "gate"
+    d = daemons().start("--workers", "1", "--threads", "0", app="flowapp:manager")
+    d.wait_note("READY=1")
+    task = flow.pgated.delay(str(starts), 0, str(gate))
+    victim = wait_until(lambda: start_pids(starts), 20, "the task to start").pop()  # type: ignore[attr-defined]
+    os.kill(victim, signal.SIGTERM)
+    gate.touch()  # a critical task: it finishes first
+    assert task.join(timeout=20) == 0
+    exited = d.wait_event("child.exited", child_pid=victim)[0]
+    assert exited["expected"] is True and exited["reason"] == "drained"
+    d.wait_event("child.spawned", count=2)  # replaced: castord itself runs on
+    assert flow.pwork.delay(str(starts), 1, 0).join(timeout=20) == 1
+    # A daemon task: the child leaves at once, the task is requeued and runs again.
+    flow.pwork_daemon.delay(str(starts), 2, 60)
+    runs = starts / "2"
+    victim = wait_until(lambda: runs.exists() and runs.read_text().split(), 20, "the daemon task to start")
+    os.kill(int(victim[0]), signal.SIGTERM)  # type: ignore[index]
+    exited = d.wait_event("child.exited", child_pid=int(victim[0]))[0]  # type: ignore[index]
+    assert exited["expected"] is True and exited["reason"] == "drained (daemon task stopped)"
+    wait_until(lambda: len(runs.read_text().split()) == 2, 20, "the replacement to run it again")
+    assert d.proc.poll() is None
