@@ -6,11 +6,19 @@ over one duplex pipe:
 
     child -> master   ("ready", {...}) · ("beat", {...}) · ("boot_failed", message)
                       · ("retiring", reason) · ("database_error", message)
+                      · ("exiting", reason)
     master -> child   "drain" (stop claiming; daemon tasks are abandoned at once)
+
+Why a child left travels over the pipe, never in its exit status: task code can
+call os._exit() with any number. Every deliberate exit here says ("exiting",
+reason) first; a child that vanishes without a word crashed, whatever its status.
+Each child leads its own process group, so the master can kill whatever task
+code forked along with it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -31,16 +39,17 @@ from castord.tally import Tally
 PROCESS_WORKER = "process-worker"
 THREAD_HOST = "thread-host"
 
-# A child that could not load APP exits with this status (and says why first).
+# Exit statuses, for people reading `child.exited` lines. The master does not
+# act on them (a task can exit with any of these); it acts on the messages.
+# Could not load APP (after ("boot_failed", message)).
 EXIT_BOOT_FAILED = 3
-# A process child whose task ran past its timeout= records that and exits with
-# this status; the master replaces it at once (it is not a crash).
+# A process task ran past its timeout=, or was cancelled while it ran: recorded,
+# then the child leaves to stop it; the master replaces it at once.
 EXIT_TASK_TIMEOUT = 5
-# Likewise for a task cancelled while it ran.
 EXIT_TASK_CANCELLED = 6
 # The database became unusable under a running child (damaged, read-only, disk
-# failing): the child says why and exits with this; the master counts it like a
-# boot failure, so castord stops instead of replacing children forever.
+# failing), after ("database_error", message); the master counts it like a boot
+# failure, so castord stops instead of replacing children forever.
 EXIT_DATABASE_ERROR = 7
 
 
@@ -86,8 +95,13 @@ class Channel:
     def __init__(self, conn: Any):
         self.conn = conn
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def send(self, kind: str, payload: Any = None) -> None:
+        if os.getpid() != self._pid:
+            # A process task's fork: it must not speak for the child (nor wait on a
+            # lock another thread of the parent held when it forked).
+            return
         with self._lock:
             try:
                 self.conn.send((kind, payload))
@@ -97,14 +111,23 @@ class Channel:
 
 def child_main(spec: ChildSpec, conn: Any) -> None:
     """Entry point in the child process."""
-    # The master coordinates shutdown: a terminal's Ctrl+C reaches the whole
-    # process group, and TTIN/TTOU would otherwise stop us.
+    # Our own process group (its id is our pid, which the master knows): whatever
+    # task code forks stays in it, so the master can kill it all with us.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    _close_master_tracker()
+    # The master coordinates shutdown: INT, HUP, TTIN, TTOU are its to act on
+    # (and TTIN/TTOU would otherwise stop us).
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(signum, signal.SIG_IGN)
-    # USR1 (forwarded by the master after log rotation): the heartbeat thread
-    # reopens the log file; the handler only records.
+    # USR1 (forwarded by the master after log rotation) and a TERM sent to a child
+    # by hand: the handlers only record; the heartbeat thread acts.
     reopen_logs = threading.Event()
+    drain_requested = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: reopen_logs.set())
+    signal.signal(signal.SIGTERM, lambda *_: drain_requested.set())
     setproctitle(f"castord: {spec.label} booting {spec.app}")
     from castord.logging import configure
 
@@ -113,6 +136,9 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         sink.capture_output()
     log = get_logger("castord.child")
     channel = Channel(conn)
+    # A process task's fork gets /dev/null where our pipe was: it cannot write into
+    # it, and the master sees end-of-file as soon as we are gone.
+    os.register_at_fork(after_in_child=functools.partial(_detach, conn.fileno()))
     try:
         manager = load_manager(spec.app)
     except AppLoadError as exc:
@@ -127,11 +153,11 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     if spec.role == PROCESS_WORKER:
         worker.on_timeout = lambda record: _timed_out(worker, record, channel)
         worker.on_cancel = lambda record: _cancelled(worker, record, channel)
-    # A TERM sent to a child by hand drains just that child.
-    signal.signal(signal.SIGTERM, lambda *_: _drain(worker, spec))
-    heartbeat = Heartbeat(worker, spec, channel, log, sink, reopen_logs, tally)
+    # A TERM sent to a child by hand drains just that child (see Heartbeat).
+    heartbeat = Heartbeat(worker, spec, channel, log, sink, reopen_logs, tally, drain_requested)
     heartbeat.start()
-    threading.Thread(target=_listen, args=(conn, worker, spec), name="castord-control", daemon=True).start()
+    threading.Thread(target=_listen, args=(conn, worker, spec, channel), name="castord-control",
+                     daemon=True).start()
     channel.send("ready", {"pid": os.getpid(), "owner": spec.owner})
     log.info("child.ready", child=spec.label, owner=spec.owner)
     try:
@@ -142,11 +168,49 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         logging.shutdown()
         os._exit(EXIT_DATABASE_ERROR)
     heartbeat.beat()  # the last tally, so no finished task goes uncounted
+    reason = heartbeat.retired or "drained"
     if spec.max_tasks is not None and worker.done >= spec.max_tasks:
-        channel.send("retiring", f"max tasks per child ({spec.max_tasks}) reached")
+        reason = f"max tasks per child ({spec.max_tasks}) reached"
+        channel.send("retiring", reason)
     # Daemon tasks still running in pool threads are requeued by the master.
+    _leave(channel, reason, 0)
+
+
+def _detach(fd: int) -> None:
+    """In a fork of the child: point `fd` at /dev/null (the number stays valid for
+    the Connection object that still names it)."""
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def _close_master_tracker() -> None:
+    """Close our copy of the pipe to the master's multiprocess resource tracker.
+
+    As it exits, the master waits for that tracker, which waits until every copy
+    of the pipe is closed: a process task's fork that outlived us (one that left
+    our process group with setsid, say) held castord's exit forever. Task code
+    that needs a tracker starts its own.
+    """
+    try:
+        from multiprocess import resource_tracker
+
+        tracker = resource_tracker._resource_tracker  # noqa: SLF001 - no public way to let go
+        fd, tracker._fd, tracker._pid = tracker._fd, None, None  # noqa: SLF001
+        if fd is not None:
+            os.close(fd)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+def _leave(channel: Channel, reason: str, code: int) -> None:
+    """Every deliberate exit: say so (the master trusts this, not the status), then go."""
+    channel.send("exiting", reason)
     logging.shutdown()  # flush the log file before _exit skips interpreter cleanup
-    os._exit(0)
+    os._exit(code)
 
 
 def _timed_out(worker: Worker, record: Any, channel: Channel) -> None:
@@ -171,33 +235,33 @@ def _stop_task(worker: Worker, record: Any, channel: Channel, exc: BaseException
     settlement = settlement_for(worker.manager, record, failure_outcome(record, exc), worker.owner, time.time())
     worker.store.settle_one(settlement)
     channel.send("retiring", reason)
-    logging.shutdown()
-    os._exit(code)
+    _leave(channel, reason, code)
 
 
-def _listen(conn: Any, worker: Worker, spec: ChildSpec) -> None:
+def _listen(conn: Any, worker: Worker, spec: ChildSpec, channel: Channel) -> None:
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             os._exit(0)  # master gone
         if message == "drain":
-            _drain(worker, spec)
+            _drain(worker, spec, channel)
 
 
-def _drain(worker: Worker, spec: ChildSpec) -> None:
+def _drain(worker: Worker, spec: ChildSpec, channel: Channel) -> None:
     worker.stop()
     if spec.role == PROCESS_WORKER and any(r.daemon for r in list(worker.running.values())):
         # A daemon task may be stopped at once; the master requeues it (attempt
         # not counted) when it sees us exit.
-        os._exit(0)
+        _leave(channel, "drained (daemon task stopped)", 0)
 
 
 class Heartbeat:
     """Tells the master we are alive every interval, with what we are doing."""
 
     def __init__(self, worker: Worker, spec: ChildSpec, channel: Channel, log: Any, sink: Any,
-                 reopen_logs: threading.Event, tally: Tally | None = None):
+                 reopen_logs: threading.Event, tally: Tally | None = None,
+                 drain_requested: threading.Event | None = None):
         self.worker = worker
         self.spec = spec
         self.channel = channel
@@ -205,6 +269,8 @@ class Heartbeat:
         self.sink = sink
         self.reopen_logs = reopen_logs
         self.tally = tally
+        self.drain_requested = drain_requested or threading.Event()
+        self.retired: str | None = None  # why we stopped claiming on our own (memory)
         self._title = ""
 
     def start(self) -> None:
@@ -212,11 +278,14 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while True:
+            if self.drain_requested.is_set():  # a TERM sent to this child
+                self.drain_requested.clear()
+                _drain(self.worker, self.spec, self.channel)
             if self.reopen_logs.is_set():
                 self.reopen_logs.clear()
                 self.sink.reopen()
             self.beat()
-            time.sleep(self.spec.heartbeat_interval)
+            self.drain_requested.wait(self.spec.heartbeat_interval)  # a TERM wakes us at once
 
     def beat(self) -> None:
         running = [
@@ -232,7 +301,8 @@ class Heartbeat:
         if limit is not None and rss > limit * 1024 and not self.worker.stopping:
             self.log.warning("child.retiring", child=self.spec.label, reason="max memory per child",
                              rss_mb=rss // 1024, limit_mb=limit)
-            self.channel.send("retiring", f"RSS {rss // 1024} MB over --max-memory-per-child {limit}")
+            self.retired = f"RSS {rss // 1024} MB over --max-memory-per-child {limit}"
+            self.channel.send("retiring", self.retired)
             self.worker.stop()
 
     def _set_title(self, running: list[dict[str, Any]]) -> None:

@@ -1,13 +1,18 @@
 """The master: a single loop that spawns, watches, drains and replaces children.
 
-It runs no task code. Signal handlers only record (castord/signals.py); every
-decision happens here, in one thread, between waits on the children's pipes,
-their process sentinels and the signal wake-up socket.
+It runs no task code. Signal handlers only record (castord/signals.py, which
+also holds what each signal means in each State); every decision happens here,
+in one thread, between waits on the children's pipes, their process sentinels
+and the signal wake-up socket.
+
+What it believes about a child comes from the child's own messages, never from
+its exit status (task code can exit with any number) nor from a pipe written by
+a process task's fork. Each child leads its own process group, killed with it.
 """
 
 from __future__ import annotations
 
-import enum
+import errno
 import os
 import signal
 import socket
@@ -25,19 +30,12 @@ from castor.errors import DatabaseLockedError
 from castor.logs import get_logger
 from castor.manager import Manager
 from castor.periodic import Scheduler
-from castord.children import (
-    EXIT_BOOT_FAILED,
-    EXIT_DATABASE_ERROR,
-    PROCESS_WORKER,
-    THREAD_HOST,
-    ChildSpec,
-    child_main,
-)
+from castord.children import PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
 from castord.config import Config
 from castord.errors import ExitCode
 from castord.logging import LogSink
 from castord.notify import Notifier, watchdog_interval
-from castord.signals import Intent, SignalQueue, intent_for
+from castord.signals import Intent, SignalQueue, State, intent_for
 from castord.tally import Tally
 
 log = get_logger("castord.master")
@@ -48,12 +46,11 @@ MAX_WORKER_LOSSES = 3
 KILL_GRACE_SECONDS = 2.0  # between SIGABRT and SIGKILL for an unresponsive child
 STATUS_SECONDS = 5.0
 RECORD_LOCK_SECONDS = 0.2  # longest wait for the database lock to write the status row
+# Heartbeats in a row that find the database file missing or another file at its
+# path before castord gives up on it (one could catch a restore mid-rename).
+DATABASE_STRIKES = 2
 
-
-class State(enum.Enum):
-    RUNNING = "running"
-    DRAINING = "draining"
-    STOPPING = "stopping"
+__all__ = ["State", "Supervisor", "backoff", "describe_exit"]
 
 
 @dataclass
@@ -66,13 +63,21 @@ class Child:
     ready: bool = False
     draining: bool = False
     retiring: bool = False
-    boot_error: str | None = None
+    boot_error: str | None = None  # ("boot_failed", message)
+    database_error: str | None = None  # ("database_error", message)
+    farewell: str | None = None  # ("exiting", reason): it left on purpose
+    stopped: bool = False  # killed by the master to stop: not the task's fault
+    reopen_logs: bool = False  # USR1 came while it booted: forward it once ready
     kill_deadline: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def pgid(self) -> int:
+        return self.process.pid  # the child makes itself leader of its own group
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Slot:
 
     role: str
     index: int
+    generation: int
     failures: int = 0
     respawn_at: float = 0.0
     child: Child | None = None
@@ -88,14 +94,17 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, manager: Manager, sink: LogSink | None = None):
+    def __init__(self, config: Config, manager: Manager, sink: LogSink | None = None,
+                 signals: SignalQueue | None = None):
         self.config = config
         self.manager = manager
         self.sink = sink
         self.state = State.RUNNING
+        self.reload_pending = False  # a HUP came during a reload: reload again after it
         self.generation = 0
         self.slots: list[Slot] = []
-        self.signals = SignalQueue()
+        # A queue installed earlier (before APP loads) keeps what arrived meanwhile.
+        self.signals = signals or SignalQueue()
         self.notifier = Notifier()
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.started_at = time.time()
@@ -118,6 +127,15 @@ class Supervisor:
         # which wakes at least every tick_seconds while it is set.
         self.on_tick: Callable[[], object] | None = None
         self.tick_seconds = 0.5
+        # Process groups of children, until killed after their leader exits.
+        self.groups: set[int] = set()
+        # The file the store opened (None for a server database, or if it cannot be stat'ed).
+        self._db_path: str | None = getattr(manager.store, "path", None)
+        try:
+            self._db_identity = _file_identity(self._db_path)
+        except OSError:
+            self._db_identity = None
+        self._db_strikes = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -128,7 +146,7 @@ class Supervisor:
         try:
             if self.manager.schedules:
                 self.scheduler = Scheduler(self.manager, now=time.time())
-            while self._live_children() or self.state == State.RUNNING:
+            while self._live_children() or self.state.accepting:
                 self._tick(self._wait())
         finally:
             self._finish()
@@ -140,6 +158,10 @@ class Supervisor:
                 self._kill(slot.child, signal.SIGKILL)
                 slot.child.process.join(5)
                 self._release(slot.child, count_attempt=False)
+        # Whatever task code forked must not outlive castord (or keep claiming tasks).
+        for pgid in sorted(self.groups):
+            _kill_group(pgid)
+        self.groups.clear()
         try:
             self.manager.store.remove_daemon(self.daemon_id)
         except Exception:  # noqa: BLE001 - the row ages out anyway
@@ -159,12 +181,13 @@ class Supervisor:
         deadlines = [now + self.config.heartbeat_interval]
         if self.on_tick is not None:
             deadlines.append(now + self.tick_seconds)
-        deadlines += [s.respawn_at for s in self.slots if s.child is None and not s.retired]
+        if self.state.accepting:  # a draining castord respawns nothing: no deadline (it spun)
+            deadlines += [s.respawn_at for s in self.slots if s.child is None and not s.retired]
         if self.drain_deadline is not None:
             deadlines.append(self.drain_deadline)
         if self._watchdog is not None:
             deadlines.append(self._next_watchdog)
-        if self.scheduler is not None and self.state == State.RUNNING:
+        if self.scheduler is not None and self.state.accepting:
             tick = self.scheduler.next_deadline()
             if tick is not None:  # an epoch time: convert it to the monotonic clock
                 deadlines.append(now + tick - time.time())
@@ -179,10 +202,11 @@ class Supervisor:
             if child.conn in ready:
                 self._read(child)
         self._reap()
+        self._check_reload_done()
         now = time.monotonic()
         self._check_heartbeats(now)
         self._check_drain_deadline(now)
-        if self.state == State.RUNNING:
+        if self.state.accepting:
             self._respawn_due(now)
             if self.scheduler is not None:
                 self.scheduler.fire_due(time.time())  # not while draining: a stopping castord fires nothing
@@ -198,11 +222,13 @@ class Supervisor:
         if self.config.threads > 0:
             roles.append((THREAD_HOST, 0))
         for role, index in roles:
-            slot = Slot(role, index)
+            slot = Slot(role, index, self.generation)
             self.slots.append(slot)
             self._spawn(slot)
 
     def _spawn(self, slot: Slot) -> None:
+        if not self.state.accepting:  # the one gate: no child is born into a drain or a stop
+            return
         cfg = self.config
         spec = ChildSpec(
             role=slot.role, index=slot.index, generation=self.generation,
@@ -218,6 +244,7 @@ class Supervisor:
         process = self._ctx.Process(target=child_main, args=(spec, child_end), name=spec.label, daemon=False)
         process.start()
         child_end.close()
+        self.groups.add(process.pid)
         now = time.monotonic()
         slot.child = Child(spec, process, parent_end, spawned_at=now, last_beat=now)
         log.info("child.spawned", child=spec.label, child_pid=process.pid, generation=self.generation)
@@ -241,14 +268,22 @@ class Supervisor:
         child.last_beat = time.monotonic()
         if kind == "ready":
             child.ready = True
-            if child.draining:  # a drain was requested while it booted
+            if child.draining or not self.state.accepting:  # a drain was requested while it booted
+                child.draining = True
                 self._send(child, "drain")
+            if child.reopen_logs:  # a rotation while it booted: its handler is in place now
+                child.reopen_logs = False
+                self._signal(child, signal.SIGUSR1)
         elif kind == "beat":
             child.info = payload
             if payload.get("tally"):
                 self.tally.merge(payload["tally"])
-        elif kind in ("boot_failed", "database_error"):
+        elif kind == "boot_failed":
             child.boot_error = payload
+        elif kind == "database_error":
+            child.database_error = payload
+        elif kind == "exiting":
+            child.farewell = payload
         elif kind == "retiring":
             child.retiring = True
             log.info("child.retiring", child=child.spec.label, child_pid=child.pid, reason=payload)
@@ -267,7 +302,11 @@ class Supervisor:
             if child is None or child.process.is_alive():
                 continue
             child.process.join()
-            self._read(child)  # last words (boot_failed, retiring)
+            # Anything task code forked is an orphan now: it goes with its child,
+            # first, so that no copy of the pipe keeps a half-sent message unended.
+            _kill_group(child.pgid)
+            self.groups.discard(child.pgid)
+            self._read(child)  # last words (exiting, boot_failed, database_error)
             child.conn.close()
             slot.child = None
             self._on_exit(slot, child, child.process.exitcode)
@@ -275,30 +314,47 @@ class Supervisor:
         self.slots = [s for s in self.slots if not (s.retired and s.child is None)]
 
     def _on_exit(self, slot: Slot, child: Child, code: int | None) -> None:
-        expected = child.draining or child.retiring or self.state != State.RUNNING or slot.retired
+        # Judged by what the child said and what we did to it; the status is only
+        # logged (a task's os._exit(7) is a crash, not a database error).
+        expected = child.farewell is not None or child.stopped
+        replaced = self.state.accepting and not slot.retired
         fields: dict[str, Any] = {"child": child.spec.label, "child_pid": child.pid,
                                   "uptime_s": round(time.monotonic() - child.spawned_at, 3)}
         fields.update(describe_exit(code))
+        if child.farewell is not None:
+            fields["reason"] = child.farewell
         # A database error is not the task's fault: its attempt is not counted.
-        released = self._release(child, count_attempt=not expected and code != EXIT_DATABASE_ERROR)
-        if self.state == State.RUNNING and not slot.retired:  # it will be replaced
+        if child.database_error is not None:
+            released = self._release(child, count_attempt=False, reason="database error")
+        elif expected:
+            released = self._release(child, count_attempt=False, reason="drained")
+        else:
+            released = self._release(child, count_attempt=True, reason="worker lost")
+        if replaced:
             key = (child.spec.role, "recycled" if expected else "crash")
             self.restarts[key] = self.restarts.get(key, 0) + 1
         if expected:
             log.info("child.exited", **fields, expected=True)
         else:
             log.error("child.exited", **fields, expected=False, tasks_returned=len(released))
-        if code == EXIT_DATABASE_ERROR or (not child.ready and (child.boot_error or code == EXIT_BOOT_FAILED)):
+        if replaced:
+            self._count_failure(slot, child, expected)
+
+    def _count_failure(self, slot: Slot, child: Child, expected: bool) -> None:
+        """Restart backoff for the slot; castord stops if its children cannot boot or work."""
+        # Died before it said ready (import error, or worse), or could not use the database.
+        cannot_work = child.database_error is not None or not (child.ready or expected)
+        if cannot_work:
             slot.failures += 1
-            log.error("child.boot_failed", child=child.spec.label, error=child.boot_error,
-                      failures=slot.failures)
+            error = child.database_error or child.boot_error
+            log.error("child.boot_failed", child=child.spec.label, error=error, failures=slot.failures)
             if slot.failures >= MAX_BOOT_FAILURES:
-                log.critical("castord.boot_failures", failures=slot.failures, error=child.boot_error,
+                log.critical("castord.boot_failures", failures=slot.failures, error=error,
                              message="children keep failing to boot or to use the database; stopping")
                 self.exit_code = ExitCode.BOOT_FAILURES
                 self._begin_fast_stop()
                 return
-        elif child.retiring or child.draining:
+        elif expected:
             slot.failures = 0
         elif time.monotonic() - child.spawned_at > 30:
             slot.failures = 1  # a long-lived child that crashed: restart at once
@@ -306,7 +362,7 @@ class Supervisor:
             slot.failures += 1
         slot.respawn_at = time.monotonic() + backoff(slot.failures)
 
-    def _release(self, child: Child, *, count_attempt: bool) -> list[Any]:
+    def _release(self, child: Child, *, count_attempt: bool, reason: str = "drained") -> list[Any]:
         try:
             released = self.manager.store.release_owner(
                 child.spec.owner, count_attempt=count_attempt, max_lost=MAX_WORKER_LOSSES)
@@ -319,7 +375,7 @@ class Supervisor:
                 event = "task.failed"
             log.warning(event, task_id=record.id, task_name=record.name, queue=record.queue,
                         attempt=record.attempts, child=child.spec.label,
-                        reason="worker lost" if count_attempt else "drained")
+                        reason=reason)
         return released
 
     # -- liveness ----------------------------------------------------------------
@@ -328,7 +384,7 @@ class Supervisor:
         for child in self._live_children():
             if child.kill_deadline is not None:
                 if now >= child.kill_deadline:
-                    self._kill(child, signal.SIGKILL)
+                    self._kill(child, signal.SIGKILL)  # and its group
                 continue
             if now - child.last_beat > self.config.heartbeat_timeout:
                 log.error("child.killed_unresponsive", child=child.spec.label, child_pid=child.pid,
@@ -347,8 +403,11 @@ class Supervisor:
             os.kill(child.pid, signum)
         except ProcessLookupError:
             pass
-        # A stopped (SIGSTOP) child only dies of SIGKILL; SIGCONT lets it act on others.
-        if signum != signal.SIGKILL:
+        if signum == signal.SIGKILL:
+            # What its task forked would otherwise live on, unsupervised.
+            _kill_group(child.pgid)
+        else:
+            # A stopped (SIGSTOP) child only dies of SIGKILL; SIGCONT lets it act on others.
             try:
                 os.kill(child.pid, signal.SIGCONT)
             except ProcessLookupError:
@@ -357,52 +416,74 @@ class Supervisor:
     # -- signals ------------------------------------------------------------------
 
     def _on_signal(self, signum: int) -> None:
-        intent = intent_for(signum, draining=self.state != State.RUNNING)
-        log.info("castord.signal", signal=signal.Signals(signum).name, intent=intent.value)
+        name = signal.Signals(signum).name
+        intent = intent_for(signum, self.state)
+        log.info("castord.signal", signal=name, intent=intent.value, state=self.state.value)
         if intent is Intent.DRAIN:
             self._begin_drain()
         elif intent is Intent.FAST_STOP:
             self._begin_fast_stop()
         elif intent is Intent.RELOAD:
             self._reload()
+        elif intent is Intent.DEFER_RELOAD:
+            self.reload_pending = True
+            log.info("castord.reload_deferred", signal=name, state=self.state.value,
+                     reason="a reload is under way; reloading again once it ends")
+        elif intent is Intent.REFUSE_RELOAD:
+            log.warning("castord.reload_refused", signal=name, state=self.state.value,
+                        reason=f"castord is {self.state.value}")
         elif intent is Intent.GROW:
             self._grow()
         elif intent is Intent.SHRINK:
-            self._shrink()
+            self._shrink(name)
+        elif intent is Intent.REFUSE_RESIZE:
+            log.warning("castord.resize_refused", signal=name, state=self.state.value,
+                        reason=f"castord is {self.state.value}")
         elif intent is Intent.REOPEN_LOGS:
-            if self.sink is not None:
-                self.sink.reopen()
-            for child in self._live_children():
+            self._reopen_logs()
+
+    def _reopen_logs(self) -> None:
+        if self.sink is not None:
+            self.sink.reopen()
+        for child in self._live_children():
+            if child.ready:
                 self._signal(child, signal.SIGUSR1)  # each child reopens its own stream
-            log.info("castord.logs_reopened")
+            else:
+                # Until it is ready its USR1 handler may not be set, and USR1's
+                # default action would kill it.
+                child.reopen_logs = True
+        log.info("castord.logs_reopened")
 
     def _begin_drain(self) -> None:
         self.state = State.DRAINING
+        self.reload_pending = False
         timeout = self.config.graceful_timeout
         self.drain_deadline = None if timeout is None else time.monotonic() + timeout
         self.notifier.send(STOPPING=1, STATUS="draining")
         log.info("castord.draining", children=len(self._live_children()), graceful_timeout=timeout)
-        for child in self._live_children():
+        for child in self._live_children():  # both generations, during a reload
             child.draining = True
             self._send(child, "drain")
 
     def _begin_fast_stop(self) -> None:
-        self.state = State.STOPPING
-        self.notifier.send(STOPPING=1, STATUS="stopping")
-        log.info("castord.stopping", children=len(self._live_children()))
-        for child in self._live_children():
+        if self.state is not State.STOPPING:
+            self.state = State.STOPPING
+            self.reload_pending = False
+            self.drain_deadline = None
+            self.notifier.send(STOPPING=1, STATUS="stopping")
+            log.info("castord.stopping", children=len(self._live_children()))
+        for child in self._live_children():  # again on a repeated stop: it costs nothing
             child.draining = True
+            child.stopped = True
             self._kill(child, signal.SIGKILL)
 
     def _check_drain_deadline(self, now: float) -> None:
         if self.drain_deadline is not None and now >= self.drain_deadline and self.state == State.DRAINING:
             log.warning("castord.graceful_timeout", children=len(self._live_children()))
-            self.drain_deadline = None
             self._begin_fast_stop()
 
     def _reload(self) -> None:
-        if self.state != State.RUNNING:
-            return
+        self.state = State.RELOADING
         old = [s for s in self.slots if not s.retired]
         for slot in old:
             slot.retired = True
@@ -412,17 +493,30 @@ class Supervisor:
         log.info("castord.reloading", old_children=len(old), generation=self.generation + 1)
         self._spawn_generation()
 
+    def _check_reload_done(self) -> None:
+        """RELOADING ends when the last child of an older generation is gone."""
+        if self.state is not State.RELOADING:
+            return
+        if any(s.generation < self.generation for s in self.slots):
+            return
+        self.state = State.RUNNING
+        log.info("castord.reloaded", generation=self.generation)
+        if self.reload_pending:
+            self.reload_pending = False
+            self._reload()
+
     def _grow(self) -> None:
         index = 1 + max((s.index for s in self.slots if s.role == PROCESS_WORKER), default=-1)
-        slot = Slot(PROCESS_WORKER, index)
+        slot = Slot(PROCESS_WORKER, index, self.generation)
         self.slots.append(slot)
         self._spawn(slot)
         log.info("castord.resized", process_children=self._process_count())
 
-    def _shrink(self) -> None:
+    def _shrink(self, signal_name: str) -> None:
         candidates = [s for s in self.slots if s.role == PROCESS_WORKER and not s.retired]
         if len(candidates) <= 1:
-            log.warning("castord.resize_refused", reason="keeping at least one process child")
+            log.warning("castord.resize_refused", signal=signal_name, state=self.state.value,
+                        reason="keeping at least one process child")
             return
         slot = max(candidates, key=lambda s: s.index)
         slot.retired = True
@@ -435,7 +529,7 @@ class Supervisor:
 
     def _announce(self, now: float) -> None:
         children = self._live_children()
-        if not self.ready_sent and self.state == State.RUNNING and children and all(c.ready for c in children):
+        if not self.ready_sent and self.state.accepting and children and all(c.ready for c in children):
             self.ready_sent = True
             self._record()  # so `castord status` right after READY shows the children ready
             log.info("castord.ready", daemon_id=self.daemon_id, process_children=self._process_count(),
@@ -445,6 +539,7 @@ class Supervisor:
                 self.on_ready()
         if now >= self._next_record:
             self._next_record = now + self.config.heartbeat_interval
+            self._check_database()
             self._record()
         if now >= self._next_status:
             self._next_status = now + STATUS_SECONDS
@@ -456,6 +551,30 @@ class Supervisor:
         if self._watchdog is not None and now >= self._next_watchdog:
             self._next_watchdog = now + self._watchdog
             self.notifier.send(WATCHDOG=1)
+
+    def _check_database(self) -> None:
+        """Stop if the database file was deleted or replaced under us (rm, or a restore
+        that renamed another file into place): every connection castord and its
+        children hold still writes to the old file, which nobody will read again."""
+        if self._db_identity is None or self.state is State.STOPPING:
+            return
+        try:
+            now = _file_identity(self._db_path)
+        except OSError:  # cannot tell (a permission change on the directory): not a strike
+            return
+        if now == self._db_identity:
+            self._db_strikes = 0
+            return
+        self._db_strikes += 1
+        if self._db_strikes < DATABASE_STRIKES:
+            return
+        was = f"device {self._db_identity[0]} inode {self._db_identity[1]}"
+        change = "missing" if now is None else f"replaced: {was}, now device {now[0]} inode {now[1]}"
+        log.critical("castord.database_replaced", database=self._db_path, change=change,
+                     message="the database file was deleted or replaced while castord ran; stopping so "
+                             "that the service manager starts castord again on the file now at that path")
+        self.exit_code = ExitCode.DATABASE_REPLACED
+        self._begin_fast_stop()
 
     def _record(self) -> None:
         # A short wait: while another program holds a long write lock, the loop
@@ -520,9 +639,32 @@ def describe_exit(code: int | None) -> dict[str, Any]:
     if code is None:
         return {"exit_code": None}
     if code < 0:
-        name = signal.Signals(-code).name
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name of its own
+            name = f"signal {-code}"
         fields: dict[str, Any] = {"signal": name}
         if -code == signal.SIGKILL:
             fields["hint"] = "killed by SIGKILL: possibly out of memory"
         return fields
     return {"exit_code": code}
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL a child's process group (gone already, or never made: fine)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError as exc:
+        if exc.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+
+
+def _file_identity(path: str | None) -> tuple[int, int] | None:
+    """(device, inode) of the database file, or None if there is none at `path`."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

@@ -7,32 +7,62 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from castord.cli import build_config
 from castord.config import Config
-from castord.errors import PidfileError
+from castord.errors import ExitCode, PidfileError
 from castord.notify import Notifier, watchdog_interval
 from castord.pidfile import Pidfile, pid_alive
-from castord.signals import Intent, intent_for
+from castord.signals import INTENTS, MASTER_SIGNALS, Intent, State, intent_for
 from castord.supervisor import backoff, describe_exit
 
 
-@pytest.mark.parametrize("signum,draining,intent", [
-    (signal.SIGTERM, False, Intent.DRAIN),
-    (signal.SIGINT, False, Intent.DRAIN),
-    (signal.SIGTERM, True, Intent.FAST_STOP),
-    (signal.SIGINT, True, Intent.FAST_STOP),
-    (signal.SIGQUIT, False, Intent.FAST_STOP),
-    (signal.SIGHUP, False, Intent.RELOAD),
-    (signal.SIGTTIN, False, Intent.GROW),
-    (signal.SIGTTOU, False, Intent.SHRINK),
-    (signal.SIGUSR1, False, Intent.REOPEN_LOGS),
+@pytest.mark.parametrize("signum,state,intent", [
+    (signal.SIGTERM, State.RUNNING, Intent.DRAIN),
+    (signal.SIGINT, State.RUNNING, Intent.DRAIN),
+    (signal.SIGQUIT, State.RUNNING, Intent.FAST_STOP),
+    (signal.SIGHUP, State.RUNNING, Intent.RELOAD),
+    (signal.SIGTTIN, State.RUNNING, Intent.GROW),
+    (signal.SIGTTOU, State.RUNNING, Intent.SHRINK),
+    (signal.SIGUSR1, State.RUNNING, Intent.REOPEN_LOGS),
+    # A reload: TERM drains both generations, resizes apply to the new one, a
+    # second HUP waits for this reload to end.
+    (signal.SIGTERM, State.RELOADING, Intent.DRAIN),
+    (signal.SIGINT, State.RELOADING, Intent.DRAIN),
+    (signal.SIGQUIT, State.RELOADING, Intent.FAST_STOP),
+    (signal.SIGHUP, State.RELOADING, Intent.DEFER_RELOAD),
+    (signal.SIGTTIN, State.RELOADING, Intent.GROW),
+    (signal.SIGTTOU, State.RELOADING, Intent.SHRINK),
+    # Winding down: a second TERM/INT goes fast; nothing may add children.
+    (signal.SIGTERM, State.DRAINING, Intent.FAST_STOP),
+    (signal.SIGINT, State.DRAINING, Intent.FAST_STOP),
+    (signal.SIGQUIT, State.DRAINING, Intent.FAST_STOP),
+    (signal.SIGHUP, State.DRAINING, Intent.REFUSE_RELOAD),
+    (signal.SIGTTIN, State.DRAINING, Intent.REFUSE_RESIZE),
+    (signal.SIGTTOU, State.DRAINING, Intent.REFUSE_RESIZE),
+    (signal.SIGUSR1, State.DRAINING, Intent.REOPEN_LOGS),
+    (signal.SIGTERM, State.STOPPING, Intent.FAST_STOP),
+    (signal.SIGHUP, State.STOPPING, Intent.REFUSE_RELOAD),
+    (signal.SIGTTIN, State.STOPPING, Intent.REFUSE_RESIZE),
+    (signal.SIGUSR1, State.STOPPING, Intent.REOPEN_LOGS),
 ])
-def test_signal_table(signum, draining, intent):
-    assert intent_for(signum, draining=draining) is intent
+def test_signal_table(signum, state, intent):
+    assert intent_for(signum, state) is intent
+
+
+def test_every_signal_has_an_intent_in_every_state():
+    for state in State:
+        assert set(INTENTS[state]) == set(MASTER_SIGNALS), state
+    # Only a running castord may add children.
+    adds = {Intent.RELOAD, Intent.GROW, Intent.DEFER_RELOAD}
+    for state in (State.DRAINING, State.STOPPING):
+        assert not adds & set(INTENTS[state].values()), state
+    assert not State.DRAINING.accepting and not State.STOPPING.accepting
+    assert State.RUNNING.accepting and State.RELOADING.accepting
 
 
 def test_backoff_is_immediate_then_capped():
@@ -46,6 +76,7 @@ def test_exit_descriptions():
                                               "hint": "killed by SIGKILL: possibly out of memory"}
     assert describe_exit(-signal.SIGABRT) == {"signal": "SIGABRT"}
     assert describe_exit(3) == {"exit_code": 3}
+    assert describe_exit(-40) == {"signal": "signal 40"}  # a real-time signal: no name, no crash
 
 
 def test_config_defaults_and_validation():
@@ -139,3 +170,77 @@ def test_status_render_shows_running_tasks_with_progress():
     lines = render(report).splitlines()
     assert lines[1] == "  running tasks.resize bbbbcccc attempt 2 40% resized b.png"
     assert lines[2] == "  running tasks.crawl ddddeeee attempt 1 (cancelling)"
+
+
+# -- the master's judgement of an exited child (no processes: a stand-in for one) -----
+
+
+class _Gone:
+    """Stands in for a child process that has exited."""
+
+    pid = 4_194_304 + 1  # above Linux's largest pid: nothing to signal by mistake
+
+
+@pytest.fixture
+def supervisor(tmp_path, monkeypatch):
+    import castor
+    from castord.supervisor import Supervisor
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    manager = castor.Manager(str(tmp_path / "app.db"))
+    sup = Supervisor(Config(app="app:manager", workers=1, threads=0), manager)
+    yield sup
+    sup.signals.close()
+    manager.close()
+
+
+def _exited(sup, slot, code, *, ready=True, **said):
+    from castord.children import ChildSpec
+    from castord.supervisor import Child
+
+    spec = ChildSpec(role="process-worker", index=0, generation=1, owner="nobody", app="app:manager",
+                     threads=1, queues=None, lease=30.0, heartbeat_interval=1.0, max_tasks=None,
+                     max_memory_mb=None, log_format="json", log_level="info", log_file=None)
+    now = time.monotonic()
+    sup._on_exit(slot, Child(spec, _Gone(), None, spawned_at=now, last_beat=now, ready=ready, **said), code)
+
+
+@pytest.mark.parametrize("code", [0, 1, 3, 4, 5, 6, 7, -signal.SIGKILL, -40])
+def test_an_exit_status_alone_is_a_crash_never_a_boot_or_database_failure(supervisor, code):
+    from castord.supervisor import Slot
+
+    slot = Slot("process-worker", 0, 1)
+    for _ in range(6):  # more than MAX_BOOT_FAILURES in a row
+        _exited(supervisor, slot, code)
+    assert supervisor.exit_code == ExitCode.OK and supervisor.state is State.RUNNING
+    assert slot.failures == 6  # each a young crash: restart backoff, nothing more
+
+
+def test_what_a_child_said_decides(supervisor):
+    from castord.supervisor import Slot
+
+    slot = Slot("process-worker", 0, 1, failures=3)
+    _exited(supervisor, slot, 5, farewell="task timeout")
+    assert slot.failures == 0  # it left on purpose
+    for _ in range(5):
+        _exited(supervisor, slot, 0, database_error="disk I/O error")
+    assert supervisor.exit_code == ExitCode.BOOT_FAILURES and supervisor.state is State.STOPPING
+
+
+def test_dying_before_ready_is_a_boot_failure(supervisor):
+    from castord.supervisor import Slot
+
+    slot = Slot("process-worker", 0, 1)
+    for _ in range(5):
+        _exited(supervisor, slot, -signal.SIGSEGV, ready=False)
+    assert supervisor.exit_code == ExitCode.BOOT_FAILURES
+
+
+def test_a_draining_master_has_no_respawn_deadline(supervisor):
+    from castord.supervisor import Slot
+
+    supervisor.slots.append(Slot("process-worker", 0, 1, respawn_at=0.0))  # due long ago
+    assert supervisor._timeout() == 0.0
+    supervisor.state = State.DRAINING
+    assert supervisor._timeout() > 0.5  # its loop waits for its children; it used to spin

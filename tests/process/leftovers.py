@@ -1,0 +1,63 @@
+"""What a stopped castord left running: processes by session and process group, from /proc.
+
+Zombies are not counted: a dead process whose parent is gone waits for pid 1 to
+reap it, and on some machines (containers, micro-VMs) pid 1 never does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    state: str
+    pgrp: int
+    session: int
+    cmdline: str
+
+
+def live_processes() -> list[Proc]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name may hold spaces and parentheses: split after the last ")".
+        fields = stat[stat.rindex(")") + 2:].split()
+        state, pgrp, session = fields[0], int(fields[2]), int(fields[3])
+        if state in ("Z", "X"):
+            continue
+        out.append(Proc(int(entry), state, pgrp, session, cmdline))
+    return out
+
+
+def in_session(sid: int) -> list[Proc]:
+    """Live processes of session `sid` (a castord started with start_new_session=True)."""
+    return [p for p in live_processes() if p.session == sid]
+
+
+def in_groups(pgids: set[int], sid: int) -> list[Proc]:
+    """Live processes in any of these process groups that belong to session `sid`.
+
+    The session check keeps a reused number (another user's shell job) out.
+    """
+    return [p for p in live_processes() if p.pgrp in pgids and p.session == sid]
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` is a live (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
