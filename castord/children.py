@@ -153,6 +153,7 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     if spec.role == PROCESS_WORKER:
         worker.on_timeout = lambda record: _timed_out(worker, record, channel)
         worker.on_cancel = lambda record: _cancelled(worker, record, channel)
+        worker.on_lease_lost = lambda record: _lease_lost(record, channel)
     # A TERM sent to a child by hand drains just that child (see Heartbeat).
     heartbeat = Heartbeat(worker, spec, channel, log, sink, reopen_logs, tally, drain_requested)
     heartbeat.start()
@@ -228,6 +229,15 @@ def _cancelled(worker: Worker, record: Any, channel: Channel) -> None:
     _stop_task(worker, record, channel, TaskCancelled(
         f"task {record.id} ({record.name}) was cancelled while running; its process child was "
         "stopped and replaced"), f"task {record.id} was cancelled", EXIT_TASK_CANCELLED)
+
+
+def _lease_lost(record: Any, channel: Channel) -> None:
+    """The running task's lease expired while this child stalled, and the task went
+    to another claim: whatever this attempt writes is refused, and it may be running
+    elsewhere now. Leaving is the only way to stop a process task; nothing to settle."""
+    reason = f"task {record.id} lost its lease while this child stalled"
+    channel.send("retiring", reason)
+    _leave(channel, reason, 0)
 
 
 def _stop_task(worker: Worker, record: Any, channel: Channel, exc: BaseException, reason: str,

@@ -29,6 +29,12 @@ def run_daemon(config: Config) -> int:
     if config.capture_output and not config.dashboard:  # with the dashboard, stdout is its screen
         sink.capture_output()
     log = get_logger("castord.master")
+    # Signals are recorded from here on (the loop acts on them once it runs): until
+    # then HUP, USR1 or TERM would kill castord, and TTIN/TTOU stop it, mid start-up.
+    from castord.signals import SignalQueue
+
+    signals = SignalQueue()
+    signals.install()
     started = time.monotonic()
     try:
         manager = load_manager(config.app)
@@ -62,7 +68,7 @@ def run_daemon(config: Config) -> int:
         return _report(ready_fd, exc.exit_code)
     from castord.supervisor import Supervisor
 
-    supervisor = Supervisor(config, manager, sink)
+    supervisor = Supervisor(config, manager, sink, signals=signals)
     if ready_fd is not None:
         supervisor.on_ready = lambda: _report(ready_fd, ExitCode.OK)
     metrics = None

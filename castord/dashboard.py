@@ -236,7 +236,8 @@ def render(view: View, height: int) -> Layout:
 
 
 def _header(view: View) -> Text:
-    state_style = {"running": "bold green", "draining": "bold yellow", "stopping": "bold red"}.get(view.state, "")
+    state_style = {"running": "bold green", "reloading": "bold green", "draining": "bold yellow",
+                   "stopping": "bold red"}.get(view.state, "")
     text = Text.assemble(("castor ", "bold"), (view.app, "bold cyan"), f"  pid {view.pid}  ",
                          (view.state, state_style), f"  up {_duration(view.uptime_s)}  ",
                          (view.database, "dim"))
@@ -327,7 +328,7 @@ def _log_line(entry: Any) -> Text:
 
 
 def _footer(view: View) -> Text:
-    if view.state == "running":
+    if view.state in ("running", "reloading"):
         return Text("Ctrl+C: drain (running tasks finish, then castor exits)", style="dim")
     if view.state == "draining":
         return Text("draining: waiting for running tasks. Ctrl+C again: stop now (they are requeued)",

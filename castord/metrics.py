@@ -83,7 +83,7 @@ class CastordCollector:
         yield histogram
 
         up = GaugeMetricFamily("castor_daemon_up", "1 while this castord runs (0 while it drains)")
-        up.add_metric([], 1 if snapshot["state"] == "running" else 0)
+        up.add_metric([], 1 if snapshot["state"] in ("running", "reloading") else 0)
         uptime = GaugeMetricFamily("castor_daemon_uptime_seconds", "Seconds since this castord started")
         uptime.add_metric([], time.time() - sup.started_at)
         yield from (up, uptime)

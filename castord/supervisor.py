@@ -30,8 +30,9 @@ from castor.errors import DatabaseLockedError
 from castor.logs import get_logger
 from castor.manager import Manager
 from castor.periodic import Scheduler
+from castor.states import TaskStatus
 from castord.children import PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
-from castord.config import Config
+from castord.config import CHILD_KILL_GRACE_SECONDS, Config
 from castord.errors import ExitCode
 from castord.logging import LogSink
 from castord.notify import Notifier, watchdog_interval
@@ -43,7 +44,8 @@ log = get_logger("castord.master")
 PRELOAD = ["castor", "castor.worker", "castord.children", "castord.logging", "beaver", "structlog"]
 MAX_BOOT_FAILURES = 5
 MAX_WORKER_LOSSES = 3
-KILL_GRACE_SECONDS = 2.0  # between SIGABRT and SIGKILL for an unresponsive child
+# Between SIGABRT and SIGKILL for an unresponsive child; part of the minimum --lease.
+KILL_GRACE_SECONDS = CHILD_KILL_GRACE_SECONDS
 STATUS_SECONDS = 5.0
 RECORD_LOCK_SECONDS = 0.2  # longest wait for the database lock to write the status row
 # Heartbeats in a row that find the database file missing or another file at its
@@ -369,13 +371,20 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - leases expire anyway; never crash the master
             log.exception("castord.release_failed", child=child.spec.label)
             return []
-        for record in released:
-            event = "task.requeued"
-            if count_attempt and record.lost + 1 >= MAX_WORKER_LOSSES:
-                event = "task.failed"
-            log.warning(event, task_id=record.id, task_name=record.name, queue=record.queue,
-                        attempt=record.attempts, child=child.spec.label,
-                        reason=reason)
+        for record in released:  # as they are now: failed, cancelled, or back in the queue
+            fields = {"task_id": record.id, "task_name": record.name, "queue": record.queue,
+                      "attempt": record.attempts, "child": child.spec.label, "status": str(record.status)}
+            if record.status == TaskStatus.FAILED:
+                error = record.error or {}
+                log.error("task.failed", **fields, exc_type=error.get("type"), exc_message=error.get("message"),
+                          reason=reason)
+            elif record.status == TaskStatus.CANCELLED:
+                log.info("task.cancelled", **fields, reason=reason)
+            elif count_attempt and record.isolate and record.lost == 0:
+                log.warning("task.requeued", **fields, reason=f"{reason}; it ran beside other tasks, "
+                            "so it is not blamed and runs alone next")
+            else:
+                log.warning("task.requeued", **fields, reason=reason)
         return released
 
     # -- liveness ----------------------------------------------------------------

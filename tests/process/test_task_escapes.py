@@ -132,11 +132,6 @@ def test_a_fork_that_leaves_through_sys_exit_does_not_outlive_castord(daemons, a
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "LIBRARY FIX PENDING (castor/worker.py): a Worker must notice, after a task returns, that "
-    "it runs in a fork of the child and os._exit there; until then the fork keeps claiming tasks "
-    "as a second, unsupervised worker (castord kills it only when its child exits). Remove this "
-    "xfail once that change is merged: strict=True turns its passing into a failure."))
 def test_a_fork_that_leaves_through_sys_exit_claims_no_task(daemons, app_dir, escape):  # noqa: F811
     d = start(daemons)
     marker = app_dir / "forked.marker"
