@@ -103,7 +103,7 @@ class Config:
         if not self.umask & 0o002:
             raise ValueError(
                 f"--umask {self.umask:03o} lets every local user write to the files castord creates, "
-                "its database among them (and whoever writes that chooses what the workers run); "
+                "its log file among them (anyone could forge or erase its lines); "
                 "use 077 (owner only), 027 or 007")
 
 

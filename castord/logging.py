@@ -28,21 +28,23 @@ class LogSink:
         self.handler = handler
         self.capturing = False
 
-    def reopen(self) -> None:
+    def reopen(self) -> bool:
+        """Open the log file again (after rotation); False if that was refused."""
         if self.log_file is None:
-            return
+            return True
         try:
             new_stream = open_append(self.log_file)
         except (CastordError, OSError) as exc:  # a link planted after rotation, a full disk...
             # Keep writing to the stream we have, and say so there.
             get_logger("castord.logging").error("castord.log_reopen_failed", log_file=self.log_file,
                                                 error=str(exc))
-            return
+            return False
         old = self.handler.setStream(new_stream)
         if old is not None and old not in (sys.stdout, sys.stderr):
             old.close()
         if self.capturing:
             self.capture_output()
+        return True
 
     def capture_output(self) -> None:
         """Send this process's stdout and stderr (task code's print(), stray

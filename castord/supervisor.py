@@ -452,8 +452,7 @@ class Supervisor:
             self._reopen_logs()
 
     def _reopen_logs(self) -> None:
-        if self.sink is not None:
-            self.sink.reopen()
+        reopened = self.sink.reopen() if self.sink is not None else True
         for child in self._live_children():
             if child.ready:
                 self._signal(child, signal.SIGUSR1)  # each child reopens its own stream
@@ -461,7 +460,8 @@ class Supervisor:
                 # Until it is ready its USR1 handler may not be set, and USR1's
                 # default action would kill it.
                 child.reopen_logs = True
-        log.info("castord.logs_reopened")
+        if reopened:  # else castord.log_reopen_failed said why, on the old stream
+            log.info("castord.logs_reopened")
 
     def _begin_drain(self) -> None:
         self.state = State.DRAINING

@@ -97,7 +97,8 @@ def test_sigkilled_worker_task_is_claimed_again_after_its_lease(volume_app, proc
     assert final.attempts == 2 and final.lost == 1 and final.owner != first.owner
     # The dead worker's late settle is rejected: the newer attempt's result stands.
     assert not testapp.manager.store.settle(
-        task.id, first.owner, first.attempts, "failed", error={"type": "late"}, now=time.time())
+        task.id, first.owner, first.attempts, "failed", error={"type": "late"}, now=time.time(),
+        fence=first.fence)
     assert task.join(timeout=1) == "second attempt"
 
 

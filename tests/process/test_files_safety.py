@@ -108,10 +108,10 @@ def test_a_link_planted_after_log_rotation_is_not_followed_on_reopen(daemons, ap
     d.log_file.rename(rotated)
     d.log_file.symlink_to(target)
     d.signal(signal.SIGUSR1)
-    # The master has acted on USR1 once it wrote a line after it, wherever it wrote it.
-    wait_until(lambda: "logs_reopen" in rotated.read_text() + target.read_text(), 15,
-               "castord to act on SIGUSR1")
+    # The master refuses the link, and says so on the stream it keeps (the rotated file).
+    wait_until(lambda: "castord.log_reopen_failed" in rotated.read_text(), 15, "castord to act on SIGUSR1")
     assert target.read_text() == PRECIOUS
+    assert "castord.logs_reopened" not in rotated.read_text()
 
 
 # -- the pidfile's directory ---------------------------------------------------------------
