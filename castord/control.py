@@ -159,9 +159,9 @@ def _readlink(path: str) -> str | None:
 
 def _live_row(rows: list[dict[str, Any]], app: str | None) -> dict[str, Any] | None:
     host = socket.gethostname()
-    now = time.time()
     for row in rows:
-        if row["host"] != host or now - row["heartbeat_at"] > STALE_SECONDS:
+        # heartbeat_age is on the boot clock: a wall-clock step neither ages nor freshens it.
+        if row["host"] != host or row["heartbeat_age"] > STALE_SECONDS:
             continue
         if app and row["app"] != app:
             continue
@@ -219,12 +219,13 @@ def _add_database_details(report: dict[str, Any], target: Target, db_path: str) 
         if row is not None and target.pid is not None:
             now = time.time()
             report["uptime_s"] = round(now - row["started_at"], 1)
-            report["heartbeat_age_s"] = round(now - row["heartbeat_at"], 1)
+            age = row["heartbeat_age"]
+            report["heartbeat_age_s"] = round(age, 1)
             report.update({k: row["info"].get(k) for k in ("state", "workers", "threads", "queues", "children")})
-            if now - row["heartbeat_at"] > STALE_SECONDS:
+            if age > STALE_SECONDS:
                 report["warnings"].append(
                     f"castord pid {target.pid} last wrote its heartbeat row in {db_path} "
-                    f"{now - row['heartbeat_at']:.0f} s ago: it cannot write to the file (locked by another "
+                    f"{age:.0f} s ago: it cannot write to the file (locked by another "
                     "program, full, read-only?) or its main loop is stuck; the details shown are that old")
         elif target.pid is not None:
             report["warnings"].append(

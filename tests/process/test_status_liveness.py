@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import castor
+from castor.clocks import boot_clock
 from castord import control
 from tests.conftest import wait_until
 from tests.process.test_bad_input import foreign_write_lock
@@ -68,17 +69,21 @@ def test_status_never_creates_the_missing_database(db_path):
 def test_status_by_app_finds_the_master_after_its_database_was_deleted(daemons, app_dir, db_path):  # noqa: F811
     d = daemons().start("--workers", "1", "--threads", "0")
     d.wait_note("READY=1")
-    remove_database(db_path)
-    code, report, human = status(app_dir, "testapp:manager")
-    assert code == 0 and report["running"] and report["pid"] == d.pid, report
-    assert any(f"no heartbeat row for castord pid {d.pid}" in w for w in report["warnings"]), report
-    assert human.startswith(f"castord is running: pid {d.pid}")
-    reload = run_cli(app_dir, "reload", "testapp:manager")
-    assert reload.returncode == 0 and f"castord pid {d.pid}" in reload.stdout
-    d.wait_event("castord.reloading")
-    stop = run_cli(app_dir, "stop", "testapp:manager", "--timeout", "30")
-    assert stop.returncode == 0, stop.stdout + stop.stderr
-    assert d.wait_exit(10) == 0
+    # Stopped, the master cannot notice the deletion and leave (exit 8) before status looks.
+    d.signal(signal.SIGSTOP)
+    try:
+        remove_database(db_path)
+        code, report, human = status(app_dir, "testapp:manager")
+        assert code == 0 and report["running"] and report["pid"] == d.pid, report
+        assert any(f"no heartbeat row for castord pid {d.pid}" in w for w in report["warnings"]), report
+        assert human.startswith(f"castord is running: pid {d.pid}")
+        reload = run_cli(app_dir, "reload", "testapp:manager")
+        assert reload.returncode == 0 and f"castord pid {d.pid}" in reload.stdout
+    finally:
+        d.signal(signal.SIGCONT)
+    d.wait_event("castord.signal", signal="SIGHUP")  # the reload reached it
+    assert d.wait_exit(30) == 8  # and then it noticed its database had gone
+    assert d.events("castord.database_replaced")
 
 
 def heartbeat_age(db_path: str, pid: int) -> float:
@@ -125,6 +130,8 @@ def test_a_stale_heartbeat_row_is_running_with_a_warning(db_path):
     manager = castor.Manager(db_path)
     try:
         old = time.time() - 600
+        # Ten minutes ago on the boot clock too: staleness is measured on it.
+        manager.store.clock = lambda: boot_clock() - 600
         manager.store.record_daemon("host:1:x", host=socket.gethostname(), pid=os.getpid(), app="a:m",
                                     started_at=old, info={"state": "running"}, now=old)
     finally:
