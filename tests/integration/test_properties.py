@@ -1,19 +1,29 @@
 """Property tests (hypothesis) on a real store: the task state machine, and values
 through the whole enqueue → run → result path.
 
-`StoreMachine` drives a SQLiteStore on a fresh database file with a clock of its
-own (every store method that reads the time takes `now=`; release_owner and
-requeue stamp `finished_at` from time.time(), which the model allows for), through
-any interleaving of enqueue, claim, renew, settle (success, failure, retry,
-cancelled, dropped), cancel, progress, lease expiry and recovery, release of a
-lost or drained worker's tasks, manual retry and purge. It keeps a model of what
-every row must hold, and after each step reads every row back and checks it
-against the model and against castor.states.TRANSITIONS.
+`StoreMachine` drives a SQLiteStore on a fresh database file with the two clocks
+a host has, both its own: the wall clock (`wall`: every `now=`, the ETAs,
+enqueued_at, started_at, finished_at), which an operator or NTP may step back,
+and the lease clock (`clock`, put in as the store's `clock`; the boot clock in
+production), which only moves forward. release_owner and requeue stamp
+finished_at from time.time(), which the model allows for.
+
+It runs any interleaving of enqueue, claim (of the ordinary tasks or of those
+set apart to run alone), renew of any mix of current and stale claims, settle
+(success, failure, retry, cancelled, dropped), cancel, progress, lease expiry and
+recovery, a wall clock stepping back, a worker that claims the same task again
+while still holding its old claim (it stalled past its lease, was drained, or
+handed the task back), release of a lost or drained worker's tasks (blamed, or
+set apart when several thread tasks shared the crash), manual retry and purge.
+It keeps a model of what every row must hold, its fencing token included, and
+after each step reads every row back and checks it against the model and
+against castor.states.TRANSITIONS.
 """
 
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,11 +52,13 @@ from castor.store.sqlite import SQLiteStore
 from tests.strategies import json_normal, json_values, property_settings, same, surrogate_text
 
 MAX_LOST = 3
-SLOTS = (1, 2, 3)  # worker slots; each runs as one owner until it is drained
+SLOTS = (1, 2, 3)  # worker slots; each runs as one owner
 QUEUES = ("a", "b")
 MODES = ("process", "thread")
-MODES_WEIGHTED = ("process", "process", "process", "thread")
-START = 1000.0
+START = 1000.0  # the wall clock's start (an epoch time)
+# The lease clock's (seconds since boot): far from the wall clock's, so that a
+# lease told on the wrong clock shows.
+CLOCK_START = 50.0
 
 
 class _RealTime:
@@ -61,12 +73,16 @@ REAL_TIME = _RealTime()
 
 @dataclass(frozen=True)
 class Token:
-    """What a worker holds for one claimed attempt; `serial` identifies the claim."""
+    """What a worker holds for one claimed attempt: the claim (task id, fencing token)."""
 
     task_id: str
     owner: str
     attempt: int
-    serial: int
+    fence: int
+
+    @property
+    def claim(self) -> tuple[str, int]:
+        return (self.task_id, self.fence)
 
 
 @dataclass
@@ -77,14 +93,16 @@ class Expected:
     mode: str
     queue: str
     priority: int
+    enqueued_at: float
     eta: float
     unique_key: str | None
     status: TaskStatus = TaskStatus.PENDING
     attempts: int = 0
     lost: int = 0
     owner: str | None = None
-    serial: int | None = None  # the claim now running, if any
-    lease_expires: float | None = None
+    fence: int = 0  # bumped by every claim; the running claim's token while running
+    isolate: bool = False  # set apart by a thread-host crash beside other tasks
+    lease_expires: float | None = None  # on the lease clock
     started_at: float | None = None
     finished_at: Any = None  # float, None or REAL_TIME
     expires_at: float | None = None
@@ -106,28 +124,36 @@ class StoreMachine(RuleBasedStateMachine):
     tokens = Bundle("tokens")
     task_ids = Bundle("task_ids")
 
-    # castord gives each child a fresh owner, and a drained castor worker never
-    # claims again, so an owner whose attempt was handed back uncounted (drain)
-    # is retired. See test_a_drained_owner_that_claims_again_can_settle_its_old_attempt.
-    RETIRE_DRAINED_OWNERS = True
+    # Owners claim again after a drain, and after a stall past their lease: each
+    # claim has its own fencing token, so the same owner's old claim of the same
+    # task is refused (claim_own_task_again). True would give a drained owner's
+    # slot a fresh owner, as castord does for its children.
+    RETIRE_DRAINED_OWNERS = False
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="castor-props-")
         self.store = SQLiteStore(f"{self.dir}/app.db")
-        self.now = START
+        self.wall = START
+        self.clock = CLOCK_START
+        self.store.clock = lambda: self.clock
+        # A second connection, to read the leases as stored (on the lease clock):
+        # records tell them as epoch times through time.time(), which moves.
+        self.raw = sqlite3.connect(f"{self.dir}/app.db", isolation_level=None)
         self.real_start = time.time()
         self.model: dict[str, Expected] = {}
         self.generation = dict.fromkeys(SLOTS, 0)
         self.next_id = 0
-        self.next_serial = 0
+        self.hosts = 0  # castord children started by host_crashes (each a fresh owner)
         self.snapshot: dict[str, TaskRecord] = {}
         # What the last step may legitimately have done beyond single transitions.
-        self.reclaimed: set[str] = set()  # running → pending → running in one transaction
+        self.reclaimed: set[str] = set()  # running → … → running under a new claim in one step
+        self.passed_through: set[str] = set()  # … → running → … in one step (claimed, then released)
         self.uncounted: set[str] = set()  # attempts handed back (drain): attempts - 1
         self.reset_lost: set[str] = set()  # manual retry: lost back to 0
 
     def teardown(self) -> None:
+        self.raw.close()
         self.store.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -137,7 +163,19 @@ class StoreMachine(RuleBasedStateMachine):
         return f"w{slot}.{self.generation[slot]}"
 
     def rows(self) -> dict[str, TaskRecord]:
-        return {r.id: r for r in self.store.list(Query())}
+        """Every row, its lease put back on the lease clock (after checking that the
+        record told it as an epoch time correctly), so that rows compare exactly."""
+        before = time.time()
+        records = self.store.list(Query())
+        after = time.time()
+        stored = dict(self.raw.execute("SELECT id, lease_expires FROM castor_tasks").fetchall())
+        for r in records:
+            if r.lease_expires is not None:
+                lease = stored[r.id]
+                low, high = lease + (before - self.clock), lease + (after - self.clock)
+                assert low - 1e-3 <= r.lease_expires <= high + 1e-3, (r.id, r.lease_expires, lease)
+                r.lease_expires = lease
+        return {r.id: r for r in records}
 
     def unfinished_twin(self, key: str | None, other_than: str | None = None) -> Expected | None:
         if key is None:
@@ -147,17 +185,28 @@ class StoreMachine(RuleBasedStateMachine):
                 return t
         return None
 
-    def holds(self, token: Token) -> bool:
-        t = self.model.get(token.task_id)
-        return t is not None and t.status == TaskStatus.RUNNING and t.serial == token.serial
+    def held(self, task_id: str, fence: int) -> bool:
+        """Whether the claim (task_id, fence) holds its task."""
+        t = self.model.get(task_id)
+        return t is not None and t.status == TaskStatus.RUNNING and t.fence == fence
 
-    def due(self, mode: str, queues: list[str] | None) -> list[Expected]:
+    def holds(self, token: Token) -> bool:
+        return self.held(*token.claim)
+
+    def is_due(self, t: Expected) -> bool:
+        """The store's rule: the ETA has passed, or the task was enqueued without one
+        (eta <= enqueued_at), however far the wall clock stepped back since. (Which
+        also takes in a retry whose backoff ends before enqueued_at: see
+        test_a_retry_waits_its_delay_even_after_the_wall_clock_stepped_back.)"""
+        return t.status == TaskStatus.PENDING and (t.eta <= self.wall or t.eta <= t.enqueued_at)
+
+    def due(self, mode: str, queues: list[str] | None, isolated: bool = False) -> list[Expected]:
         return [t for t in self.model.values()
-                if t.status == TaskStatus.PENDING and t.mode == mode and t.eta <= self.now
+                if self.is_due(t) and t.mode == mode and t.isolate == isolated
                 and (not queues or t.queue in queues)]
 
-    def take_claims(self, owner: str, mode: str, queues: list[str] | None, limit: int, lease: float,
-                    claimed: list[TaskRecord], due: list[Expected]) -> list[Token]:
+    def take_claims(self, owner: str, limit: int, lease: float, claimed: list[TaskRecord],
+                    due: list[Expected]) -> list[Token]:
         """Check a claim's answer against the model, then apply it."""
         assert len(claimed) == min(limit, len(due)), (claimed, due)
         assert len({r.id for r in claimed}) == len(claimed)
@@ -171,18 +220,17 @@ class StoreMachine(RuleBasedStateMachine):
         out = []
         for r in claimed:
             t = self.model[r.id]
-            t.status, t.owner, t.attempts = TaskStatus.RUNNING, owner, t.attempts + 1
-            t.lease_expires, t.started_at = self.now + lease, self.now
-            self.next_serial += 1
-            t.serial = self.next_serial
-            assert (r.status, r.owner, r.attempts, r.lease_expires, r.started_at) == (
-                TaskStatus.RUNNING, owner, t.attempts, t.lease_expires, self.now)
-            out.append(Token(r.id, owner, t.attempts, t.serial))
+            t.status, t.owner, t.attempts, t.fence = TaskStatus.RUNNING, owner, t.attempts + 1, t.fence + 1
+            t.lease_expires, t.started_at = self.clock + lease, self.wall
+            # A claim tells its lease as a wall-clock time: the `now` it was given + lease.
+            assert (r.status, r.owner, r.attempts, r.fence, r.isolate, r.lease_expires, r.started_at) == (
+                TaskStatus.RUNNING, owner, t.attempts, t.fence, t.isolate, self.wall + lease, self.wall)
+            out.append(Token(r.id, owner, t.attempts, t.fence))
         return out
 
     def lose(self, t: Expected, finished_at: Any) -> None:
         """The store's `_lose` for one running task (lease expired, or worker died)."""
-        t.lease_expires, t.serial = None, None
+        t.lease_expires = None
         if t.cancel_requested:
             t.status, t.finished_at = TaskStatus.CANCELLED, finished_at
         elif t.lost + 1 >= MAX_LOST:
@@ -191,9 +239,18 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             t.status, t.lost, t.progress = TaskStatus.PENDING, t.lost + 1, None
 
+    def set_apart(self, t: Expected) -> None:
+        """release_owner for one of several thread tasks that shared a crash: none
+        is blamed (lost, attempts unchanged); it runs alone next."""
+        t.lease_expires = None
+        if t.cancel_requested:
+            t.status, t.finished_at = TaskStatus.CANCELLED, REAL_TIME
+        else:
+            t.status, t.progress, t.isolate = TaskStatus.PENDING, None, True
+
     def hand_back(self, t: Expected, *, count_attempt: bool) -> None:
         """requeue / a drain's release_owner for one running task."""
-        t.lease_expires, t.serial = None, None
+        t.lease_expires = None
         if t.cancel_requested:
             t.status, t.finished_at = TaskStatus.CANCELLED, REAL_TIME
         else:
@@ -204,7 +261,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def apply_settlement(self, s: Settlement, token: Token) -> None:
         t = self.model[token.task_id]
-        t.lease_expires, t.serial = None, None
+        t.lease_expires = None
         if s.drop:
             del self.model[t.id]
             return
@@ -229,77 +286,109 @@ class StoreMachine(RuleBasedStateMachine):
 
     def settlement(self, token: Token, outcome: str, delay: float, ttl: float | None) -> Settlement:
         error = {"type": f"builtins.{outcome.title()}Error", "message": outcome, "traceback": "", "args": []}
-        expires_at = None if ttl is None else self.now + ttl
+        expires_at = None if ttl is None else self.wall + ttl
+        fence = token.fence
         if outcome == "success":
             return Settlement(token.task_id, token.owner, token.attempt, TaskStatus.SUCCESS,
-                              result=f'"{token.task_id}#{token.attempt}"', finished_at=self.now,
-                              expires_at=expires_at)
+                              result=f'"{token.task_id}#{token.attempt}"', finished_at=self.wall,
+                              expires_at=expires_at, fence=fence)
         if outcome == "drop":  # result_ttl=0
             return Settlement(token.task_id, token.owner, token.attempt, TaskStatus.SUCCESS, result="1",
-                              finished_at=self.now, expires_at=self.now, drop=True)
+                              finished_at=self.wall, expires_at=self.wall, drop=True, fence=fence)
         if outcome == "retry":
             return Settlement(token.task_id, token.owner, token.attempt, TaskStatus.PENDING, error=error,
-                              finished_at=self.now, eta=self.now + delay)
+                              finished_at=self.wall, eta=self.wall + delay, fence=fence)
         status = TaskStatus.FAILED if outcome == "failed" else TaskStatus.CANCELLED
         return Settlement(token.task_id, token.owner, token.attempt, status, error=error,
-                          finished_at=self.now, expires_at=expires_at)
+                          finished_at=self.wall, expires_at=expires_at, fence=fence)
+
+    def refuses(self, token: Token) -> None:
+        """Every write fenced by a claim that no longer holds its task is refused,
+        and changes nothing."""
+        assert not self.holds(token)
+        before = self.rows()
+        assert self.store.renew([token.claim], lease=10.0) == set()
+        assert not self.store.set_progress(token.task_id, token.fence, 0.5, "stale")
+        assert not self.store.requeue(token.task_id, token.fence, count_attempt=False)
+        for outcome in ("success", "retry", "drop"):
+            assert not self.store.settle_one(self.settlement(token, outcome, 0.0, None)), outcome
+        stale = self.settlement(token, "failed", 0.0, None)
+        assert self.store.settle_and_claim([stale], token.owner, mode="process", queues=None, limit=0,
+                                           lease=1.0, now=self.wall) == ([False], [])
+        assert self.rows() == before, "a refused write changed something"
 
     # -- producing -------------------------------------------------------------
 
-    @initialize(target=task_ids, count=st.integers(1, 4), priorities=st.lists(st.integers(-1, 1), min_size=4))
-    def some_tasks(self, count: int, priorities: list[int]) -> Any:
+    @initialize(target=task_ids, count=st.integers(1, 4), priorities=st.lists(st.integers(-1, 1), min_size=4),
+                modes=st.lists(st.sampled_from(MODES), min_size=4))
+    def some_tasks(self, count: int, priorities: list[int], modes: list[str]) -> Any:
         """Start with a few due tasks, so that most runs reach claims, leases and settles."""
-        return multiple(*[self.enqueue("process", QUEUES[i % 2], priorities[i], None, None) for i in range(count)])
+        return multiple(*[self.enqueue(modes[i], QUEUES[i % 2], priorities[i], None, None) for i in range(count)])
 
     @precondition(lambda self: len(self.model) < 12)
-    @rule(target=task_ids, mode=st.sampled_from(MODES_WEIGHTED), queue=st.sampled_from(QUEUES),
+    @rule(target=task_ids, mode=st.sampled_from(MODES), queue=st.sampled_from(QUEUES),
           priority=st.integers(-2, 2), delay=st.sampled_from([None, 0.0, 2.0, 6.0, -1.0]),
           unique_key=st.sampled_from([None, None, "u1", "u2"]))
     def enqueue(self, mode: str, queue: str, priority: int, delay: float | None, unique_key: str | None) -> str:
         task_id = f"t{self.next_id}"
         self.next_id += 1
-        eta = self.now if delay is None else self.now + delay
+        eta = self.wall if delay is None else self.wall + delay
         task = NewTask(id=task_id, name="t", mode=mode, serializer="json", args="[]", kwargs="{}",
-                       enqueued_at=self.now, eta=eta, queue=queue, priority=priority, unique_key=unique_key)
+                       enqueued_at=self.wall, eta=eta, queue=queue, priority=priority, unique_key=unique_key)
         (returned,) = self.store.enqueue([task])
         twin = self.unfinished_twin(unique_key)
         if twin is not None:
             assert returned == twin.id, "a unique task's unfinished twin answers the enqueue"
         else:
             assert returned == task_id
-            self.model[task_id] = Expected(task_id, mode, queue, priority, eta, unique_key)
+            self.model[task_id] = Expected(task_id, mode, queue, priority, self.wall, eta, unique_key)
         return returned
 
     # -- consuming -------------------------------------------------------------
 
-    @rule(target=tokens, slot=st.sampled_from(SLOTS), mode=st.sampled_from(MODES_WEIGHTED),
+    @rule(target=tokens, slot=st.sampled_from(SLOTS), mode=st.sampled_from(MODES),
           queues=st.sampled_from([None, ["a"], ["b"], ["a", "b"]]), limit=st.integers(1, 3),
-          lease=st.sampled_from([1.0, 4.0, 10.0]))
-    def claim(self, slot: int, mode: str, queues: list[str] | None, limit: int, lease: float) -> Any:
+          lease=st.sampled_from([1.0, 4.0, 10.0]), isolated=st.sampled_from([False, False, True]))
+    def claim(self, slot: int, mode: str, queues: list[str] | None, limit: int, lease: float,
+              isolated: bool) -> Any:
         owner = self.owner(slot)
-        due = self.due(mode, queues)
-        claimed = self.store.claim(owner, mode=mode, queues=queues, limit=limit, lease=lease, now=self.now)
-        return multiple(*self.take_claims(owner, mode, queues, limit, lease, claimed, due))
+        due = self.due(mode, queues, isolated)
+        claimed = self.store.claim(owner, mode=mode, queues=queues, limit=limit, lease=lease, now=self.wall,
+                                   isolated=isolated)
+        if isolated:
+            event("claim(isolated=True): " + ("took some" if claimed else "none set apart"))
+        return multiple(*self.take_claims(owner, limit, lease, claimed, due))
 
     @rule(target=tokens, task_id=task_ids, slot=st.sampled_from(SLOTS))
     def claim_task(self, task_id: str, slot: int) -> Any:
         """The eager path: claim one named task, whatever its ETA."""
         owner = self.owner(slot)
         t = self.model.get(task_id)
-        record = self.store.claim_task(task_id, owner, lease=10.0, now=self.now)
+        record = self.store.claim_task(task_id, owner, lease=10.0, now=self.wall)
         if t is None or t.status != TaskStatus.PENDING:
             assert record is None
             return multiple()
         assert record is not None
-        return multiple(*self.take_claims(owner, t.mode, None, 1, 10.0, [record], [t]))
+        return multiple(*self.take_claims(owner, 1, 10.0, [record], [t]))
 
-    @rule(slot=st.sampled_from(SLOTS), lease=st.sampled_from([1.0, 4.0, 10.0]))
-    def renew(self, slot: int, lease: float) -> None:
-        owner = self.owner(slot)
-        held = [t for t in self.model.values() if t.status == TaskStatus.RUNNING and t.owner == owner]
-        assert self.store.renew(owner, lease=lease, now=self.now) == len(held)
-        for t in held:
-            t.lease_expires = self.now + lease
+    # `first` apart from `more`: a rule drawing only from st.lists(tokens) would be
+    # tried with no tokens yet, and give the whole example up.
+    @rule(first=tokens, more=st.lists(tokens, max_size=3), ahead=st.booleans(),
+          lease=st.sampled_from([1.0, 4.0, 10.0]))
+    def renew(self, first: Token, more: list[Token], ahead: bool, lease: float) -> None:
+        """A worker renews the claims it runs: any mix of current ones and stale ones
+        (an attempt whose lease went, a claim from before a drain), and with `ahead`
+        a token one past the first claim's (no claim was given it yet, or a later one was)."""
+        asked = [token.claim for token in (first, *more)]
+        if ahead:
+            asked.append((first.task_id, first.fence + 1))
+        want = {claim for claim in asked if self.held(*claim)}
+        got = self.store.renew(asked, lease=lease)
+        assert got == want, f"renew {asked}: store kept {got}, the model holds {want}"
+        event("renew: " + ("mixed held and stale" if want and len(set(asked)) > len(want)
+                           else "all held" if want else "none held"))
+        for task_id, _fence in want:
+            self.model[task_id].lease_expires = self.clock + lease
 
     @rule(token=tokens, outcome=st.sampled_from(["success", "failed", "retry", "cancelled", "drop"]),
           delay=st.sampled_from([0.0, 3.0]), ttl=st.sampled_from([None, 1.0, 5.0]))
@@ -309,7 +398,7 @@ class StoreMachine(RuleBasedStateMachine):
         holds = self.holds(token)
         accepted = self.store.settle_one(s)
         note(f"settle {token} {outcome}: accepted={accepted}, held={holds}")
-        event("settle", "accepted" if accepted else "refused (stale attempt)")
+        event("settle: " + ("accepted" if accepted else "refused (stale claim)"))
         assert accepted == holds, f"settle by {token} accepted={accepted}, but the model says held={holds}"
         if accepted:
             self.apply_settlement(s, token)
@@ -317,69 +406,161 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.rows() == before, "a refused settle changed something"
 
     @rule(target=tokens, token=tokens, outcome=st.sampled_from(["success", "failed", "retry", "drop"]),
-          slot=st.sampled_from(SLOTS), limit=st.integers(0, 2), mode=st.sampled_from(MODES_WEIGHTED))
-    def settle_and_claim(self, token: Token, outcome: str, slot: int, limit: int, mode: str) -> Any:
+          slot=st.sampled_from(SLOTS), limit=st.integers(0, 2), mode=st.sampled_from(MODES),
+          isolated=st.sampled_from([False, False, True]))
+    def settle_and_claim(self, token: Token, outcome: str, slot: int, limit: int, mode: str,
+                         isolated: bool) -> Any:
         """The busy worker's hot path: settle, then claim more, in one transaction."""
         s = self.settlement(token, outcome, 0.0, None)
         owner = self.owner(slot)
         holds = self.holds(token)
         accepted, claimed = self.store.settle_and_claim(
-            [s], owner, mode=mode, queues=None, limit=limit, lease=4.0, now=self.now)
+            [s], owner, mode=mode, queues=None, limit=limit, lease=4.0, now=self.wall, isolated=isolated)
         assert accepted == [holds]
         if holds:
             self.apply_settlement(s, token)
             if s.status == TaskStatus.PENDING and token.task_id in self.model:
                 self.reclaimed.add(token.task_id)
-        due = self.due(mode, None)
-        return multiple(*self.take_claims(owner, mode, None, limit, 4.0, claimed, due))
+        due = self.due(mode, None, isolated)
+        return multiple(*self.take_claims(owner, limit, 4.0, claimed, due))
 
     @rule(token=tokens, fraction=st.sampled_from([None, 0.0, 0.5, 1.0]),
           message=st.sampled_from([None, "half", "é"]))
     def set_progress(self, token: Token, fraction: float | None, message: str | None) -> None:
         holds = self.holds(token)
-        assert self.store.set_progress(token.task_id, token.owner, token.attempt, fraction, message) == holds
+        assert self.store.set_progress(token.task_id, token.fence, fraction, message) == holds
         if holds:
             self.model[token.task_id].progress = None if fraction is None and message is None else (fraction, message)
 
     @rule(token=consumes(tokens), count_attempt=st.booleans())
     def requeue(self, token: Token, count_attempt: bool) -> None:
         holds = self.holds(token)
-        assert self.store.requeue(token.task_id, token.owner, token.attempt, count_attempt=count_attempt) == holds
+        assert self.store.requeue(token.task_id, token.fence, count_attempt=count_attempt) == holds
         if holds:
             self.hand_back(self.model[token.task_id], count_attempt=count_attempt)
             if not count_attempt:
                 self.retire(token.owner)
 
+    @rule(target=tokens, token=tokens, how=st.sampled_from(["lease expired", "drained", "requeued"]),
+          via=st.sampled_from(["claim", "claim_task"]), lease=st.sampled_from([1.0, 10.0]))
+    def claim_own_task_again(self, token: Token, how: str, via: str, lease: float) -> Any:
+        """One owner, two claims of one task: the worker stalled past its lease (SIGSTOP,
+        a long pause) and recovery handed the task back, or it was drained, or it handed
+        the task back itself; then it claims the same task again while its old attempt
+        still holds the old token. Only the new claim counts, wherever the old one is used."""
+        if not self.holds(token):
+            return multiple()
+        t = self.model[token.task_id]
+        if how == "lease expired":
+            assert t.lease_expires is not None
+            self.advance_clock(max(0.5, t.lease_expires - self.clock + 0.5))
+            self.recover_expired()
+        elif how == "drained":
+            self.release(token.owner, count_attempt=False)
+        else:
+            assert self.store.requeue(token.task_id, token.fence, count_attempt=False)
+            self.hand_back(t, count_attempt=False)
+        claims: list[Token] = []
+        if t.status == TaskStatus.PENDING:  # not failed (lost too often) nor cancelled
+            due = self.due(t.mode, [t.queue], t.isolate)
+            if via == "claim" and t in due:
+                claimed = self.store.claim(token.owner, mode=t.mode, queues=[t.queue], limit=len(due),
+                                           lease=lease, now=self.wall, isolated=t.isolate)
+                claims = self.take_claims(token.owner, len(due), lease, claimed, due)
+            else:
+                record = self.store.claim_task(t.id, token.owner, lease=lease, now=self.wall)
+                assert record is not None
+                claims = self.take_claims(token.owner, 1, lease, [record], [t])
+            self.reclaimed.update(c.task_id for c in claims)  # recovered or handed back, then claimed
+        event(f"claim_own_task_again: {how}, {'claimed again' if claims else 'ended instead'}")
+        self.refuses(token)
+        again = next((c for c in claims if c.task_id == token.task_id), None)
+        if again is not None:
+            assert (again.owner, again.fence) == (token.owner, token.fence + 1)
+            # A drain or a requeue hands the attempt back uncounted: the number repeats, the token does not.
+            assert again.attempt == token.attempt + (how == "lease expired")
+            assert self.store.renew([token.claim, again.claim], lease=lease) == {again.claim}
+            t.lease_expires = self.clock + lease
+            assert self.store.set_progress(t.id, again.fence, 0.25, "again")
+            t.progress = (0.25, "again")
+        return multiple(*claims)
+
     # -- time, leases, lost workers ----------------------------------------------
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 3.0, 7.0, 12.0]))
     def advance_clock(self, seconds: float) -> None:
-        self.now += seconds
+        """Time passes: both clocks move."""
+        self.wall += seconds
+        self.clock += seconds
+
+    @rule(seconds=st.sampled_from([-3600.0, -30.0, -5.0, -1.0, 30.0]))
+    def step_wall_clock(self, seconds: float) -> None:
+        """An operator or NTP steps the wall clock, mostly back. The lease clock does
+        not move: no lease expires or lasts longer for it. A task enqueued without an
+        ETA stays due; one whose ETA is ahead of the wall clock is not due yet."""
+        self.wall += seconds
+        event("step_wall_clock: " + ("back" if seconds < 0 else "forward"))
 
     @rule()
     def recover_expired(self) -> None:
         """What every worker runs about once a second."""
         expired = [t for t in self.model.values()
-                   if t.status == TaskStatus.RUNNING and t.lease_expires is not None and t.lease_expires < self.now]
-        assert self.store.recover_expired(now=self.now, max_lost=MAX_LOST) == len(expired)
-        event("recover_expired", "recovered some" if expired else "nothing expired")
+                   if t.status == TaskStatus.RUNNING and t.lease_expires is not None and t.lease_expires < self.clock]
+        assert self.store.recover_expired(now=self.wall, max_lost=MAX_LOST) == len(expired)
+        event("recover_expired: " + ("recovered some" if expired else "nothing expired"))
         for t in expired:
-            self.lose(t, self.now)
+            self.lose(t, self.wall)
 
     @rule(slot=st.sampled_from(SLOTS), count_attempt=st.booleans())
     def release_owner(self, slot: int, count_attempt: bool) -> None:
         """castord: a child died (count_attempt) or was drained with tasks still held."""
-        owner = self.owner(slot)
-        held = {t.id for t in self.model.values() if t.status == TaskStatus.RUNNING and t.owner == owner}
+        self.release(self.owner(slot), count_attempt=count_attempt)
+
+    @rule(target=tokens, modes=st.sampled_from([("thread",), ("thread",), ("process",), ("thread", "process")]),
+          limit=st.integers(1, 3), isolated=st.sampled_from([False, False, True]), fresh=st.integers(0, 2),
+          priority=st.integers(-2, 2))
+    def host_crashes(self, modes: tuple[str, ...], limit: int, isolated: bool, fresh: int, priority: int) -> Any:
+        """A castord child (an owner of its own) claims tasks, or one task set apart to
+        run alone, and dies running them; castord releases what it held. Several thread
+        tasks: none is blamed, each is set apart. One alone, or any process task among
+        them: blamed. (`fresh` tasks are enqueued first, so that it often finds several.)"""
+        for i in range(fresh if len(self.model) < 12 else 0):
+            self.enqueue(modes[i % len(modes)], "a", priority, None, None)
+        self.hosts += 1
+        owner = f"host{self.hosts}"
+        isolated = isolated and modes == ("thread",)
+        tokens: list[Token] = []
+        for mode in modes:
+            n = 1 if isolated else limit
+            due = self.due(mode, None, isolated)
+            claimed = self.store.claim(owner, mode=mode, queues=None, limit=n, lease=10.0, now=self.wall,
+                                       isolated=isolated)
+            tokens += self.take_claims(owner, n, 10.0, claimed, due)
+        if isolated and tokens:
+            event("host_crashes: running one task set apart, alone")
+        self.passed_through.update(token.task_id for token in tokens)
+        self.release(owner, count_attempt=True)
+        return multiple(*tokens)  # stale from here on
+
+    def release(self, owner: str, *, count_attempt: bool) -> None:
+        held = [t for t in self.model.values() if t.status == TaskStatus.RUNNING and t.owner == owner]
+        # Several thread tasks shared the process that crashed: none is blamed, each runs alone next.
+        apart = count_attempt and len(held) > 1 and all(t.mode == "thread" for t in held)
         released = self.store.release_owner(owner, count_attempt=count_attempt, max_lost=MAX_LOST)
-        assert {r.id for r in released} == held
-        event("release_owner", f"{'lost' if count_attempt else 'drained'}, {'held tasks' if held else 'held none'}")
-        assert all(r.status == TaskStatus.RUNNING and r.owner == owner for r in released)
-        for task_id in held:
-            if count_attempt:
-                self.lose(self.model[task_id], REAL_TIME)
+        assert sorted(r.id for r in released) == sorted(t.id for t in held)
+        event("release_owner: " + ("held none" if not held else "drained" if not count_attempt
+                                   else "lost, several thread tasks: set apart" if apart
+                                   else "lost, one task: blamed" if len(held) == 1
+                                   else "lost, several with a process task: blamed"))
+        for t in held:
+            if apart:
+                self.set_apart(t)
+            elif count_attempt:
+                self.lose(t, REAL_TIME)
             else:
-                self.hand_back(self.model[task_id], count_attempt=False)
+                self.hand_back(t, count_attempt=False)
+        for r in released:  # the records as they are after release
+            self.check_model(self.model[r.id], r)
         if held and not count_attempt:
             self.retire(owner)
 
@@ -394,20 +575,21 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(task_id=task_ids, ttl=st.sampled_from([None, 2.0]))
     def cancel(self, task_id: str, ttl: float | None) -> None:
         t = self.model.get(task_id)
-        expires_at = None if ttl is None else self.now + ttl
-        status = self.store.cancel(task_id, now=self.now, expires_at=expires_at)
+        expires_at = None if ttl is None else self.wall + ttl
+        status = self.store.cancel(task_id, now=self.wall, expires_at=expires_at)
         if t is None:
             assert status is None
         elif t.status == TaskStatus.PENDING:
             assert status == TaskStatus.CANCELLED
-            t.status, t.finished_at, t.expires_at = TaskStatus.CANCELLED, self.now, expires_at
+            t.status, t.finished_at, t.expires_at = TaskStatus.CANCELLED, self.wall, expires_at
         else:
             assert status == t.status  # running: stop requested; finished: unchanged
             if t.status == TaskStatus.RUNNING:
                 t.cancel_requested = True
 
     def retried(self, t: Expected) -> None:
-        t.status, t.eta, t.owner, t.finished_at, t.started_at = TaskStatus.PENDING, self.now, None, None, None
+        # The fencing token and the attempt count go on; a task set apart stays apart.
+        t.status, t.eta, t.owner, t.finished_at, t.started_at = TaskStatus.PENDING, self.wall, None, None, None
         t.expires_at, t.lost, t.cancel_requested, t.progress = None, 0, False, None
         t.result, t.error_type = None, None
         self.reset_lost.add(t.id)
@@ -415,7 +597,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(task_id=task_ids)
     def retry_one(self, task_id: str) -> None:
         t = self.model.get(task_id)
-        ids = self.store.retry(task_id=task_id, now=self.now)
+        ids = self.store.retry(task_id=task_id, now=self.wall)
         ok = (t is not None and t.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
               and self.unfinished_twin(t.unique_key, other_than=t.id) is None)
         assert ids == ([task_id] if ok else [])
@@ -426,7 +608,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(status=st.sampled_from([TaskStatus.FAILED, TaskStatus.CANCELLED]), queue=st.sampled_from([None, *QUEUES]))
     def retry_many(self, status: TaskStatus, queue: str | None) -> None:
         matching = {t.id for t in self.model.values() if t.status == status and queue in (None, t.queue)}
-        ids = self.store.retry(Query(status=status, queue=queue), now=self.now)
+        ids = self.store.retry(Query(status=status, queue=queue), now=self.wall)
         assert set(ids) <= matching and len(set(ids)) == len(ids)
         for task_id in ids:
             t = self.model[task_id]
@@ -447,8 +629,8 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def purge_expired(self) -> None:
         """The TTL sweep every worker runs."""
-        gone = {t.id for t in self.model.values() if t.expires_at is not None and t.expires_at < self.now}
-        assert self.store.purge_expired(now=self.now) == len(gone)
+        gone = {t.id for t in self.model.values() if t.expires_at is not None and t.expires_at < self.wall}
+        assert self.store.purge_expired(now=self.wall) == len(gone)
         for task_id in gone:
             del self.model[task_id]
 
@@ -470,19 +652,49 @@ class StoreMachine(RuleBasedStateMachine):
         assert len(unfinished_keys) == len(set(unfinished_keys)), "two unfinished tasks share a unique key"
         counts = self.store.counts_by_status()
         assert counts == {s: sum(r.status == s for r in rows.values()) for s in TaskStatus}
-        for mode in MODES:
-            times = [r.eta for r in rows.values() if r.status == TaskStatus.PENDING and r.mode == mode]
-            times += [r.lease_expires for r in rows.values() if r.lease_expires is not None]
-            assert self.store.next_due(mode=mode, now=self.now) == (min(times) if times else None)
+        # Dirty: a worker vanished while running it, blamed (lost) or not (set apart).
+        dirty = {t.id for t in self.model.values() if t.lost > 0 or t.isolate}
+        assert {r.id for r in self.store.list(Query(dirty=True))} == dirty
         self.snapshot = rows
-        self.reclaimed, self.uncounted, self.reset_lost = set(), set(), set()
+        self.reclaimed, self.passed_through, self.uncounted, self.reset_lost = set(), set(), set(), set()
+
+    @invariant()
+    def what_is_due_is_as_modelled(self) -> None:
+        """has_due, queue_stats and next_due against the model, on the wall clock as it
+        is now (stepped back or not)."""
+        for mode in MODES:
+            for isolated in (False, True):
+                for queues in (None, ["a"], ["b"]):
+                    want = bool(self.due(mode, queues, isolated))
+                    got = self.store.has_due(mode=mode, queues=queues, now=self.wall, isolated=isolated)
+                    assert got == want, f"has_due({mode}, {queues}, isolated={isolated}) = {got}"
+        pending = [t for t in self.model.values() if t.status == TaskStatus.PENDING]
+        due_etas = [t.eta for t in pending if self.is_due(t)]
+        stats = self.store.queue_stats(now=self.wall)
+        assert stats["scheduled"] == len(pending) - len(due_etas)
+        assert stats["oldest_due"] == (min(due_etas) if due_etas else None)
+        # Leases told on the wall clock: now + what is left of them on the lease clock.
+        leases = [self.wall + (t.lease_expires - self.clock) for t in self.model.values()
+                  if t.status == TaskStatus.RUNNING and t.lease_expires is not None]
+        for mode in MODES:
+            times = [t.eta for t in pending if t.mode == mode] + leases
+            assert self.store.next_due(mode=mode, now=self.wall) == (min(times) if times else None)
+
+    @invariant()
+    def cancel_requests_name_the_current_claims(self) -> None:
+        owners = {self.owner(slot) for slot in SLOTS}
+        owners |= {t.owner for t in self.model.values() if t.owner is not None}
+        for owner in owners:
+            want = sorted((t.id, t.fence) for t in self.model.values()
+                          if t.status == TaskStatus.RUNNING and t.owner == owner and t.cancel_requested)
+            assert sorted(self.store.cancel_requests(owner)) == want
 
     @staticmethod
     def check_row(r: TaskRecord) -> None:
         assert isinstance(r.status, TaskStatus)
         if r.status == TaskStatus.RUNNING:
             assert r.owner is not None and r.lease_expires is not None and r.started_at is not None
-            assert r.attempts >= 1
+            assert r.attempts >= 1 and r.fence >= 1
         else:
             assert r.lease_expires is None, f"{r.id} is {r.status} but holds a lease"
         if r.status.finished:
@@ -497,14 +709,26 @@ class StoreMachine(RuleBasedStateMachine):
         if r.status == TaskStatus.FAILED and r.error and r.error["type"] == "castor.errors.WorkerLost":
             assert r.lost == MAX_LOST
         assert 0 <= r.lost <= MAX_LOST
-        assert r.attempts >= 0
+        assert 0 <= r.attempts <= r.fence, f"{r.id}: {r.attempts} attempts, {r.fence} claims"
+        assert not r.isolate or r.mode == "thread", f"{r.id}: a {r.mode} task set apart"
         assert [h["attempt"] for h in r.history] == sorted(h["attempt"] for h in r.history)
 
     def check_change(self, old: TaskRecord, new: TaskRecord) -> None:
-        if old.status != new.status:
+        if new.id in self.passed_through:
+            assert can_transition(old.status, TaskStatus.RUNNING), f"{new.id}: {old.status} -> running"
+            assert new.status == TaskStatus.RUNNING or can_transition(TaskStatus.RUNNING, new.status), (
+                f"{new.id}: running -> {new.status}")
+        elif old.status != new.status:
             assert can_transition(old.status, new.status), f"{new.id}: {old.status} -> {new.status}"
-        elif new.status == TaskStatus.RUNNING and new.attempts != old.attempts:
-            assert new.id in self.reclaimed, f"{new.id}: a new attempt without leaving running"
+        # The fencing token never goes down, and only a claim moves it (one claim per step).
+        assert new.fence in (old.fence, old.fence + 1), f"{new.id}: fence {old.fence} -> {new.fence}"
+        if new.fence != old.fence:
+            assert new.status == TaskStatus.RUNNING or new.id in self.passed_through, (
+                f"{new.id}: fence moved, but it is {new.status}")
+            if old.status == TaskStatus.RUNNING:
+                assert new.id in self.reclaimed, f"{new.id}: a new claim without leaving running"
+        elif new.status == TaskStatus.RUNNING == old.status:
+            assert (new.owner, new.attempts, new.started_at) == (old.owner, old.attempts, old.started_at)
         if new.attempts < old.attempts:
             assert new.id in self.uncounted and new.attempts == old.attempts - 1, (
                 f"{new.id}: attempts {old.attempts} -> {new.attempts}")
@@ -516,10 +740,11 @@ class StoreMachine(RuleBasedStateMachine):
             old.enqueued_at, old.priority, old.queue, old.mode)
 
     def check_model(self, t: Expected, r: TaskRecord) -> None:
-        got = (r.status, r.attempts, r.lost, r.owner, r.lease_expires, r.started_at, r.expires_at,
-               r.cancel_requested, r.eta, r.result, (r.error or {}).get("type"), [h["attempt"] for h in r.history])
-        want = (t.status, t.attempts, t.lost, t.owner, t.lease_expires, t.started_at, t.expires_at,
-                t.cancel_requested, t.eta, t.result, t.error_type, t.history)
+        got = (r.status, r.attempts, r.lost, r.owner, r.fence, r.isolate, r.lease_expires, r.started_at,
+               r.expires_at, r.cancel_requested, r.enqueued_at, r.eta, r.result, (r.error or {}).get("type"),
+               [h["attempt"] for h in r.history])
+        want = (t.status, t.attempts, t.lost, t.owner, t.fence, t.isolate, t.lease_expires, t.started_at,
+                t.expires_at, t.cancel_requested, t.enqueued_at, t.eta, t.result, t.error_type, t.history)
         assert got == want, f"{r.id}: store {got} != model {want}"
         if t.finished_at is REAL_TIME:
             assert r.finished_at is not None and self.real_start <= r.finished_at <= time.time()
@@ -649,25 +874,54 @@ def store(db_path):
     s.close()
 
 
-def new(task_id: str, *, now: float = START) -> NewTask:
-    return NewTask(id=task_id, name="t", mode="process", serializer="json", args="[]", kwargs="{}",
-                   enqueued_at=now, eta=now)
+def at(store: SQLiteStore, clock: float) -> SQLiteStore:
+    """Leases run on the store's clock (the boot clock); here it reads `clock`."""
+    store.clock = lambda: clock
+    return store
+
+
+def new(task_id: str, *, now: float = START, mode: str = "process", eta: float | None = None) -> NewTask:
+    return NewTask(id=task_id, name="t", mode=mode, serializer="json", args="[]", kwargs="{}",
+                   enqueued_at=now, eta=now if eta is None else eta)
+
+
+def claim(store: SQLiteStore, owner: str = "w", *, limit: int = 1, lease: float = 10.0, now: float = START,
+          mode: str = "process", isolated: bool = False) -> list[TaskRecord]:
+    return store.claim(owner, mode=mode, queues=None, limit=limit, lease=lease, now=now, isolated=isolated)
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason=(
-    "the settle fence is (owner, attempt), and a drain hands the attempt back uncounted "
-    "(attempts - 1), so the same owner's next claim reuses the number: its old attempt's late "
-    "settle is accepted. Unreachable today (castord gives every child a fresh owner; a drained "
-    "castor worker never claims again); a fix needs a per-claim fencing token in the schema."))
-def test_a_drained_owner_that_claims_again_can_settle_its_old_attempt(store):
+def test_a_drained_owner_that_claims_again_cannot_settle_its_old_attempt(store):
+    # Was an xfail: the settle fence was (owner, attempt), and a drain hands the attempt
+    # back uncounted (attempts - 1), so the same owner's next claim reused the number and
+    # its old attempt's late settle was accepted. Each claim now has its own fencing token.
     store.enqueue([new("a")])
-    (first,) = store.claim("w", mode="process", queues=None, limit=1, lease=10.0, now=START)
+    (first,) = claim(store, now=START)
     store.release_owner("w", count_attempt=False, max_lost=MAX_LOST)  # drained, attempt not counted
-    (second,) = store.claim("w", mode="process", queues=None, limit=1, lease=10.0, now=START + 1)
-    assert second.attempts == first.attempts  # the same fence token names two attempts
-    late = Settlement("a", "w", first.attempts, TaskStatus.FAILED, error={"type": "old"}, finished_at=START + 2)
+    (second,) = claim(store, now=START + 1)
+    assert second.attempts == first.attempts  # the attempt number repeats…
+    assert second.fence == first.fence + 1  # …the fencing token does not
+    late = Settlement("a", "w", first.attempts, TaskStatus.FAILED, error={"type": "old"}, finished_at=START + 2,
+                      fence=first.fence)
     assert not store.settle_one(late), "the first attempt's late settle overwrote the running one"
+    assert store.settle_one(Settlement("a", "w", second.attempts, TaskStatus.SUCCESS, result="1",
+                                       finished_at=START + 2, fence=second.fence))
+
+
+@pytest.mark.timeout(30)
+def test_an_owner_that_stalled_past_its_lease_and_claimed_again_is_fenced_from_its_old_attempt(store):
+    at(store, 50.0).enqueue([new("a")])
+    (first,) = claim(store, lease=5.0)
+    assert at(store, 56.0).recover_expired(now=START + 6, max_lost=MAX_LOST) == 1
+    (second,) = claim(store, now=START + 6)
+    assert (second.owner, second.attempts, second.fence) == ("w", first.attempts + 1, first.fence + 1)
+    assert store.renew([first.claim, second.claim], lease=5.0) == {second.claim}
+    assert not store.set_progress("a", first.fence, 0.5, "zombie")
+    assert not store.requeue("a", first.fence, count_attempt=True)
+    assert store.set_progress("a", second.fence, 0.5, "alive")
+    record = store.get("a")
+    assert record is not None and (record.status, record.fence, record.progress_message) == (
+        TaskStatus.RUNNING, second.fence, "alive")
 
 
 @pytest.mark.timeout(30)
@@ -676,10 +930,10 @@ def test_requeue_of_a_cancelled_task_keeps_its_attempt_as_release_owner_does(sto
     # ended it cancelled with attempts - 1 (an attempt count going down on a finished
     # task), where a drain's release_owner ends it cancelled with the attempt counted.
     store.enqueue([new("a"), new("b")])
-    a, b = store.claim("w", mode="process", queues=None, limit=2, lease=10.0, now=START)
+    a, b = claim(store, limit=2)
     store.cancel("a", now=START)
     store.cancel("b", now=START)
-    assert store.requeue("a", "w", a.attempts, count_attempt=False)
+    assert store.requeue("a", a.fence, count_attempt=False)
     store.release_owner("w", count_attempt=False, max_lost=MAX_LOST)
     for record in (store.get("a"), store.get("b")):
         assert record is not None
@@ -693,16 +947,16 @@ def test_a_task_handed_back_to_the_queue_drops_the_old_attempts_progress(store, 
     # retry cleared it, but a task returned to pending by lease recovery, release_owner or
     # requeue kept it, so the next attempt showed the lost one's "90%" until its first report.
     store.enqueue([new("a")])
-    (rec,) = store.claim("w", mode="process", queues=None, limit=1, lease=5.0, now=START)
-    assert store.set_progress("a", "w", rec.attempts, 0.9, "almost")
+    (rec,) = claim(at(store, 50.0), lease=5.0)
+    assert store.set_progress("a", rec.fence, 0.9, "almost")
     if hand_back == "lease expired":
-        assert store.recover_expired(now=START + 6, max_lost=MAX_LOST) == 1
+        assert at(store, 56.0).recover_expired(now=START + 6, max_lost=MAX_LOST) == 1
     elif hand_back == "worker lost":
         store.release_owner("w", count_attempt=True, max_lost=MAX_LOST)
     elif hand_back == "drained":
         store.release_owner("w", count_attempt=False, max_lost=MAX_LOST)
     else:
-        assert store.requeue("a", "w", rec.attempts, count_attempt=True)
+        assert store.requeue("a", rec.fence, count_attempt=True)
     record = store.get("a")
     assert record is not None and record.status == TaskStatus.PENDING
     assert (record.progress, record.progress_message) == (None, None)
@@ -716,10 +970,10 @@ def test_a_task_the_store_finishes_itself_honours_its_failure_ttl(store):
              "cancelled_default": {}}
     store.enqueue([NewTask(id=i, name="t", mode="process", serializer="json", args="[]", kwargs="{}",
                            enqueued_at=START, eta=START, options=o) for i, o in tasks.items()])
-    store.claim("w", mode="process", queues=None, limit=4, lease=5.0, now=START)
+    claim(at(store, 50.0), limit=4, lease=5.0)
     store.cancel("cancelled", now=START + 1)
     store.cancel("cancelled_default", now=START + 1)
-    assert store.recover_expired(now=START + 6, max_lost=1) == 4
+    assert at(store, 56.0).recover_expired(now=START + 6, max_lost=1) == 4
     for task_id, status, ttl in (("lost", TaskStatus.FAILED, 60.0), ("cancelled", TaskStatus.CANCELLED, 60.0),
                                  ("lost_default", TaskStatus.FAILED, 30.0),
                                  ("cancelled_default", TaskStatus.CANCELLED, 30.0)):
@@ -735,13 +989,71 @@ def test_a_cancelled_task_keeps_its_last_progress_however_it_ends(store):
     # cleared it in requeue): a task that ends cancelled keeps its last report, whichever
     # path ends it, as every finished task does.
     store.enqueue([new("a"), new("b")])
-    a, b = store.claim("w", mode="process", queues=None, limit=2, lease=10.0, now=START)
+    a, b = claim(store, limit=2)
     for rec in (a, b):
         store.cancel(rec.id, now=START)
-        assert store.set_progress(rec.id, "w", rec.attempts, 0.5, "half")
-    assert store.requeue("a", "w", a.attempts, count_attempt=False)
+        assert store.set_progress(rec.id, rec.fence, 0.5, "half")
+    assert store.requeue("a", a.fence, count_attempt=False)
     store.release_owner("w", count_attempt=False, max_lost=MAX_LOST)
     for task_id in ("a", "b"):
         record = store.get(task_id)
         assert record is not None and record.status == TaskStatus.CANCELLED
         assert (record.progress, record.progress_message) == (0.5, "half")
+
+
+@pytest.mark.timeout(30)
+def test_a_thread_host_crash_beside_other_tasks_blames_none_and_sets_each_apart(store):
+    store.enqueue([new(i, mode="thread") for i in "abc"])
+    claim(store, mode="thread", limit=3)
+    store.cancel("c", now=START)
+    released = {r.id: r for r in store.release_owner("w", count_attempt=True, max_lost=MAX_LOST)}
+    # The records as they are after release: a and b set apart, unblamed; c ends cancelled.
+    assert {i: (r.status, r.lost, r.attempts, r.isolate) for i, r in released.items()} == {
+        "a": (TaskStatus.PENDING, 0, 1, True), "b": (TaskStatus.PENDING, 0, 1, True),
+        "c": (TaskStatus.CANCELLED, 0, 1, False)}
+    assert {r.id for r in store.list(Query(dirty=True))} == {"a", "b"}
+    assert claim(store, mode="thread", limit=3) == []  # an ordinary claim leaves them alone
+    assert store.has_due(mode="thread", queues=None, now=START, isolated=True)
+    (alone,) = claim(store, "solo", mode="thread", isolated=True)
+    assert alone.isolate and alone.attempts == 2
+    # Running alone, a crash names it: blamed now.
+    (blamed,) = store.release_owner("solo", count_attempt=True, max_lost=MAX_LOST)
+    assert (blamed.id, blamed.status, blamed.lost, blamed.isolate) == (alone.id, TaskStatus.PENDING, 1, True)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("modes", [("thread",), ("process", "process"), ("thread", "process")])
+def test_a_crash_is_blamed_on_a_task_that_ran_alone_or_in_a_process(store, modes):
+    store.enqueue([new(f"t{i}", mode=mode) for i, mode in enumerate(modes)])
+    for mode in set(modes):
+        claim(store, mode=mode, limit=len(modes))
+    released = store.release_owner("w", count_attempt=True, max_lost=MAX_LOST)
+    assert sorted((r.status, r.lost, r.isolate) for r in released) == [(TaskStatus.PENDING, 1, False)] * len(modes)
+
+
+@pytest.mark.timeout(30)
+def test_after_the_wall_clock_steps_back_a_task_without_an_eta_is_due_and_one_with_an_eta_waits(store):
+    store.enqueue([new("now"), new("later", eta=START + 60)])
+    back = START - 3600  # NTP, or a VM restored from a snapshot
+    assert [r.id for r in claim(store, now=back, limit=2)] == ["now"]
+    assert claim(store, now=START + 59, limit=2) == []
+    assert [r.id for r in claim(store, now=START + 60, limit=2)] == ["later"]
+
+
+@pytest.mark.timeout(30)
+def test_a_retry_waits_its_delay_even_after_the_wall_clock_stepped_back(store):
+    # Found while modelling the due rule for StoreMachine. A task enqueued without an ETA
+    # is due whatever the wall clock says, told by eta <= enqueued_at. A failed attempt's
+    # retry writes eta = now + delay; once the wall clock has stepped back by more than
+    # the delay, that ETA is still <= enqueued_at, so the retry is due at once: its
+    # backoff is skipped, and a task retrying against a failing service burns every retry
+    # in a row until the wall clock is back past enqueued_at.
+    store.enqueue([new("a")])
+    (rec,) = claim(store, now=START)
+    back = START - 600  # NTP steps the wall clock back ten minutes
+    retry = Settlement("a", "w", rec.attempts, TaskStatus.PENDING, error={"type": "Flaky"}, finished_at=back,
+                       eta=back + 30, fence=rec.fence)
+    assert store.settle_one(retry)
+    assert not store.has_due(mode="process", queues=None, now=back + 1), "the retry's 30 s backoff was skipped"
+    assert claim(store, now=back + 1) == []
+    assert [r.id for r in claim(store, now=back + 30)] == ["a"]
