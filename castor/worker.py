@@ -499,7 +499,7 @@ class Worker:
 
     def _wait_for_work(self, seen: int) -> None:
         now = time.time()
-        due = self.store.next_due(mode=self.mode, now=now)
+        due = self.store.next_due(mode=self.mode, now=now, queues=self.queues)
         timeout = IDLE_RECHECK_SECONDS if due is None else min(IDLE_RECHECK_SECONDS, max(0.0, due - now))
         if timeout > 0:
             self.store.wait_for_change(seen, timeout)

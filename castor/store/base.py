@@ -315,8 +315,9 @@ class Store(ABC):
         of a due pending task (or None), "failed_by_name": {name: count}}."""
 
     @abstractmethod
-    def next_due(self, *, mode: str, now: float) -> float | None:
-        """The earliest wall-clock time something may become claimable (ETA or lease expiry)."""
+    def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:
+        """The earliest wall-clock time after `now` at which a task of `mode` in `queues`
+        (None: any) becomes due, or a lease expires: when an idle worker looks again."""
 
     def verify(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Raise StoreError if castor's tables are damaged (castord checks at start)."""

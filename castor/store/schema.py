@@ -112,11 +112,16 @@ MIGRATIONS: list[list[str]] = [
         # 1: the task was running in a thread host that crashed beside other
         # tasks; it runs alone until blame is clear (castor/worker.py).
         "ALTER TABLE castor_tasks ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0",
-        # Claims filter on isolate, and a task enqueued without an ETA is due
-        # whatever the wall clock says (eta <= enqueued_at): both in the index.
+        # 1: queued to run at once (enqueued without an ETA, retried without a
+        # delay or by hand): due whatever the wall clock says. A fact about how
+        # the task was queued, which eta <= enqueued_at cannot tell (a retry's
+        # backoff may end before enqueued_at once the clock stepped back).
+        "ALTER TABLE castor_tasks ADD COLUMN at_once INTEGER NOT NULL DEFAULT 0",
+        "UPDATE castor_tasks SET at_once = 1 WHERE status = 'pending' AND eta <= enqueued_at",
+        # Claims filter on isolate and at_once: both in the index.
         "DROP INDEX castor_tasks_ready",
         """CREATE INDEX castor_tasks_ready
-           ON castor_tasks (mode, isolate, priority DESC, eta, enqueued_at) WHERE status = 'pending'""",
+           ON castor_tasks (mode, isolate, priority DESC, eta, at_once) WHERE status = 'pending'""",
         # A master's heartbeat on the boot clock (castor/clocks.py).
         "ALTER TABLE castor_daemons ADD COLUMN heartbeat_clock REAL",
         # Leases move from the wall clock to the boot clock: a lease written by

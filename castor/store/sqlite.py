@@ -67,8 +67,8 @@ _COLUMNS = _CLAIM_COLUMNS + ", progress, progress_message, history, expires_at, 
 
 _INSERT = (
     "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
-    "args, kwargs, enqueued_at, eta, options, unique_key, cache_key) "
-    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "args, kwargs, enqueued_at, eta, options, unique_key, cache_key, at_once) "
+    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # An enqueue with a unique key whose unfinished twin exists stores nothing
 # (the conflict target names the partial unique index).
@@ -86,9 +86,10 @@ _UNFINISHED_TWIN = (
 # same task (a stalled worker whose lease expired) is refused.
 _FENCE = "WHERE id = ? AND fence = ? AND status = 'running' RETURNING 1"
 
-# Due: the ETA has passed, or the task was enqueued without one (eta <=
-# enqueued_at), which no step of the wall clock can delay.
-_DUE = "(eta <= ? OR eta <= enqueued_at)"
+# Due: the ETA has passed, or the task was queued to run at once (at_once:
+# enqueued without an ETA, retried without a delay or by hand), which no step
+# of the wall clock can delay.
+_DUE = "(eta <= ? OR at_once = 1)"
 
 # The hot path: a success (or a failure without history to keep).
 _SETTLE = f"""UPDATE castor_tasks
@@ -113,7 +114,7 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
                  SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'pending' END,
                      finished_at = CASE cancel_requested WHEN 1 THEN ? END,
                      expires_at = CASE cancel_requested WHEN 1 THEN {_FAILURE_EXPIRY} END,
-                     error = ?, eta = ?, lease_expires = NULL,
+                     error = ?, eta = ?, at_once = ?, lease_expires = NULL,
                      progress = NULL, progress_message = NULL,
                      history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
                {_FENCE}"""
@@ -133,8 +134,9 @@ def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, tu
     if s.drop:
         return _SETTLE_DROP, fence
     if s.status == TaskStatus.PENDING:
+        at_once = s.eta is None or s.eta <= s.finished_at  # a retry without a delay
         return _SETTLE_RETRY, (s.finished_at, s.finished_at, failure_ttl, json.dumps(s.error), s.eta,
-                               _history_entry(s), *fence)
+                               int(at_once), _history_entry(s), *fence)
     if s.status == TaskStatus.FAILED:
         return _SETTLE_FAILED, (str(s.status), json.dumps(s.error), s.finished_at, s.expires_at,
                                 _history_entry(s), *fence)
@@ -195,6 +197,7 @@ def _insert_params(task: NewTask) -> tuple[Any, ...]:
         task.id, task.name, task.queue, task.mode, int(task.daemon), task.priority,
         task.serializer, task.args, task.kwargs, task.enqueued_at, task.eta,
         json.dumps(task.options) if task.options else None, task.unique_key, task.cache_key,
+        int(task.eta <= task.enqueued_at),
     )
 
 
@@ -736,8 +739,8 @@ class SQLiteStore(Store):
         # OR IGNORE: a task whose unique twin is already pending or running stays
         # as it is (the unique index would refuse a second unfinished one).
         update = """UPDATE OR IGNORE castor_tasks
-                       SET status = 'pending', eta = ?, error = NULL, result = NULL, owner = NULL,
-                           finished_at = NULL, started_at = NULL, expires_at = NULL, lost = 0,
+                       SET status = 'pending', eta = ?, at_once = 1, error = NULL, result = NULL, owner = NULL,
+                           finished_at = NULL, started_at = NULL, expires_at = NULL, lost = 0, isolate = 0,
                            cancel_requested = 0, progress = NULL, progress_message = NULL"""
         if task_id is not None:
             sql = f"{update} WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING id"
@@ -841,10 +844,14 @@ class SQLiteStore(Store):
             "GROUP BY task_name ORDER BY count(*) DESC")
         return {"scheduled": scheduled, "oldest_due": oldest_due, "failed_by_name": dict(failed)}
 
-    def next_due(self, *, mode: str, now: float) -> float | None:
+    def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:
+        # Only what this worker may claim: a task due in a queue it does not serve
+        # (or one set apart to run alone) must not make it spin.
+        qsql, qparams = _queue_filter(queues)
         eta = self._execute(
             "SELECT min(eta) FROM castor_tasks INDEXED BY castor_tasks_ready "
-            "WHERE status = 'pending' AND mode = ?", (mode,)
+            f"WHERE status = 'pending' AND mode = ? AND isolate = 0 AND at_once = 0 AND eta > ?{qsql}",
+            (mode, now, *qparams),
         )[0][0]
         lease = self._execute(
             f"SELECT min(lease_expires) FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running'"

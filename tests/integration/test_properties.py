@@ -102,6 +102,7 @@ class Expected:
     owner: str | None = None
     fence: int = 0  # bumped by every claim; the running claim's token while running
     isolate: bool = False  # set apart by a thread-host crash beside other tasks
+    at_once: bool = False
     lease_expires: float | None = None  # on the lease clock
     started_at: float | None = None
     finished_at: Any = None  # float, None or REAL_TIME
@@ -198,7 +199,7 @@ class StoreMachine(RuleBasedStateMachine):
         (eta <= enqueued_at), however far the wall clock stepped back since. (Which
         also takes in a retry whose backoff ends before enqueued_at: see
         test_a_retry_waits_its_delay_even_after_the_wall_clock_stepped_back.)"""
-        return t.status == TaskStatus.PENDING and (t.eta <= self.wall or t.eta <= t.enqueued_at)
+        return t.status == TaskStatus.PENDING and (t.eta <= self.wall or t.at_once)
 
     def due(self, mode: str, queues: list[str] | None, isolated: bool = False) -> list[Expected]:
         return [t for t in self.model.values()
@@ -271,6 +272,7 @@ class StoreMachine(RuleBasedStateMachine):
             t.progress = None
             assert s.eta is not None
             t.eta = s.eta  # written even when a cancel request ends the task instead
+            t.at_once = s.eta <= s.finished_at
             if t.cancel_requested:
                 t.status, t.finished_at = TaskStatus.CANCELLED, s.finished_at
             else:
@@ -341,7 +343,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert returned == twin.id, "a unique task's unfinished twin answers the enqueue"
         else:
             assert returned == task_id
-            self.model[task_id] = Expected(task_id, mode, queue, priority, self.wall, eta, unique_key)
+            self.model[task_id] = Expected(task_id, mode, queue, priority, self.wall, eta, unique_key,
+                                           at_once=eta <= self.wall)
         return returned
 
     # -- consuming -------------------------------------------------------------
@@ -588,8 +591,10 @@ class StoreMachine(RuleBasedStateMachine):
                 t.cancel_requested = True
 
     def retried(self, t: Expected) -> None:
-        # The fencing token and the attempt count go on; a task set apart stays apart.
+        # The fencing token and the attempt count go on; a manual retry is a fresh
+        # start: no loss counted, not set apart.
         t.status, t.eta, t.owner, t.finished_at, t.started_at = TaskStatus.PENDING, self.wall, None, None, None
+        t.at_once, t.isolate = True, False
         t.expires_at, t.lost, t.cancel_requested, t.progress = None, 0, False, None
         t.result, t.error_type = None, None
         self.reset_lost.add(t.id)
@@ -676,9 +681,14 @@ class StoreMachine(RuleBasedStateMachine):
         # Leases told on the wall clock: now + what is left of them on the lease clock.
         leases = [self.wall + (t.lease_expires - self.clock) for t in self.model.values()
                   if t.status == TaskStatus.RUNNING and t.lease_expires is not None]
+        # next_due: when a worker of `mode` serving `queues` should look again: the next
+        # ETA it may claim (not one due already, set apart, or in another queue), or a lease.
         for mode in MODES:
-            times = [t.eta for t in pending if t.mode == mode] + leases
-            assert self.store.next_due(mode=mode, now=self.wall) == (min(times) if times else None)
+            for queues in (None, ["a"], ["b"]):
+                times = [t.eta for t in pending if t.mode == mode and not t.isolate and not t.at_once
+                         and t.eta > self.wall and (not queues or t.queue in queues)] + leases
+                got = self.store.next_due(mode=mode, now=self.wall, queues=queues)
+                assert got == (min(times) if times else None), f"next_due({mode}, {queues})"
 
     @invariant()
     def cancel_requests_name_the_current_claims(self) -> None:
