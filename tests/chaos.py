@@ -20,9 +20,11 @@ threads write) that enqueues three tasks and leaves. Every id a `.delay()` retur
 in a thread or a forked child, is appended to ids.txt with its token. The tasks:
 process and thread tasks, daemon and not, a 2 s one now and then; every 50th a
 process task that forks (its forked copy leaves through `sys.exit(0)`, the task waits
-for it and returns); every 100th, 75 later, a process or a thread task (in turn) that
+for it and returns); every 150th, 75 later, a process or a thread task (in turn) that
 calls `os._exit(c)`, c among castord's own exit codes 3..7 (in turn), on its first
-attempt only (a marker file per token). No task has a countdown or an ETA: a clock step must not
+attempt only (a marker file per token). Each of those crashes a child young, so
+castord's restart backoff (up to 30 s for a slot whose children keep dying young)
+slows the run down: the settle waits while tasks keep finishing. No task has a countdown or an ETA: a clock step must not
 delay any of them.
 
 Each task appends one line to exec.log (O_APPEND writes of one short line do not
@@ -219,8 +221,8 @@ PRODUCER = textwrap.dedent('''
     def pick(n, rng):
         if n % 50 == 0:
             return "proc_fork", app.proc_fork, 0.01
-        if n % 100 == 75:
-            k = n // 100
+        if n % 150 == 75:
+            k = n // 150
             fn = (app.proc_exit, app.thread_exit)[k % 2]
             return fn.name, fn, EXIT_CODES[k % 5]
         fn = PLAIN[n % 4]
@@ -354,6 +356,7 @@ class Report:
     load: dict[str, int] = field(default_factory=dict)  # what the load did: exit_thread, producer_fork, ...
     lost: list[str] = field(default_factory=list)
     worker_lost_failures: int = 0  # failed after 3 losses, each blamed on one of our kills (explained)
+    isolated: int = 0  # tasks castord ran alone after a thread-host crash beside them
     duplicates: int = 0
     explained: dict[str, int] = field(default_factory=dict)  # duplicates by cause
     unexplained: list[str] = field(default_factory=list)
@@ -375,7 +378,8 @@ class Report:
         missed = f" GOAL MISSED ({self.goal_missed})" if self.goal_missed else ""
         return (f"chaos:{missed} tasks={self.tasks} kills={self.kills} lost={len(self.lost)} "
                 f"duplicates={self.duplicates} unexplained={len(self.unexplained)} faults={len(self.faults)} "
-                f"failed_worker_lost={self.worker_lost_failures} wall={self.wall_s:.1f}s load={self.load_s:.1f}s "
+                f"failed_worker_lost={self.worker_lost_failures} isolated={self.isolated} "
+                f"wall={self.wall_s:.1f}s load={self.load_s:.1f}s "
                 f"settle={self.settle_s:.1f}s explained={json.dumps(self.explained, sort_keys=True)} "
                 f"disruptions={json.dumps(self.counts(), sort_keys=True)}")
 
@@ -719,8 +723,9 @@ class Chaos:
         if action in KILLS:
             self.report.kills += 1
 
-    def _victim(self, master: subprocess.Popen[bytes]) -> int | None:
-        workers = self.workers(master.pid)
+    def _victim(self, master: subprocess.Popen[bytes], *, stoppable: bool = False) -> int | None:
+        """A random worker of master (with stoppable: not one we stopped already)."""
+        workers = [p for p in self.workers(master.pid) if not (stoppable and p in self.stopped)]
         return self.rng.choice(workers) if workers else None
 
     def _kill_child(self, master: subprocess.Popen[bytes]) -> bool:
@@ -733,7 +738,7 @@ class Chaos:
         return True
 
     def _stop_child(self, master: subprocess.Popen[bytes]) -> bool:
-        victim = self._victim(master)
+        victim = self._victim(master, stoppable=True)
         if victim is None:
             return False
         self.cause([victim], "stopped")
@@ -743,7 +748,7 @@ class Chaos:
         return True
 
     def _stall_child(self, master: subprocess.Popen[bytes]) -> bool:
-        victim = self._victim(master)
+        victim = self._victim(master, stoppable=True)
         if victim is None:
             return False
         self.cause([victim], "stopped")
@@ -764,7 +769,7 @@ class Chaos:
     def _stall_master_child(self, master: subprocess.Popen[bytes]) -> bool:
         """The master and one child stall together past the lease (a host under memory
         pressure): the other children go on and recover its tasks."""
-        victim = self._victim(master)
+        victim = self._victim(master, stoppable=True)
         if victim is None:
             return False
         seconds = LEASE + self.rng.uniform(1, 3)
@@ -923,14 +928,22 @@ class Chaos:
 
     # -- the verdict --------------------------------------------------------------------
 
-    def wait_finished(self, timeout: float) -> None:
+    def wait_finished(self, cap: float, no_progress: float = 60.0) -> None:
+        """Until every task finished, for as long as the count of unfinished ones keeps
+        falling (a slow drain is not a loss): give up after `no_progress` s without
+        progress, or after `cap` s in all (what is left then is lost)."""
         self.resume_due(all_now=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        started = last_progress = time.monotonic()
+        fewest = None
+        while time.monotonic() - started < cap and time.monotonic() - last_progress < no_progress:
             self.ensure_master()
-            if self.unfinished() == 0:
+            left = self.unfinished()
+            if left == 0:
                 return
+            if fewest is None or left < fewest:
+                fewest, last_progress = left, time.monotonic()
             time.sleep(0.2)
+        self.note(f"settle: gave up with {self.unfinished()} tasks unfinished")
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         conn = sqlite3.connect(self.db, timeout=30)
@@ -961,6 +974,7 @@ class Chaos:
         for event in self.castord_events(lambda e: e.get("event") == "child.spawned"):
             self.seen[event["child_pid"]] = (event["child"], event["pid"])  # castord's word over /proc
         rows = {r[0]: r[1:] for r in self._query("SELECT id, status, error, lost FROM castor_tasks")}
+        self.report.isolated = self._query("SELECT count(*) FROM castor_tasks WHERE isolate = 1")[0][0]
         self.report.tasks = len(self.entries)
         for token, (task_id, kind) in self.entries.items():
             status, error, lost = rows.get(task_id, (None, None, None))
@@ -1113,9 +1127,10 @@ class Chaos:
 
 def run(duration: float | None = None, rate: float = 40.0, seed: int | None = None,
         interval: tuple[float, float] = (0.5, 2.0), workdir: Path | None = None, log=print,  # noqa: ANN001
-        goal: Goal | None = None) -> Report:
+        goal: Goal | None = None, settle_cap: float = 600.0) -> Report:
     """Load and disruption for `duration` seconds, or until `goal` (see Goal); then
-    wait for every task to finish and judge. The report's `ok` is False if a task was
+    wait for every task to finish (while they keep finishing, up to `settle_cap` s)
+    and judge. The report's `ok` is False if a task was
     lost, a duplicate or a WorkerLost is unexplained, something misbehaved (faults),
     or the goal was not reached by its deadline."""
     if (duration is None) == (goal is None):
@@ -1138,7 +1153,7 @@ def run(duration: float | None = None, rate: float = 40.0, seed: int | None = No
             chaos.stop_producer()
         load_ended = time.monotonic()
         chaos.report.load_s = load_ended - load_started
-        chaos.wait_finished(timeout=120)
+        chaos.wait_finished(cap=settle_cap)
         chaos.report.settle_s = time.monotonic() - load_ended
         chaos.judge()
         chaos.judge_castord()
