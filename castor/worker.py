@@ -232,6 +232,7 @@ class Worker:
             record = self.running.pop(key, None)
             if key == self._solo:
                 self._solo = None
+                self._want_solo = True  # another may be waiting: look now, not at the next round
         duration = self._durations.pop(key, 0.0)
         self.done += 1
         if self.on_settled is not None and record is not None:
