@@ -426,6 +426,14 @@ class Clock:
         self._file.close()
 
 
+def _signal_group(group: int, signum: int) -> None:
+    """A process group may have emptied since we looked (its last member exited)."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
+
+
 def _signal(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
@@ -799,7 +807,7 @@ class Chaos:
                 pass
         groups.discard(os.getpgrp())  # never our own
         for group in groups:
-            os.killpg(group, signal.SIGSTOP)
+            _signal_group(group, signal.SIGSTOP)
         for pid in family:
             _signal(pid, signal.SIGSTOP)
         self.workers(master.pid)  # so that the timeline can name them
@@ -808,7 +816,7 @@ class Chaos:
         self.note(f"stall_group master {master.pid}, groups {sorted(groups)}, pids {family[1:]} for {seconds:.1f} s")
         time.sleep(seconds)
         for group in groups:
-            os.killpg(group, signal.SIGCONT)
+            _signal_group(group, signal.SIGCONT)
         for pid in family:
             if pid not in self.stopped:
                 _signal(pid, signal.SIGCONT)
