@@ -1145,7 +1145,8 @@ def run(duration: float | None = None, rate: float = 40.0, seed: int | None = No
         raise ValueError("give run() either duration= or goal=")
     seed = random.randrange(1 << 30) if seed is None else seed
     own_dir = workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="castor-chaos-")) if workdir is None else workdir
+    workdir = Path(tempfile.mkdtemp(prefix="castor-chaos-")) if workdir is None else Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)  # --workdir may name a directory to create
     what = (f"{duration:g} s of load" if goal is None else
             f"load until {goal.actions} actions ({goal.kills} kills), {goal.tasks} tasks"
             f"{''.join(f', {n} {k}' for k, n in goal.kinds)}, at most {goal.deadline:g} s")
