@@ -107,6 +107,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import clockstep
+
 REPO = Path(__file__).resolve().parent.parent
 CASTORD = str(Path(sys.executable).parent / "castord")
 
@@ -276,21 +278,7 @@ PRODUCER = textwrap.dedent('''
 
 # Every process started with this on its PYTHONPATH reads the wall clock with an
 # offset kept in an 8-byte file that chaos changes (a clock step seen by the whole host).
-SITECUSTOMIZE = textwrap.dedent('''
-    import mmap, os, struct, time
-
-    _path = os.environ.get("CHAOS_CLOCK_FILE")
-    if _path:
-        _fd = os.open(_path, os.O_RDONLY)
-        _map = mmap.mmap(_fd, 8, prot=mmap.PROT_READ)
-        _real_time, _real_time_ns = time.time, time.time_ns
-
-        def _offset():
-            return struct.unpack_from("d", _map)[0]
-
-        time.time = lambda: _real_time() + _offset()
-        time.time_ns = lambda: _real_time_ns() + int(_offset() * 1e9)
-''')
+SITECUSTOMIZE = clockstep.sitecustomize("CHAOS_CLOCK_FILE")
 
 # Fast failure detection: a stopped child is noticed after 1.5 s of silence. castord
 # wants the lease at least 1.5 x (heartbeat timeout + interval + 2 s) = 5.6 s, so that a

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import clockstep
 from tests.conftest import wait_until
 from tests.process.test_castord import Castord
 
@@ -269,49 +270,22 @@ def test_a_thread_task_that_kills_its_host_takes_the_blame_alone(app_dir, db_pat
         stallapp.manager.close()
 
 
-CLOCK_SITECUSTOMIZE = '''
-# Test double: every process on PYTHONPATH here reads the wall clock with an
-# offset kept in a file the test changes (a clock step seen by the whole host).
-import mmap, os, struct, time
-
-_path = os.environ.get("CASTOR_TEST_CLOCK_FILE")
-if _path:
-    _fd = os.open(_path, os.O_RDONLY)
-    _map = mmap.mmap(_fd, 8, prot=mmap.PROT_READ)
-    _real_time, _real_time_ns = time.time, time.time_ns
-
-    def _offset():
-        return struct.unpack_from("d", _map)[0]
-
-    time.time = lambda: _real_time() + _offset()
-    time.time_ns = lambda: _real_time_ns() + int(_offset() * 1e9)
-'''
-
-
 class SteppedClock:
+    """The host's wall clock, stepped by the test in every process it starts (tests/clockstep.py)."""
+
     def __init__(self, app_dir: Path, monkeypatch: pytest.MonkeyPatch):
-        import struct
         import time
 
         self.path = app_dir / "clock.offset"
-        self.path.write_bytes(struct.pack("d", 0.0))
-        (app_dir / "sitecustomize.py").write_text(CLOCK_SITECUSTOMIZE)
+        clockstep.set_offset(self.path, 0.0)
+        (app_dir / "sitecustomize.py").write_text(clockstep.sitecustomize("CASTOR_TEST_CLOCK_FILE"))
         monkeypatch.setenv("CASTOR_TEST_CLOCK_FILE", str(self.path))
         real = time.time
         # The test's own process (the producer) steps with the host.
-        monkeypatch.setattr(time, "time", lambda: real() + self.offset())
-
-    def offset(self) -> float:
-        import struct
-
-        return struct.unpack("d", self.path.read_bytes())[0]
+        monkeypatch.setattr(time, "time", lambda: real() + clockstep.read_offset(self.path))
 
     def step(self, seconds: float) -> None:
-        import mmap
-        import struct
-
-        with open(self.path, "r+b") as f, mmap.mmap(f.fileno(), 8) as m:
-            struct.pack_into("d", m, 0, self.offset() + seconds)
+        clockstep.set_offset(self.path, clockstep.read_offset(self.path) + seconds)
 
 
 @pytest.mark.timeout(120)
