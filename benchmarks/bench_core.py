@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -197,23 +198,25 @@ def wal_peak(n: int = 60_000) -> float:
         b.close()
 
 
-def latency(n: int = 500) -> tuple[float, float]:
-    """Enqueue -> join returns, one task at a time, idle process worker (ms p50, p99)."""
+def latency(n: int = 500, mode: str = "process") -> tuple[float, float]:
+    """Enqueue -> join returns, one task at a time, idle worker of `mode` (ms p50, p99)."""
     b = Bench()
     try:
-        b.worker("--mode", "process")
-        b.app.noop.delay(-1).join(timeout=30)  # worker is up and idle
-        return round_trips(b, n)
+        b.worker("--mode", mode, *(("--threads", "4") if mode == "thread" else ()))
+        task = b.app.noop if mode == "process" else b.app.tnoop
+        task.delay(-1).join(timeout=30)  # worker is up and idle
+        return round_trips(b, n, task)
     finally:
         b.close()
 
 
-def round_trips(b: Bench, n: int) -> tuple[float, float]:
+def round_trips(b: Bench, n: int, task: Any = None) -> tuple[float, float]:
     """p50 and p99 (ms) of n delay() -> join() round trips, one at a time."""
+    task = b.app.noop if task is None else task
     samples = []
     for i in range(n):
         start = time.perf_counter()
-        b.app.noop.delay(i).join(timeout=10)
+        task.delay(i).join(timeout=10)
         samples.append(time.perf_counter() - start)
         time.sleep(0.002)  # let the worker go idle again
     samples.sort()
@@ -289,9 +292,10 @@ def main() -> None:
         m, v = median_of(args.runs, wal_peak)
         print(f"WAL peak, 60,000-task drain {m:>9.1f} MB   runs: {[round(x, 1) for x in v]}")
     if "latency" in only:
-        (p50, p99), v = median_of(args.runs, latency)
-        print(f"enqueue->join latency     p50 {p50:.2f} ms, p99 {p99:.2f} ms   "
-              f"runs: {[(round(a, 2), round(b, 2)) for a, b in v]}")
+        for mode in ("process", "thread"):
+            (p50, p99), v = median_of(args.runs, latency, 500, mode)
+            print(f"enqueue->join, {mode:<7}   p50 {p50:.2f} ms, p99 {p99:.2f} ms   "
+                  f"runs: {[(round(a, 2), round(b, 2)) for a, b in v]}")
     if "eta" in only:
         (p50, worst), v = median_of(args.runs, eta_lateness)
         print(f"ETA lateness (idle)       p50 {p50:.2f} ms, max {worst:.2f} ms   "

@@ -111,6 +111,9 @@ class Worker:
         # claim nothing beside it.
         self._solo: tuple[str, int] | None = None
         self._want_solo = False  # such tasks wait: stop claiming until the pool is idle
+        # The pool's claimer is asleep until the database changes: a pool thread
+        # then writes its own outcome (whose commit wakes the claimer).
+        self._claimer_waiting = False
         self._hot = False  # the last round claimed something: skip the read-first check
         self._max_tasks: int | None = None
         # Called (from a timer thread) when a task passes its timeout=; castord's
@@ -228,13 +231,13 @@ class Worker:
     def _settled(self, settlement: Settlement, accepted: bool) -> None:
         """Bookkeeping and the log line once an outcome is written (or refused)."""
         key = settlement.claim
-        with self._running_lock:
+        with self._running_lock:  # pool threads settle too (see _settle_here)
             record = self.running.pop(key, None)
             if key == self._solo:
                 self._solo = None
                 self._want_solo = True  # another may be waiting: look now, not at the next round
+            self.done += 1
         duration = self._durations.pop(key, 0.0)
-        self.done += 1
         if self.on_settled is not None and record is not None:
             self.on_settled(record.name, "retry" if settlement.status == TaskStatus.PENDING
                             else str(settlement.status), duration, record.id)
@@ -386,7 +389,12 @@ class Worker:
                     continue
                 if until_idle and self._idle(slots):
                     return
-                self._wait_for_work(seen)
+                self._claimer_waiting = True
+                try:
+                    if finished.empty():  # a settlement queued just before the flag was up
+                        self._wait_for_work(seen)
+                finally:
+                    self._claimer_waiting = False
         finally:
             for _ in threads:
                 work.put(None)
@@ -495,8 +503,21 @@ class Worker:
         slots: threading.Semaphore,
     ) -> None:
         while (record := work.get()) is not None:
-            finished.put(self._execute_safely(record))
+            settlement = self._execute_safely(record)
+            if not (self._claimer_waiting and self._settle_here(settlement)):
+                finished.put(settlement)
             slots.release()  # after the put: the claimer then settles it at once
+
+    def _settle_here(self, settlement: Settlement) -> bool:
+        """The claimer sleeps until the database changes: write this outcome now
+        rather than leave it queued until the claimer's next re-check (a thread
+        task's join() waited up to 0.5 s). False: leave it to the claimer."""
+        try:
+            accepted = self.store.settle_one(settlement)
+        except Exception:  # noqa: BLE001 - e.g. locked: the claimer writes it, and waits the lock out
+            return False
+        self._settled(settlement, accepted)
+        return True
 
     def _wait_for_work(self, seen: int) -> None:
         now = time.time()
