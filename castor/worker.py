@@ -218,12 +218,9 @@ class Worker:
         return outcome, settlement
 
     def _execute_safely(self, record: TaskRecord) -> Settlement:
-        pid = os.getpid()
         try:
-            return self._execute(record)[1]
+            return self._execute(record)[1]  # a forked copy never comes back from it (see _execute)
         except BaseException as exc:  # noqa: BLE001 - e.g. a TaskTimeout delivered a moment late
-            if os.getpid() != pid:
-                _leave_as_stranger(None)
             log.exception("worker.execute_error", task_id=record.id, task_name=record.name)
             self.contexts.pop(record.claim, None)
             return settlement_for(self.manager, record, failure_outcome(record, exc), self.owner, time.time())
@@ -427,7 +424,7 @@ class Worker:
         self._exchange_or_wait(first + _drain(finished), 0)
 
     def _claim_solo(self) -> list[TaskRecord]:
-        self._want_solo = False  # re-checked with the next recovery round
+        self._want_solo = False  # set again when a solo task ends, and by each recovery round
         claims = self._claim(1, isolated=True)
         if claims:
             with self._running_lock:
