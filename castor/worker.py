@@ -154,7 +154,9 @@ class Worker:
         # Both under _running_lock (the hand-back thread takes from them).
         self.waiting: deque[TaskRecord] = deque()
         self._finished: list[Settlement] = []
-        self._current: tuple[tuple[str, int], float] | None = None  # (claim, monotonic start)
+        self._waiting_since = 0.0  # monotonic time the tasks in `waiting` were claimed
+        self._task_started: float | None = None  # process mode, in a batch: when the running task began
+        self._handed = 0  # pool: claimed tasks given to threads that have not started them yet
         self._average_duration: float | None = None
         self._handback: HandBack | None = None
 
@@ -394,30 +396,63 @@ class Worker:
         past max_tasks)."""
         average = self._average_duration
         size = 1 if average is None else max(1, min(self.prefetch, int(PREFETCH_BUDGET_SECONDS / max(average, 1e-6))))
-        if self._max_tasks is not None:
-            size = max(1, min(size, self._max_tasks - self.done - len(self.running)))
-        return size
+        return min(size, self._room())
+
+    def _room(self) -> int:
+        """How many more tasks max_tasks lets this worker claim (at least 1)."""
+        if self._max_tasks is None:
+            return sys.maxsize
+        return max(1, self._max_tasks - self.done - len(self.running) - len(self.waiting) - self._handed)
 
     def _run_batch(self, claims: list[TaskRecord]) -> None:
         """Run claimed tasks one after another, best first. Those not started yet
         wait in `waiting`, where the hand-back thread may take them back."""
         record: TaskRecord | None = claims[0]
-        if len(claims) > 1:
+        self._task_started = time.monotonic()  # before _hold wakes the watcher
+        self._hold(claims[1:])
+        while record is not None:
+            self._task_started = time.monotonic()
+            settlement = self._execute_safely(record)
             with self._running_lock:
-                self.waiting.extend(claims[1:])
+                self._finished.append(settlement)
+            record = self._next_waiting()
+        self._task_started = None
+        if self._stop.is_set():
+            self.hand_back()  # stopping: what has not started goes back to the queue
+
+    def _hold(self, records: list[TaskRecord], *, watch: bool = True) -> None:
+        """Keep claimed tasks to start next, in claim order. A process worker's
+        HandBack thread watches them (watch); a pool's claimer does it itself."""
+        if not records:
+            return
+        with self._running_lock:
+            if not self.waiting:
+                self._waiting_since = time.monotonic()
+            self.waiting.extend(records)
+        if watch:
             if self._handback is None:
                 self._handback = HandBack(self)
             self._handback.arm()
-        while record is not None:
-            self._current = (record.claim, time.monotonic())
-            settlement = self._execute_safely(record)
-            stopping = self._stop.is_set()
-            with self._running_lock:
-                self._current = None
-                self._finished.append(settlement)
-                record = self.waiting.popleft() if self.waiting and not stopping else None
-            if stopping:
-                self.hand_back()  # stopping: what has not started goes back to the queue
+
+    def _dispatch_waiting(self, free: int, work: queue.SimpleQueue[TaskRecord | None]) -> int:
+        """Give up to `free` waiting tasks to the pool's threads; how many it gave."""
+        if self._stop.is_set():
+            return 0  # stopping: they go back to the queue
+        with self._running_lock:
+            records = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+            self._handed += len(records)
+        for record in records:
+            work.put(record)
+        return len(records)
+
+    def _next_waiting(self) -> TaskRecord | None:
+        """The next claimed task to start (none once stopping: they go back)."""
+        with self._running_lock:
+            if self.waiting and not self._stop.is_set():
+                record = self.waiting.popleft()
+                self.running[record.claim] = record  # counted as running from here (max_tasks)
+                return record
+        return None
 
     def _take_finished(self) -> list[Settlement]:
         with self._running_lock:
@@ -467,23 +502,60 @@ class Worker:
         ]
         for thread in threads:
             thread.start()
+        unwritten: list[Settlement] = []  # finished, to be written with the next exchange
+        unwritten_since = 0.0
         try:
             while not self._check_max_tasks():
                 if self._solo is not None or self._want_solo:
+                    self.hand_back(write_finished=False)  # it runs with the pool empty
+                    if unwritten:
+                        self._exchange_or_wait(unwritten, 0)
+                        unwritten = []
                     self._solo_round(slots, work, finished)
                     continue
-                if not slots.acquire(timeout=IDLE_RECHECK_SECONDS):
-                    self._exchange_or_wait(_drain(finished), 0)
+                # While a batch is held, wake often enough that nothing claimed waits,
+                # and no outcome stays unwritten, more than HANDBACK_SECONDS.
+                busy = bool(self.waiting or unwritten)
+                got_slot = slots.acquire(timeout=HANDBACK_SECONDS / 2 if busy else IDLE_RECHECK_SECONDS)
+                more = _drain(finished)
+                if more and not unwritten:
+                    unwritten_since = time.monotonic()
+                unwritten += more
+                now = time.monotonic()
+                if self.waiting and now - self._waiting_since >= HANDBACK_SECONDS:
+                    self.hand_back(write_finished=False)  # every thread is busy with a longer task
+                overdue = bool(unwritten) and now - unwritten_since >= HANDBACK_SECONDS
+                if not got_slot:
+                    if overdue or not self.waiting:
+                        self._exchange_or_wait(unwritten, 0)
+                        unwritten = []
                     continue
                 free = 1
                 while free < self.concurrency and slots.acquire(blocking=False):
                     free += 1
+                if self.waiting:
+                    # Short tasks claimed with the last batch: start them, no transaction
+                    # (unless outcomes have waited too long to be written).
+                    if overdue:
+                        self._exchange_or_wait(unwritten, 0)
+                        unwritten = []
+                    started = self._dispatch_waiting(free, work)
+                    for _ in range(free - started):
+                        slots.release()
+                    continue
                 seen = self.store.generation()
-                claims = self._exchange_or_wait(_drain(finished), free)
-                for _ in range(free - len(claims)):
+                # Short tasks: claim more than the free threads; the rest wait in
+                # `waiting` for the next free thread.
+                want = min(free + self._batch_size() - 1, self._room())
+                claims = self._exchange_or_wait(unwritten, want)
+                unwritten = []
+                for _ in range(free - min(free, len(claims))):
                     slots.release()
-                for record in claims:
+                with self._running_lock:
+                    self._handed += min(free, len(claims))
+                for record in claims[:free]:
                     work.put(record)
+                self._hold(claims[free:], watch=False)
                 if claims:
                     continue
                 if until_idle and self._idle(slots):
@@ -495,11 +567,14 @@ class Worker:
                 finally:
                     self._claimer_waiting = False
         finally:
+            self.hand_back(write_finished=False)  # claimed, not started: back to the queue
+            for settlement in unwritten:
+                finished.put(settlement)
             for _ in threads:
                 work.put(None)
             # Settle everything non-daemon before returning; daemon tasks may be
             # left running (the caller requeues them, see release_held()).
-            while self._holds_non_daemon():
+            while self._holds_non_daemon() or self._handed:  # handed: about to start
                 try:
                     first = [finished.get(timeout=IDLE_RECHECK_SECONDS)]
                 except queue.Empty:
@@ -546,8 +621,10 @@ class Worker:
             return any(not r.daemon for r in self.running.values())
 
     def _check_max_tasks(self) -> bool:
-        """True once the worker should stop claiming."""
-        if self._max_tasks is not None and self.done + len(self.running) + len(self.waiting) >= self._max_tasks:
+        """True once the worker should stop claiming. The tasks it claimed with
+        the last batch still run (a stop() hands them back instead)."""
+        if self._max_tasks is not None and not self.waiting and \
+                self.done + len(self.running) + self._handed >= self._max_tasks:
             self._stop.set()
         return self._stop.is_set()
 
@@ -619,6 +696,9 @@ class Worker:
         slots: threading.Semaphore,
     ) -> None:
         while (record := work.get()) is not None:
+            with self._running_lock:  # counted as handed until it counts as running
+                self._handed -= 1
+                self.running[record.claim] = record
             settlement = self._execute_safely(record)
             if not (self._claimer_waiting and self._settle_here(settlement)):
                 finished.put(settlement)
@@ -708,10 +788,10 @@ def _cancelled_class(record: TaskRecord) -> type[BaseException]:
 
 
 class HandBack:
-    """Process mode's watcher: while tasks wait behind the running one, hands them
-    back (and writes the batch's finished outcomes) once that task has run for
-    HANDBACK_SECONDS, so that a long task never holds short ones claimed.
-    Asleep while nothing waits."""
+    """A process worker's prefetch watcher: once the running task of a batch has run
+    HANDBACK_SECONDS, writes the outcomes of the tasks that ran before it and hands
+    those claimed after it back to the queue, so that a long task never holds short
+    ones claimed, or their results unwritten. Asleep between batches."""
 
     def __init__(self, worker: Worker):
         self.worker = worker
@@ -735,16 +815,19 @@ class HandBack:
             self._armed.clear()
             if self._closed:
                 return
-            while worker.waiting and not self._closed:
-                current = worker._current  # noqa: SLF001 - the worker's own helper
-                late = current is not None and time.monotonic() - current[1] >= HANDBACK_SECONDS
-                if late:
+            # Until the batch is over: once the running task has run HANDBACK_SECONDS,
+            # the finished outcomes are written and the tasks not started go back.
+            while (started := worker._task_started) is not None and not self._closed:  # noqa: SLF001
+                ran = time.monotonic() - started
+                if ran < HANDBACK_SECONDS:
+                    time.sleep(HANDBACK_SECONDS - ran)
+                    continue
+                if worker.waiting or worker._finished:  # noqa: SLF001
                     try:
                         worker.hand_back()
                     except Exception:  # noqa: BLE001 - try again next round
                         log.exception("worker.hand_back_failed")
-                    break
-                time.sleep(HANDBACK_SECONDS / 2 if current is not None else 0.001)
+                time.sleep(HANDBACK_SECONDS)
 
 
 class LeaseKeeper:
