@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,15 @@ EXPIRY_SECONDS = 2.0
 LOCKED_PAUSE_SECONDS = 0.1
 PURGE_BATCH = 1000
 PURGE_BATCHES_PER_ROUND = 50  # up to 25,000 expired rows a second per worker
+# Prefetch (process mode): claim several tasks per write transaction when tasks
+# are short, so that the transaction per task (SQLite has one writer) stops
+# being the bottleneck. A batch is sized to run in about PREFETCH_BUDGET_SECONDS
+# by the observed task durations, at most PREFETCH_MAX tasks; claimed tasks that
+# wait behind a task running longer than HANDBACK_SECONDS go back to the queue.
+PREFETCH_MAX = 32
+PREFETCH_BUDGET_SECONDS = 0.002
+HANDBACK_SECONDS = 0.01
+DURATION_WEIGHT = 0.2  # of the newest task in the running average of durations
 
 
 class Worker:
@@ -78,6 +88,7 @@ class Worker:
         queues: Sequence[str] | None = None,
         lease: float = DEFAULT_LEASE_SECONDS,
         owner: str | None = None,
+        prefetch: int = PREFETCH_MAX,
     ):
         if mode not in MODES:
             raise ConfigurationError(f"Worker mode must be 'thread' or 'process', not {mode!r}")
@@ -95,6 +106,9 @@ class Worker:
             # A lease that never runs out: a crashed worker's tasks would never run again.
             raise ConfigurationError(f"lease must be a finite number of seconds, not {lease!r}")
         self.lease: float = seconds
+        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
+            raise ConfigurationError(f"prefetch must be a positive integer, not {prefetch!r}")
+        self.prefetch = prefetch  # most tasks a process worker claims at once (1: one at a time)
         self._owner = owner
         # An explicit owner is kept (until a fork); otherwise one is made on first use.
         self._owner_generation = -1
@@ -135,6 +149,16 @@ class Worker:
         # Outcomes not yet written because another program held the database
         # locked past lock_timeout; written with the next exchange.
         self._unwritten: list[Settlement] = []
+        # Process mode: tasks claimed with the one running, not started yet, in
+        # claim order; and the outcomes of a batch, written with the next claim.
+        # Both under _running_lock (the hand-back thread takes from them).
+        self.waiting: deque[TaskRecord] = deque()
+        self._finished: list[Settlement] = []
+        self._waiting_since = 0.0  # monotonic time the tasks in `waiting` were claimed
+        self._task_started: float | None = None  # process mode, in a batch: when the running task began
+        self._handed = 0  # pool: claimed tasks given to threads that have not started them yet
+        self._average_duration: float | None = None
+        self._handback: HandBack | None = None
 
     @property
     def owner(self) -> str:
@@ -215,6 +239,9 @@ class Worker:
         ctx.flush()
         settlement = settlement_for(self.manager, record, outcome, self.owner, time.time())
         self._durations[key] = outcome.duration
+        average = self._average_duration
+        self._average_duration = outcome.duration if average is None else \
+            average + DURATION_WEIGHT * (outcome.duration - average)
         return outcome, settlement
 
     def _execute_safely(self, record: TaskRecord) -> Settlement:
@@ -271,8 +298,7 @@ class Worker:
         if time.monotonic() >= self._next_recovery:  # monotonic: a clock step must not pause recovery
             self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES)
             self._next_recovery = time.monotonic() + RECOVERY_SECONDS
-            if self.mode == "thread":
-                self._want_solo = self.store.has_due(mode=self.mode, queues=self.queues, now=now, isolated=True)
+            self._want_solo = self.store.has_due(mode=self.mode, queues=self.queues, now=now, isolated=True)
         if settlements or self._hot:
             accepted, claims = self.store.settle_and_claim(
                 settlements, self.owner, mode=self.mode, queues=self.queues, limit=limit,
@@ -339,20 +365,131 @@ class Worker:
                 self._loop_thread = None
 
     def _run_serial(self, until_idle: bool) -> None:
-        finished: list[Settlement] = []
-        while True:
-            seen = self.store.generation()
-            self._check_max_tasks()
-            claims = self._exchange_or_wait(finished, 0 if self._stop.is_set() else 1)
-            finished = []
-            if not claims and self._want_solo and not self._stop.is_set():
-                claims = self._claim_solo()  # one at a time here anyway
-            if claims:
-                finished.append(self._execute_safely(claims[0]))
-                continue
-            if (self._stop.is_set() or until_idle) and not self._unwritten:
-                return
-            self._wait_for_work(seen)
+        try:
+            while True:
+                seen = self.store.generation()
+                self._check_max_tasks()
+                if self._want_solo and not self._stop.is_set():
+                    # A task set apart to run alone (it was held when a worker crashed)
+                    # goes before the next batch, so a steady stream cannot starve it.
+                    self._exchange_or_wait(self._take_finished(), 0)
+                    claims = self._claim_solo()
+                else:
+                    claims = []
+                if not claims:
+                    claims = self._exchange_or_wait(self._take_finished(),
+                                                    0 if self._stop.is_set() else self._batch_size())
+                if claims:
+                    self._run_batch(claims)
+                    continue
+                if (self._stop.is_set() or until_idle) and not self._unwritten and not self._finished:
+                    return
+                self._wait_for_work(seen)
+        finally:
+            if self._handback is not None:
+                self._handback.stop()
+                self._handback = None
+
+    def _batch_size(self) -> int:
+        """How many tasks to claim in one transaction: one until durations are
+        known, then as many as run in about PREFETCH_BUDGET_SECONDS (and never
+        past max_tasks)."""
+        average = self._average_duration
+        size = 1 if average is None else max(1, min(self.prefetch, int(PREFETCH_BUDGET_SECONDS / max(average, 1e-6))))
+        return min(size, self._room())
+
+    def _room(self) -> int:
+        """How many more tasks max_tasks lets this worker claim (at least 1)."""
+        if self._max_tasks is None:
+            return sys.maxsize
+        return max(1, self._max_tasks - self.done - len(self.running) - len(self.waiting) - self._handed)
+
+    def _run_batch(self, claims: list[TaskRecord]) -> None:
+        """Run claimed tasks one after another, best first. Those not started yet
+        wait in `waiting`, where the hand-back thread may take them back."""
+        record: TaskRecord | None = claims[0]
+        self._task_started = time.monotonic()  # before _hold wakes the watcher
+        self._hold(claims[1:])
+        while record is not None:
+            self._task_started = time.monotonic()
+            settlement = self._execute_safely(record)
+            with self._running_lock:
+                self._finished.append(settlement)
+            record = self._next_waiting()
+        self._task_started = None
+        if self._stop.is_set():
+            self.hand_back()  # stopping: what has not started goes back to the queue
+
+    def _hold(self, records: list[TaskRecord], *, watch: bool = True) -> None:
+        """Keep claimed tasks to start next, in claim order. A process worker's
+        HandBack thread watches them (watch); a pool's claimer does it itself."""
+        if not records:
+            return
+        with self._running_lock:
+            if not self.waiting:
+                self._waiting_since = time.monotonic()
+            self.waiting.extend(records)
+        if watch:
+            if self._handback is None:
+                self._handback = HandBack(self)
+            self._handback.arm()
+
+    def _dispatch_waiting(self, free: int, work: queue.SimpleQueue[TaskRecord | None]) -> int:
+        """Give up to `free` waiting tasks to the pool's threads; how many it gave."""
+        if self._stop.is_set():
+            return 0  # stopping: they go back to the queue
+        with self._running_lock:
+            records = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+            self._handed += len(records)
+        for record in records:
+            work.put(record)
+        return len(records)
+
+    def _next_waiting(self) -> TaskRecord | None:
+        """The next claimed task to start (none once stopping: they go back)."""
+        with self._running_lock:
+            if self.waiting and not self._stop.is_set():
+                record = self.waiting.popleft()
+                self.running[record.claim] = record  # counted as running from here (max_tasks)
+                return record
+        return None
+
+    def _take_finished(self) -> list[Settlement]:
+        with self._running_lock:
+            finished, self._finished = self._finished, []
+        return finished
+
+    def hand_back(self, *, write_finished: bool = True) -> int:
+        """Return the claimed tasks not started yet to the queue (the attempt not
+        counted) and, with write_finished, write the batch's finished outcomes
+        now. Safe from any thread (castord calls it before a child leaves)."""
+        with self._running_lock:
+            back = list(self.waiting)
+            self.waiting.clear()
+        finished = self._take_finished() if write_finished else []
+        if finished:
+            try:
+                accepted, _ = self.store.settle_and_claim(
+                    finished, self.owner, mode=self.mode, queues=self.queues, limit=0, lease=self.lease,
+                    now=time.time())
+            except Exception:  # noqa: BLE001 - e.g. locked: the loop writes them, and waits the lock out
+                with self._running_lock:
+                    self._finished[:0] = finished
+            else:
+                for settlement, ok in zip(finished, accepted, strict=True):
+                    self._settled(settlement, ok)
+        kept: list[TaskRecord] = []
+        for record in back:
+            try:
+                self.store.requeue(record.id, record.fence, count_attempt=False)
+            except Exception:  # noqa: BLE001 - still ours: run it after all
+                kept.append(record)
+        if kept:
+            with self._running_lock:
+                self.waiting.extendleft(reversed(kept))
+        if back and _debug_enabled():
+            log.debug("worker.handed_back", tasks=len(back) - len(kept))
+        return len(back) - len(kept)
 
     def _run_pool(self, until_idle: bool) -> None:
         slots = threading.Semaphore(self.concurrency)
@@ -365,23 +502,60 @@ class Worker:
         ]
         for thread in threads:
             thread.start()
+        unwritten: list[Settlement] = []  # finished, to be written with the next exchange
+        unwritten_since = 0.0
         try:
             while not self._check_max_tasks():
                 if self._solo is not None or self._want_solo:
+                    self.hand_back(write_finished=False)  # it runs with the pool empty
+                    if unwritten:
+                        self._exchange_or_wait(unwritten, 0)
+                        unwritten = []
                     self._solo_round(slots, work, finished)
                     continue
-                if not slots.acquire(timeout=IDLE_RECHECK_SECONDS):
-                    self._exchange_or_wait(_drain(finished), 0)
+                # While a batch is held, wake often enough that nothing claimed waits,
+                # and no outcome stays unwritten, more than HANDBACK_SECONDS.
+                busy = bool(self.waiting or unwritten)
+                got_slot = slots.acquire(timeout=HANDBACK_SECONDS / 2 if busy else IDLE_RECHECK_SECONDS)
+                more = _drain(finished)
+                if more and not unwritten:
+                    unwritten_since = time.monotonic()
+                unwritten += more
+                now = time.monotonic()
+                if self.waiting and now - self._waiting_since >= HANDBACK_SECONDS:
+                    self.hand_back(write_finished=False)  # every thread is busy with a longer task
+                overdue = bool(unwritten) and now - unwritten_since >= HANDBACK_SECONDS
+                if not got_slot:
+                    if overdue or not self.waiting:
+                        self._exchange_or_wait(unwritten, 0)
+                        unwritten = []
                     continue
                 free = 1
                 while free < self.concurrency and slots.acquire(blocking=False):
                     free += 1
+                if self.waiting:
+                    # Short tasks claimed with the last batch: start them, no transaction
+                    # (unless outcomes have waited too long to be written).
+                    if overdue:
+                        self._exchange_or_wait(unwritten, 0)
+                        unwritten = []
+                    started = self._dispatch_waiting(free, work)
+                    for _ in range(free - started):
+                        slots.release()
+                    continue
                 seen = self.store.generation()
-                claims = self._exchange_or_wait(_drain(finished), free)
-                for _ in range(free - len(claims)):
+                # Short tasks: claim more than the free threads; the rest wait in
+                # `waiting` for the next free thread.
+                want = min(free + self._batch_size() - 1, self._room())
+                claims = self._exchange_or_wait(unwritten, want)
+                unwritten = []
+                for _ in range(free - min(free, len(claims))):
                     slots.release()
-                for record in claims:
+                with self._running_lock:
+                    self._handed += min(free, len(claims))
+                for record in claims[:free]:
                     work.put(record)
+                self._hold(claims[free:], watch=False)
                 if claims:
                     continue
                 if until_idle and self._idle(slots):
@@ -393,11 +567,14 @@ class Worker:
                 finally:
                     self._claimer_waiting = False
         finally:
+            self.hand_back(write_finished=False)  # claimed, not started: back to the queue
+            for settlement in unwritten:
+                finished.put(settlement)
             for _ in threads:
                 work.put(None)
             # Settle everything non-daemon before returning; daemon tasks may be
             # left running (the caller requeues them, see release_held()).
-            while self._holds_non_daemon():
+            while self._holds_non_daemon() or self._handed:  # handed: about to start
                 try:
                     first = [finished.get(timeout=IDLE_RECHECK_SECONDS)]
                 except queue.Empty:
@@ -444,8 +621,10 @@ class Worker:
             return any(not r.daemon for r in self.running.values())
 
     def _check_max_tasks(self) -> bool:
-        """True once the worker should stop claiming."""
-        if self._max_tasks is not None and self.done + len(self.running) >= self._max_tasks:
+        """True once the worker should stop claiming. The tasks it claimed with
+        the last batch still run (a stop() hands them back instead)."""
+        if self._max_tasks is not None and not self.waiting and \
+                self.done + len(self.running) + self._handed >= self._max_tasks:
             self._stop.set()
         return self._stop.is_set()
 
@@ -453,7 +632,10 @@ class Worker:
         """Stop the running tasks someone asked to cancel (the housekeeping thread calls this)."""
         for claim in self.store.cancel_requests(self.owner):
             ctx = self.contexts.get(claim)
-            if ctx is None or ctx.cancel_requested:
+            if ctx is None:
+                self._mark_waiting_cancelled(claim)
+                continue
+            if ctx.cancel_requested:
                 continue
             ctx.cancel_requested = True
             log.info("task.cancel_requested", task_id=claim[0], task_name=ctx.record.name)
@@ -462,6 +644,14 @@ class Worker:
             else:
                 ctx.interrupt(_cancelled_class(ctx.record))
 
+    def _mark_waiting_cancelled(self, claim: tuple[str, int]) -> None:
+        """A claimed task not started yet was cancelled: it ends cancelled as it
+        would start (castor/worker.py _execute), never running its function."""
+        with self._running_lock:
+            for record in self.waiting:
+                if record.claim == claim:
+                    record.cancel_requested = True
+
     def renew_leases(self) -> None:
         """Extend the leases of the running attempts; stop those whose lease is gone.
 
@@ -469,10 +659,16 @@ class Worker:
         slow disk) and the task was recovered, perhaps claimed again, even by this
         very worker: the old attempt is a zombie whose outcome would be refused.
         """
+        with self._running_lock:
+            waiting = [r.claim for r in self.waiting]
         claims = list(self.running)
-        if not claims:
+        if not claims and not waiting:
             return
-        held = self.store.renew(claims, lease=self.lease)
+        held = self.store.renew(claims + waiting, lease=self.lease)
+        lost = set(waiting) - held
+        if lost:  # not started: nothing to stop, just never start them
+            with self._running_lock:
+                self.waiting = deque(r for r in self.waiting if r.claim not in lost)
         for claim in claims:
             ctx = self.contexts.get(claim)
             if claim in held or ctx is None or not ctx.active:
@@ -500,6 +696,9 @@ class Worker:
         slots: threading.Semaphore,
     ) -> None:
         while (record := work.get()) is not None:
+            with self._running_lock:  # counted as handed until it counts as running
+                self._handed -= 1
+                self.running[record.claim] = record
             settlement = self._execute_safely(record)
             if not (self._claimer_waiting and self._settle_here(settlement)):
                 finished.put(settlement)
@@ -588,6 +787,49 @@ def _cancelled_class(record: TaskRecord) -> type[BaseException]:
     return baked(TaskCancelled, f"task {record.id} ({record.name}) was cancelled while running")
 
 
+class HandBack:
+    """A process worker's prefetch watcher: once the running task of a batch has run
+    HANDBACK_SECONDS, writes the outcomes of the tasks that ran before it and hands
+    those claimed after it back to the queue, so that a long task never holds short
+    ones claimed, or their results unwritten. Asleep between batches."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self._armed = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="castor-hand-back", daemon=True)
+        self._thread.start()
+
+    def arm(self) -> None:
+        self._armed.set()
+
+    def stop(self) -> None:
+        self._closed = True
+        self._armed.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        worker = self.worker
+        while True:
+            self._armed.wait()
+            self._armed.clear()
+            if self._closed:
+                return
+            # Until the batch is over: once the running task has run HANDBACK_SECONDS,
+            # the finished outcomes are written and the tasks not started go back.
+            while (started := worker._task_started) is not None and not self._closed:  # noqa: SLF001
+                ran = time.monotonic() - started
+                if ran < HANDBACK_SECONDS:
+                    time.sleep(HANDBACK_SECONDS - ran)
+                    continue
+                if worker.waiting or worker._finished:  # noqa: SLF001
+                    try:
+                        worker.hand_back()
+                    except Exception:  # noqa: BLE001 - try again next round
+                        log.exception("worker.hand_back_failed")
+                time.sleep(HANDBACK_SECONDS)
+
+
 class LeaseKeeper:
     """The worker's background thread: renews its leases every lease/3 seconds;
     every 0.25 s while tasks are flowing, checkpoints the WAL (so that enqueues
@@ -625,7 +867,8 @@ class LeaseKeeper:
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + EXPIRY_SECONDS
                     self._purge_expired()
-                if self.worker.running and time.monotonic() - last_renew >= self.worker.lease / 3:
+                if (self.worker.running or self.worker.waiting) and \
+                        time.monotonic() - last_renew >= self.worker.lease / 3:
                     self.worker.renew_leases()
                     last_renew = time.monotonic()
                 if self.worker.contexts:

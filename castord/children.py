@@ -153,7 +153,7 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     if spec.role == PROCESS_WORKER:
         worker.on_timeout = lambda record: _timed_out(worker, record, channel)
         worker.on_cancel = lambda record: _cancelled(worker, record, channel)
-        worker.on_lease_lost = lambda record: _lease_lost(record, channel)
+        worker.on_lease_lost = lambda record: _lease_lost(worker, record, channel)
     # A TERM sent to a child by hand drains just that child (see Heartbeat).
     heartbeat = Heartbeat(worker, spec, channel, log, sink, reopen_logs, tally, drain_requested)
     heartbeat.start()
@@ -231,10 +231,12 @@ def _cancelled(worker: Worker, record: Any, channel: Channel) -> None:
         "stopped and replaced"), f"task {record.id} was cancelled", EXIT_TASK_CANCELLED)
 
 
-def _lease_lost(record: Any, channel: Channel) -> None:
+def _lease_lost(worker: Worker, record: Any, channel: Channel) -> None:
     """The running task's lease expired while this child stalled, and the task went
     to another claim: whatever this attempt writes is refused, and it may be running
-    elsewhere now. Leaving is the only way to stop a process task; nothing to settle."""
+    elsewhere now. Leaving is the only way to stop a process task; nothing to settle
+    (but the outcomes of its batch, and the tasks claimed with it)."""
+    _hand_back(worker)
     reason = f"task {record.id} lost its lease while this child stalled"
     channel.send("retiring", reason)
     _leave(channel, reason, 0)
@@ -242,10 +244,21 @@ def _lease_lost(record: Any, channel: Channel) -> None:
 
 def _stop_task(worker: Worker, record: Any, channel: Channel, exc: BaseException, reason: str,
                code: int) -> None:
+    _hand_back(worker)
     settlement = settlement_for(worker.manager, record, failure_outcome(record, exc), worker.owner, time.time())
     worker.store.settle_one(settlement)
     channel.send("retiring", reason)
     _leave(channel, reason, code)
+
+
+def _hand_back(worker: Worker) -> None:
+    """Before leaving mid-batch: write the outcomes of the tasks already run and
+    return the ones claimed with the running task (uncounted). Best effort: what
+    is not written here the master returns to the queue when we are gone."""
+    try:
+        worker.hand_back()
+    except Exception:  # noqa: BLE001 - leaving anyway
+        pass
 
 
 def _listen(conn: Any, worker: Worker, spec: ChildSpec, channel: Channel) -> None:
@@ -263,6 +276,7 @@ def _drain(worker: Worker, spec: ChildSpec, channel: Channel) -> None:
     if spec.role == PROCESS_WORKER and any(r.daemon for r in list(worker.running.values())):
         # A daemon task may be stopped at once; the master requeues it (attempt
         # not counted) when it sees us exit.
+        _hand_back(worker)
         _leave(channel, "drained (daemon task stopped)", 0)
 
 

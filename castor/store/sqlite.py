@@ -630,10 +630,12 @@ class SQLiteStore(Store):
             held = list(modes)
             if not held:
                 return []
-            if count_attempt and len(held) > 1 and all(m == "thread" for m in modes.values()):
-                # Several thread tasks shared the process that crashed: any one of
-                # them may have killed it. None is blamed; each runs alone next,
-                # so that a repeat of the crash names the culprit.
+            if count_attempt and len(held) > 1:
+                # Several tasks were held by the process that crashed: thread tasks
+                # running side by side, or a process worker's prefetched batch (one
+                # running, the rest claimed with it). Any one may have killed it.
+                # None is blamed; each runs alone next, so that a repeat of the
+                # crash names the culprit.
                 _finish_cancelled(conn, "owner = ?", (owner,), now=now, failure_ttl=self.failure_ttl)
                 conn.execute(
                     f"""UPDATE castor_tasks

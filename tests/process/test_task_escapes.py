@@ -193,3 +193,23 @@ def test_a_task_that_exits_with_castords_own_status_is_a_lost_worker(daemons, ap
     assert d.events("child.boot_failed") == [] and d.events("castord.boot_failures") == []
     assert escape.noted.delay(str(app_dir / "after.marker"), 1).join(timeout=15) == 1
     stop_within_graceful_timeout(d)
+
+
+@pytest.mark.timeout(90)
+def test_a_crash_amid_a_batch_of_short_tasks_is_blamed_on_its_culprit_alone(daemons, app_dir, escape):  # noqa: F811
+    # A process child claims short tasks in batches (castor/worker.py, prefetch): when
+    # it dies, the tasks claimed with the culprit are not blamed; each runs alone next,
+    # and only the culprit, crashing alone, is counted lost until it fails WorkerLost.
+    marker = str(app_dir / "batch.marker")
+    before = escape.noted.map([(marker, i) for i in range(40)])
+    culprit = escape.exit_with.delay(7)
+    after = escape.noted.map([(marker, i) for i in range(40, 80)])
+    d = start(daemons)
+    with pytest.raises(castor.WorkerLost):
+        culprit.join(timeout=60)
+    assert culprit.info().lost == 3
+    for handle in before + after:
+        assert handle.join(timeout=30) is not None
+        info = handle.info()
+        assert (info.status, info.lost) == ("success", 0), info
+    stop_within_graceful_timeout(d)
