@@ -399,10 +399,11 @@ class Worker:
         return min(size, self._room())
 
     def _room(self) -> int:
-        """How many more tasks max_tasks lets this worker claim (at least 1)."""
+        """How many more tasks max_tasks lets this worker claim."""
         if self._max_tasks is None:
             return sys.maxsize
-        return max(1, self._max_tasks - self.done - len(self.running) - len(self.waiting) - self._handed)
+        with self._running_lock:
+            return max(0, self._max_tasks - self.done - len(self.running) - len(self.waiting) - self._handed)
 
     def _run_batch(self, claims: list[TaskRecord]) -> None:
         """Run claimed tasks one after another, best first. Those not started yet
@@ -699,9 +700,11 @@ class Worker:
             with self._running_lock:  # counted as handed until it counts as running
                 self._handed -= 1
                 self.running[record.claim] = record
-            settlement = self._execute_safely(record)
-            if not (self._claimer_waiting and self._settle_here(settlement)):
-                finished.put(settlement)
+            while record is not None:  # then the short tasks claimed with it, if any wait
+                settlement = self._execute_safely(record)
+                if not (self._claimer_waiting and self._settle_here(settlement)):
+                    finished.put(settlement)
+                record = self._next_waiting()
             slots.release()  # after the put: the claimer then settles it at once
 
     def _settle_here(self, settlement: Settlement) -> bool:
