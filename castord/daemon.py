@@ -1,4 +1,9 @@
-"""Starting castord: detach if asked, set up logging, load APP, take the pidfile, supervise."""
+"""Starting castord: detach if asked, start the fork server, set up logging, load APP,
+take the pidfile, supervise.
+
+The fork server comes first, before anything else is opened or imported: it is
+forked from this process while it is still clean (castord/forkserver.py).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,6 @@ import os
 import sys
 import time
 
-from castor.app import AppLoadError, load_manager
-from castor.errors import StoreError
-from castor.logs import get_logger
 from castord.config import Config
 from castord.errors import CastordError, ExitCode
 
@@ -23,6 +25,22 @@ def run_daemon(config: Config) -> int:
         print(f"castord: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     ready_fd = _detach(config) if config.detach else None
+    from castord import forkserver
+
+    # First, while no thread, open file or signal handler exists yet: the fork
+    # server then gets ready beside the rest of the start (castord/forkserver.py).
+    forkserver.start()
+    try:
+        return _start(config, ready_fd)
+    finally:
+        forkserver.stop()  # its children are gone; so that castord leaves nothing behind
+
+
+def _start(config: Config, ready_fd: int | None) -> int:
+    from castor.app import AppLoadError, load_manager
+    from castor.errors import StoreError
+    from castor.logs import get_logger
+    from castord import forkserver
     from castord.logging import configure
 
     sink = configure("master", fmt=config.log_format, level=config.log_level, log_file=config.log_file)
@@ -42,6 +60,7 @@ def run_daemon(config: Config) -> int:
         log.critical("castord.app_load_failed", app=config.app, error=str(exc))
         print(f"castord: cannot load APP: {exc}", file=sys.stderr)
         return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
+    forkserver.app_loaded()  # whether its children need beaver-db, the fork server now knows
     try:
         # A damaged task table would otherwise be found by a child's claim, which
         # would crash, be replaced, and crash again: refuse to start instead.
