@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from castord.config import Config
 from castord.errors import CastordError, ExitCode
+
+if TYPE_CHECKING:
+    from castord.signals import SignalQueue
 
 
 def run_daemon(config: Config) -> int:
@@ -25,18 +29,24 @@ def run_daemon(config: Config) -> int:
         print(f"castord: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     ready_fd = _detach(config) if config.detach else None
+    # Signals are recorded from here on (the loop acts on them once it runs): until
+    # then HUP, USR1 or TERM would kill castord, and TTIN/TTOU stop it, mid start-up.
+    from castord.signals import SignalQueue
+
+    signals = SignalQueue()
+    signals.install()
     from castord import forkserver
 
-    # First, while no thread, open file or signal handler exists yet: the fork
-    # server then gets ready beside the rest of the start (castord/forkserver.py).
+    # First, while no thread and no open file exist yet: the fork server then gets
+    # ready beside the rest of the start (castord/forkserver.py).
     forkserver.start()
     try:
-        return _start(config, ready_fd)
+        return _start(config, ready_fd, signals)
     finally:
         forkserver.stop()  # its children are gone; so that castord leaves nothing behind
 
 
-def _start(config: Config, ready_fd: int | None) -> int:
+def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
     from castor.app import AppLoadError, load_manager
     from castor.errors import StoreError
     from castor.logs import get_logger
@@ -47,12 +57,6 @@ def _start(config: Config, ready_fd: int | None) -> int:
     if config.capture_output and not config.dashboard:  # with the dashboard, stdout is its screen
         sink.capture_output()
     log = get_logger("castord.master")
-    # Signals are recorded from here on (the loop acts on them once it runs): until
-    # then HUP, USR1 or TERM would kill castord, and TTIN/TTOU stop it, mid start-up.
-    from castord.signals import SignalQueue
-
-    signals = SignalQueue()
-    signals.install()
     started = time.monotonic()
     try:
         manager = load_manager(config.app)

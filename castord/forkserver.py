@@ -16,10 +16,11 @@ Instead:
 1. castord imports what it shares with its children (SHARED: it supervises
    with castor and logs with structlog anyway), then *forks* the fork server
    from itself, first thing, before it loads APP. At that moment the master has
-   no thread and has opened nothing (no database, no log file, no signal
-   handler): the copy is as clean as a new interpreter, and it already holds
-   all of SHARED. The fork server is still multiprocess's own (its main loop and
-   protocol); only how it is launched differs.
+   no thread and has opened nothing (no database, no log file; the fork server
+   puts back the default signal actions the master replaced, and closes every
+   file descriptor but its own): the copy is as clean as a new interpreter, and
+   it already holds all of SHARED. The fork server is still multiprocess's own
+   (its main loop and protocol); only how it is launched differs.
 2. The fork server then waits for one word from the master about beaver-db
    (~0.15 s to import, and numpy's first thread with it). If loading APP
    imports beaver (APP built its Manager on a BeaverDB, as most do), the
@@ -31,7 +32,11 @@ Instead:
 
 Where the master has a thread before the fork (something imported at start-up
 started one), castord falls back to multiprocess's new interpreter, with
-beaver-db preloaded as before.
+beaver-db preloaded as before. Importing beaver-db in the master before the fork
+would be such a thread (numpy's OpenBLAS starts one), which is one more reason
+the fork server imports it on its own. (In the fork server, OpenBLAS shuts its
+thread down before each fork and starts it again only when next used: children
+are forked with no other thread, as they were before.)
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from typing import Any
 import multiprocess
 import multiprocess.forkserver
 from multiprocess import connection, resource_tracker
+
+from castord.signals import MASTER_SIGNALS
 
 # What the master imports anyway and its children need: imported before the fork
 # server is forked, so that it inherits them.
@@ -86,8 +93,9 @@ def context() -> Any:
 
 def start() -> None:
     """Start the fork server now, without waiting for it. Call it before anything
-    opens a file, installs a signal handler or starts a thread, then app_loaded()
-    once APP is; the first child's start finds it running."""
+    opens a file or starts a thread (castord's signal handlers may be in place: the
+    fork server resets them), then app_loaded() once APP is; the first child's
+    start finds it running."""
     global _hint
     context()
     for name in SHARED:
@@ -223,7 +231,12 @@ def _serve(listener_fd: int, alive_r: int, hint_r: int) -> None:
     run multiprocess's fork server loop."""
     code = 0
     try:
-        # A terminal's Ctrl+C reaches the whole process group: the master decides.
+        # The master's signal handlers only record for its loop, through its wake-up
+        # socket (closed below): the defaults, as in a new interpreter. But a
+        # terminal's Ctrl+C reaches the whole process group: the master decides.
+        signal.set_wakeup_fd(-1)
+        for signum in MASTER_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _close_all_but(listener_fd, alive_r, hint_r)
         tracker = resource_tracker._resource_tracker  # noqa: SLF001 - its /dev/null was closed above

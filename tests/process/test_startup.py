@@ -36,6 +36,26 @@ def tadd(a, b):
     return a + b
 '''
 
+# The first process to import it (the master) takes a while: signals sent then
+# arrive while castord loads APP.
+SLOW_APP = """
+import os, time
+import castor
+
+_marker = os.environ["CASTOR_TEST_MARKER"]
+_first = not os.path.exists(_marker)
+with open(_marker, "a") as f:
+    f.write(f"{os.getpid()}\\n")
+if _first:
+    time.sleep(1.5)
+
+manager = castor.Manager(os.environ["CASTOR_TEST_DB"])
+
+@manager.task(mode="process", name="add")
+def add(a, b):
+    return a + b
+"""
+
 # Started from sitecustomize (PYTHONPATH), before castord runs any code of its own:
 # the master has a thread when castord starts its fork server.
 THREAD_AT_STARTUP = '''
@@ -152,3 +172,22 @@ def test_a_start_that_fails_leaves_no_fork_server_behind(app_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.timeout(60)
+def test_signals_while_app_loads_are_recorded_not_fatal(daemons, app_dir):  # noqa: F811 - the fixture
+    (app_dir / "slowapp.py").write_text(textwrap.dedent(SLOW_APP))
+    marker = app_dir / "imported.marker"
+    d = daemons()
+    d.start("--threads", "0", app="slowapp:manager", env={"CASTOR_TEST_MARKER": str(marker)})
+    wait_until(marker.exists, 15, "the master to begin importing APP")
+    for signum in (signal.SIGUSR1, signal.SIGHUP):  # their default actions end a process
+        d.signal(signum)
+    d.wait_note("READY=1")
+    for name in ("SIGUSR1", "SIGHUP"):
+        d.wait_event("castord.signal", signal=name)
+    d.wait_event("castord.reloading")
+    assert d.proc is not None and d.proc.poll() is None
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    assert in_session(d.pid) == []
