@@ -1,7 +1,7 @@
 """Starting castord: detach if asked, start the fork server, set up logging, load APP,
 take the pidfile, supervise.
 
-The fork server comes first, before anything else is opened or imported: it is
+The fork server comes first, before APP loads and the log file opens: it is
 forked from this process while it is still clean (castord/forkserver.py).
 """
 
