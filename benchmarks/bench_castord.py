@@ -1,7 +1,7 @@
 """castord figures (issue: castord): start-up, respawn, idle CPU, drain and latency through it.
 
     .venv/bin/python benchmarks/bench_castord.py [--runs 5]
-        [--only ready,respawn,idle,drain,latency,cpu,payload]
+        [--only ready,first,respawn,idle,drain,latency,cpu,payload]
 
 Each run starts a fresh castord (2 process children, 8 threads unless stated) on a
 fresh database, with NOTIFY_SOCKET bound here, and stops it by pid.
@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,9 +26,27 @@ from bench_core import REPO, Bench, drained_rate, round_trips  # noqa: E402
 
 CASTORD = str(Path(sys.executable).parent / "castord")
 
+# The documented way to build a Manager: on the application's own BeaverDB (the
+# bench app gives Manager the path). Same task names, so either app runs the other's tasks.
+BEAVER_APP = """
+import os
+import castor
+from beaver import BeaverDB
+
+manager = castor.Manager(BeaverDB(os.environ["CASTOR_BENCH_DB"]))
+
+@manager.task(mode="process", name="noop")
+def noop(i):
+    return i
+
+@manager.task(mode="thread", name="tnoop")
+def tnoop(i):
+    return i
+"""
+
 
 class Daemon:
-    def __init__(self, bench: Bench, *args: str):
+    def __init__(self, bench: Bench, *args: str, app: str = "benchapp:manager"):
         self.sock_path = str(bench.dir / f"notify-{time.monotonic_ns()}")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.sock_path)
@@ -35,7 +54,7 @@ class Daemon:
         env = {**os.environ, "PYTHONPATH": f"{bench.dir}{os.pathsep}{REPO}", "NOTIFY_SOCKET": self.sock_path}
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [CASTORD, "start", "benchapp:manager", "--log-format", "json", "--log-file", str(self.log), *args],
+            [CASTORD, "start", app, "--log-format", "json", "--log-file", str(self.log), *args],
             cwd=bench.dir, env=env, start_new_session=True)
         bench.procs.append(self.proc)  # so Bench.close() stops it even if a run fails
 
@@ -78,6 +97,49 @@ def ready() -> float:
         elapsed = d.wait_ready()
         d.stop()
         return elapsed
+    finally:
+        b.close()
+
+
+def first_result(queued: int = 1, app: str = "path") -> tuple[float, float, float]:
+    """`queued` no-op process tasks in the file before castord starts (2 process
+    children, 8 threads; APP's Manager on a path, or on a BeaverDB): seconds from
+    spawn to READY=1, to the first finished_at the database holds, and to a
+    read-only poll (every 5 ms, from here) seeing the first success."""
+    b = Bench()
+    try:
+        b.app.noop.map([(i,) for i in range(queued)])
+        conn = sqlite3.connect(f"file:{b.db}?mode=ro", uri=True)
+        name = "benchapp:manager"
+        if app == "beaver":
+            (b.dir / "beaverapp.py").write_text(BEAVER_APP)
+            name = "beaverapp:manager"
+        d = Daemon(b, "--workers", "2", "--threads", "8", app=name)
+        epoch = time.time() - (time.perf_counter() - d.started)  # the spawn, on the wall clock
+        ready_at = None
+        d.sock.setblocking(False)
+        deadline = time.perf_counter() + 30
+        while True:
+            if ready_at is None:
+                try:
+                    if b"READY=1" in d.sock.recv(4096):
+                        ready_at = time.perf_counter() - d.started
+                except BlockingIOError:
+                    pass
+            if conn.execute("SELECT 1 FROM castor_tasks WHERE status = 'success' LIMIT 1").fetchone():
+                noticed = time.perf_counter() - d.started
+                break
+            if time.perf_counter() > deadline:
+                raise TimeoutError("no first result")
+            time.sleep(0.005)
+        stored = conn.execute("SELECT min(finished_at) FROM castor_tasks WHERE status = 'success'"
+                              ).fetchone()[0] - epoch
+        conn.close()
+        if ready_at is None:
+            d.sock.setblocking(True)
+            ready_at = d.wait_ready()
+        d.stop()
+        return ready_at, stored, noticed
     finally:
         b.close()
 
@@ -191,7 +253,7 @@ def payload(n: int = 100, size: int = 1 << 20) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--only", default="ready,respawn,idle,drain,latency,cpu,payload")
+    parser.add_argument("--only", default="ready,first,respawn,idle,drain,latency,cpu,payload")
     args = parser.parse_args()
     only = set(args.only.split(","))
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, median of {args.runs} runs")
@@ -208,6 +270,13 @@ def main() -> None:
 
     if "ready" in only:
         report("start -> READY=1 (s)", ready, ".3f")
+    if "first" in only:
+        for queued, app in ((1, "path"), (10_000, "path"), (1, "beaver")):
+            values = [first_result(queued, app) for _ in range(args.runs)]
+            med = [statistics.median(v[i] for v in values) for i in range(3)]
+            label = f"spawn -> first result, {queued:,} queued, {app} APP"
+            print(f"{label:34s}\n    READY {med[0]:.3f} s, stored {med[1]:.3f} s, seen {med[2]:.3f} s"
+                  f"   runs (READY, seen): {[(round(v[0], 3), round(v[2], 3)) for v in values]}")
     if "respawn" in only:
         report("child SIGKILL -> replacement claims (s)", respawn, ".3f")
     if "idle" in only:

@@ -1,16 +1,22 @@
-"""Starting castord: detach if asked, set up logging, load APP, take the pidfile, supervise."""
+"""Starting castord: detach if asked, start the fork server, set up logging, load APP,
+take the pidfile, supervise.
+
+The fork server comes first, before APP loads and the log file opens: it is
+forked from this process while it is still clean (castord/forkserver.py).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from castor.app import AppLoadError, load_manager
-from castor.errors import StoreError
-from castor.logs import get_logger
 from castord.config import Config
 from castord.errors import CastordError, ExitCode
+
+if TYPE_CHECKING:
+    from castord.signals import SignalQueue
 
 
 def run_daemon(config: Config) -> int:
@@ -23,18 +29,34 @@ def run_daemon(config: Config) -> int:
         print(f"castord: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     ready_fd = _detach(config) if config.detach else None
-    from castord.logging import configure
-
-    sink = configure("master", fmt=config.log_format, level=config.log_level, log_file=config.log_file)
-    if config.capture_output and not config.dashboard:  # with the dashboard, stdout is its screen
-        sink.capture_output()
-    log = get_logger("castord.master")
     # Signals are recorded from here on (the loop acts on them once it runs): until
     # then HUP, USR1 or TERM would kill castord, and TTIN/TTOU stop it, mid start-up.
     from castord.signals import SignalQueue
 
     signals = SignalQueue()
     signals.install()
+    from castord import forkserver
+
+    # First, while no thread and no open file exist yet: the fork server then gets
+    # ready beside the rest of the start (castord/forkserver.py).
+    forkserver.start()
+    try:
+        return _start(config, ready_fd, signals)
+    finally:
+        forkserver.stop()  # its children are gone; so that castord leaves nothing behind
+
+
+def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
+    from castor.app import AppLoadError, load_manager
+    from castor.errors import StoreError
+    from castor.logs import get_logger
+    from castord import forkserver
+    from castord.logging import configure
+
+    sink = configure("master", fmt=config.log_format, level=config.log_level, log_file=config.log_file)
+    if config.capture_output and not config.dashboard:  # with the dashboard, stdout is its screen
+        sink.capture_output()
+    log = get_logger("castord.master")
     started = time.monotonic()
     try:
         manager = load_manager(config.app)
@@ -42,6 +64,7 @@ def run_daemon(config: Config) -> int:
         log.critical("castord.app_load_failed", app=config.app, error=str(exc))
         print(f"castord: cannot load APP: {exc}", file=sys.stderr)
         return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
+    forkserver.app_loaded()  # whether its children need beaver-db, the fork server now knows
     try:
         # A damaged task table would otherwise be found by a child's claim, which
         # would crash, be replaced, and crash again: refuse to start instead.

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import multiprocess
 from multiprocess.connection import wait
 from setproctitle import setproctitle
 
@@ -31,6 +30,7 @@ from castor.logs import get_logger
 from castor.manager import Manager
 from castor.periodic import Scheduler
 from castor.states import TaskStatus
+from castord import forkserver
 from castord.children import PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
 from castord.config import CHILD_KILL_GRACE_SECONDS, Config
 from castord.errors import ExitCode
@@ -41,7 +41,6 @@ from castord.tally import Tally
 
 log = get_logger("castord.master")
 
-PRELOAD = ["castor", "castor.worker", "castord.children", "castord.logging", "beaver", "structlog"]
 MAX_BOOT_FAILURES = 5
 MAX_WORKER_LOSSES = 3
 # Between SIGABRT and SIGKILL for an unresponsive child; part of the minimum --lease.
@@ -119,8 +118,9 @@ class Supervisor:
         self._next_status = 0.0
         self._watchdog = watchdog_interval()
         self._next_watchdog = 0.0
-        self._ctx = multiprocess.get_context("forkserver")
-        self._ctx.set_forkserver_preload(PRELOAD)
+        # castord starts the fork server before it loads APP (castord/forkserver.py);
+        # the first child's start starts it if nobody did.
+        self._ctx = forkserver.context()
         self.scheduler: Scheduler | None = None  # fires @manager.periodic tasks (castor/periodic.py)
         # For the metrics endpoint: finished tasks as children report them, and replacements.
         self.tally = Tally()
