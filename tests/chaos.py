@@ -52,7 +52,9 @@ Disruptions, and what each explains (the causes of a pid)
                         apart (half of them 0, 2 or 20 ms apart); a master that exits is
                         restarted and the burst goes on. With a TERM, INT, QUIT, HUP or TTOU
                         among them: every worker alive from the first of those until 0.5 s
-                        after the burst: drained. Without: nothing.
+                        after the burst (seen then, or started meanwhile: a reload's child
+                        may claim, run and be drained between two looks): drained.
+                        Without: nothing.
     (load) a task's os._exit                                         that pid: exited
 
 "Workers" are the process children and the thread host, not the fork server and not a
@@ -473,6 +475,8 @@ class Chaos:
         self.stopped: set[int] = set()  # SIGSTOPped pids, to SIGKILL with their master or at the end
         self.resume_at: list[tuple[float, int]] = []  # stall_child: when to SIGCONT whom
         self.causes: dict[str, set[str]] = {}  # pid@starttime -> what we did to it (CAUSES)
+        # Signal bursts' drain windows, on the boot clock /proc's start times count on.
+        self.windows: list[tuple[float, float]] = []
         self.seen: dict[int, tuple[str, int]] = {}  # worker pid -> (its label, its master)
         self.unasked: set[int] = set()  # masters that exited though nobody asked them to
         self.timeline: list[str] = []
@@ -890,6 +894,7 @@ class Chaos:
         is restarted at once and the burst goes on at the new one."""
         sent: list[str] = []
         window = False  # a drain may be under way: every worker alive now is drained
+        window_start = 0.0
         for _ in range(self.rng.randint(2, 6)):
             if master.poll() is not None:
                 self.check_masters()
@@ -898,7 +903,8 @@ class Chaos:
             if signum == signal.SIGTTIN and self.process_children(master.pid) >= MAX_PROCESS_CHILDREN:
                 signum = signal.SIGTTOU
             name = signal.Signals(signum).name[3:]
-            window = window or signum in DRAINING
+            if not window and signum in DRAINING:
+                window, window_start = True, time.clock_gettime(time.CLOCK_BOOTTIME)
             if window:
                 self.cause(self.workers(master.pid), "drained")
             if signum in STOPPING:
@@ -915,6 +921,7 @@ class Chaos:
             for m in self.masters:
                 if m.poll() is None:
                     self.cause(self.workers(m.pid), "drained")
+            self.windows.append((window_start, time.clock_gettime(time.CLOCK_BOOTTIME)))
         for m in self.masters:
             if m.pid in self.expected_exit and m.pid not in self.accounted:
                 self.await_exit(m, f"the signal burst {' '.join(sent)}")
@@ -955,7 +962,16 @@ class Chaos:
         found = set(self.causes.get(proc, ()))
         if proc in self.exits:
             found.add("exited")
+        if self.started_in_a_window(proc):
+            found.add("drained")
         return [c for c in CAUSES if c in found]
+
+    def started_in_a_window(self, proc: str) -> bool:
+        """A worker (tasks name only workers in exec.log's starts) started during a
+        burst's drain window: it was alive in it, even if no look of ours saw it."""
+        tick = 1 / os.sysconf("SC_CLK_TCK")
+        started = int(proc.split("@")[1]) * tick
+        return any(start - tick <= started <= end for start, end in self.windows)
 
     def describe(self, proc: str) -> str:
         notes = "+".join(self.causes_of(proc)) or "untouched"
