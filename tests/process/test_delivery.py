@@ -110,11 +110,14 @@ d = db.dict("app_state")
 errors, writes = 0, 0
 deadline = time.monotonic() + float(sys.argv[1])
 stop_file = sys.argv[2]
+started_file = sys.argv[3] if len(sys.argv) > 3 else None
 while time.monotonic() < deadline and not os.path.exists(stop_file):
     try:
         d[f"k{writes % 500}"] = {"n": writes, "at": time.time()}
         assert d[f"k{writes % 500}"]["n"] == writes
         writes += 1
+        if writes == 1 and started_file:
+            open(started_file, "w").close()
     except Exception:
         errors += 1
         traceback.print_exc()
@@ -127,7 +130,11 @@ db.close()
 def test_beaver_app_and_castor_share_the_file_without_errors(volume_app, processes, db_path):
     (volume_app / "writer.py").write_text(textwrap.dedent(WRITER))
     stop_file = str(volume_app / "stop-writer")
-    writers = [processes.start("writer.py", "150", stop_file)]
+    started_file = volume_app / "writer-started"
+    writers = [processes.start("writer.py", "150", stop_file, str(started_file))]
+    # Writing before castor starts, so that it writes all through the drain (which may
+    # be over before a late writer's first write on a fast machine).
+    wait_until(started_file.exists, 60, "the beaver writer's first write")
     workers = [processes.worker("testapp:manager", "--mode", "process") for _ in range(2)]
     producer = processes.start("producer.py", "p1", "5000")
     wait_for_exit(producer, 150)
