@@ -30,6 +30,16 @@ def _lease(text: str) -> float:
     return value
 
 
+def _prefetch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prefetch must be a whole number, at least 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--prefetch must be a whole number, at least 1, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m castor", description=__doc__)
     parser.add_argument("app", help="module.path:variable naming a castor.Manager")
@@ -37,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="pool size for --mode thread")
     parser.add_argument("--queues", default=None, help="comma-separated queues to serve (default: all)")
     parser.add_argument("--lease", type=_lease, default=30.0, help="lease seconds (default 30)")
+    parser.add_argument("--prefetch", type=_prefetch, default=32,
+                        help="most tasks claimed in one transaction while tasks are short (default 32)")
     parser.add_argument("--no-periodic", action="store_true",
                         help="do not fire @manager.periodic schedules from this process")
     args = parser.parse_args(argv)
@@ -46,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     queues = [q for q in (args.queues or "").split(",") if q] or None
-    worker = Worker(manager, mode=args.mode, threads=args.threads, queues=queues, lease=args.lease)
+    worker = Worker(manager, mode=args.mode, threads=args.threads, queues=queues, lease=args.lease,
+                    prefetch=args.prefetch)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     failure: list[BaseException] = []

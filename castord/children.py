@@ -70,6 +70,7 @@ class ChildSpec:
     log_level: str
     log_file: str | None
     capture_output: bool = False
+    prefetch: int = 32
 
     @property
     def mode(self) -> str:
@@ -146,7 +147,7 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         os._exit(EXIT_BOOT_FAILED)
     worker = Worker(
         manager, mode=spec.mode, threads=max(1, spec.threads), queues=spec.queues,
-        lease=spec.lease, owner=spec.owner,
+        lease=spec.lease, owner=spec.owner, prefetch=spec.prefetch,
     )
     tally = Tally()
     worker.on_settled = tally.add

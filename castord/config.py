@@ -51,6 +51,7 @@ class Config:
     max_tasks_per_child: int | None = None
     max_memory_per_child: int | None = None  # MB of RSS
     lease: float = 30.0
+    prefetch: int = 32  # most tasks a child claims at once (castor/worker.py, prefetch)
     metrics_port: int | None = None  # serve Prometheus metrics here (castor[metrics])
     metrics_host: str = "127.0.0.1"
     capture_output: bool = False  # children's stdout/stderr go to log_file (gunicorn's --capture-output)

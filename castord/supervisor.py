@@ -235,7 +235,7 @@ class Supervisor:
         spec = ChildSpec(
             role=slot.role, index=slot.index, generation=self.generation,
             owner=f"{self.daemon_id}:{slot.role}-{slot.index}:{uuid.uuid4().hex[:6]}",
-            app=cfg.app, threads=cfg.threads, queues=cfg.queues, lease=cfg.lease,
+            app=cfg.app, threads=cfg.threads, queues=cfg.queues, lease=cfg.lease, prefetch=cfg.prefetch,
             heartbeat_interval=cfg.heartbeat_interval,
             max_tasks=cfg.max_tasks_per_child if slot.role == PROCESS_WORKER else None,
             max_memory_mb=cfg.max_memory_per_child if slot.role == PROCESS_WORKER else None,
