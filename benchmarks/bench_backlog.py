@@ -1,7 +1,7 @@
 """Large backlogs (issue 12): castord beside a million future tasks and a queue it does not serve.
 
     .venv/bin/python benchmarks/bench_backlog.py [--runs 3] [--future 1000000] [--unserved 200000]
-        [--variant plain|priority] [--code DIR] [--only enqueue,ready,idle,latency,status,stats]
+        [--variant plain|priority] [--code DIR] [--only idle,latency,status,stats,hot]
 
 Each run, on a fresh database in a temp directory:
 
@@ -17,6 +17,10 @@ Each run, on a fresh database in a temp directory:
    of 3), beside the same commands on an empty database (the floor: interpreter
    start-up and imports);
 6. stops castord by its pid and reports the database file's size.
+
+`hot` (in `--only`) is the store's own cost on a busy worker's hot path, in this process:
+the median time of one `settle_and_claim` (settle a task, claim the next, one
+transaction) over 20,000 tasks on a fresh database with no backlog.
 
 `--variant priority` puts the future tasks at priority 10, above everything due: a
 claim that walked the index in claim order would step over all of them each time.
@@ -235,10 +239,42 @@ def command_s(run: Run, db: str, *args: str, repeat: int = 3) -> float:
     return statistics.median(times)
 
 
+def hot_path(code: Path, n: int = 20_000) -> float:
+    """µs per settle_and_claim(limit=1): settle one task and claim the next, as a busy
+    process child does for every task (no IPC, no task code)."""
+    if str(code) not in sys.path:
+        sys.path.insert(0, str(code))
+    from castor.ids import new_task_id  # noqa: PLC0415 - from --code
+    from castor.states import TaskStatus  # noqa: PLC0415
+    from castor.store import NewTask, open_store  # noqa: PLC0415
+    from castor.store.base import Settlement  # noqa: PLC0415
+
+    directory = tempfile.mkdtemp(prefix="castor-hot-")
+    store = open_store(os.path.join(directory, "hot.db"))
+    try:
+        now = time.time()
+        store.enqueue([NewTask(new_task_id(), "noop", "process", "json", "[1]", "{}", now, now) for _ in range(n)])
+        (record,) = store.claim("w", mode="process", queues=None, limit=1, lease=30.0, now=now)
+        times = []
+        for _ in range(n - 1):
+            done = Settlement(record.id, "w", record.attempts, TaskStatus.SUCCESS, result="1", finished_at=now,
+                              fence=record.fence)
+            start = time.perf_counter()
+            _accepted, (record,) = store.settle_and_claim([done], "w", mode="process", queues=None, limit=1,
+                                                          lease=30.0, now=now)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e6
+    finally:
+        store.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def one_run(args: argparse.Namespace) -> dict[str, float]:
     only = set(args.only.split(","))
     run = Run(Path(args.code).resolve())
     out: dict[str, float] = {}
+    if "hot" in only:
+        out["hot_us"] = hot_path(run.code)
     try:
         priority = 10 if args.variant == "priority" else 0
         filled = run.fill(args.future, args.unserved, priority)
@@ -292,6 +328,7 @@ FIGURES = [
     ("stats_s", "castord tasks stats (s)", ".3f"),
     ("stats_floor_s", "  same, empty database (s)", ".3f"),
     ("db_after_mb", "database + WAL after castord stopped (MB)", ".0f"),
+    ("hot_us", "settle_and_claim, no backlog (µs, in-process)", ".1f"),
 ]
 
 
@@ -302,7 +339,7 @@ def main() -> None:
     parser.add_argument("--unserved", type=int, default=200_000)
     parser.add_argument("--variant", choices=("plain", "priority"), default="plain")
     parser.add_argument("--code", default=str(REPO), help="the checkout whose castor to run")
-    parser.add_argument("--only", default="idle,latency,status,stats")
+    parser.add_argument("--only", default="idle,latency,status,stats,hot")
     parser.add_argument("--trips", type=int, default=200)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     args = parser.parse_args()

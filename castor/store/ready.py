@@ -98,8 +98,10 @@ class _Chunk:
         return " UNION ALL ".join([*arms, f"SELECT NULL, NULL, NULL WHERE {self.stale()}"])
 
     def due_sql(self) -> str:
+        """1 if a run has a due row, else 2 if the plan is stale, else 0 (a due row
+        known is due whatever the plan misses: the gaps are only looked at for "no")."""
         due = [_exists(w) for w in self.at_once] + [_exists(f"{w} AND eta <= ?3") for w in self.eta]
-        return f"SELECT {' OR '.join(due) or '0'}, {self.stale()}"
+        return f"SELECT CASE WHEN {' OR '.join(due) or '0'} THEN 1 WHEN {self.stale()} THEN 2 ELSE 0 END"
 
     def next_eta_sql(self) -> str:
         arms = [f"SELECT (SELECT eta FROM {READY} WHERE {w} AND eta > ?3 ORDER BY eta LIMIT 1) AS eta"
@@ -152,6 +154,8 @@ class Plan:
             where=f"id IN ({best}) AND NOT ({one.stale()})")) if best else None
         self._stale = _statement(f"SELECT {one.stale()}") if len(self.chunks) == 1 else None
         self._claim_by_id = claim_template
+        # A claim is then one statement (a read after it, when it took nothing).
+        self.one_statement = self._claim is not None
 
     def statements(self) -> list[tuple[str, str, int]]:
         """Every statement this plan runs: (what for, SQL, how many parameters). To
@@ -193,11 +197,13 @@ class Plan:
 
     def has_due(self, conn: sqlite3.Connection, now: float) -> tuple[bool, bool]:
         params = self._params(now)
-        due = stale = False
+        stale = False
         for sql, n in self._due:
-            d, s = conn.execute(sql, params[:n]).fetchone()
-            due, stale = due or bool(d), stale or bool(s)
-        return due, stale
+            answer = conn.execute(sql, params[:n]).fetchone()[0]
+            if answer == 1:
+                return True, False
+            stale = stale or answer == 2
+        return False, stale
 
     def next_eta(self, conn: sqlite3.Connection, now: float) -> tuple[float | None, bool]:
         params = self._params(now)

@@ -204,10 +204,13 @@ def _insert_params(task: NewTask) -> tuple[Any, ...]:
 def _where(query: Query) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
-    if query.status is not None and query.status != TaskStatus.PENDING:
+    if query.status == TaskStatus.PENDING:
+        clauses.append("status = 'pending'")  # spelled out, as the ready index's condition is
+    elif query.status is not None:
         clauses.append(_NOT_PENDING)
-    for column, value in (("status", query.status), ("task_name", query.name), ("queue", query.queue),
-                          ("id", query.task_id)):
+        clauses.append("status = ?")
+        params.append(str(query.status))
+    for column, value in (("task_name", query.name), ("queue", query.queue), ("id", query.task_id)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(str(value))
@@ -545,25 +548,29 @@ class SQLiteStore(Store):
     def has_due(self, *, mode: str, queues: Sequence[str] | None, now: float, isolated: bool = False) -> bool:
         key = _plan_key(mode, isolated, queues)
         with self._locked() as conn:
-            return self._retry(lambda: self._planned(conn, key, lambda plan: plan.has_due(conn, now)))
+            return self._ask(conn, key, lambda plan: plan.has_due(conn, now))
 
-    def _planned(self, conn: sqlite3.Connection, key: PlanKey,
-                 ask: Callable[[ready.Plan], tuple[T, bool]]) -> T:
-        """`ask` the plan for `key`; if the plan turns out stale (a queue or an ETA
-        priority it does not list), read it again and ask again, in one snapshot."""
+    def _ask(self, conn: sqlite3.Connection, key: PlanKey, ask: Callable[[ready.Plan], tuple[T, bool]]) -> T:
+        """`ask` the plan for `key` (castor/store/ready.py) outside a transaction; if the
+        plan turns out stale (a queue or an ETA priority it does not list), or there is
+        none yet, read it and ask again, in one snapshot."""
         plan = self._plans.get(key)
         if plan is not None:
-            answer, stale = ask(plan)
-            if not stale:
-                return answer
+            try:  # the fast path: no closure, no retry bookkeeping
+                answer, stale = ask(plan)
+                if not stale:
+                    return answer
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+        return self._retry(lambda: self._snapshot(conn, lambda c: self._afresh(c, key, ask)))
+
+    def _afresh(self, conn: sqlite3.Connection, key: PlanKey, ask: Callable[[ready.Plan], tuple[T, bool]]) -> T:
+        """Read the plan for `key` and `ask` it, in the caller's snapshot (it is not stale)."""
         if len(self._plans) >= _PLANS_KEPT:
             self._plans.clear()
-
-        def afresh(c: sqlite3.Connection) -> T:
-            plan = self._plans[key] = ready.Plan.read(c, *key, _CLAIM)
-            return ask(plan)[0]  # the same snapshot: not stale
-
-        return self._snapshot(conn, afresh)
+        plan = self._plans[key] = ready.Plan.read(conn, *key, _CLAIM)
+        return ask(plan)[0]
 
     def _claim_in(self, conn: sqlite3.Connection, owner: str, mode: str, queues: Sequence[str] | None,
                   limit: int, lease_until: float, now: float, isolated: bool) -> list[tuple[Any, ...]]:
@@ -574,7 +581,7 @@ class SQLiteStore(Store):
             rows, stale = plan.claim(conn, now, limit, owner, lease_until)
             if not stale:
                 return rows
-        return self._planned(conn, key, lambda p: p.claim(conn, now, limit, owner, lease_until))
+        return self._afresh(conn, key, lambda p: p.claim(conn, now, limit, owner, lease_until))
 
     def claim(
         self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float,
@@ -584,6 +591,12 @@ class SQLiteStore(Store):
             return []
         clock = self.clock()
         with self._locked() as conn:
+            plan = self._plans.get(_plan_key(mode, isolated, queues))
+            if plan is not None and plan.one_statement:
+                # One UPDATE is atomic by itself: no transaction around it.
+                rows, stale = self._retry(lambda: plan.claim(conn, now, limit, owner, clock + lease))
+                if not stale:
+                    return _sorted(rows, now - clock)
             rows = self._write_txn(
                 conn, lambda c: self._claim_in(c, owner, mode, queues, limit, clock + lease, now, isolated))
         return _sorted(rows, now - clock)
@@ -891,7 +904,7 @@ class SQLiteStore(Store):
         # (or one set apart to run alone) must not make it spin.
         key = _plan_key(mode, False, queues)
         with self._locked() as conn:
-            eta = self._retry(lambda: self._planned(conn, key, lambda plan: plan.next_eta(conn, now)))
+            eta = self._ask(conn, key, lambda plan: plan.next_eta(conn, now))
         lease = self._execute(
             f"SELECT min(lease_expires) FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running'"
         )[0][0]
