@@ -130,16 +130,17 @@ def test_a_plan_sees_a_queue_or_an_eta_priority_that_appears_after_it_was_read(s
     assert store.next_due(mode="process", now=NOW + 10) == NOW + 10 + LEASE  # the running ones' leases
 
 
-def test_claims_settle_and_claim_in_order_within_one_transaction(store):
-    store.enqueue([new("a", priority=1), new("b"), new("c", queue="q", priority=2)])
-    (first,) = store.claim("w", mode="process", queues=None, limit=1, lease=60.0, now=NOW)
-    assert first.id == "c"
+def test_settle_and_claim_sees_a_new_queue_inside_its_transaction(store):
     from castor.store.base import Settlement
 
+    store.enqueue([new("a", priority=1), new("b"), new("c", queue="q", priority=2)])
+    (first,) = store.claim("w", mode="process", queues=None, limit=1, lease=60.0, now=NOW)
+    assert first.id == "c"  # the plan: queues default and q
+    store.enqueue([new("n", queue="new", priority=1, enqueued_at=NOW - 1)])  # between them
     done = Settlement("c", "w", first.attempts, TaskStatus.SUCCESS, result="1", finished_at=NOW, fence=first.fence)
     accepted, claims = store.settle_and_claim([done], "w", mode="process", queues=None, limit=5, lease=60.0,
                                               now=NOW)
-    assert accepted == [True] and [r.id for r in claims] == ["a", "b"]
+    assert accepted == [True] and [r.id for r in claims] == ["n", "a", "b"]
 
 
 def model_order(tasks, now, queues, mode="process"):
