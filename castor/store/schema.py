@@ -145,9 +145,12 @@ MIGRATIONS: list[list[str]] = [
            ON castor_tasks (mode, isolate, queue, at_once, priority DESC, eta, status)
            WHERE status = 'pending'""",
         # The dirty ones (a worker vanished while running them): few, so partial.
-        # `castord tasks stats` counted them by reading the whole table.
+        # `castord tasks stats` counted them by reading the whole table. Only the
+        # columns of its condition, which claims and settles never change: SQLite
+        # then leaves the index alone in their UPDATEs (keyed by status, it was
+        # looked at in every one, +0.13 µs per task).
         """CREATE INDEX castor_tasks_dirty
-           ON castor_tasks (status) WHERE lost > 0 OR isolate > 0""",
+           ON castor_tasks (lost, isolate) WHERE lost > 0 OR isolate > 0""",
     ],
 ]
 
