@@ -648,12 +648,19 @@ class SQLiteStore(Store):
         # transaction: the write lock is held only while SQLite works.
         statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
         clock = self.clock()
+        until = clock + lease
+        key = _plan_key(mode, isolated, queues)
 
         def body(conn: sqlite3.Connection) -> tuple[list[bool], list[tuple[Any, ...]]]:
             accepted = [bool(conn.execute(*statement).fetchall()) for statement in statements]
             if limit <= 0:
                 return accepted, []
-            return accepted, self._claim_in(conn, owner, mode, queues, limit, clock + lease, now, isolated)
+            plan = self._plans.get(key)
+            if plan is not None:  # the hot path, spelled out
+                rows, stale = plan.claim(conn, now, limit, owner, until)
+                if not stale:
+                    return accepted, rows
+            return accepted, self._afresh(conn, key, lambda p: p.claim(conn, now, limit, owner, until))
 
         with self._locked() as conn:
             accepted, rows = self._write_txn(conn, body)
