@@ -25,8 +25,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from castor.clocks import boot_id
@@ -34,7 +33,7 @@ from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
 from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
 from castor.states import TaskStatus
-from castor.store import schema
+from castor.store import ready, schema
 from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
@@ -85,11 +84,6 @@ _UNFINISHED_TWIN = (
 # token is bumped by every claim, so even the same owner's earlier claim of the
 # same task (a stalled worker whose lease expired) is refused.
 _FENCE = "WHERE id = ? AND fence = ? AND status = 'running' RETURNING 1"
-
-# Due: the ETA has passed, or the task was queued to run at once (at_once:
-# enqueued without an ETA, retried without a delay or by hand), which no step
-# of the wall clock can delay.
-_DUE = "(eta <= ? OR at_once = 1)"
 
 # The hot path: a success (or a failure without history to keep).
 _SETTLE = f"""UPDATE castor_tasks
@@ -144,26 +138,31 @@ def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, tu
                      s.finished_at, s.expires_at, *fence)
 
 
-def _claim_statement(
-    owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease_until: float, now: float,
-    isolated: bool,
-) -> tuple[str, tuple[Any, ...]]:
-    """Pick and lease the best due tasks in one statement (no race between workers)."""
-    qsql, qparams = _queue_filter(queues)
-    sql = f"""UPDATE castor_tasks
-                 SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
-                     attempts = attempts + 1, fence = fence + 1
-               WHERE id IN (SELECT id FROM castor_tasks INDEXED BY castor_tasks_ready
-                                WHERE status = 'pending' AND mode = ? AND isolate = ? AND {_DUE}{qsql}
-                                ORDER BY priority DESC, eta LIMIT ?)
-           RETURNING {_CLAIM_COLUMNS}"""
-    return sql, (owner, lease_until, now, mode, int(isolated), now, *qparams, limit)
+# A claim picks and leases in one statement inside its write transaction: no race
+# between workers. Which rows: castor/store/ready.py fills in the WHERE (due: the
+# ETA has passed, or the task was queued to run at once, which no step of the
+# wall clock can delay; in a queue the worker serves; set apart to run alone or
+# not) and numbers the parameters (?3 now, ?5 owner, ?6 lease).
+_CLAIM = f"""UPDATE castor_tasks
+                SET status = 'running', owner = ?5, lease_expires = ?6, started_at = ?3,
+                    attempts = attempts + 1, fence = fence + 1
+              WHERE {{where}}
+          RETURNING {_CLAIM_COLUMNS}"""
+
+# The plans of this many (mode, isolate, queues) at most are kept per store.
+_PLANS_KEPT = 32
+
+PlanKey = tuple[str, bool, tuple[str, ...] | None]
+
+
+def _plan_key(mode: str, isolated: bool, queues: Sequence[str] | None) -> PlanKey:
+    return mode, isolated, tuple(sorted(set(queues))) if queues else None
 
 
 def _sorted(rows: list[tuple[Any, ...]], to_wall: float) -> list[TaskRecord]:
     """RETURNING gives no order; hand claims out best first."""
     records = [_claimed_record(r, to_wall) for r in rows]
-    records.sort(key=lambda r: (-r.priority, r.eta))
+    records.sort(key=lambda r: (-r.priority, r.eta, r.id))
     return records
 
 
@@ -204,10 +203,13 @@ def _insert_params(task: NewTask) -> tuple[Any, ...]:
 def _where(query: Query) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
-    if query.status is not None and query.status != TaskStatus.PENDING:
+    if query.status == TaskStatus.PENDING:
+        clauses.append("status = 'pending'")  # spelled out, as the ready index's condition is
+    elif query.status is not None:
         clauses.append(_NOT_PENDING)
-    for column, value in (("status", query.status), ("task_name", query.name), ("queue", query.queue),
-                          ("id", query.task_id)):
+        clauses.append("status = ?")
+        params.append(str(query.status))
+    for column, value in (("task_name", query.name), ("queue", query.queue), ("id", query.task_id)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(str(value))
@@ -218,12 +220,6 @@ def _where(query: Query) -> tuple[str, list[Any]]:
         clauses.append("finished_at < ?")
         params.append(query.finished_before)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-def _queue_filter(queues: Sequence[str] | None) -> tuple[str, list[str]]:
-    if not queues:
-        return "", []
-    return f" AND queue IN ({', '.join('?' * len(queues))})", list(queues)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -268,6 +264,58 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                     after_in_child=_after_fork_in_child)
 
 
+class _Held:
+    """`with store._locked() as conn`: the store's connection, held by this thread.
+
+    Shielded: a thread task's timeout or cancel, or Ctrl+C, waits until the thread
+    is out of here (castor/interrupts.py), so no exception lands between a BEGIN and
+    its COMMIT. A transaction found open at the outermost entry was left by a thread
+    stopped mid-way in a way the shield could not hold back: its work did not
+    happen, and it is rolled back. SQLite's errors leave as StoreError (a constraint
+    as itself). A class rather than a generator-based context manager, which cost
+    about a microsecond more on every store call.
+    """
+
+    __slots__ = ("_lock", "_shield", "_store")
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self._store
+        shield = self._shield = shielded()
+        shield.__enter__()
+        try:
+            conn = store._connection()  # noqa: SLF001 - the store's own helper
+            lock = self._lock = store._lock  # noqa: SLF001
+            lock.acquire()
+        except BaseException:
+            shield.__exit__(None, None, None)
+            raise
+        store._depth += 1  # noqa: SLF001
+        if store._depth == 1 and conn.in_transaction:  # noqa: SLF001
+            try:
+                _stdlib_log.warning("castor: rolled back a transaction left open on %s", store.path)
+                store._rollback(conn)  # noqa: SLF001
+                conn = store._connection()  # noqa: SLF001
+            except BaseException as exc:
+                self.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        store = self._store
+        try:
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+                raise StoreError(_explain_open_error(store.path, exc)) from exc
+        finally:
+            store._depth -= 1  # noqa: SLF001
+            try:
+                self._lock.release()
+            finally:
+                self._shield.__exit__(None, None, None)
+
+
 class SQLiteStore(Store):
     def __init__(self, path: str, *, lock_timeout: float = 30.0, durable: bool = False):
         self.path = os.path.abspath(os.fspath(path))
@@ -283,6 +331,7 @@ class SQLiteStore(Store):
         self._closed = False
         self._held_for_fork = False
         self._opened = False  # True once a connection opened the file
+        self._plans: dict[PlanKey, ready.Plan] = {}  # where claims look (castor/store/ready.py)
         _STORES.add(self)
         try:
             with self._locked() as conn:
@@ -383,29 +432,9 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT_BYTES}")
 
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        # Shielded: a thread task's timeout or cancel, or Ctrl+C, waits until the
-        # thread is out of here (castor/interrupts.py), so no exception lands
-        # between a BEGIN and its COMMIT.
-        with shielded():
-            conn = self._connection()
-            with self._lock:
-                self._depth += 1
-                try:
-                    if self._depth == 1 and conn.in_transaction:
-                        # Left open by a thread stopped mid-transaction in a way the
-                        # shield could not hold back: its work did not happen.
-                        _stdlib_log.warning("castor: rolled back a transaction left open on %s", self.path)
-                        self._rollback(conn)
-                        conn = self._connection()
-                    yield conn
-                except sqlite3.DatabaseError as exc:
-                    if isinstance(exc, sqlite3.IntegrityError):
-                        raise
-                    raise StoreError(_explain_open_error(self.path, exc)) from exc
-                finally:
-                    self._depth -= 1
+    def _locked(self) -> _Held:
+        """`with self._locked() as conn`: the connection, for this thread alone (see _Held)."""
+        return _Held(self)
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         """End the connection's open transaction, or give up the connection."""
@@ -468,6 +497,20 @@ class SQLiteStore(Store):
 
         return self._retry(attempt)
 
+    def _snapshot(self, conn: sqlite3.Connection, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Several reads in one snapshot (a read transaction, unless the caller's write
+        transaction is open): counts that agree with each other, a plan and its use."""
+        if conn.in_transaction:
+            return read(conn)
+        try:  # BEGIN inside: whatever fails or lands after it, the transaction ends here
+            conn.execute("BEGIN")
+            out = read(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return out
+
     def _execute(self, sql: str, params: Sequence[Any] = (), lock_timeout: float | None = None
                  ) -> list[tuple[Any, ...]]:
         """One autocommit statement with busy retry; returns all its rows."""
@@ -484,20 +527,23 @@ class SQLiteStore(Store):
     def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
         if not tasks:
             return []
-        rows = [_insert_params(t) for t in tasks]
         if any(t.unique_key is not None for t in tasks):
-            return self._enqueue_unique(tasks, rows)
+            return self._enqueue_unique(tasks, [_insert_params(t) for t in tasks])
         with self._locked() as conn:
             try:
-                if len(rows) == 1:
+                if len(tasks) == 1:
+                    row = _insert_params(tasks[0])
                     try:  # the fast path: one autocommit INSERT
-                        conn.execute(_INSERT, rows[0])
+                        conn.execute(_INSERT, row)
                     except sqlite3.OperationalError as exc:
                         if not _is_busy(exc):
                             raise
-                        self._retry(lambda: conn.execute(_INSERT, rows[0]))
+                        self._retry(lambda: conn.execute(_INSERT, row))
                 else:
-                    self._write_txn(conn, lambda c: c.executemany(_INSERT, rows))
+                    # Rows made as SQLite takes them, not a list of them all first: a
+                    # million tuples alive at once made Python's garbage collector walk
+                    # them over and over (a quarter of a 1,000,000-task enqueue_many).
+                    self._write_txn(conn, lambda c: c.executemany(_INSERT, map(_insert_params, tasks)))
             except sqlite3.IntegrityError as exc:
                 raise _integrity_error(self.path, exc) from exc
         return [t.id for t in tasks]
@@ -531,12 +577,42 @@ class SQLiteStore(Store):
     # -- consuming ---------------------------------------------------------------
 
     def has_due(self, *, mode: str, queues: Sequence[str] | None, now: float, isolated: bool = False) -> bool:
-        qsql, qparams = _queue_filter(queues)
-        return bool(self._execute(
-            "SELECT 1 FROM castor_tasks INDEXED BY castor_tasks_ready "
-            f"WHERE status = 'pending' AND mode = ? AND isolate = ? AND {_DUE}{qsql} LIMIT 1",
-            (mode, int(isolated), now, *qparams),
-        ))
+        key = _plan_key(mode, isolated, queues)
+        with self._locked() as conn:
+            return self._ask(conn, key, lambda plan: plan.has_due(conn, now))
+
+    def _ask(self, conn: sqlite3.Connection, key: PlanKey, ask: Callable[[ready.Plan], tuple[T, bool]]) -> T:
+        """`ask` the plan for `key` (castor/store/ready.py) outside a transaction; if the
+        plan turns out stale (a queue or an ETA priority it does not list), or there is
+        none yet, read it and ask again, in one snapshot."""
+        plan = self._plans.get(key)
+        if plan is not None:
+            try:  # the fast path: no closure, no retry bookkeeping
+                answer, stale = ask(plan)
+                if not stale:
+                    return answer
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+        return self._retry(lambda: self._snapshot(conn, lambda c: self._afresh(c, key, ask)))
+
+    def _afresh(self, conn: sqlite3.Connection, key: PlanKey, ask: Callable[[ready.Plan], tuple[T, bool]]) -> T:
+        """Read the plan for `key` and `ask` it, in the caller's snapshot (it is not stale)."""
+        if len(self._plans) >= _PLANS_KEPT:
+            self._plans.clear()
+        plan = self._plans[key] = ready.Plan.read(conn, *key, _CLAIM)
+        return ask(plan)[0]
+
+    def _claim_in(self, conn: sqlite3.Connection, owner: str, mode: str, queues: Sequence[str] | None,
+                  limit: int, lease_until: float, now: float, isolated: bool) -> list[tuple[Any, ...]]:
+        """Lease the best due tasks; inside a write transaction."""
+        key = _plan_key(mode, isolated, queues)
+        plan = self._plans.get(key)
+        if plan is not None:  # the hot path, spelled out: no closure
+            rows, stale = plan.claim(conn, now, limit, owner, lease_until)
+            if not stale:
+                return rows
+        return self._afresh(conn, key, lambda p: p.claim(conn, now, limit, owner, lease_until))
 
     def claim(
         self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float,
@@ -545,7 +621,15 @@ class SQLiteStore(Store):
         if not self.has_due(mode=mode, queues=queues, now=now, isolated=isolated):
             return []
         clock = self.clock()
-        rows = self._execute(*_claim_statement(owner, mode, queues, limit, clock + lease, now, isolated))
+        with self._locked() as conn:
+            plan = self._plans.get(_plan_key(mode, isolated, queues))
+            if plan is not None and plan.one_statement:
+                # One UPDATE is atomic by itself: no transaction around it.
+                rows, stale = self._retry(lambda: plan.claim(conn, now, limit, owner, clock + lease))
+                if not stale:
+                    return _sorted(rows, now - clock)
+            rows = self._write_txn(
+                conn, lambda c: self._claim_in(c, owner, mode, queues, limit, clock + lease, now, isolated))
         return _sorted(rows, now - clock)
 
     def settle_and_claim(
@@ -564,11 +648,19 @@ class SQLiteStore(Store):
         # transaction: the write lock is held only while SQLite works.
         statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
         clock = self.clock()
-        claim = _claim_statement(owner, mode, queues, limit, clock + lease, now, isolated) if limit > 0 else None
+        until = clock + lease
+        key = _plan_key(mode, isolated, queues)
 
         def body(conn: sqlite3.Connection) -> tuple[list[bool], list[tuple[Any, ...]]]:
             accepted = [bool(conn.execute(*statement).fetchall()) for statement in statements]
-            return accepted, conn.execute(*claim).fetchall() if claim else []
+            if limit <= 0:
+                return accepted, []
+            plan = self._plans.get(key)
+            if plan is not None:  # the hot path, spelled out
+                rows, stale = plan.claim(conn, now, limit, owner, until)
+                if not stale:
+                    return accepted, rows
+            return accepted, self._afresh(conn, key, lambda p: p.claim(conn, now, limit, owner, until))
 
         with self._locked() as conn:
             accepted, rows = self._write_txn(conn, body)
@@ -822,25 +914,26 @@ class SQLiteStore(Store):
         return self._execute(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0]
 
     def pending_by_queue(self) -> dict[str, int]:
-        rows = self._execute(
-            "SELECT queue, count(*) FROM castor_tasks WHERE status = 'pending' GROUP BY queue")
-        return dict(rows)
+        with self._locked() as conn:
+            return self._retry(lambda: self._snapshot(conn, ready.pending_by_queue))
 
     def counts_by_status(self) -> dict[TaskStatus, int]:
-        # Two queries, one per partial index, so neither scans the table.
-        counts = {s: 0 for s in TaskStatus}
-        counts[TaskStatus.PENDING] = self._execute(
-            "SELECT count(*) FROM castor_tasks WHERE status = 'pending'")[0][0]
-        for status, n in self._execute(
-            "SELECT status, count(*) FROM castor_tasks WHERE status != 'pending' GROUP BY status"
-        ):
-            counts[TaskStatus(status)] = n
-        return counts
+        # Two queries, one per partial index (each covers its count), so neither reads the table.
+        def read(conn: sqlite3.Connection) -> dict[TaskStatus, int]:
+            counts = {s: 0 for s in TaskStatus}
+            counts[TaskStatus.PENDING] = conn.execute(
+                f"SELECT count(*) FROM {ready.READY} WHERE status = 'pending'").fetchone()[0]
+            for status, n in conn.execute(
+                    "SELECT status, count(*) FROM castor_tasks WHERE status != 'pending' GROUP BY status"):
+                counts[TaskStatus(status)] = n
+            return counts
+
+        with self._locked() as conn:
+            return self._retry(lambda: self._snapshot(conn, read))
 
     def queue_stats(self, *, now: float) -> dict[str, Any]:
-        scheduled, oldest_due = self._execute(
-            f"SELECT count(*) FILTER (WHERE NOT {_DUE}), min(eta) FILTER (WHERE {_DUE}) "
-            "FROM castor_tasks WHERE status = 'pending'", (now, now))[0]
+        with self._locked() as conn:
+            scheduled, oldest_due = self._retry(lambda: self._snapshot(conn, lambda c: ready.schedule_stats(c, now)))
         failed = self._execute(
             f"SELECT task_name, count(*) FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'failed' "
             "GROUP BY task_name ORDER BY count(*) DESC")
@@ -849,12 +942,9 @@ class SQLiteStore(Store):
     def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:
         # Only what this worker may claim: a task due in a queue it does not serve
         # (or one set apart to run alone) must not make it spin.
-        qsql, qparams = _queue_filter(queues)
-        eta = self._execute(
-            "SELECT min(eta) FROM castor_tasks INDEXED BY castor_tasks_ready "
-            f"WHERE status = 'pending' AND mode = ? AND isolate = 0 AND at_once = 0 AND eta > ?{qsql}",
-            (mode, now, *qparams),
-        )[0][0]
+        key = _plan_key(mode, False, queues)
+        with self._locked() as conn:
+            eta = self._ask(conn, key, lambda plan: plan.next_eta(conn, now))
         lease = self._execute(
             f"SELECT min(lease_expires) FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running'"
         )[0][0]
