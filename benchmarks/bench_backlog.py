@@ -44,6 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procfs import cpu_seconds, descendants, rss_mb  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 CASTORD = str(Path(sys.executable).parent / "castord")
 
@@ -173,34 +176,7 @@ class Daemon:
         return time.perf_counter() - self.started
 
     def tree(self) -> list[int]:
-        out, frontier = [], [self.proc.pid]
-        while frontier:
-            pid = frontier.pop()
-            try:
-                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                kids = []
-            out.append(pid)
-            frontier.extend(int(k) for k in kids)
-        return out
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+        return descendants(self.proc.pid)
 
 
 def idle_cpu(daemon: Daemon, seconds: float) -> float:

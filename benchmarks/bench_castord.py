@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import REPO, Bench, drained_rate, round_trips  # noqa: E402
+from procfs import cpu_seconds, descendants  # noqa: E402
 
 CASTORD = str(Path(sys.executable).parent / "castord")
 
@@ -65,29 +66,12 @@ class Daemon:
         return time.perf_counter() - self.started
 
     def descendants(self) -> list[int]:
-        out, frontier = [], [self.proc.pid]
-        while frontier:
-            pid = frontier.pop()
-            try:
-                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                kids = []
-            out.append(pid)
-            frontier.extend(int(k) for k in kids)
-        return out
+        return descendants(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
         self.sock.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ready() -> float:
@@ -289,11 +273,11 @@ def main() -> None:
     if "cpu" in only:
         report("CPU-heavy 200 x 20 ms, 2 proc (eff.)", cpu_efficiency, ".3f")
     if "payload" in only:
-        values = [payload() for _ in range(args.runs)]
-        print(f"{'1 MB results, 2 proc (MB/s)':34s} {statistics.median(v[0] for v in values):,.0f}   runs: "
-              f"{[round(v[0]) for v in values]}")
-        print(f"{'1 MB argument round trip (ms p50)':34s} {statistics.median(v[1] for v in values):.1f}   runs: "
-              f"{[round(v[1], 1) for v in values]}")
+        payloads = [payload() for _ in range(args.runs)]
+        print(f"{'1 MB results, 2 proc (MB/s)':34s} {statistics.median(v[0] for v in payloads):,.0f}   runs: "
+              f"{[round(v[0]) for v in payloads]}")
+        print(f"{'1 MB argument round trip (ms p50)':34s} {statistics.median(v[1] for v in payloads):.1f}   runs: "
+              f"{[round(v[1], 1) for v in payloads]}")
 
 
 if __name__ == "__main__":

@@ -108,8 +108,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_core  # noqa: E402
-from bench_castord import Daemon, cpu_seconds  # noqa: E402
+from bench_castord import Daemon  # noqa: E402
 from bench_core import Bench, enqueue_batch, enqueue_delay, raw_sqlite  # noqa: E402
+from procfs import cpu_seconds  # noqa: E402
 
 HUEY_CONSUMER = str(Path(sys.executable).parent / "huey_consumer")
 POLL = 0.020  # seconds between completion polls

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_castord import Daemon  # noqa: E402
 from bench_core import Bench  # noqa: E402
+from procfs import rss_mb  # noqa: E402
 
 SOAK_APP = textwrap.dedent('''
     import os
@@ -39,16 +40,6 @@ SOAK_APP = textwrap.dedent('''
 ''')
 STEP = 100_000
 BATCH = 10_000
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def size_mb(path: str) -> float:
