@@ -103,8 +103,9 @@ def wait_for(predicate, timeout: float) -> None:
         time.sleep(0.01)
 
 
-def raw_sqlite(n: int = 20_000) -> float:
-    """Control figure: single-row INSERT + COMMIT/s in plain sqlite3 (WAL, NORMAL).
+def raw_sqlite(n: int = 20_000, synchronous: str = "NORMAL") -> float:
+    """Control figure: single-row INSERT + COMMIT/s in plain sqlite3 (WAL, NORMAL unless
+    told: compare.py also takes it with FULL, Huey's setting).
 
     BEAVER.md quotes ~26,000/s for this machine kind; a run where this is low is a run
     on a slow moment of a shared machine, and every other figure scales with it.
@@ -112,7 +113,7 @@ def raw_sqlite(n: int = 20_000) -> float:
     directory = Path(tempfile.mkdtemp(prefix="castor-bench-raw-"))
     conn = sqlite3.connect(directory / "raw.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("CREATE TABLE t (x INTEGER)")
     start = time.perf_counter()
     for i in range(n):

@@ -151,20 +151,7 @@ def noop(i):
 
 def raw_sqlite_full(n: int = 2_000) -> float:
     """Control: bench_core's raw_sqlite with synchronous=FULL (an fsync per commit, Huey's setting)."""
-    directory = Path(tempfile.mkdtemp(prefix="castor-compare-raw-"))
-    try:
-        conn = sqlite3.connect(directory / "raw.db", isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("CREATE TABLE t (x INTEGER)")
-        start = time.perf_counter()
-        for i in range(n):
-            conn.execute("INSERT INTO t VALUES (?)", (i,))
-        rate = n / (time.perf_counter() - start)
-        conn.close()
-        return rate
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    return raw_sqlite(n, synchronous="FULL")
 
 
 # -- processes ----------------------------------------------------------------------------
