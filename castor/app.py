@@ -39,7 +39,8 @@ def load_manager(app: str, *, cwd_on_path: bool = True) -> Manager:
         raise AppLoadError(f"importing {module_name!r} for APP {app!r} failed: {exc}") from exc
     except StoreError as exc:  # the module's Manager(...) could not use its database file
         raise AppLoadError(f"{exc} (while loading APP {app!r})") from exc
-    except Exception as exc:  # noqa: BLE001 - any import-time failure of user code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import-time failure of user code
+        # sys.exit() at import time is a module that cannot be loaded, not a castord to stop with its code.
         raise AppLoadError(
             f"importing {module_name!r} for APP {app!r} raised {type(exc).__name__}: {exc}"
         ) from exc

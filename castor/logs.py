@@ -9,9 +9,11 @@ own, as one JSON object per line with the fields of SPEC §5.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -68,3 +70,65 @@ def get_logger(name: str) -> Any:
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.stdlib.BoundLogger,
     )
+
+
+# Attributes every LogRecord has: anything else on a record came from `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def structure_stdlib_record(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A stdlib `logging` record (a library's, task code's): its free text goes in
+    `message`, `event` stays a stable name (`log`), and the logger's name and the
+    record's `extra=` fields come along."""
+    record = event.get("_record")
+    if record is None or event.get("_from_structlog"):
+        return event
+    event["message"] = event.get("event")
+    event["event"] = "log"
+    event["logger"] = record.name
+    for key, value in vars(record).items():
+        if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+            event.setdefault(key, value)
+    return event
+
+
+# For stdlib records, before the shared processors (castord/logging.py's formatter).
+FOREIGN_PROCESSORS: list[Any] = [structure_stdlib_record, *SHARED_PROCESSORS]
+
+
+# -- the hot path: one line per task end ---------------------------------------------
+
+# castord's JSON handler (castord/logging.py), when it is the only one on the root
+# logger; None elsewhere (a client's process, console mode).
+_fast_handler: Any = None
+
+
+def install_fast_path(handler: Any) -> None:
+    global _fast_handler
+    _fast_handler = handler
+
+
+def emit(logger: logging.Logger, levelno: int, event: str, fields: dict[str, Any]) -> None:
+    """Log `event` with `fields`, as `get_logger(logger.name).<level>(event, **fields)`
+    would, for lines written once per task (a task's end).
+
+    Under castord's JSON handler this renders the same JSON object itself, without
+    structlog's chain and a LogRecord (about 6 µs a line instead of 20 µs: at tens
+    of thousands of tasks a second, the difference is a tenth of a core). Fields
+    must be plain JSON values and carry no exception.
+    """
+    if not logger.isEnabledFor(levelno):
+        return
+    handler = _fast_handler
+    root = logging.root
+    if handler is None or logger.handlers or root.handlers != [handler] or not logger.propagate:
+        get_logger(logger.name).log(levelno, event, **fields)
+        return
+    line = dict(structlog.contextvars.get_contextvars())
+    line.update(fields)
+    line["event"] = event
+    line["level"] = logging.getLevelName(levelno).lower()
+    line["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    line["pid"] = os.getpid()
+    line["role"] = _role
+    handler.write_line(levelno, json.dumps(line, default=repr))

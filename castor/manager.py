@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
+from castor import task_log
 from castor.durations import to_epoch, to_seconds
 from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
 from castor.handle import Task
@@ -252,6 +253,8 @@ class Manager:
                                    expires_at=self.expires_at(record.options, TaskStatus.CANCELLED, now))
         if status is None:
             raise UnknownTaskError.missing(task_id)
+        if status == TaskStatus.CANCELLED and record.status == TaskStatus.PENDING:
+            task_log.cancelled_pending(record)  # its end: no worker will see it
         return status
 
     revoke = cancel  # Celery's name

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from castor import context
+from castor import context, task_log
 from castor.context import TaskContext, baked
 from castor.durations import to_seconds
 from castor.errors import ConfigurationError, DatabaseLockedError, LeaseLost, TaskCancelled, TaskTimeout
@@ -265,28 +265,16 @@ class Worker:
         if self.on_settled is not None and record is not None:
             self.on_settled(record.name, "retry" if settlement.status == TaskStatus.PENDING
                             else str(settlement.status), duration, record.id)
-        quiet = accepted and settlement.status == TaskStatus.SUCCESS and not _debug_enabled()
-        if quiet:  # the hot path: nothing to log
-            return
-        fields = {
-            "task_id": settlement.task_id, "task_name": record.name if record else None,
-            "queue": record.queue if record else None, "attempt": settlement.attempt,
-            "duration_ms": round(duration * 1000, 3), "status": str(settlement.status),
-        }
-        if not accepted:
-            # Our lease expired and the task went to another attempt: that one wins.
-            log.warning("task.settle_rejected", **fields)
-        elif settlement.status == TaskStatus.SUCCESS:
-            log.debug("task.succeeded", **fields)
-        elif settlement.status == TaskStatus.PENDING:
-            error = settlement.error or {}
-            log.info("task.retrying", exc_type=error.get("type"), exc_message=error.get("message"),
-                     retry_in_s=round((settlement.eta or 0) - settlement.finished_at, 3), **fields)
-        elif settlement.status == TaskStatus.CANCELLED:
-            log.info("task.cancelled", **fields)
-        else:
-            error = settlement.error or {}
-            log.error("task.failed", exc_type=error.get("type"), exc_message=error.get("message"), **fields)
+        task_log.settled(settlement, record, duration, accepted)
+
+    def settle(self, settlement: Settlement, duration: float | None = None) -> bool:
+        """Write the outcome of a task this worker holds (one that castord stopped:
+        a timeout, a cancel), with its log line and tally, as if it had ended here."""
+        if duration is not None:
+            self._durations[settlement.claim] = duration
+        accepted = self.store.settle_one(settlement)
+        self._settled(settlement, accepted)
+        return accepted
 
     def _exchange(self, settlements: list[Settlement], limit: int) -> list[TaskRecord]:
         """Write finished outcomes and claim up to `limit` more.
@@ -296,7 +284,8 @@ class Worker:
         """
         now = time.time()
         if time.monotonic() >= self._next_recovery:  # monotonic: a clock step must not pause recovery
-            self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES)
+            task_log.released(self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES),
+                              reason="lease expired", counted=True, found_by=self.owner)
             self._next_recovery = time.monotonic() + RECOVERY_SECONDS
             self._want_solo = self.store.has_due(mode=self.mode, queues=self.queues, now=now, isolated=True)
         if settlements or self._hot:

@@ -34,6 +34,7 @@ from castor.errors import StoreError, TaskCancelled, TaskTimeout
 from castor.execution import failure_outcome, settlement_for
 from castor.logs import get_logger
 from castor.worker import Worker
+from castord.logging import flush_output
 from castord.tally import Tally
 
 PROCESS_WORKER = "process-worker"
@@ -133,8 +134,9 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     from castord.logging import configure
 
     sink = configure(spec.role, fmt=spec.log_format, level=spec.log_level, log_file=spec.log_file)
-    if spec.capture_output:
-        sink.capture_output()
+    workers: list[Worker] = []  # the worker, once APP is loaded: whose task wrote to fd 1 or 2
+    if sink.fmt == "json" or spec.capture_output:  # from here on, APP's own import included
+        sink.capture_output(task_fields=lambda: _running_task_fields(workers))
     log = get_logger("castord.child")
     channel = Channel(conn)
     # A process task's fork gets /dev/null where our pipe was: it cannot write into
@@ -149,14 +151,15 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
         manager, mode=spec.mode, threads=max(1, spec.threads), queues=spec.queues,
         lease=spec.lease, owner=spec.owner, prefetch=spec.prefetch,
     )
+    workers.append(worker)
     tally = Tally()
     worker.on_settled = tally.add
-    if spec.role == PROCESS_WORKER:
-        worker.on_timeout = lambda record: _timed_out(worker, record, channel)
-        worker.on_cancel = lambda record: _cancelled(worker, record, channel)
-        worker.on_lease_lost = lambda record: _lease_lost(worker, record, channel)
     # A TERM sent to a child by hand drains just that child (see Heartbeat).
     heartbeat = Heartbeat(worker, spec, channel, log, sink, reopen_logs, tally, drain_requested)
+    if spec.role == PROCESS_WORKER:
+        worker.on_timeout = lambda record: _timed_out(worker, record, heartbeat)
+        worker.on_cancel = lambda record: _cancelled(worker, record, heartbeat)
+        worker.on_lease_lost = lambda record: _lease_lost(worker, record, channel)
     heartbeat.start()
     threading.Thread(target=_listen, args=(conn, worker, spec, channel), name="castord-control",
                      daemon=True).start()
@@ -211,23 +214,35 @@ def _close_master_tracker() -> None:
 def _leave(channel: Channel, reason: str, code: int) -> None:
     """Every deliberate exit: say so (the master trusts this, not the status), then go."""
     channel.send("exiting", reason)
+    flush_output()  # what task code wrote last, as task.output lines
     logging.shutdown()  # flush the log file before _exit skips interpreter cleanup
     os._exit(code)
 
 
-def _timed_out(worker: Worker, record: Any, channel: Channel) -> None:
+def _running_task_fields(workers: list[Worker]) -> dict[str, Any] | None:
+    """The log fields of the one task running in this child, if just one is."""
+    if not workers:
+        return None
+    running = list(workers[0].running.values())
+    if len(running) != 1:
+        return None
+    record = running[0]
+    return {"task_id": record.id, "task_name": record.name, "queue": record.queue, "attempt": record.attempts}
+
+
+def _timed_out(worker: Worker, record: Any, heartbeat: Heartbeat) -> None:
     """A process task ran past its timeout=: fail it (or schedule its retry), then
     leave so the master replaces us."""
     timeout = record.options["timeout"]
-    _stop_task(worker, record, channel, TaskTimeout(
+    _stop_task(worker, record, heartbeat, TaskTimeout(
         f"{record.name} ran past its timeout of {timeout:g} s; its process child was stopped and replaced"),
         f"task {record.id} ran past its timeout of {timeout:g} s", EXIT_TASK_TIMEOUT)
 
 
-def _cancelled(worker: Worker, record: Any, channel: Channel) -> None:
+def _cancelled(worker: Worker, record: Any, heartbeat: Heartbeat) -> None:
     """A running process task was cancelled: record that, then leave (the only way
     to stop arbitrary code at once); the master replaces us."""
-    _stop_task(worker, record, channel, TaskCancelled(
+    _stop_task(worker, record, heartbeat, TaskCancelled(
         f"task {record.id} ({record.name}) was cancelled while running; its process child was "
         "stopped and replaced"), f"task {record.id} was cancelled", EXIT_TASK_CANCELLED)
 
@@ -243,13 +258,17 @@ def _lease_lost(worker: Worker, record: Any, channel: Channel) -> None:
     _leave(channel, reason, 0)
 
 
-def _stop_task(worker: Worker, record: Any, channel: Channel, exc: BaseException, reason: str,
+def _stop_task(worker: Worker, record: Any, heartbeat: Heartbeat, exc: BaseException, reason: str,
                code: int) -> None:
     _hand_back(worker)
-    settlement = settlement_for(worker.manager, record, failure_outcome(record, exc), worker.owner, time.time())
-    worker.store.settle_one(settlement)
-    channel.send("retiring", reason)
-    _leave(channel, reason, code)
+    now = time.time()
+    settlement = settlement_for(worker.manager, record, failure_outcome(record, exc), worker.owner, now)
+    # Its end line (task.cancelled, task.failed or task.retrying) and its tally, as
+    # for a task that ended on its own; the last heartbeat carries the tally.
+    worker.settle(settlement, duration=max(0.0, now - (record.started_at or now)))
+    heartbeat.beat()
+    heartbeat.channel.send("retiring", reason)
+    _leave(heartbeat.channel, reason, code)
 
 
 def _hand_back(worker: Worker) -> None:

@@ -87,8 +87,9 @@ def _start_options(fn: Any) -> Any:
         click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar=_env("METRICS_HOST"),
                      help="Address the metrics endpoint listens on."),
         click.option("--capture-output", is_flag=True, default=False, envvar=_env("CAPTURE_OUTPUT"),
-                     help="Send stdout/stderr of castord and its children (task code's print()) "
-                          "to --log-file."),
+                     help="Console mode: send stdout/stderr of castord and its children (task code's "
+                          "print()) into --log-file as written. (JSON mode always captures them, as "
+                          "task.output lines.)"),
         click.option("--umask", type=_Umask(), default=f"{DEFAULT_UMASK:03o}", show_default=True,
                      envvar=_env("UMASK"),
                      help="Octal umask castord and its children run with: what they create (a new "

@@ -72,8 +72,10 @@ class Config:
             )
         self._check_lease()
         self._check_umask()
-        if self.capture_output and self.log_file is None:
-            raise ValueError("--capture-output needs --log-file: there is nowhere else to send the output")
+        if self.capture_output and self.log_file is None and self.log_format == "console":
+            # (In JSON mode output is always captured, as task.output lines.)
+            raise ValueError("--capture-output with --log-format console needs --log-file: there is nowhere "
+                             "else to send the output")
         if self.workers == 0 and self.threads == 0:
             raise ValueError("--workers and --threads are both 0: castord would run nothing")
 

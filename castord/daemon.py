@@ -54,7 +54,9 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
     from castord.logging import configure
 
     sink = configure("master", fmt=config.log_format, level=config.log_level, log_file=config.log_file)
-    if config.capture_output and not config.dashboard:  # with the dashboard, stdout is its screen
+    # Before APP loads, so that what its import prints is captured too; not with
+    # the dashboard, whose screen is stdout.
+    if not config.dashboard and (sink.fmt == "json" or config.capture_output):
         sink.capture_output()
     log = get_logger("castord.master")
     started = time.monotonic()
@@ -62,7 +64,7 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
         manager = load_manager(config.app)
     except (AppLoadError, StoreError) as exc:
         log.critical("castord.app_load_failed", app=config.app, error=str(exc))
-        print(f"castord: cannot load APP: {exc}", file=sys.stderr)
+        sink.tell(f"castord: cannot load APP: {exc}")
         return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
     forkserver.app_loaded()  # whether its children need beaver-db, the fork server now knows
     try:
@@ -71,7 +73,7 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
         manager.store.verify()
     except StoreError as exc:
         log.critical("castord.database_unusable", app=config.app, database=manager.path, error=str(exc))
-        print(f"castord: cannot use the database: {exc}", file=sys.stderr)
+        sink.tell(f"castord: cannot use the database: {exc}")
         manager.close()
         return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
     log.info("castord.starting", app=config.app, workers=config.workers, threads=config.threads,
@@ -87,7 +89,7 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
             write_sidecar(pidfile.path, app=config.app, db_path=manager.path)
     except CastordError as exc:
         log.critical("castord.pidfile_refused", error=str(exc))
-        print(f"castord: {exc}", file=sys.stderr)
+        sink.tell(f"castord: {exc}")
         return _report(ready_fd, exc.exit_code)
     from castord.supervisor import Supervisor
 
@@ -111,7 +113,7 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
         code = supervisor.run()
     except CastordError as exc:
         log.critical("castord.metrics_failed", error=str(exc))
-        print(f"castord: {exc}", file=sys.stderr)
+        sink.tell(f"castord: {exc}")
         code = exc.exit_code
     finally:
         if dashboard is not None:
@@ -119,6 +121,7 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
             print(dashboard.summary(code))
         if metrics is not None:
             metrics.shutdown()
+        sink.close_output()
         if pidfile is not None:
             from castord.control import remove_sidecar
 

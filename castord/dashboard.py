@@ -42,7 +42,7 @@ STATUS_STYLES = {
 }
 LEVEL_STYLES = {"debug": "dim", "info": "blue", "warning": "yellow", "error": "bold red", "critical": "bold red"}
 # Log fields the line's layout already shows, or that only add noise on a narrow screen.
-_LOG_SKIP = {"event", "level", "timestamp", "logger", "role", "pid", "daemon_id"}
+_LOG_SKIP = {"event", "level", "timestamp", "logger", "role", "pid", "daemon_id", "message"}
 
 
 @dataclass
@@ -319,6 +319,8 @@ def _log_line(entry: Any) -> Text:
         level = str(entry.get("level", ""))
         line = Text.assemble((clock, "dim"), " ", (f"{level:<7}", LEVEL_STYLES.get(level, "")), " ",
                              (str(entry.get("event", "")), "bold"))
+        if "message" in entry:  # a task's output, a stdlib log record: its text first
+            line.append(" " + _short(entry["message"]))
         extras = " ".join(f"{k}={_short(v)}" for k, v in entry.items() if k not in _LOG_SKIP)
         if extras:
             line.append(" " + extras)

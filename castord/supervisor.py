@@ -25,11 +25,11 @@ from typing import Any
 from multiprocess.connection import wait
 from setproctitle import setproctitle
 
+from castor import task_log
 from castor.errors import DatabaseLockedError
 from castor.logs import get_logger
 from castor.manager import Manager
 from castor.periodic import Scheduler
-from castor.states import TaskStatus
 from castord import forkserver
 from castord.children import PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
 from castord.config import CHILD_KILL_GRACE_SECONDS, Config
@@ -143,8 +143,8 @@ class Supervisor:
 
     def run(self) -> int:
         self.signals.install()
-        setproctitle(self._title())
         self._spawn_generation()
+        setproctitle(self._title())
         try:
             if self.manager.schedules:
                 self.scheduler = Scheduler(self.manager, now=time.time())
@@ -371,20 +371,8 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - leases expire anyway; never crash the master
             log.exception("castord.release_failed", child=child.spec.label)
             return []
-        for record in released:  # as they are now: failed, cancelled, or back in the queue
-            fields = {"task_id": record.id, "task_name": record.name, "queue": record.queue,
-                      "attempt": record.attempts, "child": child.spec.label, "status": str(record.status)}
-            if record.status == TaskStatus.FAILED:
-                error = record.error or {}
-                log.error("task.failed", **fields, exc_type=error.get("type"), exc_message=error.get("message"),
-                          reason=reason)
-            elif record.status == TaskStatus.CANCELLED:
-                log.info("task.cancelled", **fields, reason=reason)
-            elif count_attempt and record.isolate and record.lost == 0:
-                log.warning("task.requeued", **fields, reason=f"{reason}; it ran beside other tasks, "
-                            "so it is not blamed and runs alone next")
-            else:
-                log.warning("task.requeued", **fields, reason=reason)
+        # As they are now: failed, cancelled, or back in the queue.
+        task_log.released(released, reason=reason, counted=count_attempt, child=child.spec.label)
         return released
 
     # -- liveness ----------------------------------------------------------------
@@ -544,13 +532,16 @@ class Supervisor:
             log.info("castord.ready", daemon_id=self.daemon_id, process_children=self._process_count(),
                      threads=self.config.threads, startup_s=round(time.time() - self.started_at, 3))
             self.notifier.send(READY=1, STATUS=self._status_line(), MAINPID=os.getpid())
+            self._next_status = now + STATUS_SECONDS
             if self.on_ready is not None:
                 self.on_ready()
         if now >= self._next_record:
             self._next_record = now + self.config.heartbeat_interval
             self._check_database()
             self._record()
-        if now >= self._next_status:
+        # STATUS= only once READY=1 went with the first one: before, systemd shows
+        # "activating" and castord has nothing true to say about children and tasks.
+        if now >= self._next_status and (self.ready_sent or not self.state.accepting):
             self._next_status = now + STATUS_SECONDS
             setproctitle(self._title())
             self.notifier.send(STATUS=self._status_line())
@@ -623,7 +614,8 @@ class Supervisor:
 
     def _status_line(self) -> str:
         busy = sum(len(c.info.get("running", [])) for c in self._live_children())
-        done = sum(c.info.get("done", 0) for c in self._live_children())
+        # The master's totals: children come and go (a reload, a recycle, a crash).
+        done = self.tally.ended()
         return f"{self.state.value}: {len(self._live_children())} children, {busy} tasks running, {done} done"
 
     def _title(self) -> str:

@@ -69,6 +69,11 @@ class Tally:
         with self._lock:
             return sorted(self.recent, key=lambda r: r[4], reverse=True)
 
+    def ended(self) -> int:
+        """Tasks that ended (a retried attempt is not an end), in these totals."""
+        with self._lock:
+            return sum(count for (_, status), count in self.finished.items() if status != "retry")
+
     def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, tuple[list[int], float]]]:
         with self._lock:
             return dict(self.finished), {n: (list(b), t) for n, (b, t) in self.durations.items()}

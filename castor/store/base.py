@@ -283,8 +283,9 @@ class Store(ABC):
         """Every castord heartbeat row, freshest first."""
 
     @abstractmethod
-    def recover_expired(self, *, now: float, max_lost: int) -> int:
-        """Return tasks whose lease expired to pending (or fail them after max_lost).
+    def recover_expired(self, *, now: float, max_lost: int) -> list[TaskRecord]:
+        """Return tasks whose lease expired to pending (or fail them after max_lost,
+        or end them cancelled if a cancel was asked); the tasks as they are now.
 
         Reads first and only takes the write lock when something has expired.
         """

@@ -782,18 +782,26 @@ class SQLiteStore(Store):
             out.append(item)
         return out
 
-    def recover_expired(self, *, now: float, max_lost: int) -> int:
+    def recover_expired(self, *, now: float, max_lost: int) -> list[TaskRecord]:
         clock = self.clock()
+        to_wall = time.time() - clock
 
-        def body(conn: sqlite3.Connection) -> int:
-            return _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now,
-                         failure_ttl=self.failure_ttl)
+        def body(conn: sqlite3.Connection) -> list[TaskRecord]:
+            expired = [row[0] for row in conn.execute(
+                f"SELECT id FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
+                "AND lease_expires < ?", (clock,)).fetchall()]
+            if not expired:
+                return []
+            _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl)
+            marks = ", ".join("?" * len(expired))
+            return [_row_to_record(r, to_wall) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM castor_tasks WHERE id IN ({marks})", expired).fetchall()]
 
         if not self._execute(
             f"SELECT 1 FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running' "
             "AND lease_expires < ? LIMIT 1", (clock,)
         ):
-            return 0
+            return []
         with self._locked() as conn:
             return self._write_txn(conn, body)
 

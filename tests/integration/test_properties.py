@@ -510,7 +510,7 @@ class StoreMachine(RuleBasedStateMachine):
         """What every worker runs about once a second."""
         expired = [t for t in self.model.values()
                    if t.status == TaskStatus.RUNNING and t.lease_expires is not None and t.lease_expires < self.clock]
-        assert self.store.recover_expired(now=self.wall, max_lost=MAX_LOST) == len(expired)
+        assert len(self.store.recover_expired(now=self.wall, max_lost=MAX_LOST)) == len(expired)
         event("recover_expired: " + ("recovered some" if expired else "nothing expired"))
         for t in expired:
             self.lose(t, self.wall)
@@ -922,7 +922,7 @@ def test_a_drained_owner_that_claims_again_cannot_settle_its_old_attempt(store):
 def test_an_owner_that_stalled_past_its_lease_and_claimed_again_is_fenced_from_its_old_attempt(store):
     at(store, 50.0).enqueue([new("a")])
     (first,) = claim(store, lease=5.0)
-    assert at(store, 56.0).recover_expired(now=START + 6, max_lost=MAX_LOST) == 1
+    assert len(at(store, 56.0).recover_expired(now=START + 6, max_lost=MAX_LOST)) == 1
     (second,) = claim(store, now=START + 6)
     assert (second.owner, second.attempts, second.fence) == ("w", first.attempts + 1, first.fence + 1)
     assert store.renew([first.claim, second.claim], lease=5.0) == {second.claim}
@@ -960,7 +960,7 @@ def test_a_task_handed_back_to_the_queue_drops_the_old_attempts_progress(store, 
     (rec,) = claim(at(store, 50.0), lease=5.0)
     assert store.set_progress("a", rec.fence, 0.9, "almost")
     if hand_back == "lease expired":
-        assert at(store, 56.0).recover_expired(now=START + 6, max_lost=MAX_LOST) == 1
+        assert len(at(store, 56.0).recover_expired(now=START + 6, max_lost=MAX_LOST)) == 1
     elif hand_back == "worker lost":
         store.release_owner("w", count_attempt=True, max_lost=MAX_LOST)
     elif hand_back == "drained":
@@ -983,7 +983,7 @@ def test_a_task_the_store_finishes_itself_honours_its_failure_ttl(store):
     claim(at(store, 50.0), limit=4, lease=5.0)
     store.cancel("cancelled", now=START + 1)
     store.cancel("cancelled_default", now=START + 1)
-    assert at(store, 56.0).recover_expired(now=START + 6, max_lost=1) == 4
+    assert len(at(store, 56.0).recover_expired(now=START + 6, max_lost=1)) == 4
     for task_id, status, ttl in (("lost", TaskStatus.FAILED, 60.0), ("cancelled", TaskStatus.CANCELLED, 60.0),
                                  ("lost_default", TaskStatus.FAILED, 30.0),
                                  ("cancelled_default", TaskStatus.CANCELLED, 30.0)):

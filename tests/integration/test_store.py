@@ -77,8 +77,8 @@ def test_settle_and_claim_is_one_transaction(store):
 def test_recover_expired_reads_first(store):
     store.enqueue([new("a")])
     claim(store, "w", now=1000.0, lease=5.0)
-    assert at(store, 1004.0).recover_expired(now=1004.0, max_lost=3) == 0
-    assert at(store, 1006.0).recover_expired(now=1006.0, max_lost=3) == 1
+    assert len(at(store, 1004.0).recover_expired(now=1004.0, max_lost=3)) == 0
+    assert len(at(store, 1006.0).recover_expired(now=1006.0, max_lost=3)) == 1
     assert store.get("a").status == TaskStatus.PENDING
 
 

@@ -396,7 +396,7 @@ def test_task_code_logging_comes_out_as_json_with_task_context(daemons, app_dir)
     d.wait_note("READY=1")
     task = testapp.chatty.delay("hello from the task")
     assert task.join(timeout=10) == "logged"
-    line = d.wait_event("hello from the task")[0]
+    line = d.wait_event("log", message="hello from the task")[0]
     assert line["task_id"] == task.id and line["task_name"] == "chatty"
     assert line["role"] == "thread-host" and line["level"] == "warning"
 
@@ -427,17 +427,37 @@ def test_capture_output_sends_task_prints_to_the_log_file(daemons, app_dir):
     d.wait_note("READY=1")
     assert printapp.shout.delay("printed in a process child").join(timeout=10)
     assert printapp.tshout.delay("printed in the thread host").join(timeout=10)
-    text = d.log_file.read_text()  # each print() is flushed at its newline
-    for line in ("printed in a process child", "PRINTED IN A PROCESS CHILD", "printed in the thread host"):
-        assert f"\n{line}\n" in text
+    # JSON lines, with the task's context and the stream (--capture-output or not:
+    # in JSON mode output is always captured).
+    outputs = {e["message"]: e for e in d.events("task.output")}
+    for text, name, stream in (("printed in a process child", "shout", "stdout"),
+                               ("PRINTED IN A PROCESS CHILD", "shout", "stderr"),
+                               ("printed in the thread host", "tshout", "stdout")):
+        assert outputs[text]["task_name"] == name and outputs[text]["stream"] == stream
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0
     assert b"printed" not in d.proc.stdout.read()
 
 
-def test_capture_output_without_a_log_file_exits_2(app_dir):
-    result = run_cli(app_dir, "start", "testapp:manager", "--capture-output")
-    assert result.returncode == 2 and "--capture-output needs --log-file" in result.stderr
+@pytest.mark.timeout(60)
+def test_capture_output_in_console_mode_sends_raw_prints_to_the_log_file(daemons, app_dir):
+    (app_dir / "printapp.py").write_text(PRINTAPP)
+    sys.modules.pop("printapp", None)  # the previous test's, on its own database
+    import printapp
+
+    d = daemons().start("--workers", "1", "--threads", "1", "--capture-output", "--log-format", "console",
+                        app="printapp:manager")
+    d.wait_note("READY=1")
+    assert printapp.shout.delay("printed in a process child").join(timeout=10)
+    wait_until(lambda: "\nPRINTED IN A PROCESS CHILD\n" in d.log_file.read_text(), 10, "the print in the file")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    assert b"printed" not in d.proc.stdout.read()
+
+
+def test_capture_output_in_console_mode_without_a_log_file_exits_2(app_dir):
+    result = run_cli(app_dir, "start", "testapp:manager", "--capture-output", "--log-format", "console")
+    assert result.returncode == 2 and "--capture-output with --log-format console needs --log-file" in result.stderr
 
 
 @pytest.mark.timeout(60)
