@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/compare.py [--runs 3] [--only delay,batch,drain,startup,latency,cpu,idle]
         [--json PATH] [--delay-n 10000] [--batch-n 100000] [--drain-n 10000] [--latency-n 300]
         [--burn-n 200] [--burn-ms 20] [--idle-seconds 10] [--huey-quiet] [--castor-durable]
+        [--castor-log-level info|warning|debug]
 
 Each figure is printed for both peers with every run's value, the median, and the
 ratio castor/Huey; a noisy shared machine moves both peers alike, so the ratio is the
@@ -657,6 +658,8 @@ def main() -> None:
     parser.add_argument("--huey-quiet", action="store_true", help="run huey_consumer with -q (not stock)")
     parser.add_argument("--castor-durable", action="store_true",
                         help="castor Manager(durable=True): synchronous=FULL, as Huey's stock (not castor's stock)")
+    parser.add_argument("--castor-log-level", choices=("debug", "info", "warning"),
+                        help="castord --log-level (default info: one line per task end, as Huey's INFO)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     if unknown := only - set(names):
@@ -666,13 +669,16 @@ def main() -> None:
 
     if args.castor_durable:
         os.environ["CASTOR_BENCH_DURABLE"] = "1"
+    if args.castor_log_level:  # every castord started below reads it
+        os.environ["CASTORD_LOG_LEVEL"] = args.castor_log_level
     import huey  # noqa: PLC0415 - only to print its version
 
     started = time.monotonic()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, huey {huey.__version__}, "
           f"median of {args.runs} runs; ratio = castor / Huey; completion polled every {POLL * 1000:.0f} ms"
           + ("; huey_consumer -q" if cfg.huey_quiet else "")
-          + ("; castor durable=True" if args.castor_durable else ""), flush=True)
+          + ("; castor durable=True" if args.castor_durable else "")
+          + (f"; castord --log-level {args.castor_log_level}" if args.castor_log_level else ""), flush=True)
     values: dict[str, dict[str, list[float]]] = {"castor": {}, "huey": {}, "control": {}}
 
     def control(when: str) -> None:

@@ -91,8 +91,10 @@ class LogTail:
         *complete, self._partial = (self._partial + data).split(b"\n")
         for raw in complete:
             text = raw.decode("utf-8", "replace").rstrip()
-            if text:
-                self.lines.append(_parse(text))
+            entry = _parse(text) if text else None
+            # Successes are in the latest-tasks panel; here they would push everything else out.
+            if entry and not (isinstance(entry, dict) and entry.get("event") == "task.succeeded"):
+                self.lines.append(entry)
 
 
 def _parse(text: str) -> Any:
