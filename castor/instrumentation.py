@@ -15,6 +15,7 @@ happens to a task.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -96,6 +97,7 @@ class Instruments:
         """`attempt()` (the task's function, made an Outcome) between the
         instruments' running and ran hooks."""
         states: list[tuple[Instrument, Any]] = []
+        pid = os.getpid()
         with self._lock:
             self._running[record.claim] = states
         try:
@@ -104,11 +106,15 @@ class Instruments:
                     states.append((instrument, _call(instrument, "running", instrument.running, record)))
             outcome = attempt()
         except BaseException as exc:  # recorded as the attempt's failure by the worker, then passed on
-            _function_returned()
-            self._finish(record, failure_outcome(record, exc))
+            if os.getpid() == pid:
+                _function_returned()
+                self._finish(record, failure_outcome(record, exc))
             raise
-        _function_returned()
-        self._finish(record, outcome)
+        # A fork the task made, returning from its function, is no worker and leaves at
+        # once (castor/worker.py): it must not end (and export) the attempt a second time.
+        if os.getpid() == pid:
+            _function_returned()
+            self._finish(record, outcome)
         return outcome
 
     def stopped(self, record: TaskRecord, outcome: Outcome) -> None:

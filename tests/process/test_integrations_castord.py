@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,7 +24,8 @@ APP = textwrap.dedent('''
     import castor
     import sentry_sdk
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult)
     from sentry_sdk.transport import Transport
     from castor.integrations import otel, sentry as castor_sentry
 
@@ -46,7 +49,10 @@ APP = textwrap.dedent('''
                 {**item.payload.json, "pid": os.getpid()} for item in envelope.items if item.type == "event"])
 
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(JsonLines()))
+    if os.environ.get("CASTOR_TEST_BATCH"):  # as in production: spans wait in a buffer
+        provider.add_span_processor(BatchSpanProcessor(JsonLines(), schedule_delay_millis=600_000))
+    else:
+        provider.add_span_processor(SimpleSpanProcessor(JsonLines()))
     sentry_sdk.init(dsn="https://public@sentry.invalid/1", transport=EventFile())
 
     manager = castor.Manager(os.environ["CASTOR_TEST_DB"])
@@ -69,6 +75,19 @@ APP = textwrap.dedent('''
     @manager.task(mode="thread", name="tboom")
     def tboom(message):
         raise KeyError(message)
+
+    @manager.task(mode="process", name="pslow", timeout=0.5)
+    def pslow():
+        import time
+        time.sleep(60)  # castord stops the child at the timeout
+
+    @manager.task(mode="process", name="pfork")
+    def pfork():
+        child = os.fork()
+        if child == 0:
+            return "from the fork"  # returns from the task too: castor makes it leave at once
+        os.waitpid(child, 0)
+        return "from the worker"
 ''')
 
 
@@ -77,10 +96,13 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def traced(app_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def traced(app_dir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """castord on the traced app; the test's own process imports the app too, to enqueue."""
     spans, events = app_dir / "spans.jsonl", app_dir / "events.jsonl"
     monkeypatch.setenv("CASTOR_TEST_SPANS", str(spans))
     monkeypatch.setenv("CASTOR_TEST_EVENTS", str(events))
+    if getattr(request, "param", None) == "batch":
+        monkeypatch.setenv("CASTOR_TEST_BATCH", "1")
     (app_dir / "tracedapp.py").write_text(APP)
     sys.modules.pop("tracedapp", None)
     import tracedapp  # noqa: PLC0415 - written just above
@@ -89,20 +111,21 @@ def traced(app_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     daemon.start("--workers", "1", "--threads", "2", app="tracedapp:manager")
     daemon.wait_note("READY=1")
     try:
-        yield tracedapp, spans, events
+        yield SimpleNamespace(app=tracedapp, spans=spans, events=events, daemon=daemon)
     finally:
         daemon.stop()
         import sentry_sdk  # the app's init, in this process too
 
         sentry_sdk.get_client().close()
         sentry_sdk.get_global_scope().set_client(None)
+        tracedapp.provider.shutdown()
         tracedapp.manager.close()
         sys.modules.pop("tracedapp", None)
 
 
 @pytest.mark.timeout(90)
 def test_castords_children_continue_the_enqueuers_trace(traced: Any) -> None:
-    app, spans_file, _ = traced
+    app, spans_file = traced.app, traced.spans
     tracer = app.provider.get_tracer("test")
     with tracer.start_as_current_span("POST /jobs") as request:
         tasks = [app.padd.delay(1, 2), app.tadd.delay(3, 4), *app.padd.map([(5, 6), (7, 8)])]
@@ -133,7 +156,7 @@ def test_castords_children_continue_the_enqueuers_trace(traced: Any) -> None:
 
 @pytest.mark.timeout(90)
 def test_castords_children_report_final_failures_to_sentry(traced: Any) -> None:
-    app, _, events_file = traced
+    app, events_file = traced.app, traced.events
     process_failure, thread_failure = app.pboom.delay("card declined"), app.tboom.delay("no such key")
     fine = app.padd.delay(1, 1)
     assert fine.join(timeout=30) == 2
@@ -152,3 +175,44 @@ def test_castords_children_report_final_failures_to_sentry(traced: Any) -> None:
     assert thread_event["exception"]["values"][0]["type"] == "KeyError"
     assert process_event["pid"] != thread_event["pid"] and os.getpid() not in (process_event["pid"],
                                                                               thread_event["pid"])
+
+
+@pytest.mark.timeout(90)
+def test_a_fork_of_a_task_ends_no_span_of_its_own(traced: Any) -> None:
+    app, spans_file = traced.app, traced.spans
+    task = app.pfork.delay()
+    assert task.join(timeout=30) == "from the worker"
+    assert app.padd.delay(1, 1).join(timeout=30) == 2  # the worker goes on
+    (run,) = [s for s in read_lines(spans_file) if s["name"] == "castor.run pfork"]
+    assert run["attributes"]["castor.status"] == "success"
+
+
+# Both need castord's children to tell the instruments (castord/children.py): see the
+# diff in the report of the branch that added them; strict, so they fail once it lands.
+NEEDS_CHILDREN_DIFF = pytest.mark.xfail(
+    strict=True, reason="castord/children.py does not yet call castor.instrumentation.stopped() / flush_all()")
+
+
+@NEEDS_CHILDREN_DIFF
+@pytest.mark.timeout(90)
+def test_a_process_task_stopped_at_its_timeout_ends_its_span_and_is_reported(traced: Any) -> None:
+    task = traced.app.pslow.delay()
+    with pytest.raises(Exception, match="timeout"):  # noqa: B017 - TaskFailed or TaskTimeout, rebuilt
+        task.join(timeout=30)
+    (run,) = [s for s in read_lines(traced.spans) if s["name"] == "castor.run pslow"]
+    assert run["status"] == "ERROR" and run["attributes"]["castor.status"] == "failed"
+    (event,) = read_lines(traced.events)
+    assert event["tags"]["castor.task_id"] == task.id
+    assert event["exception"]["values"][0]["type"] == "TaskTimeout"
+
+
+@NEEDS_CHILDREN_DIFF
+@pytest.mark.parametrize("traced", ["batch"], indirect=True)
+@pytest.mark.timeout(90)
+def test_spans_still_buffered_are_sent_as_castord_stops(traced: Any) -> None:
+    assert traced.app.padd.delay(1, 2).join(timeout=30) == 3
+    assert not [s for s in read_lines(traced.spans) if s["pid"] != os.getpid()]  # in the children's buffers
+    traced.daemon.signal(signal.SIGTERM)  # drain: the children leave with os._exit
+    assert traced.daemon.wait_exit(timeout=30) == 0
+    names = {s["name"] for s in read_lines(traced.spans) if s["pid"] != os.getpid()}
+    assert "castor.run padd" in names
