@@ -8,7 +8,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from castor.context import context_values
@@ -31,6 +31,8 @@ class Outcome:
     duration: float = 0.0
     # status PENDING: the attempt failed and the task runs again after this many seconds.
     retry_in: float | None = None
+    # What the attempt raised, for the instruments (castor/instrumentation.py); never stored.
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 class EventLoopThread:
@@ -76,16 +78,24 @@ def execute(
     `async def` tasks run on the loop `get_loop()` returns (a thread worker's
     shared loop), else on a fresh loop of their own.
     """
+    instruments = manager.instruments
+    if instruments is not None:  # tracing, error reporting (castor.integrations)
+        return instruments.run(record, lambda: _attempt(manager, record, get_loop))
+    return _attempt(manager, record, get_loop)
+
+
+def _attempt(manager: Manager, record: TaskRecord, get_loop: Callable[[], EventLoopThread] | None) -> Outcome:
     started = time.perf_counter()
     task_fn = manager.registry.get(record.name)
     if task_fn is None:
         known = ", ".join(sorted(manager.registry)) or "none"
-        return Outcome(TaskStatus.FAILED, error=describe_message(
-            f"{UnknownTaskError.__module__}.{UnknownTaskError.__qualname__}",
+        message = (
             f"no task named {record.name!r} is registered in this worker (known: {known}); "
             "is the worker running the same code as the application, and does APP import the "
-            "module that defines it (or list it in Manager(..., include=[...]))?",
-        ))
+            "module that defines it (or list it in Manager(..., include=[...]))?")
+        return Outcome(TaskStatus.FAILED, error=describe_message(
+            f"{UnknownTaskError.__module__}.{UnknownTaskError.__qualname__}", message),
+            exception=UnknownTaskError(message))
     serializer = get_serializer(record.serializer)
     try:
         args = serializer.loads(record.args)
@@ -105,7 +115,7 @@ def execute(
             f"the result of {record.name} ({class_name(type(value))}) is not "
             f"{serializer.name}-serializable: {safe_text(exc)}"
         )
-        return Outcome(TaskStatus.FAILED, error=describe(error), duration=duration)
+        return Outcome(TaskStatus.FAILED, error=describe(error), duration=duration, exception=error)
     return Outcome(TaskStatus.SUCCESS, result=encoded, duration=duration)
 
 
@@ -115,11 +125,11 @@ def failure_outcome(record: TaskRecord, exc: BaseException, duration: float = 0.
     # issubclass(type(...)), not isinstance: isinstance asks the object for its
     # __class__, and a task's exception may refuse (or lie).
     if issubclass(type(exc), TaskCancelled):
-        return Outcome(TaskStatus.CANCELLED, error=error, duration=duration)
+        return Outcome(TaskStatus.CANCELLED, error=error, duration=duration, exception=exc)
     retry_in = RetryPolicy.from_options(record.options).retry_in(exc, record.attempts)
     if retry_in is not None:
-        return Outcome(TaskStatus.PENDING, error=error, duration=duration, retry_in=retry_in)
-    return Outcome(TaskStatus.FAILED, error=error, duration=duration)
+        return Outcome(TaskStatus.PENDING, error=error, duration=duration, retry_in=retry_in, exception=exc)
+    return Outcome(TaskStatus.FAILED, error=error, duration=duration, exception=exc)
 
 
 def settlement_for(manager: Manager, record: TaskRecord, outcome: Outcome, owner: str,

@@ -14,6 +14,7 @@ from castor.durations import to_epoch, to_seconds
 from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
 from castor.handle import Task
 from castor.ids import new_task_id
+from castor.instrumentation import Instruments
 from castor.interrupts import shielded
 from castor.keys import call_key
 from castor.serialization import encode_call, get_serializer
@@ -74,6 +75,9 @@ class Manager:
         self.include = tuple(include)
         # Periodic schedules by task name (see castor.periodic); castord fires them.
         self.schedules: dict[str, Any] = {}
+        # Tracing and error reporting around enqueues and runs, once an integration
+        # installs itself (castor/instrumentation.py); None costs the hot paths nothing.
+        self.instruments: Instruments | None = None
 
     @property
     def path(self) -> str:
@@ -197,10 +201,8 @@ class Manager:
         )
 
     def _submit(self, tasks: list[NewTask]) -> list[Task[Any]]:
-        if len(tasks) == 1 and tasks[0].cache_ttl is None:
-            ids = self.store.enqueue(tasks)  # the hot path
-        else:
-            ids = self._enqueue_uncached(tasks)
+        instruments = self.instruments  # tracing, error reporting (castor.integrations)
+        ids = self._write(tasks) if instruments is None else instruments.enqueue(tasks, self._write)
         if self.eager:
             from castor.worker import run_eagerly
 
@@ -208,6 +210,11 @@ class Manager:
                 if task.id == task_id:  # not a unique twin's or a cached task's id
                     run_eagerly(self, task.id)
         return [Task(self, task_id) for task_id in ids]
+
+    def _write(self, tasks: list[NewTask]) -> list[str]:
+        if len(tasks) == 1 and tasks[0].cache_ttl is None:
+            return self.store.enqueue(tasks)  # the hot path
+        return self._enqueue_uncached(tasks)
 
     def _enqueue_uncached(self, tasks: list[NewTask]) -> list[str]:
         """Enqueue the tasks that no recent cached success answers (cache_ttl=)."""

@@ -1,0 +1,1 @@
+"""Integrations with other tools' SDKs, each behind its own extra (docs/integrations.md)."""
