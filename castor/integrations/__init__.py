@@ -1,0 +1,1 @@
+"""castor's integrations with other libraries, each behind its own extra."""
