@@ -12,11 +12,12 @@
 
     $ DJANGO_SETTINGS_MODULE=mysite.settings castord start castor.integrations.django:manager
 
-Every Django task is stored as one castor task named "django.task" whose
-arguments are the Django task's module path, its args and its kwargs. In the
-worker, that castor task imports the Django task by its path and calls it, with
-Django set up (`castor.integrations.django:manager` runs `django.setup()` in
-each castord child as it loads).
+Every Django task is stored as a castor task named after its backend
+("django:default") whose arguments are the Django task's module path, its args
+and its kwargs. In the worker, that castor task imports the Django task by its
+path and calls it, with Django set up (`castor.integrations.django:manager`
+runs `django.setup()` in each castord child as it loads). One castord runs the
+tasks of every castor backend that shares a DATABASE, each in its backend's MODE.
 """
 
 from __future__ import annotations
@@ -56,10 +57,10 @@ from castor.states import TaskStatus
 from castor.store import TaskRecord
 from castor.task import MODES, STORED_OPTIONS, build_options
 
-__all__ = ["TASK_NAME", "CastorBackend", "get_manager"]
+__all__ = ["CastorBackend", "get_manager", "task_name"]
 
-# The castor task every Django task is stored as.
-TASK_NAME = "django.task"
+# The castor tasks Django tasks are stored as: "django:" and the backend's alias.
+TASK_PREFIX = "django:"
 OPTION_KEYS = ("DATABASE", "MODE", "TASK_OPTIONS")
 # castor options a backend may give the stored tasks (the rest come from Django:
 # priority and queue per task, the mode from MODE).
@@ -113,7 +114,7 @@ def parse_options(alias: str, options: Any) -> BackendOptions:
             f"{where}['TASK_OPTIONS']: {refused[0]!r} is not one castor takes here; the options are "
             f"{', '.join(TASK_OPTION_KEYS)} (priority and queue come from each Django task, the mode from MODE)")
     try:
-        build_options(run_django_task, {"mode": mode, "name": TASK_NAME, **task_options})
+        build_options(run_django_task, {"mode": mode, "name": task_name(alias), **task_options})
     except ConfigurationError as exc:
         reason = str(exc).split(": ", 1)[-1]  # without castor's "@manager.task on ...:" prefix
         raise InvalidTaskBackend(f"{where}['TASK_OPTIONS']: {reason}") from None
@@ -129,25 +130,25 @@ def _check_queues(alias: str, queues: Any) -> None:
                 f"TASKS[{alias!r}]['QUEUES'] holds {name!r}; a queue name is a non-empty string")
 
 
+def task_name(alias: str) -> str:
+    """The castor task name under which backend `alias` stores its Django tasks."""
+    return f"{TASK_PREFIX}{alias}"
+
+
 # One Manager per database file in a process, shared by every backend on it (Django
-# makes a backend per thread) and by its threads, as castor's store allows.
-_managers: dict[str, tuple[BackendOptions, Manager]] = {}
+# makes a backend per thread; aliases may share a file) and by its threads, as
+# castor's store allows. Each alias registers its own castor task on it.
+_managers: dict[str, Manager] = {}
 _managers_lock = threading.Lock()
 
 
 def _manager_for(alias: str, options: BackendOptions) -> Manager:
     with _managers_lock:
-        known = _managers.get(options.database)
-        if known is not None:
-            if (known[0].mode, known[0].task_options) != (options.mode, options.task_options):
-                raise InvalidTaskBackend(
-                    f"TASKS[{alias!r}] uses castor's database {options.database} with other MODE or "
-                    "TASK_OPTIONS than another backend on the same file; give them the same ones, "
-                    "or a DATABASE each")
-            return known[1]
-        manager = Manager(options.database)
-        manager.task(mode=options.mode, name=TASK_NAME, **options.task_options)(run_django_task)
-        _managers[options.database] = (options, manager)
+        manager = _managers.get(options.database)
+        if manager is None:
+            manager = _managers[options.database] = Manager(options.database)
+        if task_name(alias) not in manager.registry:
+            manager.task(mode=options.mode, name=task_name(alias), **options.task_options)(run_django_task)
         return manager
 
 
@@ -175,7 +176,7 @@ class CastorBackend(BaseTaskBackend):
         # Checked here so that the message names the Django task and its argument.
         encode_call(manager.serializer, task.module_path, tuple(args), dict(kwargs))
         run_after = None if task.run_after is None else to_epoch(task.run_after, "run_after")
-        handle = manager.registry[TASK_NAME].apply_async(
+        handle = manager.registry[task_name(self.alias)].apply_async(
             (task.module_path, list(args), dict(kwargs)), {"backend": self.alias, "run_after": run_after},
             priority=task.priority, queue=task.queue_name, eta=run_after,
         )
@@ -188,7 +189,7 @@ class CastorBackend(BaseTaskBackend):
             record = self.manager.AsyncResult(result_id).info()
         except UnknownTaskError:
             raise TaskResultDoesNotExist(result_id) from None
-        if record.name != TASK_NAME:  # a castor task of the application's own, not a Django one
+        if not record.name.startswith(TASK_PREFIX):  # a castor task of the application's own
             raise TaskResultDoesNotExist(result_id)
         return task_result(record)
 
@@ -213,7 +214,7 @@ class CastorBackend(BaseTaskBackend):
 
 
 def task_result(record: TaskRecord, task: Task | None = None) -> TaskResult:
-    """Django's view of a stored "django.task" record (`task`: the Task, if at hand)."""
+    """Django's view of a stored "django:<alias>" record (`task`: the Task, if at hand)."""
     path, args, kwargs = get_serializer(record.serializer).loads(record.args)
     options = get_serializer(record.serializer).loads(record.kwargs)
     if task is None:
@@ -283,7 +284,7 @@ def _django_task(path: str) -> Task:
 
 def run_django_task(path: str, args: list[Any], kwargs: dict[str, Any], *, backend: str,
                     run_after: float | None = None) -> Any:
-    """Import the Django task at `path` and call it, as castor's "django.task"."""
+    """Import the Django task at `path` and call it, as castor's "django:<alias>"."""
     from django.db import close_old_connections
 
     _setup_django()
@@ -328,7 +329,8 @@ def _setup_django() -> None:
 
 def get_manager(alias: str = DEFAULT_TASK_BACKEND_ALIAS) -> Manager:
     """The castor Manager of Django's TASKS[alias], with Django set up first: for
-    castord's APP (`castor.integrations.django:manager` is the default alias's)."""
+    castord's APP (`castor.integrations.django:manager` is the default alias's).
+    It runs the tasks of every castor backend whose DATABASE is the same file."""
     try:
         _setup_django()
     except Exception as exc:  # noqa: BLE001 - settings missing, or failing to import
@@ -341,13 +343,21 @@ def get_manager(alias: str = DEFAULT_TASK_BACKEND_ALIAS) -> Manager:
 
     try:
         backend = task_backends[alias]
-    except InvalidTaskBackend as exc:
+        if not isinstance(backend, CastorBackend):
+            raise AppLoadError(
+                f"TASKS[{alias!r}] uses {type(backend).__module__}.{type(backend).__qualname__}, not "
+                "castor.integrations.django.CastorBackend: castord has nothing of it to run")
+        manager = backend.manager
+        # The other castor backends on this file register their castor tasks too,
+        # so that a castord on this Manager runs all of them.
+        for other in task_backends.settings:
+            if other != alias and issubclass(import_string(task_backends.settings[other]["BACKEND"]), CastorBackend):
+                sibling = task_backends[other]
+                if sibling.castor_options.database == backend.castor_options.database:
+                    sibling.manager  # noqa: B018 - registers its castor task on the shared Manager
+    except (InvalidTaskBackend, ImportError) as exc:
         raise AppLoadError(f"Django's TASKS setting: {exc}") from exc
-    if not isinstance(backend, CastorBackend):
-        raise AppLoadError(
-            f"TASKS[{alias!r}] uses {type(backend).__module__}.{type(backend).__qualname__}, not "
-            "castor.integrations.django.CastorBackend: castord has nothing of it to run")
-    return backend.manager
+    return manager
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,11 @@ TASKS = {
         "BACKEND": "castor.integrations.django.CastorBackend",
         "QUEUES": ["default", "emails"],
         "OPTIONS": {"DATABASE": BASE_DIR / "tasks.db"},
-    }
+    },
+    "cpu": {  # the same file: one castord runs both, these in its process children
+        "BACKEND": "castor.integrations.django.CastorBackend",
+        "OPTIONS": {"DATABASE": BASE_DIR / "tasks.db", "MODE": "process"},
+    },
 }
 '''
 
@@ -65,6 +69,11 @@ def add(a, b):
 @task(queue_name="emails", priority=10)
 def send_email(to):
     return {"sent": to, "pid": os.getpid()}
+
+
+@task(backend="cpu")
+def crunch(n):
+    return {"sum": sum(range(n)), "pid": os.getpid()}
 
 
 @task
@@ -147,6 +156,7 @@ def enqueue():
         "mark_paid": tasks.mark_paid.enqueue(order.pk),
         "later": tasks.add.using(run_after=timezone.now() + timedelta(seconds=2)).enqueue(10, 20),
         "urgent": tasks.add.using(priority=-5, queue_name="emails").enqueue(0, 0),
+        "crunch": tasks.crunch.enqueue(1000),
     }
     print(json.dumps({"order": order.pk, **{k: view(r) for k, r in results.items()}}))
 
@@ -242,13 +252,9 @@ def start(daemon: Castord, settings: str) -> None:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", ["thread", "process"])
-def test_django_tasks_enqueue_into_castor_and_castord_runs_them(migrated: Path, castord: Castord,
-                                                               mode: str) -> None:
-    settings = f"mysite.settings_{mode}"
-    write(migrated / "mysite" / f"settings_{mode}.py",
-          f"from mysite.settings import *\nTASKS['default']['OPTIONS']['MODE'] = {mode!r}\n")
-    enqueued = json.loads(run(migrated, "client.py", "enqueue", settings=settings).stdout)
+def test_django_tasks_enqueue_into_castor_and_castord_runs_them(migrated: Path, castord: Castord) -> None:
+    settings = "mysite.settings"
+    enqueued = json.loads(run(migrated, "client.py", "enqueue").stdout)
     order = enqueued.pop("order")
     assert {r["status"] for r in enqueued.values()} == {"READY"}
     assert enqueued["send_email"]["queue"] == "emails" and enqueued["send_email"]["priority"] == 10
@@ -263,7 +269,8 @@ def test_django_tasks_enqueue_into_castor_and_castord_runs_them(migrated: Path, 
         stored = {t.id: t.info() for t in manager.tasks(limit=None)}
     finally:
         manager.close()
-    assert {(r.name, r.mode) for r in stored.values()} == {("django.task", mode)}
+    assert {(r.name, r.mode) for r in stored.values()} == {("django:default", "thread"), ("django:cpu", "process")}
+    assert stored[enqueued["crunch"]["id"]].name == "django:cpu" and enqueued["crunch"]["backend"] == "cpu"
     email = stored[enqueued["send_email"]["id"]]
     assert (email.queue, email.priority) == ("emails", 10)
     assert json.loads(email.args) == ["shop.tasks.send_email", ["ada@example.com"], {}]
@@ -279,6 +286,8 @@ def test_django_tasks_enqueue_into_castor_and_castord_runs_them(migrated: Path, 
     assert results["urgent"]["return_value"] == 0
     sent = results["send_email"]["return_value"]
     assert sent["sent"] == "ada@example.com" and sent["pid"] != castord.pid  # ran in a child
+    assert results["crunch"]["return_value"]["sum"] == 499500 and results["crunch"]["backend"] == "cpu"
+    assert results["crunch"]["return_value"]["pid"] not in (castord.pid, sent["pid"])  # a process child
     assert results["whoami"]["return_value"] == {"id": ids["whoami"], "attempt": 1, "tag": "t",
                                                  "status": "RUNNING"}
     assert results["mark_paid"]["return_value"] == order
