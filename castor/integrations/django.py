@@ -50,7 +50,7 @@ except ImportError as exc:  # no Django, or one older than 6.0 (no django.tasks)
 from castor import context
 from castor.app import AppLoadError
 from castor.durations import to_epoch
-from castor.errors import CastorError, ConfigurationError, TaskCancelled, UnknownTaskError
+from castor.errors import CastorError, ConfigurationError, SerializationError, TaskCancelled, UnknownTaskError
 from castor.manager import Manager
 from castor.serialization import encode_call, get_serializer
 from castor.states import TaskStatus
@@ -174,7 +174,12 @@ class CastorBackend(BaseTaskBackend):
         self.validate_task(task)
         manager = self.manager
         # Checked here so that the message names the Django task and its argument.
-        encode_call(manager.serializer, task.module_path, tuple(args), dict(kwargs))
+        try:
+            encode_call(manager.serializer, task.module_path, tuple(args), dict(kwargs))
+        except SerializationError as exc:
+            reason = str(exc).split(" Pass plain JSON types")[0]  # castor's hint names a Manager option
+            raise SerializationError(f"{reason} Django task arguments must be JSON values: str, int, float, "
+                                     "bool, None, and lists and dicts of them.") from None
         run_after = None if task.run_after is None else to_epoch(task.run_after, "run_after")
         handle = manager.registry[task_name(self.alias)].apply_async(
             (task.module_path, list(args), dict(kwargs)), {"backend": self.alias, "run_after": run_after},

@@ -440,8 +440,8 @@ def test_enqueue_refuses_what_json_cannot_carry_and_stores_nothing(project: Path
               "from castor.integrations.django import get_manager\nprint(get_manager().count())\n")
     lines = run(project, "-c", script).stdout.splitlines()
     assert lines[0] == ("cannot enqueue shop.tasks.add: argument 1 (object) is not json-serializable (Object of "
-                        "type object is not JSON serializable). Pass plain JSON types (str, int, float, bool, "
-                        "None, list, dict), or create the Manager with serializer='pickle'.")
+                        "type object is not JSON serializable). Django task arguments must be JSON values: "
+                        "str, int, float, bool, None, and lists and dicts of them.")
     assert lines[1] == "InvalidTask Queue 'nope' is not valid for backend."
     assert lines[2] == "0"
 
