@@ -125,6 +125,19 @@ def test_a_retry_waits_for_its_backoff_unless_advance_covers_it(manager):
     assert task.result == "ok" and task.attempts == 2
 
 
+def test_each_backoff_counts_from_its_own_failure(manager):
+    """As docs/testing-your-app.md says: retries of 10, 20 and 40 s all fit advance=60."""
+    @manager.task(mode="process", retries=3, retry_delay=10, retry_backoff=2, retry_jitter=False)
+    def down():
+        raise ConnectionError("still down")
+
+    task = down.delay()
+    drain(manager, advance=30)  # the 40 s wait does not fit
+    assert task.status() == "pending" and task.attempts == 3
+    drain(manager, advance=60)
+    assert task.status() == "failed" and task.attempts == 4
+
+
 def test_countdown_and_eta_tasks_wait_for_advance(manager):
     @manager.task(mode="process")
     def remind(who):
