@@ -267,6 +267,13 @@ class Worker:
                             else str(settlement.status), duration, record.id)
         task_log.settled(settlement, record, duration, accepted)
 
+    def close(self) -> None:
+        """Stop the event-loop thread started for `async def` tasks (run() does this
+        on its way out; a caller that only step()s calls it)."""
+        if self._loop_thread is not None and not self.running:
+            self._loop_thread.close()
+            self._loop_thread = None
+
     def settle(self, settlement: Settlement, duration: float | None = None) -> bool:
         """Write the outcome of a task this worker holds (one that castord stopped:
         a timeout, a cancel), with its log line and tally, as if it had ended here."""
@@ -349,9 +356,7 @@ class Worker:
         finally:
             keeper.stop()
             self.store.background_checkpoints(False)
-            if self._loop_thread is not None and not self.running:
-                self._loop_thread.close()
-                self._loop_thread = None
+            self.close()
 
     def _run_serial(self, until_idle: bool) -> None:
         try:

@@ -32,6 +32,7 @@ from setproctitle import setproctitle
 from castor.app import AppLoadError, load_manager
 from castor.errors import StoreError, TaskCancelled, TaskTimeout
 from castor.execution import failure_outcome, settlement_for
+from castor.instrumentation import flush_all, stopped
 from castor.logs import get_logger
 from castor.worker import Worker
 from castord.logging import flush_output
@@ -52,6 +53,8 @@ EXIT_TASK_CANCELLED = 6
 # failing), after ("database_error", message); the master counts it like a boot
 # failure, so castord stops instead of replacing children forever.
 EXIT_DATABASE_ERROR = 7
+# How long a leaving child waits for castor.integrations' SDKs to send what they hold.
+FLUSH_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,9 @@ def _close_master_tracker() -> None:
 def _leave(channel: Channel, reason: str, code: int) -> None:
     """Every deliberate exit: say so (the master trusts this, not the status), then go."""
     channel.send("exiting", reason)
+    # The tracing and error-reporting SDKs' buffers (castor.integrations): _exit skips
+    # their atexit flush. Bounded: a collector that does not answer costs FLUSH_SECONDS.
+    flush_all(timeout=FLUSH_SECONDS)
     flush_output()  # what task code wrote last, as task.output lines
     logging.shutdown()  # flush the log file before _exit skips interpreter cleanup
     os._exit(code)
@@ -261,6 +267,7 @@ def _lease_lost(worker: Worker, record: Any, channel: Channel) -> None:
 def _stop_task(worker: Worker, record: Any, heartbeat: Heartbeat, exc: BaseException, reason: str,
                code: int) -> None:
     _hand_back(worker)
+    stopped(worker.manager, record, exc)  # end the attempt's span, report it to Sentry
     now = time.time()
     settlement = settlement_for(worker.manager, record, failure_outcome(record, exc), worker.owner, now)
     # Its end line (task.cancelled, task.failed or task.retrying) and its tally, as

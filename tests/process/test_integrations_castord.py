@@ -187,13 +187,6 @@ def test_a_fork_of_a_task_ends_no_span_of_its_own(traced: Any) -> None:
     assert run["attributes"]["castor.status"] == "success"
 
 
-# Both need castord's children to tell the instruments (castord/children.py): see the
-# diff in the report of the branch that added them; strict, so they fail once it lands.
-NEEDS_CHILDREN_DIFF = pytest.mark.xfail(
-    strict=True, reason="castord/children.py does not yet call castor.instrumentation.stopped() / flush_all()")
-
-
-@NEEDS_CHILDREN_DIFF
 @pytest.mark.timeout(90)
 def test_a_process_task_stopped_at_its_timeout_ends_its_span_and_is_reported(traced: Any) -> None:
     task = traced.app.pslow.delay()
@@ -206,7 +199,6 @@ def test_a_process_task_stopped_at_its_timeout_ends_its_span_and_is_reported(tra
     assert event["exception"]["values"][0]["type"] == "TaskTimeout"
 
 
-@NEEDS_CHILDREN_DIFF
 @pytest.mark.parametrize("traced", ["batch"], indirect=True)
 @pytest.mark.timeout(90)
 def test_spans_still_buffered_are_sent_as_castord_stops(traced: Any) -> None:
