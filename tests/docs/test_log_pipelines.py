@@ -101,7 +101,7 @@ def test_documented_pipelines_work_on_real_output(app_dir: Path, tmp_path: Path)
             assert sorted(e["task_id"] for e in out) == sorted(e["task_id"] for e in failed)
         elif "child.exited" in pipeline:
             assert all(e["event"] == "child.exited" and e["expected"] is False for e in out)
-        elif "{task_name, exc_type, exc_message}" in pipeline:
+        elif "{task_id, task_name, exc_type, exc_message}" in pipeline:
             assert {e["task_name"] for e in out if e["task_name"]} == {"tboom", "pboom", "lost"}
         else:
             pytest.fail(f"no expectation for a documented pipeline: {pipeline}")

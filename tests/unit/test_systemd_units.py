@@ -1,9 +1,11 @@
-"""The shipped systemd units: the keys SPEC §4 asks for, and systemd-analyze verify."""
+"""The shipped systemd units: the keys SPEC §4 asks for, systemd-analyze verify, and the
+paths docs/deployment.md tells you to set up. (tests/system/test_systemd.py runs the
+instance unit under a real systemd.)"""
 
 from __future__ import annotations
 
 import configparser
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.tools import require_tool
 
 UNITS = REPO / "systemd"
 
@@ -41,8 +44,8 @@ def test_instance_unit_reads_the_apps_env_file():
     assert service["EnvironmentFile"] == "/etc/castord/%i.env"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify(tmp_path):
+    require_tool("systemd-analyze", "apt-get install systemd")
     castord = str(Path(sys.executable).parent / "castord")
     for name, target in [("castord@.service", "castord@myapp.service"),
                          ("castord-example.service", "castord-example.service")]:
@@ -61,3 +64,16 @@ def test_systemd_analyze_verify(tmp_path):
 def test_units_create_owner_only_files(name):
     service = parse(UNITS / name)["Service"]
     assert service["UMask"] == "0077"
+
+
+def test_the_deployment_steps_set_up_what_the_instance_unit_uses():
+    """Step by step, docs/deployment.md links castord where ExecStart= looks, writes the env
+    file EnvironmentFile= reads, and makes the directory ReadWritePaths= allows."""
+    service = parse(UNITS / "castord@.service")["Service"]
+    steps = (REPO / "docs" / "deployment.md").read_text().split("## What the unit does")[0]
+    binary = service["ExecStart"].split()[0]
+    assert re.search(rf"ln -s \S+/bin/castord {re.escape(binary)}\n", steps), binary
+    assert service["EnvironmentFile"].replace("%i", "myapp") in steps
+    assert service["ReadWritePaths"] == "/var/lib/%i" and service["StateDirectory"] == "%i"
+    assert "install -d -o myapp -g myapp /var/lib/myapp" in steps
+    assert (service["User"], service["Group"]) == ("%i", "%i") and "useradd --system" in steps
