@@ -65,14 +65,22 @@ class Gunicorn:
         return [int(m[1]) for line in self.lines() if (m := re.search(r"Booting worker with pid: (\d+)", line))]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # the master; its workers notice it gone and leave
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the master and its workers
             self.proc.wait(timeout=10)
-        for pid in self.workers():
-            try:
-                os.kill(pid, signal.SIGKILL)  # only pids this gunicorn booted, and only if still there
-            except ProcessLookupError:
-                pass
+        for pid in self.workers():  # a worker left behind, if it is still ours (same process group)
+            if _process_group(pid) == self.proc.pid:
+                os.kill(pid, signal.SIGKILL)
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[2])  # after "pid (comm) state ppid": pgrp
 
 
 @pytest.fixture
