@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Iterator, Sequence
+import json
+import math
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, NoReturn
 
@@ -24,7 +28,8 @@ try:
     from fastapi import APIRouter, HTTPException, Query, Request, Response
     from fastapi.params import Depends
     from fastapi.responses import JSONResponse
-    from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+    from fastapi.routing import APIRoute
+    from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides fastapi
     raise ModuleNotFoundError(
         f"castor.web needs FastAPI ({exc}); install it with: pip install 'castor[web]'", name="fastapi"
@@ -36,10 +41,90 @@ from castor.manager import Manager
 from castor.states import TaskStatus
 from castor.store import Query as StoreQuery
 from castor.store import TaskRecord
-from castor.task import TaskFunction
+from castor.task import PRIORITY_RANGE, TaskFunction
 
-__all__ = ["HealthOut", "SubmitRequest", "Submitted", "TaskOut", "TaskSummaryOut", "TaskTypeOut", "router",
-           "task_out"]
+__all__ = ["HealthOut", "StrictJSONRoute", "SubmitRequest", "Submitted", "TaskOut", "TaskSummaryOut", "TaskTypeOut",
+           "router", "task_out"]
+
+
+# -- the numbers a request may carry ------------------------------------------------
+# Each is checked (422) before anything is stored. Strict: true is not 1, "5" is not 5.
+
+# A century: the longest duration. A longer one overflows what it feeds (a timer's wait,
+# threading.TIMEOUT_MAX being ~292 years; or an eta no datetime can show, which made every
+# GET that listed the task answer 500).
+MAX_SECONDS = 100 * 365 * 86_400
+# With retry_backoff up to MAX_BACKOFF, backoff ** retries stays a float (1000 ** 100 is 1e300;
+# a float ends near 1.8e308, and the retry's wait computed past it raised OverflowError).
+MAX_RETRIES = 100
+MAX_BACKOFF = 1000.0
+# 1970-01-01T00:00:00Z (an earlier eta means "now" just the same) to 9999-12-31T23:59:59Z,
+# the last second a datetime can show.
+ETA_RANGE = (0, 253_402_300_799)
+# The largest integer SQLite takes (a larger OFFSET raised OverflowError: a 500).
+MAX_OFFSET = 2**63 - 1
+MAX_LIMIT = 1000
+
+Seconds = Annotated[float, Field(strict=True, ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(strict=True, gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+UnixSeconds = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
+# -- JSON that is JSON -----------------------------------------------------------------
+
+
+class StrictJSONRoute(APIRoute):
+    """An APIRoute whose JSON bodies must be JSON: NaN, Infinity, a number too large
+    for a float (1e400), an integer of more than 4300 digits and bytes that are not
+    UTF-8 are a 422, as any other malformed JSON is.
+
+    Python's json reads the first three as floats, and FastAPI's 422 answer repeats
+    the input it refused: it cannot encode a NaN, so that answer was a 500. The router
+    uses this class; give it to your own routes with
+    `APIRouter(route_class=castor.web.StrictJSONRoute)`.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_json(request: Request) -> Response:
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict_json
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_strict_json"):
+            body = await self.body()
+            self._strict_json = _strict_loads(body)
+        return self._strict_json
+
+
+def _strict_loads(body: bytes) -> Any:
+    def refuse(what: str) -> NoReturn:
+        # A JSONDecodeError: FastAPI answers it with its 422 "json_invalid", the message in ctx.
+        raise json.JSONDecodeError(what, body.decode("utf-8", "replace"), 0)
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            refuse(f"the number {text[:40]} is too large for a float")
+        return value
+
+    def integer(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:  # Python's limit on int(str), 4300 digits unless configured
+            refuse(f"an integer of {len(text)} digits is more than this server reads "
+                   f"({sys.get_int_max_str_digits()})")
+
+    try:
+        return json.loads(body, parse_float=number, parse_int=integer,
+                          parse_constant=lambda name: refuse(f"{name} is not JSON: numbers must be finite"))
+    except UnicodeDecodeError as exc:  # FastAPI alone answers it 400, unlike any other bad JSON
+        refuse(f"the body is not UTF-8 text: {exc.reason} at byte {exc.start}")
 
 
 # -- bodies ---------------------------------------------------------------------------
@@ -57,25 +142,51 @@ class SubmitRequest(BaseModel):
     name: str = Field(description="The registered task name (GET {prefix}/types lists them).")
     args: list[Any] = Field(default_factory=list, description="Positional arguments.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments.")
-    countdown: float | None = Field(default=None, description="Run no sooner than this many seconds from now.")
-    eta: AwareDatetime | None = Field(
-        default=None, description="Run no sooner than this instant: ISO 8601 with a timezone, or Unix seconds.")
-    priority: int | None = Field(default=None, description="Higher runs first.")
+    countdown: Seconds | None = Field(default=None, description="Run no sooner than this many seconds from now.")
+    eta: AwareDatetime | UnixSeconds | None = Field(
+        default=None, description="Run no sooner than this instant: ISO 8601 with a timezone, or Unix seconds "
+                                  "(a JSON number), from 1970 to 9999.")
+    priority: Annotated[int, Field(strict=True, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1])] | None = Field(
+        default=None, description="Higher runs first.")
     queue: str | None = None
     task_id: str | None = Field(default=None, description="Your own id for the task (must be new).")
-    timeout: float | None = Field(default=None, description="Seconds this run may take.")
-    retries: int | None = None
-    retry_delay: float | None = None
-    retry_backoff: float | None = None
-    retry_max_delay: float | None = None
-    retry_jitter: bool | None = None
-    result_ttl: float | None = Field(default=None, description="Seconds a success is kept (0: deleted at once).")
-    failure_ttl: float | None = Field(default=None, description="Seconds a failure or cancellation is kept.")
-    unique: bool | str | None = Field(
+    timeout: PositiveSeconds | None = Field(default=None, description="Seconds this run may take.")
+    retries: Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)] | None = None
+    retry_delay: Seconds | None = None
+    retry_backoff: Annotated[float, Field(strict=True, ge=1, le=MAX_BACKOFF, allow_inf_nan=False)] | None = None
+    retry_max_delay: Seconds | None = None
+    retry_jitter: StrictBool | None = None
+    result_ttl: Seconds | None = Field(default=None, description="Seconds a success is kept (0: deleted at once).")
+    failure_ttl: PositiveSeconds | None = Field(
+        default=None, description="Seconds a failure or cancellation is kept.")
+    unique: StrictBool | str | None = Field(
         default=None, description="true: a pending or running twin with the same arguments is returned instead; "
                           "a string: the twin's key.")
-    cache_ttl: float | None = Field(
+    cache_ttl: PositiveSeconds | None = Field(
         default=None, description="Return a success with the same arguments that finished within this many seconds.")
+
+    @field_validator("eta", mode="before")
+    @classmethod
+    def _eta_is_an_instant_or_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("eta must be an ISO 8601 instant with a timezone or Unix seconds, not true or false")
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                return value  # ISO 8601, checked by AwareDatetime
+            # pydantic would read it as a timestamp, in milliseconds past 2e10: say what we take instead.
+            raise ValueError(f"eta {value!r}: a string is ISO 8601 with a timezone (2030-01-01T09:00:00Z); "
+                             "send Unix seconds as a JSON number")
+        return value
+
+    @field_validator("eta")
+    @classmethod
+    def _eta_in_range(cls, value: datetime | float | None) -> datetime | float | None:
+        seconds = value.timestamp() if isinstance(value, datetime) else value
+        if seconds is not None and not ETA_RANGE[0] <= seconds <= ETA_RANGE[1]:
+            raise ValueError("eta must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
+        return value
 
 
 # The body's fields that are apply_async options (checked against CALL_OPTIONS by a test).
@@ -177,7 +288,8 @@ def router(
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigurationError(f"castor.web.router: prefix must start with '/' and not end with one, "
                                  f"e.g. '/tasks', not {prefix!r}")
-    api = APIRouter(prefix=prefix, tags=list(tags or []), dependencies=list(dependencies or []))
+    api = APIRouter(prefix=prefix, tags=list(tags or []), dependencies=list(dependencies or []),
+                    route_class=StrictJSONRoute)
     root = "" if prefix else "/"
     missing: dict[int | str, dict[str, Any]] = {
         404: {"description": "No task with that id (never enqueued, or purged)."}}
@@ -212,8 +324,8 @@ def router(
         status: TaskStatus | None = None,
         name: str | None = None,
         queue: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> list[dict[str, Any]]:
         """Tasks, newest first, filtered by status, task name and queue."""
         with _http_errors():

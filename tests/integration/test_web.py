@@ -160,6 +160,104 @@ def test_submit_with_call_options(client, manager):
     assert manager.count("pending", name="add") == 4
 
 
+# Issue 13 item 13: every number is range-checked before anything is stored. A century is
+# the longest duration (longer ones overflow the timers and dates they feed: a countdown of
+# 1e300 s used to store a task that made GET /tasks answer 500 for everyone).
+CENTURY = 100 * 365 * 86_400
+OUT_OF_RANGE = [
+    ("countdown", -1, "greater than or equal to 0"),
+    ("countdown", CENTURY + 1, "less than or equal to 3153600000"),
+    ("countdown", 1e300, "less than or equal to"),
+    ("countdown", True, "valid number"),
+    ("countdown", "5", "valid number"),
+    ("priority", 2**63, "less than or equal to 9223372036854775807"),
+    ("priority", -(2**63) - 1, "greater than or equal to -9223372036854775808"),
+    ("priority", False, "valid integer"),
+    ("timeout", 0, "greater than 0"),
+    ("timeout", CENTURY + 1, "less than or equal to"),
+    ("retries", -1, "greater than or equal to 0"),
+    ("retries", 101, "less than or equal to 100"),
+    ("retries", 10**30, "less than or equal to 100"),
+    ("retry_delay", -0.5, "greater than or equal to 0"),
+    ("retry_delay", 1e308, "less than or equal to"),
+    ("retry_backoff", 0.5, "greater than or equal to 1"),
+    ("retry_backoff", 1e308, "less than or equal to 1000"),
+    ("retry_max_delay", 1e308, "less than or equal to"),
+    ("result_ttl", -1, "greater than or equal to 0"),
+    ("result_ttl", 1e308, "less than or equal to"),
+    ("failure_ttl", 0, "greater than 0"),
+    ("failure_ttl", 1e308, "less than or equal to"),
+    ("cache_ttl", 0, "greater than 0"),
+    ("cache_ttl", 1e308, "less than or equal to"),
+    ("eta", -1, "between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"),
+    ("eta", 253402300800, "between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"),
+    ("eta", "0001-01-01T00:00:00+01:00", "between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"),
+    ("eta", "9999-12-31T23:59:59-01:00", "between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"),
+    ("eta", "1700000000", "send Unix seconds as a JSON number"),
+    ("eta", True, "eta must be"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), OUT_OF_RANGE, ids=lambda v: repr(v)[:30])
+def test_submit_numbers_out_of_range_are_422(client, manager, option, value, message):
+    response = client.post("/tasks", json={"name": "add", "args": [1, 2], option: value})
+    assert response.status_code == 422, response.text
+    assert message in response.text, response.text
+    assert manager.count() == 0
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("option", ["countdown", "timeout", "retry_delay", "result_ttl", "eta"])
+def test_submit_refuses_json_nan_and_infinity(client, manager, option, token):
+    body = '{"name": "add", "args": [1, 2], "%s": %s}' % (option, token)  # Python's json reads these
+    response = client.post("/tasks", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert f"{token} is not JSON: numbers must be finite" in response.text
+    assert manager.count() == 0
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('{"name": NaN}', "NaN is not JSON"),  # FastAPI's own 422 repeated the NaN: a 500
+    ('{"name": "add", "args": [1, 2], "priority": 1e400}', "the number 1e400 is too large for a float"),
+    ('{"name": "add", "args": [1e400, 2]}', "too large for a float"),
+    ('{"name": "add", "args": [%s, 2]}' % ("9" * 5000), "an integer of 5000 digits is more than this server reads"),
+    ('{"name": "add", "args": [1, 2], "countdonw": -Infinity}', "-Infinity is not JSON"),
+    (b'{"name": "\xef\xde\xab"}', "the body is not UTF-8 text: invalid continuation byte at byte 10"),
+])
+def test_bodies_with_numbers_json_cannot_carry_are_422(manager, body, message):
+    client = TestClient(make_client(manager).app, raise_server_exceptions=False)
+    response = client.post("/tasks", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["type"] == "json_invalid" and message in response.text
+    assert manager.count() == 0
+
+
+def test_submit_numbers_at_their_bounds_are_stored_and_shown(client, manager):
+    now = time.time()
+    ids = [submit(client, "add", 1, 2, countdown=CENTURY, priority=2**63 - 1, timeout=CENTURY, retries=100,
+                  retry_delay=CENTURY, retry_backoff=1000, retry_max_delay=CENTURY, result_ttl=CENTURY,
+                  failure_ttl=CENTURY),
+           submit(client, "add", 1, 2, priority=-(2**63), eta=0, cache_ttl=CENTURY),
+           submit(client, "add", 1, 2, eta="9999-12-31T23:59:59Z"),
+           submit(client, "add", 1, 2, eta=3e10)]  # Unix seconds however large (not milliseconds)
+    shown = [client.get(f"/tasks/{i}") for i in ids]
+    assert [r.status_code for r in shown] == [200] * 4
+    assert manager.store.get(ids[0]).eta >= now + CENTURY
+    assert [r.json()["eta"][:19] for r in shown[1:]] == [
+        "1970-01-01T00:00:00", "9999-12-31T23:59:59", "2920-08-30T05:20:00"]
+    listed = client.get("/tasks")
+    assert listed.status_code == 200 and len(listed.json()) == 4
+
+
+def test_list_paging_numbers_are_range_checked(client):
+    submit(client, "add", 1, 2)
+    for params in ({"offset": 2**63}, {"offset": 9223372036854775808}, {"limit": 2**63}, {"offset": "1e3"}):
+        response = client.get("/tasks", params=params)
+        assert response.status_code == 422, (params, response.text)
+    largest = client.get("/tasks", params={"offset": 2**63 - 1, "limit": 1000})
+    assert largest.status_code == 200 and largest.json() == []
+
+
 def test_submit_options_are_apply_async_options():
     """Every apply_async option is offered over HTTP, except retry_on (exception classes)."""
     assert set(castor.web.SUBMIT_OPTIONS) == set(CALL_OPTIONS) - {"retry_on"}
@@ -174,7 +272,7 @@ def test_submit_refusals(client, manager):
         ({"name": "add", "args": [1]}, "bad arguments for add: missing a required argument: 'b'"),
         ({"name": "add", "args": [1, 2, 3]}, "bad arguments for add: too many positional arguments"),
         ({"name": "resize", "args": ["wide", 10]}, "width: Input should be a valid integer"),
-        ({"name": "add", "args": [1, 2], "countdown": -1}, "countdown must be zero or more seconds"),
+        ({"name": "add", "args": [1, 2], "countdown": -1}, "Input should be greater than or equal to 0"),
         ({"name": "add", "args": [1, 2], "countdown": 5, "eta": 2e9}, "give eta or countdown, not both"),
         ({"name": "add", "args": [1, 2], "priority": 1.5}, "valid integer"),
         ({"name": "add", "args": [1, 2], "queue": " "}, "queue must be a non-empty string"),
@@ -427,7 +525,7 @@ def test_without_fastapi_the_import_names_the_extra(monkeypatch):
 @pytest.fixture
 def example(tmp_path, monkeypatch):
     """examples/fastapi_app on a fresh database, its app run by the test client
-    (its lifespan closes the Manager and the BeaverDB at the end)."""
+    (its lifespan closes the Manager, and the BeaverDB manager.db opened, at the end)."""
     monkeypatch.setenv("CASTOR_FASTAPI_DB", str(tmp_path / "fastapi_app.db"))
     names = ("examples.fastapi_app.main", "examples.fastapi_app.tasks")
     for name in names:
@@ -484,9 +582,35 @@ def test_example_task_router(example):
     drain(main.manager, "thread")
     drain(main.manager, "process")
     assert client.get(f"/tasks/{paid}").json()["result"] == {"status": "ok", "processed_order": "order-1"}
-    assert main.db.dict("payments")["order-1"]["amount"] == 9.5
+    assert main.manager.db.dict("payments")["order-1"]["amount"] == 9.5
     shown = client.get(f"/tasks/{report}").json()
     assert shown["result"] == {"sections": 4} and shown["priority"] == 5
     assert (shown["progress"], shown["progress_message"]) == (1.0, "section 4 of 4")
     health = client.get("/tasks/health").json()
     assert health["status"] == "ok" and health["counts"]["success"] == 2
+
+
+def test_example_numbers_are_range_checked(example):
+    main, client = example
+    task_id = client.post("/calculate", json={"a": 1, "b": 2}).json()["task_id"]
+    for timeout in ("-1", "60.5", "nan", "inf", "1e308"):
+        response = client.get(f"/calculations/{task_id}/wait", params={"timeout": timeout})
+        assert response.status_code == 422, (timeout, response.text)
+    assert client.get(f"/calculations/{task_id}/wait", params={"timeout": 0}).json()["status"] == "pending"
+    for body in ({"a": False}, {"a": "5"}, {"a": 2**63}, {"b": -(2**63) - 1}, {"a": 1.5}):
+        response = client.post("/calculate", json=body)
+        assert response.status_code == 422, (body, response.text)
+    for raw in ('{"a": NaN}', '{"a": 1e400}'):  # the app's own routes refuse what JSON cannot carry too
+        response = client.post("/calculate", content=raw, headers={"content-type": "application/json"})
+        assert response.status_code == 422 and response.json()["detail"][0]["type"] == "json_invalid", raw
+    assert client.post("/calculate", json={"a": 2**63 - 1, "b": -(2**63)}).status_code == 202
+    assert main.manager.count() == 2
+
+
+def test_example_opens_no_beaverdb_at_import(example):
+    """A BeaverDB opened at import would be inherited by gunicorn --preload's workers, and hang
+    there (tests/process/test_gunicorn.py runs that); the example opens it on first use."""
+    main, _client = example
+    tasks = sys.modules["examples.fastapi_app.tasks"]
+    assert main.manager._db is None  # nothing opened it yet
+    assert not [v for v in vars(tasks).values() if type(v).__name__ == "BeaverDB"]
