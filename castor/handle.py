@@ -150,7 +150,7 @@ class Task(Generic[R]):
 
         Raises `castor.JoinTimeout` (a TimeoutError) if `timeout` seconds pass first.
         """
-        budget = _Budget(to_seconds(timeout, "timeout"))
+        budget = _Budget(to_seconds(timeout, "timeout", limit=None))
         store = self._manager.store
         while True:
             seen = store.generation()
@@ -161,7 +161,7 @@ class Task(Generic[R]):
 
     async def resolve(self, timeout: float | None = None) -> R:
         """`join` for asyncio: awaits without blocking the event loop."""
-        budget = _Budget(to_seconds(timeout, "timeout"))
+        budget = _Budget(to_seconds(timeout, "timeout", limit=None))
         watch = self._manager.store.watch_async()
         try:
             while True:

@@ -60,6 +60,7 @@ class Manager:
                 f"program's transaction), not {lock_timeout!r}")
         self._db = db if not isinstance(db, (str, os.PathLike)) else None
         self._owns_db = False  # True once `db` opened a BeaverDB for a path
+        self._db_pid = 0  # the process that opened it
         self.serializer = get_serializer(serializer)
         self.eager = eager
         # How long finished tasks stay, unless a task says otherwise (None: until
@@ -86,11 +87,17 @@ class Manager:
     @property
     def db(self) -> Any:
         """The application's BeaverDB; opened on first use when Manager got a path."""
+        if self._db is not None and self._owns_db and self._db_pid != os.getpid():
+            # Opened before this process was forked (gunicorn --preload, a multiprocessing
+            # child): its threads stayed behind and it would hang (BEAVER.md). Let it go
+            # unclosed, and open this process's own.
+            self._db = None
         if self._db is None:
             from beaver import BeaverDB
 
             self._db = BeaverDB(self.store.path)
             self._owns_db = True
+            self._db_pid = os.getpid()
         return self._db
 
     # -- defining tasks ------------------------------------------------------
@@ -171,14 +178,15 @@ class Manager:
         where = f"{fn.name}.apply_async"
         call = {k: v for k, v in call.items() if v is not None}  # None: the task's default
         eta = now
-        if "eta" in call:
-            eta = to_epoch(call["eta"], "eta")
-        if "countdown" in call:
+        try:
             if "eta" in call:
-                raise ConfigurationError(f"{where}: give eta or countdown, not both")
-            eta = now + (to_seconds(call["countdown"], "countdown") or 0.0)
-            if eta == float("inf"):
-                raise ConfigurationError(f"{where}: countdown must be a finite number of seconds")
+                eta = to_epoch(call["eta"], "eta")
+            if "countdown" in call:
+                if "eta" in call:
+                    raise ConfigurationError("give eta or countdown, not both")
+                eta = now + (to_seconds(call["countdown"], "countdown") or 0.0)
+        except ValueError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
         queue = validate_queue(call["queue"], where) if "queue" in call else opts.queue
         priority = validate_priority(call["priority"], where) if "priority" in call else opts.priority
         task_id = call.get("task_id") or new_task_id()
@@ -334,7 +342,8 @@ class Manager:
         passed in stays yours to close)."""
         self.store.close()
         if self._owns_db and self._db is not None:
-            self._db.close()
+            if self._db_pid == os.getpid():  # a forked copy's would hang: see db
+                self._db.close()
             self._db = None
             self._owns_db = False
 

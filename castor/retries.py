@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from castor.durations import MAX_SECONDS
 from castor.errors import ConfigurationError, Retry, TaskCancelled, UnknownTaskError
 from castor.failures import class_path
 
 DEFAULT_DELAY = 1.0
 DEFAULT_BACKOFF = 2.0
 DEFAULT_MAX_DELAY = 600.0
+# A retry_backoff past this makes the second retry wait longer than any cap.
+MAX_BACKOFF = 1000.0
 # `raise castor.Retry()` in a task without retries= may retry this many times.
 DEFAULT_EXPLICIT_RETRIES = 3
 
@@ -80,11 +84,14 @@ class RetryPolicy:
                 self.retries or DEFAULT_EXPLICIT_RETRIES)
             if attempt > limit:
                 return None
-            if exc.delay is not None:
-                return max(0.0, float(exc.delay))
+            if exc.delay is not None:  # (NaN -> 0; past a century -> a century)
+                return min(max(0.0, float(exc.delay)), MAX_SECONDS)
         elif attempt > self.retries or not self._matches(exc):
             return None
-        wait = min(self.max_delay, self.delay * self.backoff ** (attempt - 1))
+        try:
+            wait = min(self.max_delay, self.delay * self.backoff ** (attempt - 1))
+        except OverflowError:  # backoff ** attempt past a float's range: the cap, as for any long wait
+            wait = self.max_delay
         return wait * (0.5 + 0.5 * rand()) if self.jitter else wait
 
     def _matches(self, exc: BaseException) -> bool:
@@ -107,9 +114,16 @@ def build_policy(options: dict[str, Any], where: str) -> RetryPolicy:
     for key, default, minimum in (("retry_delay", DEFAULT_DELAY, 0.0), ("retry_backoff", DEFAULT_BACKOFF, 1.0),
                                   ("retry_max_delay", DEFAULT_MAX_DELAY, 0.0)):
         value = options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
             raise ConfigurationError(f"{where}: {key} must be a number ≥ {minimum:g}, not {value!r}")
-        numbers[key] = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        limit = MAX_BACKOFF if key == "retry_backoff" else MAX_SECONDS
+        if number > limit:
+            raise ConfigurationError(f"{where}: {key} must be at most {limit:.0f}, not {value!r}")
+        numbers[key] = number
     jitter = options.get("retry_jitter", True)
     if not isinstance(jitter, bool):
         raise ConfigurationError(f"{where}: retry_jitter must be True or False, not {jitter!r}")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -13,6 +16,7 @@ from beaver import BeaverDB
 
 import castor
 from castor import Worker
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -418,3 +422,32 @@ def test_manager_leaves_a_passed_in_beaverdb_open(beaver):
     manager.close()
     beaver.dict("still")["open"] = True
     assert beaver.dict("still")["open"] is True
+
+
+FORKED_DB = """
+import os, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a process with threads: the point
+import castor
+m = castor.Manager(sys.argv[1])
+m.db.dict("app")["parent"] = 1  # the app's own data, opened before the fork (beaver's threads run)
+pid = os.fork()
+if pid == 0:
+    m.db.dict("app")["child"] = 2  # this process's own BeaverDB, not the inherited one
+    m.close()  # must not wait on the parent's threads
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), sorted(m.db.dict("app").keys()))
+m.close()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_manager_db_after_a_fork_is_the_childs_own(tmp_path):
+    """gunicorn --preload, multiprocessing: a BeaverDB inherited through fork hangs
+    (BEAVER.md); Manager.db opens the child's own and close() leaves the parent's alone."""
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_DB)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "app.db")], capture_output=True,
+                            text=True, timeout=40, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "0 ['child', 'parent']"

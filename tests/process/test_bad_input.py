@@ -22,6 +22,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -736,9 +737,36 @@ def test_options_from_the_environment_and_the_castor_command_exit_2(bad_app):
     (lambda m: castor.Worker(m, mode="thread", threads=0), "threads must be a positive integer, not 0"),
     (lambda m: castor.Manager(m.path, lock_timeout=-1), "lock_timeout must be zero or more seconds"),
     (lambda m: castor.Manager(m.path, result_ttl=-1), "Manager: result_ttl must be zero or more seconds, got -1"),
+    # Numbers past what a stored time can show (issue 13: they broke `castord tasks list`
+    # and the HTTP API for everyone, or killed the timeout timer).
+    (lambda m: m.registry["double"].apply_async((1,), countdown=1e300),
+     "double.apply_async: countdown must be at most 3153600000 seconds (100 years), got 1e+300"),
+    (lambda m: m.registry["double"].apply_async((1,), countdown=10**400),
+     "double.apply_async: countdown must be a finite number of seconds"),
+    (lambda m: m.registry["double"].apply_async((1,), eta=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))),
+     "double.apply_async: eta must be between 1970 and the end of 9999 (a Unix time from 0 to 253402300799), "
+     "got 0001-01-01T00:00:00+05:00"),
+    (lambda m: m.registry["double"].apply_async((1,), eta=1e12),
+     "double.apply_async: eta must be between 1970 and the end of 9999"),
+    (lambda m: m.registry["double"].apply_async((1,), timeout=float("inf")),
+     "double.apply_async: timeout must be a finite number of seconds, not inf"),
+    (lambda m: m.registry["double"].apply_async((1,), timeout=1e300),
+     "double.apply_async: timeout must be at most 3153600000 seconds"),
+    (lambda m: m.registry["double"].apply_async((1,), result_ttl=float("inf")),
+     "result_ttl must be a finite number of seconds, not inf"),
+    (lambda m: m.registry["double"].apply_async((1,), retries=3, retry_backoff=1e308),
+     "double.apply_async: retry_backoff must be at most 1000, not 1e+308"),
+    (lambda m: m.registry["double"].apply_async((1,), retries=3, retry_delay=float("inf")),
+     "double.apply_async: retry_delay must be at most 3153600000, not inf"),
+    (lambda m: m.registry["double"].apply_async((1,), retries=3, retry_delay=float("nan")),
+     "double.apply_async: retry_delay must be a number ≥ 0, not nan"),
+    (lambda m: m.task(mode="thread", timeout=float("inf"))(lambda: None),
+     "timeout must be a finite number of seconds, not inf"),
 ], ids=["priority-64bit", "priority-type", "countdown-negative", "countdown-inf", "eta-nan", "timeout-0",
         "retries-negative", "queue-empty", "lease-0", "lease-negative", "lease-inf", "threads-0", "lock-timeout",
-        "result-ttl"])
+        "result-ttl", "countdown-century", "countdown-huge-int", "eta-year-1", "eta-past-9999", "timeout-inf",
+        "timeout-century", "result-ttl-inf", "retry-backoff-huge", "retry-delay-inf", "retry-delay-nan",
+        "decorator-timeout-inf"])
 def test_library_options_out_of_range_raise_value_error(db_path, call, message):
     before = seed(db_path)
     manager = client(db_path)

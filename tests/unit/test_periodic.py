@@ -77,7 +77,7 @@ class TestValidation:
             ({"every": 0}, "every must be more than 0 seconds"),
             ({"every": -5}, "zero or more seconds"),
             ({"every": "5m"}, "every must be a number of seconds or a timedelta"),
-            ({"every": float("inf")}, "every must be more than 0 seconds"),
+            ({"every": float("inf")}, "every must be a finite number of seconds, not inf"),
             ({"cron": "*/5 * * *"}, r"bad cron expression '\*/5 \* \* \*': Wrong number of fields .*five fields"),
             ({"cron": "61 * * * *"}, "bad cron expression .* Bad minute"),
             ({"cron": "0 0 31 2 *"}, "bad cron expression"),

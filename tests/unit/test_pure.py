@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from castor.durations import from_epoch, to_epoch, to_seconds
+from castor.durations import MAX_EPOCH, MAX_SECONDS, from_epoch, to_epoch, to_seconds
 from castor.errors import (
     ConfigurationError,
     RemoteTraceback,
@@ -65,6 +65,26 @@ class TestDurations:
             to_seconds("5", "countdown")
         with pytest.raises(TypeError):
             to_seconds(True, "countdown")
+
+    def test_bounded_by_a_century_unless_told_otherwise(self):
+        assert to_seconds(MAX_SECONDS, "x") == MAX_SECONDS
+        with pytest.raises(ValueError, match="at most 3153600000 seconds"):
+            to_seconds(MAX_SECONDS + 1, "countdown")
+        with pytest.raises(ValueError, match="finite"):
+            to_seconds(float("inf"), "timeout")
+        with pytest.raises(ValueError, match="finite"):
+            to_seconds(10**400, "timeout")  # an int a float cannot hold
+        assert to_seconds(float("inf"), "timeout", limit=None) == float("inf")  # join(timeout=inf): forever
+
+    def test_epochs_from_1970_to_9999(self):
+        assert to_epoch(0, "eta") == 0.0
+        assert to_epoch(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc), "eta") == MAX_EPOCH
+        for bad in (-1, MAX_EPOCH + 1, 10**400, datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))):
+            with pytest.raises(ValueError, match="eta"):
+                to_epoch(bad, "eta")
+
+    def test_a_stored_time_past_9999_still_shows(self):
+        assert from_epoch(1e300).year == 9999 and from_epoch(-1e300).year == 1
 
     def test_epoch_round_trip(self):
         when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -157,3 +177,19 @@ class TestTaskOptions:
     def test_bad_values(self, opts):
         with pytest.raises(ConfigurationError):
             build_options(sample, {"mode": "process", **opts})
+
+
+class TestRetryWaits:
+    def test_a_backoff_past_a_floats_range_waits_the_cap(self):
+        from castor.retries import RetryPolicy
+
+        policy = RetryPolicy(retries=5000, delay=1.0, backoff=1000.0, max_delay=600.0, jitter=False)
+        assert policy.retry_in(ValueError(), attempt=4000) == 600.0  # 1000 ** 3999 overflows
+
+    def test_an_explicit_retry_delay_is_bounded(self):
+        import castor
+        from castor.retries import RetryPolicy
+
+        policy = RetryPolicy(retries=3)
+        assert policy.retry_in(castor.Retry(delay=float("inf")), attempt=1) == MAX_SECONDS
+        assert policy.retry_in(castor.Retry(delay=float("nan")), attempt=1) == 0.0
