@@ -157,7 +157,13 @@ class CastordCollector:
             state.add_metric([each.value], 1 if each.value == snapshot["state"] else 0)
         uptime = GaugeMetricFamily("castor_daemon_uptime_seconds", "Seconds since this castord started")
         uptime.add_metric([], time.time() - self.supervisor.started_at)
-        yield from (up, state, uptime)
+        # The master's loop wakes at least every --heartbeat-interval; this endpoint
+        # runs in a thread of its own, so it still answers when the loop is stuck.
+        loop = GaugeMetricFamily("castor_master_loop_age_seconds",
+                                 "Seconds since the master's main loop last passed (a few at most while "
+                                 "it supervises; growing: the master is stuck)")
+        loop.add_metric([], max(0.0, time.monotonic() - self.supervisor.last_pass))
+        yield from (up, state, uptime, loop)
 
 
 def serve(supervisor: Supervisor, port: int, host: str) -> Any:

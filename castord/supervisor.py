@@ -138,6 +138,7 @@ class Supervisor:
         except OSError:
             self._db_identity = None
         self._db_strikes = 0
+        self.last_pass = time.monotonic()  # the main loop's latest pass (see _tick)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -196,6 +197,9 @@ class Supervisor:
         return max(0.0, min(deadlines) - now)
 
     def _tick(self, ready: list[Any]) -> None:
+        # For the metrics endpoint (its own thread): a loop that stops passing here is
+        # stuck, though the endpoint still answers (castor_master_loop_age_seconds).
+        self.last_pass = time.monotonic()
         if self.signals.wakeup in ready:
             self.signals.drain_wakeups()
         for signum in self.signals.pop_all():

@@ -103,3 +103,13 @@ def test_a_database_it_cannot_read_is_database_up_0_and_the_rest_still_answers(m
     assert not [name for name, _ in m if name in ("castor_tasks", "castor_queue_depth")]
     assert m[("castor_daemon_up", ())] == 1
     assert m[("castor_tasks_finished_total", (("name", "mail"), ("status", "success")))] == 0
+
+
+def test_the_master_loops_age_grows_until_its_loop_passes(manager, monkeypatch):
+    """A stuck master loop still answers scrapes (the endpoint has its own thread):
+    castor_master_loop_age_seconds says so (CastordStuck in the shipped rules)."""
+    sup = supervisor(manager, monkeypatch)
+    sup.last_pass -= 120  # as if the loop had not passed for two minutes
+    assert scrape(sup)[("castor_master_loop_age_seconds", ())] >= 120
+    sup._tick([])  # noqa: SLF001 - one pass of the loop, with nothing ready
+    assert scrape(sup)[("castor_master_loop_age_seconds", ())] < 60
