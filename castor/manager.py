@@ -178,12 +178,12 @@ class Manager:
         where = f"{fn.name}.apply_async"
         call = {k: v for k, v in call.items() if v is not None}  # None: the task's default
         eta = now
+        if "eta" in call and "countdown" in call:
+            raise ConfigurationError(f"{where}: give eta or countdown, not both")
         try:
             if "eta" in call:
                 eta = to_epoch(call["eta"], "eta")
             if "countdown" in call:
-                if "eta" in call:
-                    raise ConfigurationError("give eta or countdown, not both")
                 eta = now + (to_seconds(call["countdown"], "countdown") or 0.0)
         except ValueError as exc:
             raise ConfigurationError(f"{where}: {exc}") from None

@@ -128,7 +128,7 @@ def _clock(ahead: float) -> float:
 
 def _advance(advance: float | timedelta) -> float:
     try:
-        seconds = to_seconds(advance, "advance")
+        seconds = to_seconds(advance, "advance", limit=None)  # math.inf: everything pending
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"drain(): {exc}") from None
     return seconds or 0.0
