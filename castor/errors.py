@@ -28,11 +28,17 @@ class SerializationError(CastorError, TypeError):
 
 
 class StoreError(CastorError):
-    """The database file cannot be used (not SQLite, corrupt, read-only, locked)."""
+    """The store cannot be used (a file that is not SQLite, damaged or read-only; locked)."""
 
 
-class DatabaseLockedError(StoreError):
-    """Another connection held the write lock for longer than the Manager's lock timeout."""
+class StoreUnavailable(StoreError):
+    """The store cannot answer now, and nothing was written: a caller may wait it out
+    and try again (a worker keeps its outcomes and retries; the HTTP API says 503)."""
+
+
+class DatabaseLockedError(StoreUnavailable):
+    """SQLite's case of StoreUnavailable: another connection held the write lock for
+    longer than the Manager's lock timeout."""
 
 
 class JoinTimeout(CastorError, TimeoutError):

@@ -36,7 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 from castor import views
-from castor.errors import ConfigurationError, StoreError, TaskIdConflict, UnknownTaskError
+from castor.errors import ConfigurationError, StoreError, StoreUnavailable, TaskIdConflict, UnknownTaskError
 from castor.manager import Manager
 from castor.states import TaskStatus
 from castor.store import Query as StoreQuery
@@ -400,8 +400,10 @@ def _http_errors() -> Iterator[None]:
         yield
     except UnknownTaskError as exc:
         raise HTTPException(404, str(exc)) from None
-    except StoreError as exc:  # DatabaseLockedError included: worth a retry
+    except StoreUnavailable as exc:  # busy (on SQLite: locked): worth a retry soon
         raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+    except StoreError as exc:  # damaged, read-only, gone: not a retry's to fix
+        raise HTTPException(503, str(exc)) from None
 
 
 def _record(manager: Manager, task_id: str) -> TaskRecord:

@@ -25,7 +25,7 @@ import structlog
 from castor import context, task_log
 from castor.context import TaskContext, baked
 from castor.durations import to_seconds
-from castor.errors import ConfigurationError, DatabaseLockedError, LeaseLost, TaskCancelled, TaskTimeout
+from castor.errors import ConfigurationError, LeaseLost, StoreUnavailable, TaskCancelled, TaskTimeout
 from castor.execution import EventLoopThread, Outcome, execute, failure_outcome, settlement_for
 from castor.logs import get_logger
 from castor.states import TaskStatus
@@ -310,15 +310,15 @@ class Worker:
     def _exchange_or_wait(self, settlements: list[Settlement], limit: int) -> list[TaskRecord]:
         """_exchange, outlasting a long write transaction of another program.
 
-        DatabaseLockedError means nothing was written (the transaction never
-        began), so the outcomes are kept and written next time: a worker waits
-        the lock out, saying so each lock_timeout, instead of dying (and, in
-        castord, being replaced over and over while the lock lasts).
+        StoreUnavailable (on SQLite, DatabaseLockedError) means nothing was
+        written (the transaction never began), so the outcomes are kept and
+        written next time: a worker waits it out, saying so each time, instead of
+        dying (and, in castord, being replaced over and over while it lasts).
         """
         pending = self._unwritten + settlements
         try:
             claims = self._exchange(pending, limit)
-        except DatabaseLockedError as exc:
+        except StoreUnavailable as exc:
             self._unwritten = pending
             log.warning("worker.database_locked", error=str(exc), unwritten=len(pending))
             time.sleep(LOCKED_PAUSE_SECONDS)

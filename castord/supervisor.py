@@ -26,7 +26,7 @@ from multiprocess.connection import wait
 from setproctitle import setproctitle
 
 from castor import task_log
-from castor.errors import DatabaseLockedError
+from castor.errors import StoreUnavailable
 from castor.logs import get_logger
 from castor.manager import Manager
 from castor.periodic import Scheduler
@@ -589,7 +589,7 @@ class Supervisor:
                 started_at=self.started_at, info=self.snapshot(), now=time.time(),
                 lock_timeout=RECORD_LOCK_SECONDS)
             self._record_locked = False
-        except DatabaseLockedError as exc:
+        except StoreUnavailable as exc:
             if not self._record_locked:  # once per spell, not every heartbeat
                 log.warning("castord.heartbeat_record_skipped", error=str(exc))
             self._record_locked = True

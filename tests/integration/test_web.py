@@ -614,3 +614,23 @@ def test_example_opens_no_beaverdb_at_import(example):
     tasks = sys.modules["examples.fastapi_app.tasks"]
     assert main.manager._db is None  # nothing opened it yet
     assert not [v for v in vars(tasks).values() if type(v).__name__ == "BeaverDB"]
+
+
+def test_any_store_unavailable_is_503_with_retry_after_and_a_broken_store_without(client, manager, monkeypatch):
+    """StoreUnavailable is the family a caller may wait out (any backend's, not only
+    SQLite's lock); other store errors are 503 too, but no retry will fix them."""
+    def busy(*args, **kwargs):
+        raise castor.StoreUnavailable("the server is restarting")
+
+    monkeypatch.setattr(manager.store, "get", busy)
+    response = client.get("/tasks/x")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+    def broken(*args, **kwargs):
+        raise castor.StoreError("app.db is read-only")
+
+    monkeypatch.setattr(manager.store, "get", broken)
+    response = client.get("/tasks/x")
+    assert response.status_code == 503 and "retry-after" not in response.headers
+    assert "read-only" in response.text
+    assert issubclass(castor.DatabaseLockedError, castor.StoreUnavailable)
