@@ -19,7 +19,7 @@ from castor.interrupts import shielded
 from castor.keys import call_key
 from castor.serialization import encode_call, get_serializer
 from castor.states import TaskStatus, parse_status
-from castor.store import NewTask, Query, Store, open_store
+from castor.store import NewTask, Query, Store, database_path, open_store
 from castor.task import (
     STORED_OPTIONS,
     Signature,
@@ -46,6 +46,7 @@ class Manager:
         self,
         db: Any,
         *,
+        store: Any = None,
         serializer: str = "json",
         eager: bool = False,
         lock_timeout: float = 30.0,
@@ -59,6 +60,8 @@ class Manager:
                 f"lock_timeout must be zero or more seconds (how long a write waits for another "
                 f"program's transaction), not {lock_timeout!r}")
         self._db = db if not isinstance(db, (str, os.PathLike)) else None
+        # The file `db` names, opened as a BeaverDB on first use of .db.
+        self._db_path = database_path(db) if self._db is None else None
         self._owns_db = False  # True once `db` opened a BeaverDB for a path
         self._db_pid = 0  # the process that opened it
         self.serializer = get_serializer(serializer)
@@ -68,7 +71,10 @@ class Manager:
         # the store opens, so a bad value leaves no connection behind.
         self.result_ttl = validate_ttl(result_ttl, "result_ttl", "Manager", allow_zero=True)
         self.failure_ttl = validate_ttl(failure_ttl, "failure_ttl", "Manager", allow_zero=False)
-        self.store: Store = open_store(db, lock_timeout=lock_timeout, durable=durable)
+        # Where the tasks live: beside the application's data in `db`, unless `store`
+        # (a path, a sqlite:/// URL, a BeaverDB) names another place.
+        self.store: Store = open_store(db if store is None else store, lock_timeout=lock_timeout,
+                                       durable=durable)
         self.store.failure_ttl = self.failure_ttl  # for tasks the store itself ends (lost worker)
         self.registry: dict[str, TaskFunction[..., Any]] = {}
         # Modules that define tasks, imported by workers after loading APP
@@ -95,7 +101,7 @@ class Manager:
         if self._db is None:
             from beaver import BeaverDB
 
-            self._db = BeaverDB(self.store.path)
+            self._db = BeaverDB(self._db_path)
             self._owns_db = True
             self._db_pid = os.getpid()
         return self._db
@@ -348,7 +354,7 @@ class Manager:
             self._owns_db = False
 
     def __repr__(self) -> str:
-        return f"<castor.Manager {self.store.path} tasks={len(self.registry)}>"
+        return f"<castor.Manager {self.store.url} tasks={len(self.registry)}>"
 
 
 def _unique_key(name: str, unique: Any, args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from castor.errors import ConfigurationError
@@ -12,22 +13,49 @@ __all__ = ["NewTask", "Query", "Store", "TaskRecord", "database_path", "open_sto
 
 
 def database_path(db: Any) -> str:
-    """The file behind a BeaverDB, an AsyncBeaverDB, or a path."""
+    """The file behind a BeaverDB, an AsyncBeaverDB, a path, or a `sqlite:` URL."""
     if isinstance(db, (str, os.PathLike)):
-        return os.fspath(db)
+        text = os.fspath(db)
+        if isinstance(text, str) and text.startswith(SQLITE_SCHEME):
+            return _sqlite_url_path(text)
+        return text  # type: ignore[return-value]
     engine = getattr(db, "_async_db", db)  # BeaverDB wraps an AsyncBeaverDB
     path = getattr(engine, "_db_path", None)
     if isinstance(path, (str, os.PathLike)):
-        return os.fspath(path)
+        return os.fspath(path)  # type: ignore[return-value]
     raise ConfigurationError(
-        f"Manager needs a beaver.BeaverDB or a path to its file, not {type(db).__name__}; "
-        "for example castor.Manager(BeaverDB('app.db')) or castor.Manager('app.db')"
+        f"Manager needs a beaver.BeaverDB or a path to its file, not {type(db).__name__}; for example "
+        "castor.Manager(BeaverDB('app.db')) or castor.Manager('app.db') (or a store URL: sqlite:///path)"
     )
 
 
+SQLITE_SCHEME = "sqlite:"
+
+
+def _sqlite_url_path(url: str) -> str:
+    """sqlite:///abs/path.db -> /abs/path.db; sqlite:rel.db -> rel.db (as file: URLs)."""
+    rest = url[len(SQLITE_SCHEME):]
+    if rest.startswith("//"):
+        rest = rest[2:]
+        if not rest.startswith("/"):
+            raise ConfigurationError(
+                f"store URL {url!r} names a host; a SQLite store is a local file: sqlite:///absolute/path.db "
+                "or sqlite:relative/path.db")
+    if not rest:
+        raise ConfigurationError(f"store URL {url!r} names no file; for example sqlite:///var/lib/app/app.db")
+    return rest
+
+
 def open_store(db: Any, *, lock_timeout: float = 30.0, durable: bool = False) -> Store:
+    """The store for a BeaverDB, a path to its file, or a URL: `sqlite:///path` (and
+    `sqlite:path`). A URL of another scheme is refused by name."""
     from castor.store.sqlite import SQLiteStore
 
+    if isinstance(db, str) and _SCHEME.match(db) and not db.startswith(SQLITE_SCHEME):
+        scheme = db.split(":", 1)[0]
+        raise ConfigurationError(
+            f"castor has no store for {scheme}: URLs in this version; use a beaver-db file "
+            "(a path, sqlite:///path, or a BeaverDB)")
     path = database_path(db)
     if path == ":memory:" or not path:
         raise ConfigurationError(
@@ -35,3 +63,7 @@ def open_store(db: Any, *, lock_timeout: float = 30.0, durable: bool = False) ->
             "':memory:' cannot be shared"
         )
     return SQLiteStore(path, lock_timeout=lock_timeout, durable=durable)
+
+
+# A URL's scheme (RFC 3986), two letters or more so that a Windows drive is a path.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")

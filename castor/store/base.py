@@ -136,6 +136,9 @@ class AsyncWatcher(Protocol):
 class Store(ABC):
     """Durable task storage with leases: at-least-once delivery, owner-fenced settles."""
 
+    # What open_store() takes to open this store again, in any process (sqlite:///path).
+    url: str
+    # The file, for a store that is one (SQLite); castord watches it for replacement.
     path: str
     # Leases and heartbeats are measured on this clock (castor/clocks.py); tests
     # may put a fake one in.

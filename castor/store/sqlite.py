@@ -319,6 +319,7 @@ class _Held:
 class SQLiteStore(Store):
     def __init__(self, path: str, *, lock_timeout: float = 30.0, durable: bool = False):
         self.path = os.path.abspath(os.fspath(path))
+        self.url = f"sqlite://{self.path}"  # sqlite:///abs/path.db: open_store() takes it back
         self.lock_timeout = lock_timeout
         self.durable = durable
         self._pid = -1

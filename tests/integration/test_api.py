@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -451,3 +452,52 @@ def test_manager_db_after_a_fork_is_the_childs_own(tmp_path):
                             text=True, timeout=40, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == "0 ['child', 'parent']"
+
+
+class TestStoreLocation:
+    """Where tasks live: beside the app's data by default, or where store= says."""
+
+    def test_a_sqlite_url_opens_the_same_file_as_its_path(self, tmp_path):
+        path = tmp_path / "app.db"
+        first = castor.Manager(str(path))
+        try:
+            assert first.store.url == f"sqlite://{path}"
+            again = castor.Manager(first.store.url)  # what castord's tools pass around
+            try:
+                assert again.path == str(path)
+                relative = castor.Manager(f"sqlite:{os.path.relpath(path)}")
+                assert relative.path == str(path)
+                relative.close()
+            finally:
+                again.close()
+        finally:
+            first.close()
+
+    def test_store_puts_tasks_elsewhere_and_db_stays_the_apps(self, tmp_path):
+        app_file, tasks_file = tmp_path / "app.db", tmp_path / "tasks.db"
+        m = castor.Manager(str(app_file), store=f"sqlite://{tasks_file}")
+        try:
+            @m.task(mode="thread")
+            def hello():
+                return "hi"
+
+            hello.delay()
+            m.db.dict("settings")["theme"] = "dark"  # the app's own data, in its own file
+            assert m.path == str(tasks_file) and m.count() == 1
+        finally:
+            m.close()
+        with closing(sqlite3.connect(app_file)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert not any(t.startswith("castor_") for t in tables)
+        with closing(sqlite3.connect(tasks_file)) as conn:
+            assert conn.execute("SELECT count(*) FROM castor_tasks").fetchone() == (1,)
+
+    @pytest.mark.parametrize("url, message", [
+        ("postgresql://castor@db/tasks", "castor has no store for postgresql: URLs in this version"),
+        ("redis://localhost", "castor has no store for redis: URLs"),
+        ("sqlite://db-host/app.db", "names a host; a SQLite store is a local file"),
+        ("sqlite:", "names no file"),
+    ])
+    def test_a_url_castor_cannot_open_is_refused_by_name(self, url, message):
+        with pytest.raises(castor.ConfigurationError, match=message):
+            castor.Manager(url)
