@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -448,10 +449,19 @@ def test_manager_db_after_a_fork_is_the_childs_own(tmp_path):
     (BEAVER.md); Manager.db opens the child's own and close() leaves the parent's alone."""
     script = tmp_path / "forked.py"
     script.write_text(FORKED_DB)
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "app.db")], capture_output=True,
-                            text=True, timeout=40, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[0] == "0 ['child', 'parent']"
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "app.db")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        out, err = proc.communicate(timeout=40)
+    finally:  # a hung fork must not outlive the test: the script's whole session goes
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert out.split("\n")[0] == "0 ['child', 'parent']"
 
 
 class TestStoreLocation:
