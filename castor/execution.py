@@ -7,7 +7,7 @@ import concurrent.futures
 import inspect
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,9 @@ from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord
 
 if TYPE_CHECKING:
-    from castor.manager import Manager
+    from castor.instrumentation import Instruments
+    from castor.retention import Retention
+    from castor.task import TaskFunction
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,24 +73,27 @@ class EventLoopThread:
 
 
 def execute(
-    manager: Manager, record: TaskRecord, get_loop: Callable[[], EventLoopThread] | None = None
+    registry: Mapping[str, TaskFunction[..., Any]], record: TaskRecord,
+    get_loop: Callable[[], EventLoopThread] | None = None, instruments: Instruments | None = None,
 ) -> Outcome:
-    """Run the task's function; never raises for anything the task itself did.
+    """Run the task's function (looked up in `registry`); never raises for anything
+    the task itself did.
 
     `async def` tasks run on the loop `get_loop()` returns (a thread worker's
-    shared loop), else on a fresh loop of their own.
+    shared loop), else on a fresh loop of their own. `instruments`: tracing, error
+    reporting around the attempt (castor/instrumentation.py).
     """
-    instruments = manager.instruments
-    if instruments is not None:  # tracing, error reporting (castor.integrations)
-        return instruments.run(record, lambda: _attempt(manager, record, get_loop))
-    return _attempt(manager, record, get_loop)
+    if instruments is not None:
+        return instruments.run(record, lambda: _attempt(registry, record, get_loop))
+    return _attempt(registry, record, get_loop)
 
 
-def _attempt(manager: Manager, record: TaskRecord, get_loop: Callable[[], EventLoopThread] | None) -> Outcome:
+def _attempt(registry: Mapping[str, TaskFunction[..., Any]], record: TaskRecord,
+             get_loop: Callable[[], EventLoopThread] | None) -> Outcome:
     started = time.perf_counter()
-    task_fn = manager.registry.get(record.name)
+    task_fn = registry.get(record.name)
     if task_fn is None:
-        known = ", ".join(sorted(manager.registry)) or "none"
+        known = ", ".join(sorted(registry)) or "none"
         message = (
             f"no task named {record.name!r} is registered in this worker (known: {known}); "
             "is the worker running the same code as the application, and does APP import the "
@@ -132,14 +137,14 @@ def failure_outcome(record: TaskRecord, exc: BaseException, duration: float = 0.
     return Outcome(TaskStatus.FAILED, error=error, duration=duration, exception=exc)
 
 
-def settlement_for(manager: Manager, record: TaskRecord, outcome: Outcome, owner: str,
+def settlement_for(retention: Retention, record: TaskRecord, outcome: Outcome, owner: str,
                    now: float) -> Settlement:
     """The write that records an outcome, with its retry time and result TTL."""
     status = outcome.status
     if status == TaskStatus.PENDING:
         return Settlement(record.id, owner, record.attempts, status, error=outcome.error,
                           finished_at=now, eta=now + (outcome.retry_in or 0.0), fence=record.fence)
-    expires_at = manager.expires_at(record.options, status, now)
+    expires_at = retention.expires_at(record.options, status, now)
     return Settlement(
         record.id, owner, record.attempts, status, result=outcome.result, error=outcome.error,
         finished_at=now, expires_at=expires_at,

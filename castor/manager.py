@@ -17,6 +17,7 @@ from castor.ids import new_task_id
 from castor.instrumentation import Instruments
 from castor.interrupts import shielded
 from castor.keys import call_key
+from castor.retention import Retention
 from castor.serialization import encode_call, get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, database_path, open_store
@@ -69,8 +70,8 @@ class Manager:
         # How long finished tasks stay, unless a task says otherwise (None: until
         # purged; result_ttl=0: a success is deleted as it finishes). Checked before
         # the store opens, so a bad value leaves no connection behind.
-        self.result_ttl = validate_ttl(result_ttl, "result_ttl", "Manager", allow_zero=True)
-        self.failure_ttl = validate_ttl(failure_ttl, "failure_ttl", "Manager", allow_zero=False)
+        self.retention = Retention(validate_ttl(result_ttl, "result_ttl", "Manager", allow_zero=True),
+                                   validate_ttl(failure_ttl, "failure_ttl", "Manager", allow_zero=False))
         # Where the tasks live: beside the application's data in `db`, unless `store`
         # (a path, a sqlite:/// URL, a BeaverDB) names another place.
         self.store: Store = open_store(db if store is None else store, lock_timeout=lock_timeout,
@@ -124,12 +125,17 @@ class Manager:
             return self._register(fn, options)
         return lambda f: self._register(f, options)
 
+    @property
+    def result_ttl(self) -> float | None:
+        return self.retention.result_ttl
+
+    @property
+    def failure_ttl(self) -> float | None:
+        return self.retention.failure_ttl
+
     def expires_at(self, options: dict[str, Any], status: TaskStatus, finished_at: float) -> float | None:
-        """When a task finished in `status` is deleted: its own result_ttl (success)
-        or failure_ttl (failed, cancelled), else this Manager's; None: kept."""
-        key = "result_ttl" if status == TaskStatus.SUCCESS else "failure_ttl"
-        ttl = options[key] if key in options else getattr(self, key)
-        return None if ttl is None else finished_at + ttl
+        """When a task finished in `status` is deleted (castor/retention.py); None: kept."""
+        return self.retention.expires_at(options, status, finished_at)
 
     def _register(self, fn: Callable[..., Any], options: dict[str, Any]) -> TaskFunction[..., Any]:
         if not callable(fn):

@@ -96,6 +96,9 @@ class Worker:
             raise ConfigurationError(f"threads must be a positive integer, not {threads!r}")
         self.manager = manager
         self.store = manager.store
+        # What the engine needs of the Manager: its store, its registry and its retention policy.
+        self.registry = manager.registry
+        self.retention = manager.retention
         self.mode = mode
         self.concurrency = 1 if mode == "process" else threads
         self.queues = list(queues) if queues else None
@@ -194,7 +197,7 @@ class Worker:
         try:
             outcome, settlement = self._execute(record)
         except BaseException as exc:
-            settlement = settlement_for(self.manager, record, failure_outcome(record, exc), self.owner, time.time())
+            settlement = settlement_for(self.retention, record, failure_outcome(record, exc), self.owner, time.time())
             self._settled(settlement, self.store.settle_one(settlement))
             raise
         accepted = self.store.settle_one(settlement)
@@ -219,7 +222,8 @@ class Worker:
             if record.cancel_requested:  # asked while it was being claimed
                 ctx.cancel_requested = True
                 raise _cancelled_class(record)()
-            outcome = execute(self.manager, record, self._event_loop if self.mode == "thread" else None)
+            outcome = execute(self.registry, record, self._event_loop if self.mode == "thread" else None,
+                              self.manager.instruments)
             if os.getpid() != pid:
                 _leave_as_stranger(outcome)
         except TaskCancelled as exc:  # delivered before the function began
@@ -237,7 +241,7 @@ class Worker:
             # The function raised TaskCancelled on its own: that is a failure like any other.
             outcome = Outcome(TaskStatus.FAILED, error=outcome.error, duration=outcome.duration)
         ctx.flush()
-        settlement = settlement_for(self.manager, record, outcome, self.owner, time.time())
+        settlement = settlement_for(self.retention, record, outcome, self.owner, time.time())
         self._durations[key] = outcome.duration
         average = self._average_duration
         self._average_duration = outcome.duration if average is None else \
@@ -250,7 +254,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - e.g. a TaskTimeout delivered a moment late
             log.exception("worker.execute_error", task_id=record.id, task_name=record.name)
             self.contexts.pop(record.claim, None)
-            return settlement_for(self.manager, record, failure_outcome(record, exc), self.owner, time.time())
+            return settlement_for(self.retention, record, failure_outcome(record, exc), self.owner, time.time())
 
     def _settled(self, settlement: Settlement, accepted: bool) -> None:
         """Bookkeeping and the log line once an outcome is written (or refused)."""

@@ -269,7 +269,7 @@ def _stop_task(worker: Worker, record: Any, heartbeat: Heartbeat, exc: BaseExcep
     _hand_back(worker)
     stopped(worker.manager, record, exc)  # end the attempt's span, report it to Sentry
     now = time.time()
-    settlement = settlement_for(worker.manager, record, failure_outcome(record, exc), worker.owner, now)
+    settlement = settlement_for(worker.manager.retention, record, failure_outcome(record, exc), worker.owner, now)
     # Its end line (task.cancelled, task.failed or task.retrying) and its tally, as
     # for a task that ended on its own; the last heartbeat carries the tally.
     worker.settle(settlement, duration=max(0.0, now - (record.started_at or now)))
