@@ -10,25 +10,19 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from castor import task_log
-from castor.durations import to_epoch, to_seconds
 from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
 from castor.handle import Task
-from castor.ids import new_task_id
 from castor.instrumentation import Instruments
 from castor.interrupts import shielded
-from castor.keys import call_key
+from castor.producer import Producer
 from castor.retention import Retention
-from castor.serialization import encode_call, get_serializer
+from castor.serialization import get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, database_path, open_store
 from castor.task import (
-    STORED_OPTIONS,
     Signature,
     TaskFunction,
     build_options,
-    stored_options,
-    validate_priority,
-    validate_queue,
     validate_ttl,
 )
 
@@ -66,7 +60,6 @@ class Manager:
         self._owns_db = False  # True once `db` opened a BeaverDB for a path
         self._db_pid = 0  # the process that opened it
         self.serializer = get_serializer(serializer)
-        self.eager = eager
         # How long finished tasks stay, unless a task says otherwise (None: until
         # purged; result_ttl=0: a success is deleted as it finishes). Checked before
         # the store opens, so a bad value leaves no connection behind.
@@ -74,8 +67,8 @@ class Manager:
                                    validate_ttl(failure_ttl, "failure_ttl", "Manager", allow_zero=False))
         # Where the tasks live: beside the application's data in `db`, unless `store`
         # (a path, a sqlite:/// URL, a BeaverDB) names another place.
-        self.store: Store = open_store(db if store is None else store, lock_timeout=lock_timeout,
-                                       durable=durable)
+        self._store: Store = open_store(db if store is None else store, lock_timeout=lock_timeout,
+                                        durable=durable)
         self.store.failure_ttl = self.failure_ttl  # for tasks the store itself ends (lost worker)
         self.registry: dict[str, TaskFunction[..., Any]] = {}
         # Modules that define tasks, imported by workers after loading APP
@@ -83,9 +76,44 @@ class Manager:
         self.include = tuple(include)
         # Periodic schedules by task name (see castor.periodic); castord fires them.
         self.schedules: dict[str, Any] = {}
-        # Tracing and error reporting around enqueues and runs, once an integration
-        # installs itself (castor/instrumentation.py); None costs the hot paths nothing.
-        self.instruments: Instruments | None = None
+        # Calls of tasks become rows here (castor/producer.py); the engine (castor/worker.py)
+        # takes the store, the registry and the retention policy.
+        self.producer = Producer(self.store, self.serializer)
+        self.eager = eager
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        """Another store for this Manager's tasks (castor.testing.isolated does this)."""
+        self._store = store
+        self.producer.store = store
+
+    @property
+    def eager(self) -> bool:
+        """Run each task inline at .delay() (for tests): the engine, wired in here."""
+        return self.producer.eager_runner is not None
+
+    @eager.setter
+    def eager(self, value: bool) -> None:
+        if value:
+            from castor.worker import run_eagerly
+
+            self.producer.eager_runner = lambda task_id: run_eagerly(self, task_id)
+        else:
+            self.producer.eager_runner = None
+
+    @property
+    def instruments(self) -> Instruments | None:
+        """Tracing and error reporting around enqueues and runs, once an integration
+        installs itself (castor/instrumentation.py); None costs the hot paths nothing."""
+        return self.producer.instruments
+
+    @instruments.setter
+    def instruments(self, value: Instruments | None) -> None:
+        self.producer.instruments = value
 
     @property
     def path(self) -> str:
@@ -173,82 +201,8 @@ class Manager:
 
     # -- enqueueing ----------------------------------------------------------
 
-    def _new_task(
-        self, fn: TaskFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: dict[str, Any]
-    ) -> NewTask:
-        now = time.time()
-        opts = fn.options
-        if opts.validator is not None:
-            opts.validator(args, kwargs)
-        encoded_args, encoded_kwargs = encode_call(self.serializer, fn.name, args, kwargs)
-        if not call and opts.unique is False and opts.cache_ttl is None:
-            # .delay() of a plain task: the task's defaults, nothing to validate.
-            return NewTask(
-                new_task_id(), fn.name, opts.mode, self.serializer.name, encoded_args, encoded_kwargs,
-                now, now, opts.queue, opts.priority, opts.daemon, opts.stored,
-            )
-        where = f"{fn.name}.apply_async"
-        call = {k: v for k, v in call.items() if v is not None}  # None: the task's default
-        eta = now
-        if "eta" in call and "countdown" in call:
-            raise ConfigurationError(f"{where}: give eta or countdown, not both")
-        try:
-            if "eta" in call:
-                eta = to_epoch(call["eta"], "eta")
-            if "countdown" in call:
-                eta = now + (to_seconds(call["countdown"], "countdown") or 0.0)
-        except ValueError as exc:
-            raise ConfigurationError(f"{where}: {exc}") from None
-        queue = validate_queue(call["queue"], where) if "queue" in call else opts.queue
-        priority = validate_priority(call["priority"], where) if "priority" in call else opts.priority
-        task_id = call.get("task_id") or new_task_id()
-        if not isinstance(task_id, str):
-            raise ConfigurationError(f"{where}: task_id must be a string, not {task_id!r}")
-        stored = opts.stored
-        per_call = {k: v for k, v in call.items() if k in STORED_OPTIONS}
-        if per_call:
-            stored = stored_options({**opts.raw, **per_call}, where)
-        unique = call.get("unique", opts.unique)
-        cache_ttl = validate_ttl(call["cache_ttl"], "cache_ttl", where, allow_zero=False) \
-            if "cache_ttl" in call else opts.cache_ttl
-        return NewTask(
-            id=task_id, name=fn.name, mode=opts.mode, serializer=self.serializer.name,
-            args=encoded_args, kwargs=encoded_kwargs, enqueued_at=now, eta=eta,
-            queue=queue, priority=priority, daemon=opts.daemon, options=stored,
-            unique_key=_unique_key(fn.name, unique, args, kwargs, where),
-            cache_key=call_key(fn.name, args, kwargs) if cache_ttl is not None else None,
-            cache_ttl=cache_ttl,
-        )
-
     def _submit(self, tasks: list[NewTask]) -> list[Task[Any]]:
-        instruments = self.instruments  # tracing, error reporting (castor.integrations)
-        ids = self._write(tasks) if instruments is None else instruments.enqueue(tasks, self._write)
-        if self.eager:
-            from castor.worker import run_eagerly
-
-            for task, task_id in zip(tasks, ids, strict=True):
-                if task.id == task_id:  # not a unique twin's or a cached task's id
-                    run_eagerly(self, task.id)
-        return [Task(self, task_id) for task_id in ids]
-
-    def _write(self, tasks: list[NewTask]) -> list[str]:
-        if len(tasks) == 1 and tasks[0].cache_ttl is None:
-            return self.store.enqueue(tasks)  # the hot path
-        return self._enqueue_uncached(tasks)
-
-    def _enqueue_uncached(self, tasks: list[NewTask]) -> list[str]:
-        """Enqueue the tasks that no recent cached success answers (cache_ttl=)."""
-        ids: list[str | None] = [None] * len(tasks)
-        fresh: list[tuple[int, NewTask]] = []
-        for i, task in enumerate(tasks):
-            if task.cache_key is not None and task.cache_ttl is not None:
-                ids[i] = self.store.find_cached(task.cache_key, since=task.enqueued_at - task.cache_ttl)
-            if ids[i] is None:
-                fresh.append((i, task))
-        stored = self.store.enqueue([t for _, t in fresh])
-        for (i, _), task_id in zip(fresh, stored, strict=True):
-            ids[i] = task_id
-        return [i for i in ids if i is not None]
+        return [Task(self, task_id) for task_id in self.producer.submit(tasks)]
 
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[Task[Any]]:
         """Enqueue many calls (`add.s(1, 2)`, ...) in one transaction: all or none."""
@@ -361,21 +315,6 @@ class Manager:
 
     def __repr__(self) -> str:
         return f"<castor.Manager {self.store.url} tasks={len(self.registry)}>"
-
-
-def _unique_key(name: str, unique: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                where: str) -> str | None:
-    """unique=True: a key from the arguments; a function: its return value; a
-    string (per call): that key. Keys are per task name."""
-    if unique is False:
-        return None
-    if unique is True:
-        return call_key(name, args, kwargs)
-    if isinstance(unique, str):
-        return f"{name}:{unique}"
-    if callable(unique):
-        return f"{name}:{unique(*args, **kwargs)}"
-    raise ConfigurationError(f"{where}: unique must be True, False, a key string or a function, not {unique!r}")
 
 
 def _query(status: str | None, name: str | None, queue: str | None) -> Query:

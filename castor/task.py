@@ -208,7 +208,7 @@ class TaskFunction(Generic[P, R]):
         return self.manager._submit(tasks)
 
     def _new(self, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
-        return self.manager._new_task(self, args, kwargs, options)
+        return self.manager.producer.new_task(self, args, kwargs, options)
 
     def __repr__(self) -> str:
         return f"<castor task {self.name} mode={self.options.mode}>"
