@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from castor.states import TaskStatus
-from castor.store import NewTask, Store, TaskRecord, open_store
+from castor.store import NewTask, Query, Store, TaskRecord, open_store
 from castor.store.base import Settlement
 
 WALL_START = 1_700_000_000.0  # an epoch time
@@ -92,3 +93,14 @@ def outcome(rec: TaskRecord, status: TaskStatus = TaskStatus.SUCCESS, *, at: flo
 
 def statuses(store: Store, *ids: str) -> list[TaskStatus | None]:
     return [store.status(i) for i in ids]
+
+
+def snapshot(store: Store) -> list[tuple[Any, ...]]:
+    """Every row's stored state, as far as an operation could change it. A record tells
+    its lease as an epoch time through the real clock, so the lease shows as whole
+    seconds from now."""
+    return [(r.id, r.status, r.owner, r.attempts, r.lost, r.fence, r.result, r.error, r.progress,
+             r.progress_message, r.started_at, r.finished_at, r.eta, r.isolate, r.cancel_requested,
+             r.history, r.expires_at,
+             None if r.lease_expires is None else round(r.lease_expires - time.time()))
+            for r in store.list(Query())]
