@@ -97,10 +97,10 @@ def statuses(store: Store, *ids: str) -> list[TaskStatus | None]:
 
 def snapshot(store: Store) -> list[tuple[Any, ...]]:
     """Every row's stored state, as far as an operation could change it. A record tells
-    its lease as an epoch time through the real clock, so the lease shows as whole
-    seconds from now."""
+    its lease as an epoch time through the real clock, which moves: the lease shows here
+    as whole seconds on the store's clock."""
     return [(r.id, r.status, r.owner, r.attempts, r.lost, r.fence, r.result, r.error, r.progress,
              r.progress_message, r.started_at, r.finished_at, r.eta, r.isolate, r.cancel_requested,
              r.history, r.expires_at,
-             None if r.lease_expires is None else round(r.lease_expires - time.time()))
+             None if r.lease_expires is None else round(r.lease_expires - time.time() + store.clock()))
             for r in store.list(Query())]
