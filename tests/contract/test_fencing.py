@@ -33,28 +33,19 @@ def assert_refused(store: Store, clocks, stale: TaskRecord) -> None:
     assert snapshot(store) == before, "a refused write changed something"
 
 
-def test_an_expired_claim_is_fenced_once_another_worker_holds_the_task(store, clocks):
+@pytest.mark.parametrize("reclaimer", ["another", "w"], ids=["another worker", "the same owner"])
+def test_an_expired_claim_is_fenced_once_the_task_is_claimed_again(store, clocks, reclaimer):
+    # The same owner: a worker stalled past its lease, then claimed the task again itself.
     store.enqueue([new("a")])
-    first = claim_one(store, clocks, "dead", lease=5.0)
+    first = claim_one(store, clocks, "w", lease=5.0)
     clocks.advance(6)
     store.recover_expired(now=clocks.wall, max_lost=3)
-    second = claim_one(store, clocks, "alive")
+    second = claim_one(store, clocks, reclaimer)
     assert second.fence > first.fence and (second.attempts, second.lost) == (2, 1)
     assert_refused(store, clocks, first)
+    assert store.renew([second.claim], lease=10.0) == {second.claim}
     assert store.settle_one(outcome(second, at=clocks.wall, result="2"))
     assert store.get("a").result == "2"
-
-
-def test_the_same_owners_earlier_claim_is_fenced(store, clocks):
-    # A worker stalled past its lease and then claimed the task again itself.
-    store.enqueue([new("a")])
-    first = claim_one(store, clocks, "w", lease=1.0)
-    clocks.advance(2)
-    store.recover_expired(now=clocks.wall, max_lost=3)
-    second = claim_one(store, clocks, "w")
-    assert_refused(store, clocks, first)
-    assert store.renew([second.claim], lease=10.0) == {second.claim}
-    assert store.settle_one(outcome(second, at=clocks.wall))
 
 
 def test_a_drained_then_reclaimed_attempt_is_fenced(store, clocks):
