@@ -117,6 +117,14 @@ class TestUnique:
         assert store.status("a") == TaskStatus.FAILED
         assert store.enqueue([new("c", unique_key="k")]) == ["b"]
 
+    def test_a_retry_of_failed_twins_brings_back_one(self, store, clocks):
+        for task_id in ("a", "b"):
+            store.enqueue([new(task_id, unique_key="k")])
+            store.settle_one(outcome(claim_one(store, clocks), TaskStatus.FAILED, at=clocks.wall))
+        retried = store.retry(Query(status=TaskStatus.FAILED), now=clocks.wall)
+        assert len(retried) == 1
+        assert store.count(Query(status=TaskStatus.PENDING)) == 1
+
 
 class TestCache:
     def succeed(self, store, clocks, task_id, key="k"):
