@@ -1,0 +1,184 @@
+"""Claims: which tasks, in what order, under what lease; claim_task; settle_and_claim."""
+
+from __future__ import annotations
+
+import pytest
+
+from castor.states import TaskStatus
+from castor.store import Query
+from tests.contract.builders import claim, claim_one, new, outcome
+
+
+def test_claim_order_is_priority_then_eta_then_id(store, clocks):
+    t = clocks.wall
+    store.enqueue([new("a", now=t - 4), new("b", now=t - 3), new("c", priority=5, now=t - 2),
+                   new("d", now=t - 4), new("e", priority=-1, now=t - 5)])
+    assert [claim_one(store, clocks).id for _ in range(5)] == ["c", "a", "d", "b", "e"]
+    assert claim(store, clocks) == []
+
+
+def test_a_batch_claim_comes_best_first(store, clocks):
+    t = clocks.wall
+    store.enqueue([new("low", priority=-1, now=t - 9), new("late", now=t - 1), new("early", now=t - 2),
+                   new("high", priority=2, now=t)])
+    assert [r.id for r in claim(store, clocks, limit=10)] == ["high", "early", "late", "low"]
+
+
+def test_claim_takes_at_most_limit(store, clocks):
+    store.enqueue([new(f"t{i}") for i in range(10)])
+    assert len(claim(store, clocks, limit=4)) == 4
+    assert len(claim(store, clocks, limit=100)) == 6
+    assert claim(store, clocks, limit=100) == []
+
+
+def test_a_claim_leases_under_its_owner_with_a_new_fence(store, clocks):
+    store.enqueue([new("a")])
+    rec = claim_one(store, clocks, "w1", lease=10.0)
+    assert (rec.status, rec.owner, rec.attempts, rec.started_at) == (TaskStatus.RUNNING, "w1", 1, clocks.wall)
+    assert rec.lease_expires == pytest.approx(clocks.wall + 10.0)  # told as an epoch time
+    assert rec.fence > 0
+    stored = store.get("a")
+    assert (stored.status, stored.owner, stored.attempts, stored.fence) == (TaskStatus.RUNNING, "w1", 1, rec.fence)
+    assert claim(store, clocks, "w2") == []  # held
+
+
+def test_an_eta_is_honoured(store, clocks):
+    store.enqueue([new("later", eta=clocks.wall + 100)])
+    assert not store.has_due(mode="process", queues=None, now=clocks.wall)
+    assert claim(store, clocks) == []
+    assert store.next_due(mode="process", now=clocks.wall) == clocks.wall + 100
+    clocks.advance(99.9)
+    assert claim(store, clocks) == []
+    clocks.advance(0.1)
+    assert store.has_due(mode="process", queues=None, now=clocks.wall)
+    assert claim_one(store, clocks).id == "later"
+
+
+def test_a_task_without_an_eta_is_due_however_far_the_wall_clock_steps_back(store, clocks):
+    store.enqueue([new("now", now=clocks.wall)])
+    clocks.wall -= 3600  # an operator set the clock back an hour
+    assert claim_one(store, clocks).id == "now"
+
+
+def test_queues_filter_claims(store, clocks):
+    store.enqueue([new("a", queue="mail"), new("b", queue="reports"), new("c", queue="mail")])
+    assert claim(store, clocks, queues=["other"]) == []
+    assert not store.has_due(mode="process", queues=["other"], now=clocks.wall)
+    assert [r.id for r in claim(store, clocks, queues=["reports"], limit=5)] == ["b"]
+    assert [r.id for r in claim(store, clocks, queues=["reports", "mail"], limit=5)] == ["a", "c"]
+
+
+def test_no_queues_means_every_queue(store, clocks):
+    store.enqueue([new("a", queue="x"), new("b", queue="y")])
+    assert sorted(r.id for r in claim(store, clocks, queues=None, limit=5)) == ["a", "b"]
+
+
+def test_modes_are_separate(store, clocks):
+    store.enqueue([new("t", mode="thread")])
+    assert not store.has_due(mode="process", queues=None, now=clocks.wall)
+    assert claim(store, clocks, mode="process") == []
+    assert claim_one(store, clocks, mode="thread").id == "t"
+
+
+def test_has_due_only_reads(store, clocks):
+    store.enqueue([new("a")])
+    assert store.has_due(mode="process", queues=None, now=clocks.wall)
+    assert store.has_due(mode="process", queues=None, now=clocks.wall)
+    assert store.status("a") == TaskStatus.PENDING
+    claim_one(store, clocks)
+    assert not store.has_due(mode="process", queues=None, now=clocks.wall)
+
+
+class TestNextDue:
+    def test_nothing_stored(self, store, clocks):
+        assert store.next_due(mode="process", now=clocks.wall) is None
+
+    def test_the_earliest_future_eta_of_that_mode_and_queue(self, store, clocks):
+        t = clocks.wall
+        store.enqueue([new("p", eta=t + 30), new("q", eta=t + 20, queue="other"),
+                       new("th", eta=t + 10, mode="thread")])
+        assert store.next_due(mode="process", now=t) == t + 20
+        assert store.next_due(mode="process", now=t, queues=["default"]) == t + 30
+        assert store.next_due(mode="thread", now=t) == t + 10
+
+    def test_a_lease_that_expires_first(self, store, clocks):
+        t = clocks.wall
+        store.enqueue([new("running"), new("later", eta=t + 60)])
+        claim_one(store, clocks, lease=5.0)
+        assert store.next_due(mode="process", now=t) == pytest.approx(t + 5.0)
+
+
+class TestClaimTask:
+    def test_claims_the_named_pending_task(self, store, clocks):
+        store.enqueue([new("a"), new("b")])
+        rec = store.claim_task("b", "eager", lease=10.0, now=clocks.wall)
+        assert (rec.id, rec.status, rec.owner, rec.attempts) == ("b", TaskStatus.RUNNING, "eager", 1)
+        assert rec.fence > 0 and store.get("b").fence == rec.fence
+        assert store.status("a") == TaskStatus.PENDING
+
+    def test_not_pending_or_unknown_is_none(self, store, clocks):
+        store.enqueue([new("a")])
+        assert store.claim_task("a", "w", lease=10.0, now=clocks.wall) is not None
+        assert store.claim_task("a", "w", lease=10.0, now=clocks.wall) is None  # twice
+        assert store.claim_task("nope", "w", lease=10.0, now=clocks.wall) is None
+
+    def test_its_claim_settles_like_any_other(self, store, clocks):
+        store.enqueue([new("a")])
+        rec = store.claim_task("a", "eager", lease=10.0, now=clocks.wall)
+        assert store.settle_one(outcome(rec, at=clocks.wall))
+        assert store.status("a") == TaskStatus.SUCCESS
+
+
+class TestSettleAndClaim:
+    def test_settles_then_claims_in_one_call(self, store, clocks):
+        store.enqueue([new("a"), new("b"), new("c")])
+        a = claim_one(store, clocks, "w")
+        done = outcome(a, at=clocks.wall, result="1")
+        stale = outcome(a, TaskStatus.FAILED, at=clocks.wall)
+        accepted, claims = store.settle_and_claim(
+            [done, stale], "w", mode="process", queues=None, limit=5, lease=10.0, now=clocks.wall)
+        assert accepted == [True, False]  # the second write of the same attempt is refused
+        assert [r.id for r in claims] == ["b", "c"]
+        assert all(r.owner == "w" and r.status == TaskStatus.RUNNING for r in claims)
+        assert (store.status("a"), store.get("a").result) == (TaskStatus.SUCCESS, "1")
+
+    def test_limit_zero_only_settles(self, store, clocks):
+        store.enqueue([new("a"), new("b")])
+        a = claim_one(store, clocks, "w")
+        assert store.settle_and_claim([outcome(a, at=clocks.wall)], "w", mode="process", queues=None,
+                                      limit=0, lease=10.0, now=clocks.wall) == ([True], [])
+        assert store.status("b") == TaskStatus.PENDING
+
+    def test_no_settlements_only_claims(self, store, clocks):
+        store.enqueue([new("a")])
+        accepted, claims = store.settle_and_claim([], "w", mode="process", queues=None, limit=5, lease=10.0,
+                                                  now=clocks.wall)
+        assert accepted == [] and [r.id for r in claims] == ["a"]
+
+    def test_claims_honour_mode_queues_and_eta(self, store, clocks):
+        t = clocks.wall
+        store.enqueue([new("thread", mode="thread"), new("other", queue="other"), new("later", eta=t + 9),
+                       new("yes")])
+        _, claims = store.settle_and_claim([], "w", mode="process", queues=["default"], limit=5,
+                                           lease=10.0, now=t)
+        assert [r.id for r in claims] == ["yes"]
+
+    def test_a_task_it_just_settled_as_a_retry_is_claimed_again_if_due(self, store, clocks):
+        store.enqueue([new("a")])
+        a = claim_one(store, clocks, "w")
+        retry = outcome(a, TaskStatus.PENDING, at=clocks.wall, eta=clocks.wall)
+        accepted, claims = store.settle_and_claim([retry], "w", mode="process", queues=None, limit=1,
+                                                  lease=10.0, now=clocks.wall)
+        assert accepted == [True]
+        assert [(r.id, r.attempts) for r in claims] == [("a", 2)]
+        assert claims[0].fence > a.fence
+
+
+def test_every_claimed_task_is_counted_once(store, clocks):
+    store.enqueue([new(f"t{i}") for i in range(7)])
+    first = claim(store, clocks, "w1", limit=3)
+    second = claim(store, clocks, "w2", limit=3)
+    third = claim(store, clocks, "w3", limit=3)
+    ids = [r.id for r in first + second + third]
+    assert sorted(ids) == sorted(f"t{i}" for i in range(7))
+    assert store.count(Query(status=TaskStatus.RUNNING)) == 7

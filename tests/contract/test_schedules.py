@@ -1,0 +1,53 @@
+"""Periodic tasks: each tick of a schedule fires once, however many callers try."""
+
+from __future__ import annotations
+
+from castor.states import TaskStatus
+from castor.store import Query
+from tests.contract.builders import new
+
+
+def test_a_tick_fires_once(store, clocks):
+    tick = clocks.wall
+    assert store.fire_schedule("nightly", tick, new("t1"), now=clocks.wall)
+    assert not store.fire_schedule("nightly", tick, new("t2"), now=clocks.wall)
+    assert [r.id for r in store.list(Query())] == ["t1"]
+    assert store.status("t1") == TaskStatus.PENDING
+
+
+def test_a_later_tick_fires_an_earlier_one_does_not(store, clocks):
+    t = clocks.wall
+    assert store.fire_schedule("s", t, new("first"), now=t)
+    assert store.fire_schedule("s", t + 60, new("second"), now=t + 60)
+    assert not store.fire_schedule("s", t + 30, new("late"), now=t + 61)  # a missed tick is skipped
+    assert not store.fire_schedule("s", t, new("again"), now=t + 61)
+    assert sorted(r.id for r in store.list(Query())) == ["first", "second"]
+
+
+def test_schedules_are_independent(store, clocks):
+    t = clocks.wall
+    assert store.fire_schedule("a", t, new("a1"), now=t)
+    assert store.fire_schedule("b", t, new("b1"), now=t)
+
+
+def test_schedules_report_their_last_tick(store, clocks):
+    t = clocks.wall
+    assert store.schedules() == {}
+    store.fire_schedule("s", t, new("first"), now=t + 1)
+    store.fire_schedule("s", t + 60, new("second"), now=t + 61)
+    store.fire_schedule("s", t + 30, new("refused"), now=t + 62)
+    assert store.schedules() == {"s": {"last_tick": t + 60, "fired_at": t + 61, "task_id": "second"}}
+
+
+def test_the_fired_task_is_stored_as_given(store, clocks):
+    store.fire_schedule("s", clocks.wall, new("t", name="report", queue="q", priority=2), now=clocks.wall)
+    rec = store.get("t")
+    assert (rec.name, rec.queue, rec.priority, rec.status) == ("report", "q", 2, TaskStatus.PENDING)
+
+
+def test_two_instances_fire_each_tick_once(backend, store, clocks):
+    other = backend.open()
+    fired = [s.fire_schedule("s", clocks.wall + tick, new(f"{n}-{tick}"), now=clocks.wall)
+             for tick in range(20) for n, s in (("x", store), ("y", other))]
+    assert sum(fired) == 20
+    assert store.count(Query()) == 20
