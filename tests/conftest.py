@@ -17,6 +17,9 @@ import castor
 
 REPO = Path(__file__).resolve().parent.parent
 
+# PostgreSQL for the tests that need it (fixtures `postgres`, `postgres_url`, `postgres_db_url`).
+pytest_plugins = ["tests.postgres"]
+
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.01) -> object:
     """Poll `predicate` until it is truthy; fail the test after `timeout` seconds."""

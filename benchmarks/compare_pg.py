@@ -1,0 +1,289 @@
+"""castor beside procrastinate on one PostgreSQL (issue 14), measured from outside.
+
+    .venv/bin/pip install -e '.[dev,bench]'      # procrastinate, for this script only
+    .venv/bin/python benchmarks/compare_pg.py [--runs 3] [--url postgresql://...]
+        [--only drain,latency] [--drain-n 10000] [--latency-n 300]
+
+The server is a private throwaway one (tests/postgres.py's `ThrowawayServer(fsync=True)`:
+PostgreSQL's defaults, fsync on), or `--url` (its role needs CREATEDB); each workload gets
+a fresh database. The method is benchmarks/compare.py's, for Huey: spawn the peer's worker
+processes and count finished jobs from outside on a read-only connection every 20 ms.
+
+The castor side is NOT measured yet: castor has no PostgreSQL store. `castor_side()` below
+is the place it plugs in (marked CASTOR SIDE); until then the table prints "not measured".
+
+procrastinate, stock
+--------------------
+`procrastinate.App(connector=PsycopgConnector(conninfo=URL))` in a generated
+`pgapp.py`, one task `noop(i)` returning `i` (a sync function), and its own CLI worker:
+`procrastinate --app=pgapp.app worker`. Every setting is its default (LISTEN/NOTIFY on,
+jobs kept after they finish) except the concurrency a workload names.
+procrastinate has no process pool: a worker is one asyncio process that runs up to
+`--concurrency` jobs at once, a sync task in a thread of its own. So:
+* "2 process workers": two worker processes, `--concurrency 1` each (two jobs at a
+  time, in two processes: the nearest to castord's 2 process children);
+* "8 threads": one worker process, `--concurrency 8` (eight sync jobs at a time, each in a
+  thread: the nearest to castord's thread host with 8 threads).
+
+Workloads (`--only` names)
+--------------------------
+* drain: --drain-n jobs queued (`noop.batch_defer`, one statement) before the workers
+  start, then spawn -> last job counted `succeeded`
+  (`SELECT status, count(*) FROM procrastinate_jobs GROUP BY status`; a `failed` job stops
+  the benchmark); tasks/s over spawn -> last, spawn -> first result, and the rate after it.
+  A `succeeded` job is done: procrastinate stores no return value, so there is no result
+  write to wait for, a little less work than castor's (which stores each result).
+* latency: enqueue -> result on an idle worker (the 2-process setup, warmed up with 20 jobs),
+  one job at a time with 2 ms between: from just before `noop.defer()` to the first poll
+  that reads the job `succeeded`. procrastinate has no result API to wait on, so this
+  polls the job's row by its id every 1 ms (resolution ~1 ms); p50/p90/p99 ms.
+
+Every process started here is stopped by its pid (compare.py's `stop_by_pid`: TERM, then
+KILL) in a `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import POLL, stop_by_pid  # noqa: E402
+
+from tests.postgres import TestPostgres, ThrowawayServer  # noqa: E402
+
+PROCRASTINATE = str(Path(sys.executable).parent / "procrastinate")
+
+PG_APP = '''
+import os
+import procrastinate
+
+app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=os.environ["PG_BENCH_URL"]))
+
+
+@app.task(name="noop")
+def noop(i):
+    return i
+'''
+
+SETUPS = {  # name: (worker processes, --concurrency each)
+    "2 process workers": (2, 1),
+    "8 threads": (1, 8),
+}
+
+
+class ProcrastinateBench:
+    """A temp dir with `pgapp.py` on a fresh database with procrastinate's schema applied."""
+
+    def __init__(self, url: str) -> None:
+        if not Path(PROCRASTINATE).exists():
+            raise SystemExit(f"{PROCRASTINATE} not found: pip install -e '.[bench]' into this venv")
+        self.url = url
+        self.dir = Path(tempfile.mkdtemp(prefix="castor-compare-pg-"))
+        (self.dir / "pgapp.py").write_text(PG_APP)
+        self.env = {**os.environ, "PG_BENCH_URL": url,
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(self.dir), os.environ.get("PYTHONPATH")) if p)}
+        self.cli("schema", "--apply")
+        self.workers: list[tuple[subprocess.Popen[bytes], Any]] = []
+
+    def cli(self, *args: str) -> None:
+        done = subprocess.run([PROCRASTINATE, "--app=pgapp.app", *args], cwd=self.dir, env=self.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"procrastinate {' '.join(args)} failed ({done.returncode}):\n{done.stdout}")
+
+    def defer_many(self, n: int) -> None:
+        """Queue n jobs in one call, in a child (the app module is the generated one)."""
+        code = ("import pgapp\nwith pgapp.app.open():\n"
+                f"    pgapp.noop.batch_defer(*({{'i': i}} for i in range({n})))\n")
+        subprocess.run([sys.executable, "-c", code], cwd=self.dir, env=self.env, check=True, timeout=300)
+
+    def spawn(self, processes: int, concurrency: int) -> float:
+        """Start the workers; returns the perf_counter time just before the first spawn."""
+        started = time.perf_counter()
+        for k in range(processes):
+            log = open(self.dir / f"worker{k}.log", "ab")  # noqa: SIM115 - closed in close()
+            proc = subprocess.Popen(
+                [PROCRASTINATE, "--app=pgapp.app", "worker", "--concurrency", str(concurrency)],
+                cwd=self.dir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.workers.append((proc, log))
+        return started
+
+    def close(self) -> None:
+        for proc, log in self.workers:
+            stop_by_pid(proc)
+            log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def read_only(url: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("SET default_transaction_read_only = on")
+    return conn
+
+
+def succeeded(conn: psycopg.Connection[Any]) -> int:
+    counts = dict(conn.execute("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY status").fetchall())
+    if counts.get("failed"):
+        raise RuntimeError(f"procrastinate jobs failed: {counts}")
+    return int(counts.get("succeeded", 0))
+
+
+def follow(conn: psycopg.Connection[Any], n: int, started: float, timeout: float = 300) -> tuple[float, int, float]:
+    """Poll every POLL s until n jobs succeeded: (spawn -> first, count then, spawn -> last)."""
+    first: float | None = None
+    first_count = 0
+    next_poll = time.perf_counter()
+    while True:
+        now = time.perf_counter()
+        done = succeeded(conn)
+        if done and first is None:
+            first, first_count = now - started, done
+        if done >= n and first is not None:
+            return first, first_count, now - started
+        if now - started > timeout:
+            raise TimeoutError(f"{done} of {n} jobs succeeded after {timeout} s")
+        next_poll = max(next_poll + POLL, time.perf_counter())
+        time.sleep(max(0.0, next_poll - time.perf_counter()))
+
+
+def procrastinate_drain(pg: TestPostgres, n: int, setup: str) -> dict[str, float]:
+    processes, concurrency = SETUPS[setup]
+    with pg.database() as url:
+        bench = ProcrastinateBench(url)
+        try:
+            bench.defer_many(n)
+            with read_only(url) as conn:
+                started = bench.spawn(processes, concurrency)
+                first, first_count, last = follow(conn, n, started)
+        finally:
+            bench.close()
+    after = (n - first_count) / (last - first) if last > first else float("nan")
+    return {f"drain {n}, {setup}: tasks/s": n / last, f"drain {n}, {setup}: first result s": first,
+            f"drain {n}, {setup}: tasks/s after the first": after}
+
+
+def procrastinate_latency(pg: TestPostgres, n: int) -> dict[str, float]:
+    with pg.database() as url:
+        bench = ProcrastinateBench(url)
+        try:
+            sys.path.insert(0, str(bench.dir))
+            os.environ["PG_BENCH_URL"] = url
+            sys.modules.pop("pgapp", None)
+            import pgapp  # noqa: PLC0415 - generated per run
+
+            bench.spawn(*SETUPS["2 process workers"])
+            times = []
+            with pgapp.app.open(), read_only(url) as conn:
+                for i in range(20 + n):
+                    start = time.perf_counter()
+                    job = pgapp.noop.defer(i=i)
+                    while True:
+                        row = conn.execute("SELECT status::text FROM procrastinate_jobs WHERE id = %s", (job,)).fetchone()
+                        if row and row[0] == "succeeded":
+                            break
+                        if row and row[0] == "failed":
+                            raise RuntimeError(f"job {job} failed")
+                        if time.perf_counter() - start > 60:
+                            raise TimeoutError(f"job {job} not done after 60 s (status {row})")
+                        time.sleep(0.001)
+                    if i >= 20:  # the first 20 warm the workers up
+                        times.append((time.perf_counter() - start) * 1000)
+                    time.sleep(0.002)
+        finally:
+            sys.path.remove(str(bench.dir))
+            bench.close()
+    ordered = sorted(times)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"enqueue->result p50 ms": pick(0.5), "enqueue->result p90 ms": pick(0.9),
+            "enqueue->result p99 ms": pick(0.99)}
+
+
+# === CASTOR SIDE ===========================================================================
+# Plug castor in here once it has a PostgreSQL store (issue 14): the same workloads on a
+# fresh database of the same server — drain: `castord start` (--workers 2 --threads 0, and
+# --workers 0 --threads 8) on 10,000 tasks queued before spawn, counted from outside as
+# compare.py does (`SELECT status, count(*) FROM castor_tasks GROUP BY status` on a
+# read-only connection every 20 ms); latency: `delay().join()` on an idle castord.
+# Return the same keys as the procrastinate functions. Until then it measures nothing.
+def castor_side(pg: TestPostgres, workload: str, args: argparse.Namespace) -> dict[str, float] | None:
+    return None  # castor has no PostgreSQL store yet: not measured, never invented
+# ===========================================================================================
+
+
+def one_run(pg: TestPostgres, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    figures: dict[str, dict[str, float]] = {"procrastinate": {}, "castor": {}}
+    for workload in args.only:
+        if workload == "drain":
+            for setup in SETUPS:
+                figures["procrastinate"].update(procrastinate_drain(pg, args.drain_n, setup))
+        else:
+            figures["procrastinate"].update(procrastinate_latency(pg, args.latency_n))
+        figures["castor"].update(castor_side(pg, workload, args) or {})
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--url", help="an existing server (its role needs CREATEDB); default: a throwaway one")
+    parser.add_argument("--only", default="drain,latency", type=lambda s: [w for w in s.split(",") if w])
+    parser.add_argument("--drain-n", type=int, default=10_000)
+    parser.add_argument("--latency-n", type=int, default=300)
+    args = parser.parse_args(argv)
+    if unknown := set(args.only) - {"drain", "latency"}:
+        parser.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from drain, latency")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+
+    server = None
+    if args.url is None:
+        server = ThrowawayServer(fsync=True)
+        server.start()
+    pg = TestPostgres(args.url or server.url(), server)  # type: ignore[union-attr]
+    import procrastinate  # noqa: PLC0415 - the bench extra, checked by ProcrastinateBench too
+
+    runs = []
+    try:
+        with pg.connect() as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        print(f"PostgreSQL {version}, procrastinate {procrastinate.__version__}, psycopg {psycopg.__version__}")
+        for run in range(args.runs):
+            try:
+                runs.append(one_run(pg, args))
+            except Exception:
+                traceback.print_exc()
+                raise
+            print(f"run {run + 1}: " + "; ".join(f"{k} {v:,.2f}" for k, v in runs[-1]["procrastinate"].items()),
+                  flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    keys = list(runs[0]["procrastinate"])
+    width = max(len(k) for k in keys)
+    print(f"\n{'figure':<{width}}  {'procrastinate':>14}  {'castor':>14}  castor/procrastinate  (median of {args.runs})")
+    for key in keys:
+        theirs = statistics.median(r["procrastinate"][key] for r in runs)
+        ours = [r["castor"][key] for r in runs if key in r["castor"]]
+        if ours:
+            mine = statistics.median(ours)
+            print(f"{key:<{width}}  {theirs:>14,.2f}  {mine:>14,.2f}  {mine / theirs:>8.2f}")
+        else:
+            print(f"{key:<{width}}  {theirs:>14,.2f}  {'not measured':>14}  (castor has no PostgreSQL store yet)")
+
+
+if __name__ == "__main__":
+    main()
