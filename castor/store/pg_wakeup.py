@@ -112,10 +112,11 @@ class Listener:
         with self._cond:
             self._cond.notify_all()
 
-    def abandon(self) -> list[Any]:
-        """After a fork: the thread is gone; hand back the connection, untouched."""
+    def abandon(self) -> None:
+        """After a fork, in the child: the thread is gone; the parent's connection is
+        dropped, never closed (closing would end the parent's session)."""
         self._closed = True
-        return [self._conn] if self._conn is not None else []
+        self._conn = None
 
 
 class AsyncWatch:

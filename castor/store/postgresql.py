@@ -5,8 +5,7 @@ Work in progress (issue 14, section 2). Design notes:
 * Connections: psycopg 3, autocommit, a small pool per store and process: an
   operation takes an idle connection (or opens one) and gives it back. Writes of
   more than one statement run in an explicit transaction. After a fork the child
-  never touches the parent's connections (their sockets are pointed at /dev/null,
-  so not even their finalizers can speak on them); it opens its own.
+  never touches the parent's connections (it drops them unclosed); it opens its own.
 * The clock: leases and heartbeats run on the server's clock. By default
   `store.clock` reads it (a round trip), but statements do not call it: they say
   `clock_timestamp()` in SQL, one read of the server's clock per statement. A
@@ -266,21 +265,7 @@ def _channel(schema: str) -> str:
     return "castor:" + hashlib.sha1(schema.encode()).hexdigest()
 
 
-def _disarm(conn: Any) -> None:
-    """Point an inherited connection's socket at /dev/null in this process: whatever
-    its finalizer sends (libpq's goodbye) cannot end the parent's session."""
-    try:
-        fd = conn.pgconn.socket
-        devnull = os.open(os.devnull, os.O_RDWR)
-        try:
-            os.dup2(devnull, fd)
-        finally:
-            os.close(devnull)
-    except Exception:  # noqa: BLE001 - already closed: nothing of the parent's to protect
-        pass
-
-
-# Every open store, so that a forked child disarms what it inherited at once.
+# Every open store, so that a forked child forgets what it inherited at once.
 _STORES: weakref.WeakSet[PostgreSQLStore] = weakref.WeakSet()
 
 
@@ -346,11 +331,11 @@ class PostgreSQLStore(Store):
         """In a forked child: leave the parent's connections alone, open new ones."""
         if self._pid == os.getpid():
             return
-        inherited = list(self._idle)
+        # Never closed here: closing says goodbye on the parent's socket and ends its
+        # session. Dropped, they are finalized without a word (psycopg's PGconn only
+        # finishes a connection in the process that opened it).
         if self._listener is not None:
-            inherited += self._listener.abandon()
-        for conn in inherited:
-            _disarm(conn)
+            self._listener.abandon()
         self._lock = threading.Lock()
         self._idle = []
         self._listener = None
