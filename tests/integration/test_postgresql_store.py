@@ -139,3 +139,44 @@ def test_a_forked_child_leaves_the_parents_connections_alone(opened):
     other = opened()
     other.enqueue([new("after")])
     assert store.wait_for_change(listening, 30) > listening
+
+
+def _open_and_report(location: str, start, results) -> None:  # noqa: ANN001 - multiprocessing primitives
+    import castor.store.postgresql  # noqa: F401 - imported first, so that the opens start together
+
+    start.wait(60)
+    try:
+        open_store(location).close()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.timeout(120)
+def test_processes_opening_a_new_schema_at_once_migrate_it_once(location):
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    start, results = spawn.Event(), spawn.Queue()
+    procs = [spawn.Process(target=_open_and_report, args=(location, start, results), daemon=True) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    try:
+        start.set()
+        reports = [results.get(timeout=90) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    assert reports == ["ok"] * 4
+    with psycopg.connect(location, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM castor_meta WHERE key = 'schema_version'").fetchall() == [("1",)]
+
+
+def test_a_schema_from_a_newer_castor_is_refused(opened, location):
+    opened().close()
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("UPDATE castor_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer than this castor understands"):
+        open_store(location)
