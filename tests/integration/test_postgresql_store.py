@@ -97,8 +97,8 @@ def test_a_url_psycopg_cannot_read_is_a_configuration_error():
         open_store("postgresql://castor@/postgres?no_such_parameter=1")
 
 
-def test_a_search_path_with_no_schema_is_refused_with_the_fix():
-    url = os.environ[POSTGRES_URL_VARIABLE]
+def test_a_search_path_with_no_schema_is_refused_with_the_fix(location):
+    url = os.environ[POSTGRES_URL_VARIABLE]  # the location fixture skipped if it is not set
     with pytest.raises(StoreError, match="search_path"):
         open_store(url + ("&" if "?" in url else "?") + "options=-csearch_path%3Dno_such_schema_here")
 
