@@ -30,6 +30,7 @@ def database_path(db: Any) -> str:
 
 
 SQLITE_SCHEME = "sqlite:"
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 
 
 def _sqlite_url_path(url: str) -> str:
@@ -48,9 +49,14 @@ def _sqlite_url_path(url: str) -> str:
 
 def open_store(db: Any, *, lock_timeout: float = 30.0, durable: bool = False) -> Store:
     """The store for a BeaverDB, a path to its file, or a URL: `sqlite:///path` (and
-    `sqlite:path`). A URL of another scheme is refused by name."""
+    `sqlite:path`), or `postgresql://...` (also `postgres://`; the extra
+    castor[postgresql]). A URL of another scheme is refused by name."""
     from castor.store.sqlite import SQLiteStore
 
+    if isinstance(db, str) and db.startswith(POSTGRESQL_SCHEMES):
+        from castor.store.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore(db)
     if isinstance(db, str) and _SCHEME.match(db) and not db.startswith(SQLITE_SCHEME):
         scheme = db.split(":", 1)[0]
         raise ConfigurationError(

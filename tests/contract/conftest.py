@@ -14,7 +14,10 @@ lease measured on the wrong one shows.
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 import pytest
 
@@ -26,9 +29,33 @@ def sqlite_location(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("tmp_path") / "contract.db")
 
 
+POSTGRES_URL_VARIABLE = "CASTOR_TEST_POSTGRES_URL"
+
+
+def postgresql_location(request: pytest.FixtureRequest) -> str:
+    """A fresh, empty schema of the server at $CASTOR_TEST_POSTGRES_URL, named in the URL's
+    search_path (castor's tables go in the connection's current schema); dropped after."""
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"no PostgreSQL server for the contract suite: set {POSTGRES_URL_VARIABLE}")
+    import psycopg
+
+    schema = f"contract_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+
+    def drop() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+    request.addfinalizer(drop)
+    return url + ("&" if "?" in url else "?") + "options=" + quote(f"-csearch_path={schema}")
+
+
 # name -> a fresh, empty location for one test (what open_store takes).
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "sqlite": sqlite_location,
+    "postgresql": postgresql_location,
 }
 
 @pytest.fixture

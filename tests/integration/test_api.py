@@ -503,7 +503,6 @@ class TestStoreLocation:
             assert conn.execute("SELECT count(*) FROM castor_tasks").fetchone() == (1,)
 
     @pytest.mark.parametrize("url, message", [
-        ("postgresql://castor@db/tasks", "castor has no store for postgresql: URLs in this version"),
         ("redis://localhost", "castor has no store for redis: URLs"),
         ("sqlite://db-host/app.db", "names a host; a SQLite store is a local file"),
         ("sqlite:", "names no file"),

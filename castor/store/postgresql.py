@@ -1,0 +1,873 @@
+"""The PostgreSQL store: castor's tables in a PostgreSQL database, shared by a fleet.
+
+Work in progress (issue 14, section 2). Design notes:
+
+* Connections: psycopg 3, autocommit, a small pool per store and process: an
+  operation takes an idle connection (or opens one) and gives it back. Writes of
+  more than one statement run in an explicit transaction. After a fork the child
+  never touches the parent's connections (it drops them unclosed); it opens its own.
+* The clock: leases and heartbeats run on the server's clock. By default
+  `store.clock` reads it (a round trip), but statements do not call it: they say
+  `clock_timestamp()` in SQL, one read of the server's clock per statement. A
+  clock put in by hand (the tests') is read once per call and sent as a
+  parameter instead; the same SQL takes either (`coalesce(%(clock)s, ...)`).
+* Claims: one UPDATE whose rows are `id = ANY(ARRAY(SELECT id ... ORDER BY
+  priority DESC, eta, id LIMIT n FOR UPDATE SKIP LOCKED))`: concurrent claims skip
+  each other's rows instead of waiting, and never both take one. (A CTE joined to
+  the UPDATE gets a generic plan that scans the table once the LIMIT is a bound
+  parameter; the array form does not.)
+* Waking: writes that make a task due or end one NOTIFY the store's channel in
+  their transaction; castor/store/pg_wakeup.py listens on one connection.
+* Errors: a connection that fails (server down or restarting, too many clients)
+  and the server's other "try again" errors raise StoreUnavailable; anything else
+  from the server raises StoreError with its message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from castor.errors import ConfigurationError, StoreError, StoreUnavailable, TaskIdConflict
+from castor.failures import describe_message
+from castor.interrupts import shielded
+from castor.states import TaskStatus
+from castor.store import pg_schema
+from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord
+from castor.store.pg_wakeup import AsyncWatch, Listener
+
+try:
+    import psycopg
+    from psycopg.types.json import Jsonb
+except ImportError:  # pragma: no cover - the extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+
+# Idle connections kept per store and process (more are opened when more threads
+# work at once, and closed when they come back).
+POOL_IDLE = 8
+CONNECT_TIMEOUT_SECONDS = 10
+
+# The lease clock in SQL: the caller's (a parameter) or else the server's.
+_CLOCK = "coalesce(%(clock)s::float8, extract(epoch FROM clock_timestamp())::float8)"
+
+_COLUMNS = (
+    "id, task_name, queue, mode, daemon, status, priority, serializer, args, kwargs, args_text, "
+    "kwargs_text, enqueued_at, eta, started_at, finished_at, result, result_text, error, attempts, lost, "
+    "owner, lease_expires, options, cancel_requested, fence, isolate, progress, progress_message, history, "
+    "expires_at, unique_key"
+)
+
+_INSERT = (
+    "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, args, "
+    "kwargs, args_text, kwargs_text, enqueued_at, eta, at_once, options, unique_key, cache_key) "
+    "VALUES (%(id)s, %(name)s, %(queue)s, %(mode)s, %(daemon)s, 'pending', %(priority)s, %(serializer)s, "
+    "%(args)s, %(kwargs)s, %(args_text)s, %(kwargs_text)s, %(enqueued_at)s, %(eta)s, %(at_once)s, "
+    "%(options)s, %(unique_key)s, %(cache_key)s)"
+)
+_INSERT_UNIQUE = _INSERT + (
+    " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')"
+    " DO NOTHING RETURNING id"
+)
+_UNFINISHED_TWIN = "SELECT id FROM castor_tasks WHERE unique_key = %s AND status IN ('pending', 'running')"
+
+# Every write for a claim names its fencing token: only that claim may write.
+_FENCE = "WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'"
+
+# When a task the store ends itself (a lost worker, a cancel met on the way back)
+# expires: its own failure_ttl, else the Manager's; NULL keeps it.
+_FAILURE_EXPIRY = "(%(now)s + coalesce((options->>'failure_ttl')::float8, %(failure_ttl)s::float8))"
+
+_HISTORY_APPEND = "coalesce(history, '[]'::jsonb) || jsonb_build_array(%(entry)s::jsonb)"
+
+_SETTLE = f"""UPDATE castor_tasks
+                 SET status = %(status)s, result = %(result)s, result_text = %(result_text)s, error = %(error)s,
+                     finished_at = %(now)s, lease_expires = NULL, expires_at = %(expires_at)s
+               {_FENCE} RETURNING 1"""
+
+_SETTLE_FAILED = f"""UPDATE castor_tasks
+                 SET status = 'failed', error = %(error)s, finished_at = %(now)s, lease_expires = NULL,
+                     expires_at = %(expires_at)s, history = {_HISTORY_APPEND}
+               {_FENCE} RETURNING 1"""
+
+# A retry goes back to pending at its ETA, unless a cancel was asked meanwhile.
+_SETTLE_RETRY = f"""UPDATE castor_tasks
+                 SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+                     finished_at = CASE WHEN cancel_requested THEN %(now)s END,
+                     expires_at = CASE WHEN cancel_requested THEN {_FAILURE_EXPIRY} END,
+                     error = %(error)s, eta = %(eta)s, at_once = %(at_once)s, lease_expires = NULL,
+                     progress = NULL, progress_message = NULL, history = {_HISTORY_APPEND}
+               {_FENCE} RETURNING 1"""
+
+_SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE} RETURNING 1"
+
+_DUE = ("status = 'pending' AND mode = %(mode)s AND isolate = %(isolate)s "
+        "AND (at_once OR eta <= %(now)s)")
+_IN_QUEUES = " AND queue = ANY(%(queues)s)"
+
+_CLAIM = f"""UPDATE castor_tasks
+                SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
+                    started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
+              WHERE id = ANY(ARRAY(
+                    SELECT id FROM castor_tasks WHERE {_DUE}{{queues}}
+                     ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+                AND status = 'pending'
+          RETURNING {_COLUMNS}"""
+_CLAIM_ANY = _CLAIM.format(queues="")
+_CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES)
+
+_RETRY_SET = """SET status = 'pending', eta = %(now)s, at_once = true, error = NULL, result = NULL,
+                    result_text = false, owner = NULL, finished_at = NULL, started_at = NULL, expires_at = NULL,
+                    lost = 0, isolate = false, cancel_requested = false, progress = NULL,
+                    progress_message = NULL"""
+
+
+def _text(value: str | bytes | None) -> tuple[bytes | None, bool]:
+    """A serializer's output as bytes, and whether it was text."""
+    if isinstance(value, str):
+        return value.encode("utf-8"), True
+    return value, False
+
+
+def _untext(value: bytes | None, was_text: bool) -> str | bytes | None:
+    if value is None:
+        return None
+    value = bytes(value)
+    return value.decode("utf-8") if was_text else value
+
+
+def _jsonb(value: Any) -> Any:
+    return None if value is None else Jsonb(value)
+
+
+def _insert_params(task: NewTask) -> dict[str, Any]:
+    args, args_text = _text(task.args)
+    kwargs, kwargs_text = _text(task.kwargs)
+    return {
+        "id": task.id, "name": task.name, "queue": task.queue, "mode": task.mode, "daemon": bool(task.daemon),
+        "priority": task.priority, "serializer": task.serializer, "args": args, "kwargs": kwargs,
+        "args_text": args_text, "kwargs_text": kwargs_text, "enqueued_at": task.enqueued_at, "eta": task.eta,
+        "at_once": task.eta <= task.enqueued_at, "options": _jsonb(task.options or None),
+        "unique_key": task.unique_key, "cache_key": task.cache_key,
+    }
+
+
+def _record(row: Sequence[Any], to_wall: float) -> TaskRecord:
+    """A record from _COLUMNS; `to_wall` turns a lease-clock time into an epoch time."""
+    (id_, name, queue, mode, daemon, status, priority, serializer, args, kwargs, args_text, kwargs_text,
+     enqueued_at, eta, started_at, finished_at, result, result_text, error, attempts, lost, owner,
+     lease_expires, options, cancel_requested, fence, isolate, progress, progress_message, history,
+     expires_at, unique_key) = row
+    return TaskRecord(
+        id_, name, queue, mode, daemon, TaskStatus(status), priority, serializer,
+        _untext(args, args_text), _untext(kwargs, kwargs_text),  # type: ignore[arg-type]
+        enqueued_at, eta, started_at, finished_at, _untext(result, result_text), error, attempts, lost, owner,
+        None if lease_expires is None else lease_expires + to_wall, options or {},
+        progress=progress, progress_message=progress_message, cancel_requested=cancel_requested,
+        history=history or [], expires_at=expires_at, unique_key=unique_key, fence=fence, isolate=isolate,
+    )
+
+
+def _best_first(rows: Sequence[Sequence[Any]], to_wall: float) -> list[TaskRecord]:
+    """RETURNING gives no order; hand claims out best first."""
+    records = [_record(r, to_wall) for r in rows]
+    records.sort(key=lambda r: (-r.priority, r.eta, r.id))
+    return records
+
+
+def _history_entry(s: Settlement) -> Any:
+    error = s.error or {}
+    return Jsonb({"attempt": s.attempt, "type": error.get("type"), "message": error.get("message"),
+                  "at": s.finished_at})
+
+
+def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {"id": s.task_id, "fence": s.fence, "now": s.finished_at}
+    if s.drop:
+        return _SETTLE_DROP, params
+    if s.status == TaskStatus.PENDING:
+        params.update(error=_jsonb(s.error), eta=s.eta, at_once=s.eta is None or s.eta <= s.finished_at,
+                      entry=_history_entry(s), failure_ttl=failure_ttl)
+        return _SETTLE_RETRY, params
+    if s.status == TaskStatus.FAILED:
+        params.update(error=_jsonb(s.error), expires_at=s.expires_at, entry=_history_entry(s))
+        return _SETTLE_FAILED, params
+    result, result_text = _text(s.result)
+    params.update(status=str(s.status), result=result, result_text=result_text,
+                  error=_jsonb(s.error or None), expires_at=s.expires_at)
+    return _SETTLE, params
+
+
+def _where(query: Query) -> tuple[str, dict[str, Any]]:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for column, key, value in (("status", "q_status", query.status), ("task_name", "q_name", query.name),
+                               ("queue", "q_queue", query.queue), ("id", "q_id", query.task_id)):
+        if value is not None:
+            clauses.append(f"{column} = %({key})s")
+            params[key] = str(value)
+    if query.dirty is not None:
+        # Dirty: a worker vanished while running it, blamed (lost) or not (isolate).
+        clauses.append("(lost > 0 OR isolate)" if query.dirty else "(lost = 0 AND NOT isolate)")
+    if query.finished_before is not None:
+        clauses.append("finished_at < %(q_finished_before)s")
+        params["q_finished_before"] = query.finished_before
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _worker_lost(max_lost: int) -> dict[str, Any]:
+    return describe_message(
+        "castor.errors.WorkerLost",
+        f"the worker running this task was lost {max_lost} times (it died, or its lease "
+        "expired); giving up",
+    )
+
+
+def _finish_cancelled(cur: Any, ids: list[str], now: float, failure_ttl: float | None) -> None:
+    """Held tasks that were asked to cancel and lost (or left) their worker end cancelled."""
+    cur.execute(
+        f"""UPDATE castor_tasks
+               SET status = 'cancelled', finished_at = %(now)s, lease_expires = NULL,
+                   expires_at = {_FAILURE_EXPIRY}
+             WHERE id = ANY(%(ids)s) AND status = 'running' AND cancel_requested""",
+        {"ids": ids, "now": now, "failure_ttl": failure_ttl})
+
+
+def _lose(cur: Any, ids: list[str], *, max_lost: int, now: float, failure_ttl: float | None) -> None:
+    """These running tasks lost their worker: fail those lost `max_lost` times
+    (WorkerLost), return the rest to pending (cancel-requested ones end cancelled)."""
+    _finish_cancelled(cur, ids, now, failure_ttl)
+    params = {"ids": ids, "now": now, "failure_ttl": failure_ttl, "max_lost": max_lost,
+              "error": Jsonb(_worker_lost(max_lost))}
+    cur.execute(
+        f"""UPDATE castor_tasks
+               SET status = 'failed', error = %(error)s, finished_at = %(now)s, lease_expires = NULL,
+                   lost = lost + 1, expires_at = {_FAILURE_EXPIRY}
+             WHERE id = ANY(%(ids)s) AND status = 'running' AND lost + 1 >= %(max_lost)s""", params)
+    cur.execute(
+        """UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1,
+                                   progress = NULL, progress_message = NULL
+            WHERE id = ANY(%(ids)s) AND status = 'running'""", params)
+
+
+def _channel(schema: str) -> str:
+    """The NOTIFY channel of the store in `schema` (a name PostgreSQL keeps whole: < 64 bytes)."""
+    name = f"castor:{schema}"
+    if len(name.encode()) < 64:
+        return name
+    return "castor:" + hashlib.sha1(schema.encode()).hexdigest()
+
+
+# Every open store, so that a forked child forgets what it inherited at once.
+_STORES: weakref.WeakSet[PostgreSQLStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._forget_inherited()  # noqa: SLF001
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class PostgreSQLStore(Store):
+    def __init__(self, url: str):
+        if psycopg is None:
+            raise ConfigurationError(
+                "a postgresql:// store needs psycopg 3: pip install 'castor[postgresql]'")
+        try:
+            psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigurationError(f"not a usable PostgreSQL URL ({exc}); for example "
+                                     "postgresql://user@host:5432/dbname") from exc
+        self.url = url
+        # Not a file: castord's file checks do not apply. The URL names the store.
+        self.path = url
+        self.clock = self.server_clock
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []
+        self._closed = False
+        self._listener: Listener | None = None
+        _STORES.add(self)
+        try:
+            with self._session() as conn:
+                cur = conn.cursor()
+                if pg_schema.installed_version(cur) != pg_schema.SCHEMA_VERSION:
+                    with conn.transaction():
+                        pg_schema.migrate(conn.cursor())
+                cur.execute("SELECT current_schema()")
+                self._channel = _channel(cur.fetchone()[0])
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the clock ------------------------------------------------------------------
+
+    def server_clock(self) -> float:
+        """The server's clock, in epoch seconds (the default lease clock)."""
+        return float(self._fetch("SELECT extract(epoch FROM clock_timestamp())::float8")[0][0])
+
+    def _clock(self) -> float | None:
+        """The lease clock to send: None for the server's (read in SQL, no round trip)."""
+        return None if self.clock == self.server_clock else float(self.clock())
+
+    def _to_wall(self, clock: float | None, now: float | None = None) -> float:
+        """What to add to a lease-clock time to tell it as an epoch time."""
+        if clock is None:
+            return 0.0  # the server's clock is an epoch clock
+        return (time.time() if now is None else now) - clock
+
+    # -- connections ----------------------------------------------------------------
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: leave the parent's connections alone, open new ones."""
+        if self._pid == os.getpid():
+            return
+        # Never closed here: closing says goodbye on the parent's socket and ends its
+        # session. Dropped, they are finalized without a word (psycopg's PGconn only
+        # finishes a connection in the process that opened it).
+        if self._listener is not None:
+            self._listener.abandon()
+        self._lock = threading.Lock()
+        self._idle = []
+        self._listener = None
+        self._pid = os.getpid()
+
+    def _connect(self) -> Any:
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL ({_first_line(exc)}); "
+                                   "nothing was written") from exc
+
+    def _take(self) -> Any:
+        self._forget_inherited()
+        if self._closed:
+            raise StoreError("the castor store for this PostgreSQL database is closed")
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
+
+    def _give_back(self, conn: Any) -> None:
+        healthy = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if healthy and self._pid == os.getpid() and not self._closed:
+            with self._lock:
+                if len(self._idle) < POOL_IDLE:
+                    self._idle.append(conn)
+                    return
+        if self._pid == os.getpid():
+            conn.close()
+
+    @contextmanager
+    def _session(self) -> Iterator[Any]:
+        """A connection for this thread alone, given back after; the server's errors
+        leave as StoreUnavailable (worth waiting out) or StoreError. Shielded: a
+        thread task's timeout waits until we are out (castor/interrupts.py)."""
+        with shielded():
+            conn = self._take()
+            try:
+                yield conn
+            except psycopg.OperationalError as exc:
+                conn.close()
+                raise StoreUnavailable(f"PostgreSQL cannot answer now ({_first_line(exc)}); "
+                                       "a later try may succeed") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"PostgreSQL refused castor's statement: {_first_line(exc)}") from exc
+            finally:
+                self._give_back(conn)
+
+    def _fetch(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One autocommit statement; its rows (none for a statement without any)."""
+        with self._session() as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description is not None else []
+
+    def _write(self, body: Callable[[Any], T]) -> T:
+        """`body(cursor)` in one transaction."""
+        with self._session() as conn, conn.transaction():
+            return body(conn.cursor())
+
+    def _notify(self, cur: Any) -> None:
+        """Wake the store's listeners once this transaction commits."""
+        cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
+
+    # -- producing ------------------------------------------------------------------
+
+    def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
+        if not tasks:
+            return []
+
+        def body(cur: Any) -> list[str]:
+            ids = []
+            if not any(t.unique_key is not None for t in tasks):
+                cur.executemany(_INSERT, [_insert_params(t) for t in tasks])
+                ids = [t.id for t in tasks]
+            else:
+                for task in tasks:
+                    if task.unique_key is None:
+                        cur.execute(_INSERT, _insert_params(task))
+                        ids.append(task.id)
+                        continue
+                    cur.execute(_INSERT_UNIQUE, _insert_params(task))
+                    if cur.fetchall():
+                        ids.append(task.id)
+                    else:
+                        cur.execute(_UNFINISHED_TWIN, (task.unique_key,))
+                        ids.append(cur.fetchone()[0])
+            self._notify(cur)
+            return ids
+
+        return self._write_new(body)
+
+    def _write_new(self, body: Callable[[Any], T]) -> T:
+        """A write of new rows: a duplicate task id is the caller's (TaskIdConflict)."""
+        with self._session() as conn:
+            try:
+                with conn.transaction():
+                    return body(conn.cursor())
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name == "castor_tasks_pkey":
+                    raise TaskIdConflict(f"a task with this id already exists ({_first_line(exc)}); "
+                                         "task ids must be unique") from exc
+                raise
+
+    def find_cached(self, cache_key: str, *, since: float) -> str | None:
+        rows = self._fetch(
+            "SELECT id FROM castor_tasks WHERE cache_key = %s AND status = 'success' AND finished_at >= %s "
+            "ORDER BY finished_at DESC LIMIT 1", (cache_key, since))
+        return rows[0][0] if rows else None
+
+    # -- consuming ------------------------------------------------------------------
+
+    def has_due(self, *, mode: str, queues: Sequence[str] | None, now: float, isolated: bool = False) -> bool:
+        sql = f"SELECT EXISTS (SELECT 1 FROM castor_tasks WHERE {_DUE}{_IN_QUEUES if queues is not None else ''})"
+        return bool(self._fetch(sql, {"mode": mode, "isolate": isolated, "now": now,
+                                      "queues": list(queues or [])})[0][0])
+
+    def _claim_in(self, cur: Any, owner: str, mode: str, queues: Sequence[str] | None, limit: int,
+                  lease: float, now: float, isolated: bool, clock: float | None) -> list[tuple[Any, ...]]:
+        cur.execute(_CLAIM_ANY if queues is None else _CLAIM_IN, {
+            "owner": owner, "mode": mode, "isolate": isolated, "now": now, "limit": limit, "lease": lease,
+            "clock": clock, "queues": list(queues or [])})
+        return cur.fetchall()
+
+    def claim(
+        self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float,
+        isolated: bool = False,
+    ) -> list[TaskRecord]:
+        if limit <= 0:
+            return []
+        clock = self._clock()
+        with self._session() as conn:
+            rows = self._claim_in(conn.cursor(), owner, mode, queues, limit, lease, now, isolated, clock)
+        return _best_first(rows, self._to_wall(clock, now))
+
+    def settle_and_claim(
+        self,
+        settlements: Sequence[Settlement],
+        owner: str,
+        *,
+        mode: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease: float,
+        now: float,
+        isolated: bool = False,
+    ) -> tuple[list[bool], list[TaskRecord]]:
+        statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
+        clock = self._clock()
+
+        def body(cur: Any) -> tuple[list[bool], list[tuple[Any, ...]]]:
+            accepted = []
+            for sql, params in statements:
+                cur.execute(sql, params)
+                accepted.append(bool(cur.fetchall()))
+            if any(accepted):
+                self._notify(cur)
+            rows = self._claim_in(cur, owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else []
+            return accepted, rows
+
+        accepted, rows = self._write(body)
+        return accepted, _best_first(rows, self._to_wall(clock, now))
+
+    def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
+        clock = self._clock()
+        rows = self._fetch(
+            f"""UPDATE castor_tasks
+                   SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
+                       started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
+                 WHERE id = %(id)s AND status = 'pending'
+             RETURNING {_COLUMNS}""",
+            {"owner": owner, "lease": lease, "now": now, "id": task_id, "clock": clock})
+        return _record(rows[0], self._to_wall(clock, now)) if rows else None
+
+    def renew(self, claims: Sequence[tuple[str, int]], *, lease: float) -> set[tuple[str, int]]:
+        if not claims:
+            return set()
+        # One statement for every claim named.
+        rows = self._fetch(
+            f"""UPDATE castor_tasks t SET lease_expires = {_CLOCK} + %(lease)s
+                  FROM unnest(%(ids)s::text[], %(fences)s::bigint[]) AS c(id, fence)
+                 WHERE t.id = c.id AND t.fence = c.fence AND t.status = 'running'
+             RETURNING t.id, t.fence""",
+            {"lease": lease, "clock": self._clock(), "ids": [c[0] for c in claims],
+             "fences": [c[1] for c in claims]})
+        return {(task_id, fence) for task_id, fence in rows}
+
+    def settle_one(self, settlement: Settlement) -> bool:
+        sql, params = _settle_statement(settlement, self.failure_ttl)
+
+        def body(cur: Any) -> bool:
+            cur.execute(sql, params)
+            accepted = bool(cur.fetchall())
+            if accepted:
+                self._notify(cur)
+            return accepted
+
+        return self._write(body)
+
+    def requeue(self, task_id: str, fence: int, *, count_attempt: bool) -> bool:
+        params = {"now": time.time(), "failure_ttl": self.failure_ttl, "give_back": 0 if count_attempt else 1,
+                  "id": task_id, "fence": fence}
+
+        def body(cur: Any) -> bool:
+            cur.execute(
+                f"""UPDATE castor_tasks
+                      SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+                          finished_at = CASE WHEN cancel_requested THEN %(now)s END,
+                          expires_at = CASE WHEN cancel_requested THEN {_FAILURE_EXPIRY} END,
+                          lease_expires = NULL,
+                          -- back in the queue: no attempt's progress; an attempt handed back
+                          -- uncounted runs again, a cancelled one does not
+                          progress = CASE WHEN cancel_requested THEN progress END,
+                          progress_message = CASE WHEN cancel_requested THEN progress_message END,
+                          attempts = attempts - CASE WHEN cancel_requested THEN 0 ELSE %(give_back)s END
+                    {_FENCE} RETURNING 1""", params)
+            done = bool(cur.fetchall())
+            if done:
+                self._notify(cur)
+            return done
+
+        return self._write(body)
+
+    def _records(self, cur: Any, ids: list[str], to_wall: float) -> list[TaskRecord]:
+        cur.execute(f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = ANY(%s) ORDER BY id", (ids,))
+        return [_record(r, to_wall) for r in cur.fetchall()]
+
+    def release_owner(self, owner: str, *, count_attempt: bool, max_lost: int) -> list[TaskRecord]:
+        now = time.time()
+        to_wall = self._to_wall(self._clock())
+        failure_ttl = self.failure_ttl
+
+        def body(cur: Any) -> list[TaskRecord]:
+            cur.execute("SELECT id FROM castor_tasks WHERE status = 'running' AND owner = %s ORDER BY id "
+                        "FOR UPDATE", (owner,))
+            held = [r[0] for r in cur.fetchall()]
+            if not held:
+                return []
+            params = {"ids": held}
+            if count_attempt and len(held) > 1:
+                # Several tasks held by the process that crashed: any one may have
+                # killed it. None is blamed; each runs alone next, so that a repeat
+                # of the crash names the culprit.
+                _finish_cancelled(cur, held, now, failure_ttl)
+                cur.execute("""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, isolate = true,
+                                                       progress = NULL, progress_message = NULL
+                                WHERE id = ANY(%(ids)s) AND status = 'running'""", params)
+            elif count_attempt:
+                _lose(cur, held, max_lost=max_lost, now=now, failure_ttl=failure_ttl)
+            else:
+                _finish_cancelled(cur, held, now, failure_ttl)
+                cur.execute("""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL,
+                                                       attempts = attempts - 1,
+                                                       progress = NULL, progress_message = NULL
+                                WHERE id = ANY(%(ids)s) AND status = 'running'""", params)
+            self._notify(cur)
+            return self._records(cur, held, to_wall)
+
+        return self._write(body)
+
+    def recover_expired(self, *, now: float, max_lost: int) -> list[TaskRecord]:
+        clock = self._clock()
+        to_wall = self._to_wall(clock)
+        expired = f"FROM castor_tasks WHERE status = 'running' AND lease_expires < {_CLOCK}"
+        # A read first: the usual answer is "nothing", without a transaction.
+        if not self._fetch(f"SELECT 1 {expired} LIMIT 1", {"clock": clock}):
+            return []
+        failure_ttl = self.failure_ttl
+
+        def body(cur: Any) -> list[TaskRecord]:
+            # SKIP LOCKED: castords on several hosts recovering at once share the rows.
+            cur.execute(f"SELECT id {expired} ORDER BY id FOR UPDATE SKIP LOCKED", {"clock": clock})
+            ids = [r[0] for r in cur.fetchall()]
+            if not ids:
+                return []
+            _lose(cur, ids, max_lost=max_lost, now=now, failure_ttl=failure_ttl)
+            self._notify(cur)
+            return self._records(cur, ids, to_wall)
+
+        return self._write(body)
+
+    # -- castord heartbeats -----------------------------------------------------------
+
+    def record_daemon(self, daemon_id: str, *, host: str, pid: int, app: str, started_at: float,
+                      info: dict[str, Any], now: float, lock_timeout: float | None = None) -> None:
+        params = {"id": daemon_id, "host": host, "pid": pid, "app": app, "started_at": started_at, "now": now,
+                  "info": Jsonb(info), "clock": self._clock()}
+
+        def body(cur: Any) -> None:
+            if lock_timeout is not None:
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, int(lock_timeout * 1000))}ms",))
+            cur.execute(
+                f"""INSERT INTO castor_daemons (id, host, pid, app, started_at, heartbeat_at, info, heartbeat_clock)
+                    VALUES (%(id)s, %(host)s, %(pid)s, %(app)s, %(started_at)s, %(now)s, %(info)s, {_CLOCK})
+                    ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                                                   heartbeat_clock = excluded.heartbeat_clock,
+                                                   info = excluded.info""", params)
+
+        self._write(body)
+
+    def remove_daemon(self, daemon_id: str) -> None:
+        self._fetch("DELETE FROM castor_daemons WHERE id = %s", (daemon_id,))
+
+    def daemons(self) -> list[dict[str, Any]]:
+        rows = self._fetch(
+            f"SELECT id, host, pid, app, started_at, heartbeat_at, info, heartbeat_clock, {_CLOCK} "
+            "FROM castor_daemons ORDER BY heartbeat_at DESC", {"clock": self._clock()})
+        keys = ("id", "host", "pid", "app", "started_at", "heartbeat_at", "info")
+        wall = time.time()
+        out = []
+        for *row, beat_clock, clock in rows:
+            item = dict(zip(keys, row, strict=True))
+            item["info"] = item["info"] or {}
+            # Seconds since its last heartbeat, on the store's clock.
+            item["heartbeat_age"] = (clock - beat_clock) if beat_clock is not None and beat_clock <= clock \
+                else wall - item["heartbeat_at"]
+            out.append(item)
+        return out
+
+    # -- cancelling, progress, retrying, purging ----------------------------------------
+
+    def cancel(self, task_id: str, *, now: float, expires_at: float | None = None) -> TaskStatus | None:
+        def body(cur: Any) -> TaskStatus | None:
+            cur.execute("SELECT status FROM castor_tasks WHERE id = %s FOR UPDATE", (task_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            status = TaskStatus(row[0])
+            if status == TaskStatus.PENDING:
+                cur.execute("UPDATE castor_tasks SET status = 'cancelled', finished_at = %s, expires_at = %s "
+                            "WHERE id = %s", (now, expires_at, task_id))
+                self._notify(cur)
+                return TaskStatus.CANCELLED
+            if status == TaskStatus.RUNNING:
+                cur.execute("UPDATE castor_tasks SET cancel_requested = true WHERE id = %s", (task_id,))
+            return status
+
+        return self._write(body)
+
+    def cancel_requests(self, owner: str) -> list[tuple[str, int]]:
+        rows = self._fetch("SELECT id, fence FROM castor_tasks WHERE status = 'running' AND owner = %s "
+                           "AND cancel_requested ORDER BY id", (owner,))
+        return [(r[0], r[1]) for r in rows]
+
+    def set_progress(self, task_id: str, fence: int, fraction: float | None, message: str | None) -> bool:
+        return bool(self._fetch(
+            f"UPDATE castor_tasks SET progress = %(fraction)s, progress_message = %(message)s {_FENCE} RETURNING 1",
+            {"fraction": fraction, "message": message, "id": task_id, "fence": fence}))
+
+    def retry(self, query: Query | None = None, *, task_id: str | None = None, now: float) -> list[str]:
+        params: dict[str, Any]
+        if task_id is not None:
+            where, params = " WHERE id = %(q_id)s", {"q_id": task_id}
+        else:
+            query = query or Query(status=TaskStatus.FAILED)
+            if query.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise ValueError("retry takes failed or cancelled tasks only")
+            where, params = _where(query)
+        params["now"] = now
+        where += (" AND " if where else " WHERE ") + "status IN ('failed', 'cancelled')"
+        # A task whose unique twin is pending or running stays as it is, and of
+        # finished twins retried together one comes back (the unique index allows
+        # one unfinished task per key).
+        sql = f"""UPDATE castor_tasks {_RETRY_SET}
+                   WHERE id IN (
+                         SELECT DISTINCT ON (c.unique_key, CASE WHEN c.unique_key IS NULL THEN c.id END) c.id
+                           FROM castor_tasks c{where}
+                            AND (c.unique_key IS NULL OR NOT EXISTS (
+                                 SELECT 1 FROM castor_tasks u WHERE u.unique_key = c.unique_key
+                                    AND u.status IN ('pending', 'running')))
+                          ORDER BY c.unique_key, CASE WHEN c.unique_key IS NULL THEN c.id END, c.id)
+                     AND status IN ('failed', 'cancelled')
+               RETURNING id"""
+
+        def body(cur: Any) -> list[str]:
+            cur.execute(sql, params)
+            ids = [r[0] for r in cur.fetchall()]
+            if ids:
+                self._notify(cur)
+            return ids
+
+        return self._write(body)
+
+    def purge(self, query: Query) -> int:
+        if query.status is not None and not query.status.finished:
+            raise ValueError(f"purge deletes finished tasks only, not {query.status} ones")
+        where, params = _where(query)
+        where += (" AND " if where else " WHERE ") + "status IN ('success', 'failed', 'cancelled')"
+        # In batches, so that a large purge never holds many row locks for long.
+        total = 0
+        while True:
+            deleted = len(self._fetch(
+                f"DELETE FROM castor_tasks WHERE id IN (SELECT id FROM castor_tasks{where} LIMIT 1000 "
+                "FOR UPDATE SKIP LOCKED) RETURNING 1", params))
+            total += deleted
+            if deleted < 1000:
+                return total
+
+    def purge_expired(self, *, now: float, limit: int = 1000) -> int:
+        return len(self._fetch(
+            "DELETE FROM castor_tasks WHERE id IN (SELECT id FROM castor_tasks WHERE expires_at IS NOT NULL "
+            "AND expires_at < %(now)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING 1",
+            {"now": now, "limit": limit}))
+
+    # -- periodic schedules ---------------------------------------------------------
+
+    def fire_schedule(self, name: str, tick: float, task: NewTask, *, now: float) -> bool:
+        def body(cur: Any) -> bool:
+            # The conditional upsert: of callers racing for one tick, the first to
+            # write it wins; the others find last_tick no longer below theirs.
+            cur.execute(
+                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id) VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (name) DO UPDATE
+                      SET last_tick = excluded.last_tick, fired_at = excluded.fired_at, task_id = excluded.task_id
+                    WHERE castor_schedules.last_tick < excluded.last_tick
+                RETURNING 1""", (name, tick, now, task.id))
+            won = bool(cur.fetchall())
+            if won:
+                cur.execute(_INSERT, _insert_params(task))
+                self._notify(cur)
+            return won
+
+        return self._write_new(body)
+
+    def schedules(self) -> dict[str, dict[str, Any]]:
+        rows = self._fetch("SELECT name, last_tick, fired_at, task_id FROM castor_schedules")
+        return {name: {"last_tick": tick, "fired_at": fired, "task_id": tid} for name, tick, fired, tid in rows}
+
+    # -- reading --------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        clock = self._clock()
+        rows = self._fetch(f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = %s", (task_id,))
+        return _record(rows[0], self._to_wall(clock)) if rows else None
+
+    def status(self, task_id: str) -> TaskStatus | None:
+        rows = self._fetch("SELECT status FROM castor_tasks WHERE id = %s", (task_id,))
+        return TaskStatus(rows[0][0]) if rows else None
+
+    def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+        where, params = _where(query)
+        params.update(limit=limit, offset=offset)
+        clock = self._clock()
+        rows = self._fetch(f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC "
+                           "LIMIT %(limit)s OFFSET %(offset)s", params)
+        to_wall = self._to_wall(clock)
+        return [_record(r, to_wall) for r in rows]
+
+    def count(self, query: Query) -> int:
+        where, params = _where(query)
+        return int(self._fetch(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0])
+
+    def pending_by_queue(self) -> dict[str, int]:
+        rows = self._fetch("SELECT queue, count(*) FROM castor_tasks WHERE status = 'pending' "
+                           "GROUP BY queue ORDER BY queue")
+        return {queue: int(n) for queue, n in rows}
+
+    def counts_by_status(self) -> dict[TaskStatus, int]:
+        counts = dict.fromkeys(TaskStatus, 0)
+        for status, n in self._fetch("SELECT status, count(*) FROM castor_tasks GROUP BY status"):
+            counts[TaskStatus(status)] = int(n)
+        return counts
+
+    def queue_stats(self, *, now: float) -> dict[str, Any]:
+        scheduled, oldest_due = self._fetch(
+            "SELECT count(*) FILTER (WHERE NOT at_once AND eta > %(now)s), "
+            "       min(eta) FILTER (WHERE at_once OR eta <= %(now)s) "
+            "  FROM castor_tasks WHERE status = 'pending'", {"now": now})[0]
+        failed = self._fetch("SELECT task_name, count(*) FROM castor_tasks WHERE status = 'failed' "
+                             "GROUP BY task_name ORDER BY count(*) DESC, task_name")
+        return {"scheduled": int(scheduled), "oldest_due": oldest_due,
+                "failed_by_name": {name: int(n) for name, n in failed}}
+
+    def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:
+        # Only what this worker may claim (not set apart to run alone, in its queues),
+        # and the first lease to expire (told as a wall-clock time).
+        in_queues = _IN_QUEUES if queues is not None else ""
+        eta, lease_left = self._fetch(
+            f"""SELECT (SELECT min(eta) FROM castor_tasks
+                         WHERE status = 'pending' AND mode = %(mode)s AND NOT isolate AND NOT at_once
+                           AND eta > %(now)s{in_queues}),
+                       (SELECT min(lease_expires) FROM castor_tasks WHERE status = 'running') - {_CLOCK}""",
+            {"mode": mode, "now": now, "queues": list(queues or []), "clock": self._clock()})[0]
+        times = [t for t in (eta, None if lease_left is None else now + lease_left) if t is not None]
+        return min(times) if times else None
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    def verify(self) -> None:
+        with self._session() as conn:
+            version = pg_schema.installed_version(conn.cursor())
+        if version != pg_schema.SCHEMA_VERSION:
+            raise StoreError(f"castor's tables in this PostgreSQL database are at schema version {version}, "
+                             f"not {pg_schema.SCHEMA_VERSION}: they were dropped or changed by hand")
+
+    # -- waiting --------------------------------------------------------------------
+
+    def _ensure_listener(self) -> Listener:
+        self._forget_inherited()
+        if self._closed:
+            raise StoreError("the castor store for this PostgreSQL database is closed")
+        with self._lock:
+            if self._listener is None:
+                try:
+                    self._listener = Listener(self._connect, self._channel)
+                except psycopg.OperationalError as exc:
+                    raise StoreUnavailable(f"cannot LISTEN on PostgreSQL ({_first_line(exc)})") from exc
+            return self._listener
+
+    def generation(self) -> int:
+        return self._ensure_listener().generation
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        return self._ensure_listener().wait(seen, timeout)
+
+    def watch_async(self) -> AsyncWatch:
+        return self._ensure_listener().watch()
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            self._closed = True
+            return
+        with self._lock:
+            idle, self._idle = self._idle, []
+            listener, self._listener = self._listener, None
+            self._closed = True
+        for conn in idle:
+            conn.close()
+        if listener is not None:
+            listener.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,182 @@
+"""PostgreSQL-only store behaviour (the generic contract is tests/contract): the server's
+clock, connection failures, forks, racing claims on separate connections.
+
+Runs against the server at $CASTOR_TEST_POSTGRES_URL, each test in a fresh schema."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from castor.errors import ConfigurationError, StoreError, StoreUnavailable
+from castor.states import TaskStatus
+from castor.store import Query, open_store
+from tests.conftest import wait_until
+from tests.contract.builders import new
+from tests.contract.conftest import POSTGRES_URL_VARIABLE, postgresql_location
+
+psycopg = pytest.importorskip("psycopg")
+
+
+@pytest.fixture
+def location(request: pytest.FixtureRequest) -> str:
+    return postgresql_location(request)
+
+
+@pytest.fixture
+def opened(location):
+    stores = []
+
+    def open_one():
+        store = open_store(location)
+        stores.append(store)
+        return store
+
+    yield open_one
+    for store in stores:
+        store.close()
+
+
+def test_leases_run_on_the_servers_clock_by_default(opened):
+    store = opened()
+    assert store.clock() == pytest.approx(time.time(), abs=5.0)  # the server is on this host
+    store.enqueue([new("a", now=time.time())])
+    (rec,) = store.claim("w", mode="process", queues=None, limit=1, lease=0.3, now=time.time())
+    assert rec.lease_expires == pytest.approx(time.time() + 0.3, abs=5.0)
+    assert store.next_due(mode="process", now=time.time()) == pytest.approx(time.time() + 0.3, abs=5.0)
+    assert store.renew([rec.claim], lease=60.0) == {rec.claim}
+    assert store.recover_expired(now=time.time(), max_lost=3) == []
+    assert store.renew([rec.claim], lease=0.2) == {rec.claim}
+    (back,) = wait_until(lambda: store.recover_expired(now=time.time(), max_lost=3), 10, "the lease to expire")
+    assert (back.id, back.status, back.lost) == ("a", TaskStatus.PENDING, 1)
+
+
+def test_heartbeat_ages_run_on_the_servers_clock(opened):
+    store = opened()
+    store.record_daemon("d", host="h", pid=1, app="a:m", started_at=time.time(), info={}, now=time.time())
+    (row,) = store.daemons()
+    assert 0 <= row["heartbeat_age"] < 5
+
+
+@pytest.mark.timeout(120)
+def test_claims_racing_on_separate_connections_never_share_a_task(opened):
+    tasks, workers = 400, 4
+    opened().enqueue([new(f"t{i:04}") for i in range(tasks)])
+    stores = [opened() for _ in range(workers)]
+    start = threading.Barrier(workers)
+    claimed: list[list[str]] = [[] for _ in range(workers)]
+
+    def drain(k: int) -> None:
+        store = stores[k]
+        start.wait(30)
+        while batch := store.claim(f"w{k}", mode="process", queues=None, limit=3, lease=60.0, now=time.time()):
+            claimed[k].extend(r.id for r in batch)
+
+    threads = [threading.Thread(target=drain, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    counts = Counter(i for ids in claimed for i in ids)
+    assert [i for i, n in counts.items() if n > 1] == []
+    assert len(counts) == tasks
+    assert stores[0].count(Query(status=TaskStatus.RUNNING)) == tasks
+
+
+def test_an_unreachable_server_is_store_unavailable(tmp_path):
+    with pytest.raises(StoreUnavailable, match="cannot connect to PostgreSQL"):
+        open_store(f"postgresql://castor@/postgres?host={tmp_path}&connect_timeout=2")
+
+
+def test_a_url_psycopg_cannot_read_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="not a usable PostgreSQL URL"):
+        open_store("postgresql://castor@/postgres?no_such_parameter=1")
+
+
+def test_a_search_path_with_no_schema_is_refused_with_the_fix(location):
+    url = os.environ[POSTGRES_URL_VARIABLE]  # the location fixture skipped if it is not set
+    with pytest.raises(StoreError, match="search_path"):
+        open_store(url + ("&" if "?" in url else "?") + "options=-csearch_path%3Dno_such_schema_here")
+
+
+def test_a_connection_the_server_ends_is_store_unavailable_and_the_next_call_reconnects(opened):
+    store = opened()
+    store.enqueue([new("a")])
+    pids = {row[0] for row in store._fetch("SELECT pg_backend_pid()")}  # noqa: SLF001 - the pooled connection
+    with psycopg.connect(os.environ[POSTGRES_URL_VARIABLE], autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(StoreUnavailable, match="cannot answer now"):
+        store.get("a")
+    assert store.status("a") == TaskStatus.PENDING
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_leaves_the_parents_connections_alone(opened):
+    store = opened()
+    store.enqueue([new("parent")])
+    listening = store.generation()  # the listener's connection is inherited too
+    pid = os.fork()
+    if pid == 0:  # the child: use the store (new connections), then drop what it inherited
+        code = 1
+        try:
+            store.enqueue([new("child")])
+            store.close()
+            import gc
+
+            gc.collect()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's pooled connection and its LISTEN connection still work.
+    assert store.status("child") == TaskStatus.PENDING
+    other = opened()
+    other.enqueue([new("after")])
+    assert store.wait_for_change(listening, 30) > listening
+
+
+def _open_and_report(location: str, start, results) -> None:  # noqa: ANN001 - multiprocessing primitives
+    import castor.store.postgresql  # noqa: F401 - imported first, so that the opens start together
+
+    start.wait(60)
+    try:
+        open_store(location).close()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.timeout(120)
+def test_processes_opening_a_new_schema_at_once_migrate_it_once(location):
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    start, results = spawn.Event(), spawn.Queue()
+    procs = [spawn.Process(target=_open_and_report, args=(location, start, results), daemon=True) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    try:
+        start.set()
+        reports = [results.get(timeout=90) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    assert reports == ["ok"] * 4
+    with psycopg.connect(location, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM castor_meta WHERE key = 'schema_version'").fetchall() == [("1",)]
+
+
+def test_a_schema_from_a_newer_castor_is_refused(opened, location):
+    opened().close()
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("UPDATE castor_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer than this castor understands"):
+        open_store(location)
