@@ -18,7 +18,7 @@ from castor.producer import Producer
 from castor.retention import Retention
 from castor.serialization import get_serializer
 from castor.states import TaskStatus, parse_status
-from castor.store import NewTask, Query, Store, database_path, open_store
+from castor.store import NewTask, Query, Store, database_path, is_server_url, open_store
 from castor.task import (
     Signature,
     TaskFunction,
@@ -55,8 +55,9 @@ class Manager:
                 f"lock_timeout must be zero or more seconds (how long a write waits for another "
                 f"program's transaction), not {lock_timeout!r}")
         self._db = db if not isinstance(db, (str, os.PathLike)) else None
-        # The file `db` names, opened as a BeaverDB on first use of .db.
-        self._db_path = database_path(db) if self._db is None else None
+        # The file `db` names, opened as a BeaverDB on first use of .db (none for a
+        # server's URL: Manager("postgresql://...") keeps no beaver-db file).
+        self._db_path = database_path(db) if self._db is None and not is_server_url(db) else None
         self._owns_db = False  # True once `db` opened a BeaverDB for a path
         self._db_pid = 0  # the process that opened it
         self.serializer = get_serializer(serializer)
@@ -128,6 +129,10 @@ class Manager:
             # unclosed, and open this process's own.
             self._db = None
         if self._db is None:
+            if self._db_path is None:
+                raise ConfigurationError(
+                    f"this Manager keeps its tasks at {self.store.url} and has no beaver-db file for .db; "
+                    "to keep one beside them: castor.Manager('app.db', store='postgresql://...')")
             from beaver import BeaverDB
 
             self._db = BeaverDB(self._db_path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castor.states import TaskStatus
-from castor.store import Query, TaskRecord, open_store
+from castor.store import Query, TaskRecord, is_server_url, open_store
 from castor.views import DAEMON_STALE_SECONDS
 from castord.errors import CastordError, ExitCode
 from castord.files import UnsafePathError, read_regular, replace_atomically
@@ -197,7 +197,8 @@ def status_report(target: Target) -> dict[str, Any]:
                 "it uses; give APP instead of --pidfile to see its tasks")
         return report
     report["database"] = db_path
-    if not os.path.exists(db_path):  # never create one: opening would
+    # (A server's URL, postgresql://...: no file to look for; the store says if it cannot answer.)
+    if not is_server_url(db_path) and not os.path.exists(db_path):  # never create one: opening would
         if target.pid is not None:
             report["warnings"].append(
                 f"database {db_path} is missing: deleted or moved while castord pid {target.pid} runs, "

@@ -9,7 +9,7 @@ from typing import Any
 from castor.errors import ConfigurationError
 from castor.store.base import NewTask, Query, Store, TaskRecord
 
-__all__ = ["NewTask", "Query", "Store", "TaskRecord", "database_path", "open_store"]
+__all__ = ["NewTask", "Query", "Store", "TaskRecord", "database_path", "is_server_url", "open_store"]
 
 
 def database_path(db: Any) -> str:
@@ -60,8 +60,8 @@ def open_store(db: Any, *, lock_timeout: float = 30.0, durable: bool = False) ->
     if isinstance(db, str) and _SCHEME.match(db) and not db.startswith(SQLITE_SCHEME):
         scheme = db.split(":", 1)[0]
         raise ConfigurationError(
-            f"castor has no store for {scheme}: URLs in this version; use a beaver-db file "
-            "(a path, sqlite:///path, or a BeaverDB)")
+            f"castor has no store for {scheme}: URLs; use a beaver-db file (a path, sqlite:///path, "
+            "or a BeaverDB) or postgresql://")
     path = database_path(db)
     if path == ":memory:" or not path:
         raise ConfigurationError(
@@ -73,3 +73,8 @@ def open_store(db: Any, *, lock_timeout: float = 30.0, durable: bool = False) ->
 
 # A URL's scheme (RFC 3986), two letters or more so that a Windows drive is a path.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_server_url(target: Any) -> bool:
+    """True for a URL of a database server (postgresql://...), not of a file."""
+    return isinstance(target, str) and bool(_SCHEME.match(target)) and not target.startswith(SQLITE_SCHEME)

@@ -14,7 +14,6 @@ lease measured on the wrong one shows.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
@@ -29,15 +28,11 @@ def sqlite_location(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("tmp_path") / "contract.db")
 
 
-POSTGRES_URL_VARIABLE = "CASTOR_TEST_POSTGRES_URL"
-
-
 def postgresql_location(request: pytest.FixtureRequest) -> str:
-    """A fresh, empty schema of the server at $CASTOR_TEST_POSTGRES_URL, named in the URL's
-    search_path (castor's tables go in the connection's current schema); dropped after."""
-    url = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not url:
-        pytest.skip(f"no PostgreSQL server for the contract suite: set {POSTGRES_URL_VARIABLE}")
+    """A fresh, empty schema on the tests' PostgreSQL server (tests/postgres.py: the one at
+    $CASTOR_TEST_POSTGRES_URL, or a private throwaway one), named in the URL's search_path
+    (castor's tables go in the connection's current schema); dropped after."""
+    url = server_url(request)
     import psycopg
 
     schema = f"contract_{uuid.uuid4().hex[:12]}"
@@ -52,6 +47,11 @@ def postgresql_location(request: pytest.FixtureRequest) -> str:
     return url + ("&" if "?" in url else "?") + "options=" + quote(f"-csearch_path={schema}")
 
 
+def server_url(request: pytest.FixtureRequest) -> str:
+    """The tests' PostgreSQL server (its maintenance database)."""
+    return str(request.getfixturevalue("postgres_url"))
+
+
 # name -> a fresh, empty location for one test (what open_store takes).
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "sqlite": sqlite_location,
@@ -63,7 +63,11 @@ def clocks() -> Clocks:
     return Clocks()
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+# A PostgreSQL run is marked as such: under CI it must run, not skip (tests/postgres.py).
+_MARKS = {"postgresql": [pytest.mark.postgres]}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, [])) for name in sorted(BACKENDS)])
 def backend(request: pytest.FixtureRequest, clocks: Clocks) -> Iterator[Backend]:
     backend = Backend(request.param, BACKENDS[request.param](request), clocks)
     yield backend

@@ -17,13 +17,13 @@ from castor.states import TaskStatus
 from castor.store import Query, open_store
 from tests.conftest import wait_until
 from tests.contract.builders import new
-from tests.contract.conftest import POSTGRES_URL_VARIABLE, postgresql_location
+from tests.contract.conftest import postgresql_location
 
 psycopg = pytest.importorskip("psycopg")
 
 
 @pytest.fixture
-def location(request: pytest.FixtureRequest) -> str:
+def location(request: pytest.FixtureRequest, postgres_url: str) -> str:
     return postgresql_location(request)
 
 
@@ -97,17 +97,17 @@ def test_a_url_psycopg_cannot_read_is_a_configuration_error():
         open_store("postgresql://castor@/postgres?no_such_parameter=1")
 
 
-def test_a_search_path_with_no_schema_is_refused_with_the_fix(location):
-    url = os.environ[POSTGRES_URL_VARIABLE]  # the location fixture skipped if it is not set
+def test_a_search_path_with_no_schema_is_refused_with_the_fix(postgres_url):
+    url = postgres_url
     with pytest.raises(StoreError, match="search_path"):
         open_store(url + ("&" if "?" in url else "?") + "options=-csearch_path%3Dno_such_schema_here")
 
 
-def test_a_connection_the_server_ends_is_store_unavailable_and_the_next_call_reconnects(opened):
+def test_a_connection_the_server_ends_is_store_unavailable_and_the_next_call_reconnects(opened, postgres_url):
     store = opened()
     store.enqueue([new("a")])
     pids = {row[0] for row in store._fetch("SELECT pg_backend_pid()")}  # noqa: SLF001 - the pooled connection
-    with psycopg.connect(os.environ[POSTGRES_URL_VARIABLE], autocommit=True) as admin:
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
         for pid in pids:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     with pytest.raises(StoreUnavailable, match="cannot answer now"):
@@ -180,3 +180,21 @@ def test_a_schema_from_a_newer_castor_is_refused(opened, location):
         conn.execute("UPDATE castor_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="newer than this castor understands"):
         open_store(location)
+
+
+def test_a_manager_on_postgresql_has_no_beaver_file_unless_given_one(postgres_db_url, tmp_path):
+    import castor
+
+    on_server = castor.Manager(postgres_db_url)
+    try:
+        assert on_server.store.url == postgres_db_url
+        with pytest.raises(ConfigurationError, match="has no beaver-db file for .db"):
+            on_server.db  # noqa: B018 - the property is the call
+    finally:
+        on_server.close()
+    both = castor.Manager(str(tmp_path / "app.db"), store=postgres_db_url)
+    try:
+        both.db.dict("settings")["theme"] = "dark"  # the app's file
+        assert both.store.url == postgres_db_url  # the tasks' server
+    finally:
+        both.close()

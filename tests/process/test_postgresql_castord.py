@@ -1,0 +1,117 @@
+"""castord unchanged on PostgreSQL (issue 14): the same APP code with a postgresql:// URL,
+real castord processes, the test's own throwaway server (tests/postgres.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import castor
+from tests.conftest import REPO, wait_until
+from tests.process.test_castord import CASTORD, Castord
+
+PGAPP = """
+import os, time
+import castor
+
+manager = castor.Manager(os.environ["PGAPP_URL"])
+
+
+@manager.task(mode="process", name="add")
+def add(a, b):
+    return a + b
+
+
+@manager.task(mode="thread", name="tadd")
+def tadd(a, b):
+    return a + b
+
+
+@manager.task(mode="thread", name="boom", retries=0)
+def boom():
+    raise ValueError("boom on postgres")
+
+
+@manager.task(mode="process", name="nap")
+def nap(seconds, marker):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(seconds)
+    return seconds
+"""
+
+
+@pytest.fixture
+def pg_app(app_dir: Path, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch):
+    (app_dir / "pgapp.py").write_text(textwrap.dedent(PGAPP))
+    monkeypatch.setenv("PGAPP_URL", postgres_db_url)
+    sys.modules.pop("pgapp", None)
+    import pgapp
+
+    yield pgapp
+    pgapp.manager.close()
+    sys.modules.pop("pgapp", None)
+
+
+def run(app_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CASTORD, *args], cwd=app_dir, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": f"{app_dir}{os.pathsep}{REPO}"})
+
+
+@pytest.mark.timeout(120)
+def test_castord_runs_an_app_on_postgresql_and_its_tools_see_it(pg_app, app_dir):
+    d = Castord(app_dir)
+    try:
+        pidfile = app_dir / "castord.pid"
+        d.start("--workers", "2", "--threads", "2", "--pidfile", str(pidfile), app="pgapp:manager")
+        d.wait_note("READY=1", timeout=30)
+        assert pg_app.add.delay(2, 3).join(timeout=30) == 5
+        assert pg_app.tadd.delay(4, 5).join(timeout=30) == 9
+        with pytest.raises(ValueError, match="boom on postgres"):
+            pg_app.boom.delay().join(timeout=30)
+        many = [pg_app.add.delay(i, i) for i in range(300)] + [pg_app.tadd.delay(i, 1) for i in range(300)]
+        assert [t.join(timeout=60) for t in many] == [2 * i for i in range(300)] + [i + 1 for i in range(300)]
+
+        status = run(app_dir, "status", "--pidfile", str(pidfile), "--json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["running"] is True and report["warnings"] == [], report
+        assert report["database"].startswith("postgresql://")
+        assert len(report["children"]) == 3 and report["counts"]["success"] == 602
+        by_app = run(app_dir, "status", "pgapp:manager", "--json")
+        assert by_app.returncode == 0 and json.loads(by_app.stdout)["pid"] == d.pid, by_app.stderr
+        stats = run(app_dir, "tasks", "stats", "pgapp:manager", "--json")
+        assert stats.returncode == 0 and json.loads(stats.stdout)["failed_by_name"] == {"boom": 1}
+
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+        assert run(app_dir, "status", "--pidfile", str(pidfile)).returncode == 3
+    finally:
+        d.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_sigkilled_child_on_postgresql_loses_no_task(pg_app, app_dir):
+    d = Castord(app_dir)
+    try:
+        d.start("--workers", "1", "--threads", "0", app="pgapp:manager")
+        d.wait_note("READY=1", timeout=30)
+        marker = app_dir / "nap.marker"
+        task = pg_app.nap.delay(2, str(marker))
+        wait_until(lambda: marker.exists() and marker.read_text().strip(), 30, "the task to start")
+        os.kill(int(marker.read_text().split()[0]), signal.SIGKILL)
+        assert task.join(timeout=60) == 2  # requeued by the master, run again by the new child
+        record = task.info()
+        assert record.status == castor.TaskStatus.SUCCESS and record.attempts == 2
+        assert len(marker.read_text().split()) == 2
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+    finally:
+        d.stop()
