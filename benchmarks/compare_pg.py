@@ -9,8 +9,8 @@ PostgreSQL's defaults, fsync on), or `--url` (its role needs CREATEDB); each wor
 a fresh database. The method is benchmarks/compare.py's, for Huey: spawn the peer's worker
 processes and count finished jobs from outside on a read-only connection every 20 ms.
 
-The castor side is NOT measured yet: castor has no PostgreSQL store. `castor_side()` below
-is the place it plugs in (marked CASTOR SIDE); until then the table prints "not measured".
+castor's side (marked CASTOR SIDE below) runs `castord start` on castor's PostgreSQL store
+the same way: tasks queued with `.map` before spawn, counted from `castor_tasks`.
 
 procrastinate, stock
 --------------------
@@ -142,14 +142,16 @@ def succeeded(conn: psycopg.Connection[Any]) -> int:
     return int(counts.get("succeeded", 0))
 
 
-def follow(conn: psycopg.Connection[Any], n: int, started: float, timeout: float = 300) -> tuple[float, int, float]:
+def follow(conn: psycopg.Connection[Any], n: int, started: float, timeout: float = 300,
+           count: Any = None) -> tuple[float, int, float]:
     """Poll every POLL s until n jobs succeeded: (spawn -> first, count then, spawn -> last)."""
+    count = count or succeeded
     first: float | None = None
     first_count = 0
     next_poll = time.perf_counter()
     while True:
         now = time.perf_counter()
-        done = succeeded(conn)
+        done = count(conn)
         if done and first is None:
             first, first_count = now - started, done
         if done >= n and first is not None:
@@ -213,14 +215,123 @@ def procrastinate_latency(pg: TestPostgres, n: int) -> dict[str, float]:
 
 
 # === CASTOR SIDE ===========================================================================
-# Plug castor in here once it has a PostgreSQL store (issue 14): the same workloads on a
-# fresh database of the same server — drain: `castord start` (--workers 2 --threads 0, and
-# --workers 0 --threads 8) on 10,000 tasks queued before spawn, counted from outside as
-# compare.py does (`SELECT status, count(*) FROM castor_tasks GROUP BY status` on a
-# read-only connection every 20 ms); latency: `delay().join()` on an idle castord.
-# Return the same keys as the procrastinate functions. Until then it measures nothing.
-def castor_side(pg: TestPostgres, workload: str, args: argparse.Namespace) -> dict[str, float] | None:
-    return None  # castor has no PostgreSQL store yet: not measured, never invented
+# The same workloads on a fresh database of the same server: drain with `castord start`
+# (--workers 2 --threads 0 for process tasks, --workers 0 --threads 8 for thread tasks) on
+# tasks queued before spawn (`.map`, one transaction), counted from outside as compare.py
+# does (`SELECT status, count(*) FROM castor_tasks GROUP BY status` on a read-only
+# connection every 20 ms); latency: `delay().join()` on an idle castord, 2 process children.
+CASTORD = str(Path(sys.executable).parent / "castord")
+CASTOR_APP = '''
+import os
+import castor
+
+manager = castor.Manager(os.environ["PG_BENCH_URL"])
+
+
+@manager.task(mode="process", name="noop")
+def noop(i):
+    return i
+
+
+@manager.task(mode="thread", name="tnoop")
+def tnoop(i):
+    return i
+'''
+CASTOR_SETUPS = {  # name: (castord options, task)
+    "2 process workers": (("--workers", "2", "--threads", "0"), "noop"),
+    "8 threads": (("--workers", "0", "--threads", "8"), "tnoop"),
+}
+
+
+class CastorBench:
+    """A temp dir with `castorapp.py` on a fresh database; castord started from it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.dir = Path(tempfile.mkdtemp(prefix="castor-compare-pg-castor-"))
+        (self.dir / "castorapp.py").write_text(CASTOR_APP)
+        self.env = {**os.environ, "PG_BENCH_URL": url,
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(self.dir), str(REPO), os.environ.get("PYTHONPATH"))
+                                                  if p)}
+        self.env.pop("NOTIFY_SOCKET", None)
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.log: Any = None
+        sys.path.insert(0, str(self.dir))
+        os.environ["PG_BENCH_URL"] = url
+        sys.modules.pop("castorapp", None)
+        import castorapp  # noqa: PLC0415 - generated per run
+
+        self.app = castorapp
+
+    def spawn(self, *options: str) -> float:
+        self.log = open(self.dir / "castord.log", "ab")  # noqa: SIM115 - closed in close()
+        started = time.perf_counter()
+        self.daemon = subprocess.Popen([CASTORD, "start", "castorapp:manager", *options], cwd=self.dir,
+                                       env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        return started
+
+    def close(self) -> None:
+        if self.daemon is not None:
+            stop_by_pid(self.daemon)
+        if self.log is not None:
+            self.log.close()
+        self.app.manager.close()
+        sys.path.remove(str(self.dir))
+        sys.modules.pop("castorapp", None)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def castor_succeeded(conn: psycopg.Connection[Any]) -> int:
+    counts = dict(conn.execute("SELECT status, count(*) FROM castor_tasks GROUP BY status").fetchall())
+    if counts.get("failed"):
+        raise RuntimeError(f"castor tasks failed: {counts}")
+    return int(counts.get("success", 0))
+
+
+def castor_drain(pg: TestPostgres, n: int, setup: str) -> dict[str, float]:
+    options, task = CASTOR_SETUPS[setup]
+    with pg.database() as url:
+        bench = CastorBench(url)
+        try:
+            getattr(bench.app, task).map((i,) for i in range(n))
+            with read_only(url) as conn:
+                started = bench.spawn(*options)
+                first, first_count, last = follow(conn, n, started, count=castor_succeeded)
+        finally:
+            bench.close()
+    after = (n - first_count) / (last - first) if last > first else float("nan")
+    return {f"drain {n}, {setup}: tasks/s": n / last, f"drain {n}, {setup}: first result s": first,
+            f"drain {n}, {setup}: tasks/s after the first": after}
+
+
+def castor_latency(pg: TestPostgres, n: int) -> dict[str, float]:
+    with pg.database() as url:
+        bench = CastorBench(url)
+        try:
+            bench.spawn(*CASTOR_SETUPS["2 process workers"][0])
+            times = []
+            for i in range(20 + n):
+                start = time.perf_counter()
+                assert bench.app.noop.delay(i).join(timeout=60) == i
+                if i >= 20:  # the first 20 warm the children up
+                    times.append((time.perf_counter() - start) * 1000)
+                time.sleep(0.002)
+        finally:
+            bench.close()
+    ordered = sorted(times)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"enqueue->result p50 ms": pick(0.5), "enqueue->result p90 ms": pick(0.9),
+            "enqueue->result p99 ms": pick(0.99)}
+
+
+def castor_side(pg: TestPostgres, workload: str, args: argparse.Namespace) -> dict[str, float]:
+    if workload == "drain":
+        out: dict[str, float] = {}
+        for setup in CASTOR_SETUPS:
+            out.update(castor_drain(pg, args.drain_n, setup))
+        return out
+    return castor_latency(pg, args.latency_n)
 # ===========================================================================================
 
 
@@ -232,7 +343,7 @@ def one_run(pg: TestPostgres, args: argparse.Namespace) -> dict[str, dict[str, f
                 figures["procrastinate"].update(procrastinate_drain(pg, args.drain_n, setup))
         else:
             figures["procrastinate"].update(procrastinate_latency(pg, args.latency_n))
-        figures["castor"].update(castor_side(pg, workload, args) or {})
+        figures["castor"].update(castor_side(pg, workload, args))
     return figures
 
 
@@ -267,8 +378,9 @@ def main(argv: list[str] | None = None) -> None:
             except Exception:
                 traceback.print_exc()
                 raise
-            print(f"run {run + 1}: " + "; ".join(f"{k} {v:,.2f}" for k, v in runs[-1]["procrastinate"].items()),
-                  flush=True)
+            for peer in ("procrastinate", "castor"):
+                print(f"run {run + 1}, {peer}: " + "; ".join(f"{k} {v:,.2f}" for k, v in runs[-1][peer].items()),
+                      flush=True)
     finally:
         if server is not None:
             server.stop()
@@ -282,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
             mine = statistics.median(ours)
             print(f"{key:<{width}}  {theirs:>14,.2f}  {mine:>14,.2f}  {mine / theirs:>8.2f}")
         else:
-            print(f"{key:<{width}}  {theirs:>14,.2f}  {'not measured':>14}  (castor has no PostgreSQL store yet)")
+            print(f"{key:<{width}}  {theirs:>14,.2f}  {'not measured':>14}")
 
 
 if __name__ == "__main__":
