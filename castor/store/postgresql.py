@@ -391,10 +391,36 @@ class PostgreSQLStore(Store):
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description is not None else []
 
-    def _write(self, body: Callable[[Any], T]) -> T:
-        """`body(cursor)` in one transaction."""
+    def _write(self, body: Callable[[Any], T], *, worker_side: bool = False) -> T:
+        """`body(cursor)` in one transaction.
+
+        worker_side: a worker's claim or settle, committed without waiting for the WAL
+        flush (synchronous_commit off, for this transaction only). A server crash may
+        then lose the last of these: a lost claim's task is claimed again, a lost
+        settle's task runs again; at-least-once delivery and the fence make either a
+        re-run, never a wrong outcome. What a producer writes (.delay()) stays durable."""
         with self._session() as conn, conn.transaction():
-            return body(conn.cursor())
+            cur = conn.cursor()
+            if worker_side:
+                cur.execute("SET LOCAL synchronous_commit TO OFF")
+            return body(cur)
+
+    def _settle_all(self, cur: Any, settlements: Sequence[Settlement]) -> list[bool]:
+        """Every settle of a batch in one round trip (psycopg's pipeline); accepted or not, in order."""
+        statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
+        if len(statements) == 1:
+            cur.execute(*statements[0])
+            return [bool(cur.fetchall())]
+        accepted: list[bool] = []
+        with cur.connection.pipeline():
+            cursors = []
+            for sql, params in statements:
+                each = cur.connection.cursor()
+                each.execute(sql, params)
+                cursors.append(each)
+        for each in cursors:
+            accepted.append(bool(each.fetchall()))
+        return accepted
 
     def _notify(self, cur: Any) -> None:
         """Wake the store's listeners once this transaction commits."""
@@ -483,20 +509,16 @@ class PostgreSQLStore(Store):
         now: float,
         isolated: bool = False,
     ) -> tuple[list[bool], list[TaskRecord]]:
-        statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
         clock = self._clock()
 
         def body(cur: Any) -> tuple[list[bool], list[tuple[Any, ...]]]:
-            accepted = []
-            for sql, params in statements:
-                cur.execute(sql, params)
-                accepted.append(bool(cur.fetchall()))
+            accepted = self._settle_all(cur, settlements) if settlements else []
             if any(accepted):
                 self._notify(cur)
             rows = self._claim_in(cur, owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else []
             return accepted, rows
 
-        accepted, rows = self._write(body)
+        accepted, rows = self._write(body, worker_side=True)
         return accepted, _best_first(rows, self._to_wall(clock, now))
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
@@ -533,7 +555,7 @@ class PostgreSQLStore(Store):
                 self._notify(cur)
             return accepted
 
-        return self._write(body)
+        return self._write(body, worker_side=True)
 
     def requeue(self, task_id: str, fence: int, *, count_attempt: bool) -> bool:
         params = {"now": time.time(), "failure_ttl": self.failure_ttl, "give_back": 0 if count_attempt else 1,
