@@ -11,10 +11,15 @@ from __future__ import annotations
 import ast
 import re
 from functools import cache
+from pathlib import Path
+
+import pytest
 
 from tests.docs.runner import REPO
 
 PAGE = REPO / "docs" / "troubleshooting.md"
+# Other pages that quote messages the same way (their own "When it goes wrong" parts).
+OTHER_PAGES = (REPO / "docs" / "postgresql.md",)
 STAR = None  # a part that varies
 _QUOTE = re.compile(r"^> `(?P<text>.+)`\s*$")
 _DOC_VARIABLE = re.compile(r"<[^<>]+>|…")
@@ -96,8 +101,8 @@ def fits_the_code(quote: str) -> bool:
     return False
 
 
-def quotes() -> list[str]:
-    return [m["text"] for line in PAGE.read_text().splitlines() if (m := _QUOTE.match(line))]
+def quotes(page: Path = PAGE) -> list[str]:
+    return [m["text"] for line in page.read_text().splitlines() if (m := _QUOTE.match(line))]
 
 
 def test_every_quoted_message_is_in_the_code() -> None:
@@ -107,6 +112,14 @@ def test_every_quoted_message_is_in_the_code() -> None:
     assert not short, f"quotes too vague to check (quote more of the message): {short}"
     missing = [q for q in found if not fits_the_code(q)]
     assert not missing, "quoted on docs/troubleshooting.md but not in the code:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("page", OTHER_PAGES, ids=lambda p: p.name)
+def test_other_pages_quote_real_messages_too(page: Path) -> None:
+    found = quotes(page)
+    assert found, f"{page.name} quotes no message: has its format changed?"
+    missing = [q for q in found if not fits_the_code(q)]
+    assert not missing, f"quoted on {page.name} but not in the code:\n" + "\n".join(missing)
 
 
 def test_the_matcher() -> None:
