@@ -2,7 +2,7 @@
 
     .venv/bin/pip install -e '.[dev,bench]'      # procrastinate, for this script only
     .venv/bin/python benchmarks/compare_pg.py [--runs 3] [--url postgresql://...]
-        [--only drain,latency] [--drain-n 10000] [--latency-n 300]
+        [--only enqueue,drain,latency] [--enqueue-n 2000] [--batch-n 50000] [--drain-n 10000] [--latency-n 300]
 
 The server is a private throwaway one (tests/postgres.py's `ThrowawayServer(fsync=True)`:
 PostgreSQL's defaults, fsync on), or `--url` (its role needs CREATEDB); each workload gets
@@ -37,6 +37,11 @@ Workloads (`--only` names)
   one job at a time with 2 ms between: from just before `noop.defer()` to the first poll
   that reads the job `succeeded`. procrastinate has no result API to wait on, so this
   polls the job's row by its id every 1 ms (resolution ~1 ms); p50/p90/p99 ms.
+
+* enqueue: from one client process, no worker running: --enqueue-n one at a time
+  (procrastinate `noop.defer(i=i)`, castor `noop.delay(i)`; each durable on return) and
+  --batch-n in one call (procrastinate `noop.batch_defer(...)`, castor `noop.map(...)`);
+  tasks/s.
 
 Every process started here is stopped by its pid (compare.py's `stop_by_pid`: TERM, then
 KILL) in a `finally`.
@@ -214,6 +219,30 @@ def procrastinate_latency(pg: TestPostgres, n: int) -> dict[str, float]:
             "enqueue->result p99 ms": pick(0.99)}
 
 
+def procrastinate_enqueue(pg: TestPostgres, n: int, batch: int) -> dict[str, float]:
+    with pg.database() as url:
+        bench = ProcrastinateBench(url)
+        try:
+            sys.path.insert(0, str(bench.dir))
+            os.environ["PG_BENCH_URL"] = url
+            sys.modules.pop("pgapp", None)
+            import pgapp  # noqa: PLC0415 - generated per run
+
+            with pgapp.app.open():
+                pgapp.noop.defer(i=-1)  # the connection and the statement warmed up
+                start = time.perf_counter()
+                for i in range(n):
+                    pgapp.noop.defer(i=i)
+                one = n / (time.perf_counter() - start)
+                start = time.perf_counter()
+                pgapp.noop.batch_defer(*({"i": i} for i in range(batch)))
+                many = batch / (time.perf_counter() - start)
+        finally:
+            sys.path.remove(str(bench.dir))
+            bench.close()
+    return {"enqueue one at a time: tasks/s": one, f"enqueue {batch} in one call: tasks/s": many}
+
+
 # === CASTOR SIDE ===========================================================================
 # The same workloads on a fresh database of the same server: drain with `castord start`
 # (--workers 2 --threads 0 for process tasks, --workers 0 --threads 8 for thread tasks) on
@@ -325,7 +354,26 @@ def castor_latency(pg: TestPostgres, n: int) -> dict[str, float]:
             "enqueue->result p99 ms": pick(0.99)}
 
 
+def castor_enqueue(pg: TestPostgres, n: int, batch: int) -> dict[str, float]:
+    with pg.database() as url:
+        bench = CastorBench(url)
+        try:
+            bench.app.noop.delay(-1)  # the connection and castor's tables ready
+            start = time.perf_counter()
+            for i in range(n):
+                bench.app.noop.delay(i)
+            one = n / (time.perf_counter() - start)
+            start = time.perf_counter()
+            bench.app.noop.map((i,) for i in range(batch))
+            many = batch / (time.perf_counter() - start)
+        finally:
+            bench.close()
+    return {"enqueue one at a time: tasks/s": one, f"enqueue {batch} in one call: tasks/s": many}
+
+
 def castor_side(pg: TestPostgres, workload: str, args: argparse.Namespace) -> dict[str, float]:
+    if workload == "enqueue":
+        return castor_enqueue(pg, args.enqueue_n, args.batch_n)
     if workload == "drain":
         out: dict[str, float] = {}
         for setup in CASTOR_SETUPS:
@@ -341,6 +389,8 @@ def one_run(pg: TestPostgres, args: argparse.Namespace) -> dict[str, dict[str, f
         if workload == "drain":
             for setup in SETUPS:
                 figures["procrastinate"].update(procrastinate_drain(pg, args.drain_n, setup))
+        elif workload == "enqueue":
+            figures["procrastinate"].update(procrastinate_enqueue(pg, args.enqueue_n, args.batch_n))
         else:
             figures["procrastinate"].update(procrastinate_latency(pg, args.latency_n))
         figures["castor"].update(castor_side(pg, workload, args))
@@ -351,12 +401,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--url", help="an existing server (its role needs CREATEDB); default: a throwaway one")
-    parser.add_argument("--only", default="drain,latency", type=lambda s: [w for w in s.split(",") if w])
+    parser.add_argument("--only", default="enqueue,drain,latency", type=lambda s: [w for w in s.split(",") if w])
+    parser.add_argument("--enqueue-n", type=int, default=2_000)
+    parser.add_argument("--batch-n", type=int, default=50_000)
     parser.add_argument("--drain-n", type=int, default=10_000)
     parser.add_argument("--latency-n", type=int, default=300)
     args = parser.parse_args(argv)
-    if unknown := set(args.only) - {"drain", "latency"}:
-        parser.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from drain, latency")
+    if unknown := set(args.only) - {"enqueue", "drain", "latency"}:
+        parser.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from enqueue, drain, latency")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
