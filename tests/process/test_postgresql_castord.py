@@ -115,3 +115,32 @@ def test_a_sigkilled_child_on_postgresql_loses_no_task(pg_app, app_dir):
         assert d.wait_exit() == 0
     finally:
         d.stop()
+
+
+@pytest.mark.timeout(120)
+def test_the_metrics_endpoint_reads_the_postgresql_store(pg_app, app_dir):
+    from tests.process.test_metrics import scrape
+
+    d = Castord(app_dir)
+    try:
+        d.start("--workers", "1", "--threads", "1", "--metrics-port", "0", app="pgapp:manager")
+        d.wait_note("READY=1", timeout=30)
+        port = d.wait_event("metrics.serving")[0]["port"]
+        assert pg_app.add.delay(1, 2).join(timeout=30) == 3
+        with pytest.raises(ValueError):
+            pg_app.boom.delay().join(timeout=30)
+        pg_app.add.apply_async((0, 0), countdown=3600, queue="later")
+
+        def counted() -> bool:
+            m = scrape(port)
+            return m.get(("castor_tasks_finished_total", (("name", "boom"), ("status", "failed")))) == 1
+        wait_until(counted, 30, "the children's tallies to reach the master")
+        m = scrape(port)
+        assert m[("castor_database_up", ())] == 1
+        assert m[("castor_tasks", (("status", "success"),))] == 1
+        assert m[("castor_tasks", (("status", "failed"),))] == 1
+        assert m[("castor_queue_depth", (("queue", "later"),))] == 1
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+    finally:
+        d.stop()
