@@ -47,11 +47,11 @@ class Castord:
         assert self.proc is not None
         return self.proc.pid
 
-    def wait_note(self, text: str, timeout: float = 15) -> str:
-        """Wait for a notify datagram containing `text`."""
+    def wait_note(self, text: str, timeout: float = 15, after: int = 0) -> str:
+        """Wait for a notify datagram containing `text` (from the after-th one on)."""
         deadline = time.monotonic() + timeout
         while True:
-            for note in self.notes:
+            for note in self.notes[after:]:
                 if text in note:
                     return note
             remaining = deadline - time.monotonic()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 
 import pytest
 
@@ -18,23 +17,6 @@ def castord(app_dir):
     d = Castord(app_dir)
     yield d
     d.stop()
-
-
-def note_after(d: Castord, index: int, text: str, timeout: float = 20) -> str:
-    """The first notify datagram from position `index` on that contains `text`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for note in d.notes[index:]:
-            if text in note:
-                return note
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"no {text!r} after note {index} within {timeout} s: {d.notes[index:]}")
-        d.sock.settimeout(remaining)
-        try:
-            d.notes.append(d.sock.recv(4096).decode())
-        except TimeoutError:
-            continue
 
 
 def done_count(note: str) -> int:
@@ -63,11 +45,11 @@ def test_the_done_count_survives_a_reload(castord):
         task.join(timeout=20)
 
     def status_with_all_done() -> bool:
-        note = note_after(castord, len(castord.notes), "STATUS=running")
+        note = castord.wait_note("STATUS=running", timeout=20, after=len(castord.notes))
         return done_count(note) >= 10
 
     wait_until(status_with_all_done, 40, "a STATUS saying 10 done")
     castord.signal(signal.SIGHUP)
     castord.wait_event("castord.reloaded")
-    after = note_after(castord, len(castord.notes), "STATUS=running")
+    after = castord.wait_note("STATUS=running", timeout=20, after=len(castord.notes))
     assert done_count(after) >= 10, after
