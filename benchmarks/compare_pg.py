@@ -167,6 +167,24 @@ def follow(conn: psycopg.Connection[Any], n: int, started: float, timeout: float
         time.sleep(max(0.0, next_poll - time.perf_counter()))
 
 
+def drain_figures(n: int, setup: str, first: float, first_count: int, last: float) -> dict[str, float]:
+    """A drain's figures, the same keys for both peers (follow()'s times)."""
+    after = (n - first_count) / (last - first) if last > first else float("nan")
+    return {f"drain {n}, {setup}: tasks/s": n / last, f"drain {n}, {setup}: first result s": first,
+            f"drain {n}, {setup}: tasks/s after the first": after}
+
+
+def latency_figures(times: list[float]) -> dict[str, float]:
+    """p50/p90/p99 of enqueue -> result times (ms), the same keys for both peers."""
+    ordered = sorted(times)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"enqueue->result p50 ms": pick(0.5), "enqueue->result p90 ms": pick(0.9),
+            "enqueue->result p99 ms": pick(0.99)}
+
+
 def procrastinate_drain(pg: TestPostgres, n: int, setup: str) -> dict[str, float]:
     processes, concurrency = SETUPS[setup]
     with pg.database() as url:
@@ -178,9 +196,7 @@ def procrastinate_drain(pg: TestPostgres, n: int, setup: str) -> dict[str, float
                 first, first_count, last = follow(conn, n, started)
         finally:
             bench.close()
-    after = (n - first_count) / (last - first) if last > first else float("nan")
-    return {f"drain {n}, {setup}: tasks/s": n / last, f"drain {n}, {setup}: first result s": first,
-            f"drain {n}, {setup}: tasks/s after the first": after}
+    return drain_figures(n, setup, first, first_count, last)
 
 
 def procrastinate_latency(pg: TestPostgres, n: int) -> dict[str, float]:
@@ -213,10 +229,7 @@ def procrastinate_latency(pg: TestPostgres, n: int) -> dict[str, float]:
         finally:
             sys.path.remove(str(bench.dir))
             bench.close()
-    ordered = sorted(times)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"enqueue->result p50 ms": pick(0.5), "enqueue->result p90 ms": pick(0.9),
-            "enqueue->result p99 ms": pick(0.99)}
+    return latency_figures(times)
 
 
 def procrastinate_enqueue(pg: TestPostgres, n: int, batch: int) -> dict[str, float]:
@@ -329,9 +342,7 @@ def castor_drain(pg: TestPostgres, n: int, setup: str) -> dict[str, float]:
                 first, first_count, last = follow(conn, n, started, count=castor_succeeded)
         finally:
             bench.close()
-    after = (n - first_count) / (last - first) if last > first else float("nan")
-    return {f"drain {n}, {setup}: tasks/s": n / last, f"drain {n}, {setup}: first result s": first,
-            f"drain {n}, {setup}: tasks/s after the first": after}
+    return drain_figures(n, setup, first, first_count, last)
 
 
 def castor_latency(pg: TestPostgres, n: int) -> dict[str, float]:
@@ -348,10 +359,7 @@ def castor_latency(pg: TestPostgres, n: int) -> dict[str, float]:
                 time.sleep(0.002)
         finally:
             bench.close()
-    ordered = sorted(times)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"enqueue->result p50 ms": pick(0.5), "enqueue->result p90 ms": pick(0.9),
-            "enqueue->result p99 ms": pick(0.99)}
+    return latency_figures(times)
 
 
 def castor_enqueue(pg: TestPostgres, n: int, batch: int) -> dict[str, float]:
