@@ -1,8 +1,9 @@
 """Facts to design castor's PostgreSQL store against (issue 14), from a standalone schema.
 
     .venv/bin/python benchmarks/pg_prototype.py [--runs 3] [--url postgresql://...]
-        [--only insert,copy,claim1,batch,plans,wake] [--inserts 2000] [--copy-rows 100000]
+        [--only insert,copy,claim1,batch,plans,wake,notify] [--inserts 2000] [--copy-rows 100000]
         [--claim-one 2000] [--batch-rows 20000] [--backlog 3000] [--plan-execs 200] [--wakes 300]
+        [--notify-inserts 1000]
 
 No castor code runs here: a `tasks` table shaped like castor's (castor/store/schema.py:
 the same columns and the same two partial indexes, PostgreSQL types) and the statements
@@ -41,6 +42,13 @@ Workloads (`--only` names)
   the producer's COMMIT (CLOCK_MONOTONIC is one clock for both processes): to the worker
   holding the notification ("wake"), and to its claim committed ("claimed"); p50/p99 ms,
   with the worker's synchronous_commit on, and off.
+* notify: what a NOTIFY per durable INSERT costs the producers. 1 and 8 producer threads
+  (each its own connection) insert --notify-inserts rows each, one durable autocommit
+  statement per row, while another connection LISTENs (so every notification is queued
+  and delivered): the INSERT alone, and `WITH new AS (INSERT ...) SELECT pg_notify(...)`
+  (castor's .delay() statement); total rows/s. PostgreSQL serializes the commits of
+  notifying transactions (one lock on the notification queue, held through the commit's
+  WAL flush), so concurrent producers lose group commit when each one notifies.
 """
 
 from __future__ import annotations
@@ -350,6 +358,43 @@ def bench_wake(target: Target, n: int) -> dict[str, float]:
 
 # --- Running ----------------------------------------------------------------------------
 
+def produce(conn: psycopg.Connection[Any], statement: str, offset: int, n: int, now: float, start_line: Any) -> None:
+    start_line.wait()
+    for i in range(n):
+        conn.execute(statement, task_row(offset + i, now))
+
+
+def bench_notify(target: Target, n: int) -> dict[str, float]:
+    import threading
+
+    statements = {
+        "insert": INSERT,
+        "insert+notify": f"WITH new AS ({INSERT} RETURNING id) SELECT pg_notify('bench', '') FROM new",
+    }
+    figures = {}
+    for threads in (1, 8):
+        for form, statement in statements.items():
+            with target.database() as url, psycopg.connect(url, autocommit=True) as listener:
+                listener.execute("LISTEN bench")
+                conns = [psycopg.connect(url, autocommit=True) for _ in range(threads)]
+                now = time.time()
+                start_line = threading.Barrier(threads + 1)
+
+                workers = [threading.Thread(target=produce, args=(c, statement, k * n, n, now, start_line))
+                           for k, c in enumerate(conns)]
+                for w in workers:
+                    w.start()
+                start_line.wait()
+                start = time.perf_counter()
+                for w in workers:
+                    w.join()
+                elapsed = time.perf_counter() - start
+                for c in conns:
+                    c.close()
+                figures[f"{threads} producer(s), {form}: rows/s"] = threads * n / elapsed
+    return figures
+
+
 def one_run(target: Target, args: argparse.Namespace, show_explain: bool) -> dict[str, float]:
     figures: dict[str, float] = {}
     steps: dict[str, Callable[[], dict[str, float]]] = {
@@ -358,6 +403,7 @@ def one_run(target: Target, args: argparse.Namespace, show_explain: bool) -> dic
         "claim1": lambda: bench_claim_one(target, args.claim_one),
         "batch": lambda: bench_batches(target, args.batch_rows),
         "wake": lambda: bench_wake(target, args.wakes),
+        "notify": lambda: bench_notify(target, args.notify_inserts),
     }
     for name in args.only:
         if name == "plans":
@@ -375,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--url", help="an existing server (its role needs CREATEDB); default: a throwaway one")
-    parser.add_argument("--only", default="insert,copy,claim1,batch,plans,wake",
+    parser.add_argument("--only", default="insert,copy,claim1,batch,plans,wake,notify",
                         type=lambda s: [w for w in s.split(",") if w])
     parser.add_argument("--inserts", type=int, default=2000)
     parser.add_argument("--copy-rows", type=int, default=100_000)
@@ -384,8 +430,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backlog", type=int, default=3000)
     parser.add_argument("--plan-execs", type=int, default=200)
     parser.add_argument("--wakes", type=int, default=300)
+    parser.add_argument("--notify-inserts", type=int, default=1000)
     args = parser.parse_args(argv)
-    known = {"insert", "copy", "claim1", "batch", "plans", "wake"}
+    known = {"insert", "copy", "claim1", "batch", "plans", "wake", "notify"}
     if unknown := set(args.only) - known:
         parser.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(sorted(known))}")
     if args.runs < 1:

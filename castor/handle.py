@@ -11,7 +11,7 @@ from castor.errors import JoinTimeout, TaskCancelled, UnknownTaskError
 from castor.failures import rebuild
 from castor.serialization import get_serializer
 from castor.states import TaskStatus
-from castor.store.base import Query, TaskRecord
+from castor.store.base import Query, TaskRecord, task_topic
 
 if TYPE_CHECKING:
     from castor.manager import Manager
@@ -152,25 +152,29 @@ class Task(Generic[R]):
         """
         budget = _Budget(to_seconds(timeout, "timeout", limit=None))
         store = self._manager.store
-        while True:
-            seen = store.generation()
-            record = self.info()
-            if record.status.finished:
-                return self._outcome(record)
-            store.wait_for_change(seen, budget.next_wait(self, record))
+        topic = task_topic(self.id)
+        with store.watch_task(self.id):
+            while True:
+                seen = store.generation(topic)
+                record = self.info()
+                if record.status.finished:
+                    return self._outcome(record)
+                store.wait_for_change(seen, budget.next_wait(self, record), topic)
 
     async def resolve(self, timeout: float | None = None) -> R:
         """`join` for asyncio: awaits without blocking the event loop."""
         budget = _Budget(to_seconds(timeout, "timeout", limit=None))
-        watch = self._manager.store.watch_async()
-        try:
-            while True:
-                record = self.info()
-                if record.status.finished:
-                    return self._outcome(record)
-                await watch.wait(budget.next_wait(self, record))
-        finally:
-            watch.close()
+        store = self._manager.store
+        with store.watch_task(self.id):
+            watch = store.watch_async(task_topic(self.id))
+            try:
+                while True:
+                    record = self.info()
+                    if record.status.finished:
+                        return self._outcome(record)
+                    await watch.wait(budget.next_wait(self, record))
+            finally:
+                watch.close()
 
     # -- helpers ---------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from castor.errors import ConfigurationError, LeaseLost, StoreUnavailable, TaskC
 from castor.execution import EventLoopThread, Outcome, execute, failure_outcome, settlement_for
 from castor.logs import get_logger
 from castor.states import TaskStatus
-from castor.store.base import Settlement, TaskRecord
+from castor.store.base import Settlement, TaskRecord, work_topic
 from castor.task import MODES
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ class Worker:
         self.registry = manager.registry
         self.retention = manager.retention
         self.mode = mode
+        self._wake_topic = work_topic(mode)  # what wakes this worker when idle
         self.concurrency = 1 if mode == "process" else threads
         self.queues = list(queues) if queues else None
         seconds = to_seconds(lease, "lease")
@@ -365,7 +366,7 @@ class Worker:
     def _run_serial(self, until_idle: bool) -> None:
         try:
             while True:
-                seen = self.store.generation()
+                seen = self.store.generation(self._wake_topic)
                 self._check_max_tasks()
                 if self._want_solo and not self._stop.is_set():
                     # A task set apart to run alone (it was held when a worker crashed)
@@ -542,7 +543,7 @@ class Worker:
                     for _ in range(free - started):
                         slots.release()
                     continue
-                seen = self.store.generation()
+                seen = self.store.generation(self._wake_topic)
                 # Short tasks: claim more than the free threads; the rest wait in
                 # `waiting` for the next free thread.
                 want = min(free + self._batch_size() - 1, self._room())
@@ -721,7 +722,7 @@ class Worker:
         due = self.store.next_due(mode=self.mode, now=now, queues=self.queues)
         timeout = IDLE_RECHECK_SECONDS if due is None else min(IDLE_RECHECK_SECONDS, max(0.0, due - now))
         if timeout > 0:
-            self.store.wait_for_change(seen, timeout)
+            self.store.wait_for_change(seen, timeout, self._wake_topic)
 
 
 def _debug_enabled() -> bool:

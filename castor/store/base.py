@@ -7,7 +7,8 @@ A backend (SQLite today, PostgreSQL for fleets later) implements `Store`;
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -125,6 +126,16 @@ class Query:
     # Finished before this epoch time (for purge).
     finished_before: float | None = None
     task_id: str | None = None
+
+
+def work_topic(mode: str) -> str:
+    """What idle workers of `mode` wait on: a task of that mode became due."""
+    return f"work:{mode}"
+
+
+def task_topic(task_id: str) -> str:
+    """What a join of this task waits on: it ended (see Store.watch_task)."""
+    return f"task:{task_id}"
 
 
 class AsyncWatcher(Protocol):
@@ -336,17 +347,27 @@ class Store(ABC):
         so commits need not checkpoint themselves (default: nothing to change)."""
         return None
 
+    # Waiting. A `topic` (work_topic, task_topic) says what the waiter waits for; a
+    # store may then wake it only for that (PostgreSQL does), or for any change (SQLite).
+    # None: any change.
+
     @abstractmethod
-    def generation(self) -> int:
+    def generation(self, topic: str | None = None) -> int:
         """A counter that moves when the database may have changed (see wait_for_change)."""
 
     @abstractmethod
-    def wait_for_change(self, seen: int, timeout: float) -> int:
+    def wait_for_change(self, seen: int, timeout: float, topic: str | None = None) -> int:
         """Block until the database changes after `seen` or `timeout` passes."""
 
     @abstractmethod
-    def watch_async(self) -> AsyncWatcher:
+    def watch_async(self, topic: str | None = None) -> AsyncWatcher:
         """A watcher for asyncio; open it before checking what you wait for."""
+
+    @contextmanager
+    def watch_task(self, task_id: str) -> Iterator[None]:
+        """While inside, the end of this task moves task_topic(task_id); enter it before
+        looking at the task. By default every change moves every topic: nothing to do."""
+        yield
 
     @abstractmethod
     def close(self) -> None: ...

@@ -118,6 +118,10 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # Someone joins this task: its settle notifies `task:<id>` (not every waiter).
+        "ALTER TABLE castor_tasks ADD COLUMN watched boolean NOT NULL DEFAULT false",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

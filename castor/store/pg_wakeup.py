@@ -1,15 +1,23 @@
-"""Waking waiters on PostgreSQL: LISTEN on one connection per store.
+"""Waking waiters on PostgreSQL: LISTEN on one connection per store, topics in the payload.
 
-Writes that make a task due or end one NOTIFY the store's channel in their own
-transaction (a constant payload: PostgreSQL folds identical notifications of a
-transaction into one, and delivers them only once it commits). A daemon thread
-holds the listening connection and moves a generation counter on each
-notification; waiters block on a condition until the counter moves.
+Each notification names whom it is for (castor/store/base.py's topics):
 
-A listener that loses its connection moves the counter too (a waiter then
-re-checks the database, which is what a notification asks anyway) and connects
-again after a pause: notifications sent meanwhile are lost, and the waiters'
-re-checks cover them.
+* `work:<mode>`: a task of that mode became due: wakes that mode's idle workers only;
+* `task:<id>`: a task someone joins ended (sent only for watched rows: `watch_task`);
+* `''`: anything else that changed (a recovery, a cancel, a retry): wakes everyone.
+
+A daemon thread holds the listening connection and stamps each notification with a
+sequence number; a waiter's generation for its topic is the last stamp of that topic or
+of an everyone-notification, so it moves only for what the waiter waits for. Waiters
+block on one condition until their generation moves.
+
+A listener that loses its connection wakes everyone (a waiter then re-checks the
+database, which is what a notification asks anyway) and connects again after a pause:
+notifications sent meanwhile are lost, and the waiters' re-checks cover them.
+
+Producers coalesce their work notifications (`WakeGate`): PostgreSQL serializes the
+commits of notifying transactions (one lock on its notification queue, held through the
+commit's WAL flush), so producer threads that each notified would lose group commit.
 """
 
 from __future__ import annotations
@@ -23,16 +31,20 @@ from typing import Any
 RECONNECT_SECONDS = 0.5
 # How long the thread blocks on the socket before looking whether it should stop.
 POLL_SECONDS = 1.0
+TASK_PREFIX = "task:"
 
 
 class Listener:
-    """A LISTEN connection, a thread reading it, and a counter it moves."""
+    """A LISTEN connection, a thread reading it, and the topics' generations it moves."""
 
     def __init__(self, connect: Callable[[], Any], channel: str):
         self._connect = connect
         self._channel = channel
         self._cond = threading.Condition()
-        self._generation = 0
+        self._seq = 0  # stamps every notification: generation(None) moves for each
+        self._everyone = 0  # the stamp of the last notification for everyone
+        self._topics: dict[str, int] = {}  # topic -> the stamp of its last notification
+        self._tracked: dict[str, int] = {}  # task topics someone waits on -> how many wait
         self._closed = False
         self._conn: Any = None
         self._watchers: set[AsyncWatch] = set()
@@ -48,13 +60,33 @@ class Listener:
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
         return conn
 
-    @property
-    def generation(self) -> int:
-        return self._generation
+    def generation(self, topic: str | None = None) -> int:
+        """Moves for every notification (topic None), or for those of `topic` and for everyone."""
+        if topic is None:
+            return self._seq
+        return max(self._everyone, self._topics.get(topic, 0))
 
-    def _bump(self) -> None:
+    def track(self, topic: str) -> None:
+        """Count notifications of a task topic from now on (they are dropped otherwise)."""
         with self._cond:
-            self._generation += 1
+            self._tracked[topic] = self._tracked.get(topic, 0) + 1
+
+    def untrack(self, topic: str) -> None:
+        with self._cond:
+            left = self._tracked.get(topic, 0) - 1
+            if left > 0:
+                self._tracked[topic] = left
+            else:
+                self._tracked.pop(topic, None)
+                self._topics.pop(topic, None)
+
+    def _bump(self, topic: str = "") -> None:
+        with self._cond:
+            self._seq += 1
+            if not topic:
+                self._everyone = self._seq
+            elif not topic.startswith(TASK_PREFIX) or topic in self._tracked:
+                self._topics[topic] = self._seq
             self._cond.notify_all()
             watchers = list(self._watchers)
         for watcher in watchers:
@@ -67,8 +99,8 @@ class Listener:
                 if conn is None:
                     conn = self._conn = self._listen()
                     self._bump()  # what was sent while we were away is unknown: look again
-                for _ in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
-                    self._bump()
+                for notice in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
+                    self._bump(notice.payload)
             except Exception:  # noqa: BLE001 - a lost connection (or a failed reconnect): try again
                 if self._closed:
                     break
@@ -85,18 +117,18 @@ class Listener:
             except Exception:  # noqa: BLE001 - a broken connection: nothing more to do with it
                 pass
 
-    def wait(self, seen: int, timeout: float) -> int:
+    def wait(self, seen: int, timeout: float, topic: str | None = None) -> int:
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            while self._generation == seen and not self._closed:
+            while self.generation(topic) == seen and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            return self._generation
+            return self.generation(topic)
 
-    def watch(self) -> AsyncWatch:
-        watcher = AsyncWatch(self)
+    def watch(self, topic: str | None = None) -> AsyncWatch:
+        watcher = AsyncWatch(self, topic)
         with self._cond:
             self._watchers.add(watcher)
         return watcher
@@ -120,12 +152,13 @@ class Listener:
 
 
 class AsyncWatch:
-    """One asyncio waiter: woken (thread-safely) by the listener's next notification
-    after it was opened."""
+    """One asyncio waiter: woken (thread-safely) by the listener's next notification of
+    its topic after it was opened."""
 
-    def __init__(self, listener: Listener):
+    def __init__(self, listener: Listener, topic: str | None = None):
         self._listener = listener
-        self._seen = listener.generation
+        self._topic = topic
+        self._seen = listener.generation(topic)
         self._lock = threading.Lock()
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
@@ -142,7 +175,7 @@ class AsyncWatch:
         with self._lock:
             self._waiter = (loop, future)
         try:
-            if self._listener.generation == self._seen:
+            if self._listener.generation(self._topic) == self._seen:
                 try:
                     await asyncio.wait_for(future, timeout)
                 except TimeoutError:
@@ -150,7 +183,7 @@ class AsyncWatch:
         finally:
             with self._lock:
                 self._waiter = None
-            self._seen = self._listener.generation
+            self._seen = self._listener.generation(self._topic)
 
     def close(self) -> None:
         self._listener.forget(self)
@@ -159,3 +192,72 @@ class AsyncWatch:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class WakeGate:
+    """Coalesces one producer's work notifications, one gate per topic.
+
+    A producer whose notifying write is in flight lets the writes beside it go without
+    a notification; then one trailing notification follows, sent by a thread of the
+    gate's own once the last of them committed, so every row is followed by a
+    notification the workers see after it. A producer writing one task at a time
+    notifies with each (no wait added to its tasks); eight at once send about one
+    notification per round trip instead of eight, and keep PostgreSQL's group commit.
+    """
+
+    def __init__(self, send: Callable[[str], None]):
+        self._send = send  # send(topic): one notification, committed on its own
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._owed: set[str] = set()  # topics written without a notification since the last sent
+        self._kick = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def begin(self, topic: str) -> bool:
+        """Before a write: True if it should notify itself (then call `end`)."""
+        with self._lock:
+            if topic in self._in_flight:
+                return False
+            self._in_flight.add(topic)
+            return True
+
+    def end(self, topic: str) -> None:
+        """After a notifying write returned (committed or not)."""
+        with self._lock:
+            self._in_flight.discard(topic)
+            if topic in self._owed:
+                self._start_sender()
+
+    def skipped(self, topic: str) -> None:
+        """After a write that did not notify committed: a notification is owed."""
+        with self._lock:
+            self._owed.add(topic)
+            if topic not in self._in_flight:
+                self._start_sender()
+
+    def _start_sender(self) -> None:
+        self._kick.set()
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, name="castor-pg-wake", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._kick.wait()
+            self._kick.clear()
+            with self._lock:
+                owed, self._owed = self._owed, set()
+            for topic in sorted(owed):
+                try:
+                    self._send(topic)
+                except Exception:  # noqa: BLE001 - the workers' re-check (0.5 s) finds the rows
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._kick.set()
+
+    def abandon(self) -> None:
+        """After a fork, in the child: the parent's thread is not here."""
+        self._closed = True

@@ -16,8 +16,10 @@ Work in progress (issue 14, section 2). Design notes:
   each other's rows instead of waiting, and never both take one. (A CTE joined to
   the UPDATE gets a generic plan that scans the table once the LIMIT is a bound
   parameter; the array form does not.)
-* Waking: writes that make a task due or end one NOTIFY the store's channel in
-  their transaction; castor/store/pg_wakeup.py listens on one connection.
+* Waking: a write that makes a task due sends NOTIFY `work:<mode>` (coalesced per
+  producer: pg_wakeup.WakeGate); a settle of a task someone joins (its `watched`
+  flag, set by `watch_task`) sends `task:<id>`; rarer changes notify everyone.
+  castor/store/pg_wakeup.py listens on one connection per process.
 * Errors: a connection that fails (server down or restarting, too many clients)
   and the server's other "try again" errors raise StoreUnavailable; anything else
   from the server raises StoreError with its message.
@@ -39,8 +41,8 @@ from castor.failures import describe_message
 from castor.interrupts import shielded
 from castor.states import TaskStatus
 from castor.store import pg_schema
-from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord
-from castor.store.pg_wakeup import AsyncWatch, Listener
+from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord, task_topic, work_topic
+from castor.store.pg_wakeup import AsyncWatch, Listener, WakeGate
 
 try:
     import psycopg
@@ -79,7 +81,11 @@ _INSERT_UNIQUE = _INSERT + (
 _UNFINISHED_TWIN = "SELECT id FROM castor_tasks WHERE unique_key = %s AND status IN ('pending', 'running')"
 # .delay()'s path: the row and the wake-up in one autocommit statement, one round trip
 # (not four: BEGIN, INSERT, NOTIFY, COMMIT); as durable as a transaction's commit.
-_INSERT_AND_NOTIFY = f"WITH new AS ({_INSERT} RETURNING id) SELECT pg_notify(%(channel)s, '') FROM new"
+_INSERT_AND_NOTIFY = f"WITH new AS ({_INSERT} RETURNING id) SELECT pg_notify(%(channel)s, %(topic)s) FROM new"
+
+# A task due within this many seconds wakes its workers; a later one is found by their
+# re-check (every 0.5 s they read the next ETA and sleep until it).
+WAKE_AHEAD_SECONDS = 1.0
 
 # Every write for a claim names its fencing token: only that claim may write.
 _FENCE = "WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'"
@@ -93,12 +99,12 @@ _HISTORY_APPEND = "coalesce(history, '[]'::jsonb) || jsonb_build_array(%(entry)s
 _SETTLE = f"""UPDATE castor_tasks
                  SET status = %(status)s, result = %(result)s, result_text = %(result_text)s, error = %(error)s,
                      finished_at = %(now)s, lease_expires = NULL, expires_at = %(expires_at)s
-               {_FENCE} RETURNING 1"""
+               {_FENCE} RETURNING watched, mode"""
 
 _SETTLE_FAILED = f"""UPDATE castor_tasks
                  SET status = 'failed', error = %(error)s, finished_at = %(now)s, lease_expires = NULL,
                      expires_at = %(expires_at)s, history = {_HISTORY_APPEND}
-               {_FENCE} RETURNING 1"""
+               {_FENCE} RETURNING watched, mode"""
 
 # A retry goes back to pending at its ETA, unless a cancel was asked meanwhile.
 _SETTLE_RETRY = f"""UPDATE castor_tasks
@@ -107,9 +113,9 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
                      expires_at = CASE WHEN cancel_requested THEN {_FAILURE_EXPIRY} END,
                      error = %(error)s, eta = %(eta)s, at_once = %(at_once)s, lease_expires = NULL,
                      progress = NULL, progress_message = NULL, history = {_HISTORY_APPEND}
-               {_FENCE} RETURNING 1"""
+               {_FENCE} RETURNING watched, mode"""
 
-_SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE} RETURNING 1"
+_SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE} RETURNING watched, mode"
 
 _DUE = ("status = 'pending' AND mode = %(mode)s AND isolate = %(isolate)s "
         "AND (at_once OR eta <= %(now)s)")
@@ -160,6 +166,26 @@ def _insert_params(task: NewTask) -> dict[str, Any]:
         "at_once": task.eta <= task.enqueued_at, "options": _jsonb(task.options or None),
         "unique_key": task.unique_key, "cache_key": task.cache_key,
     }
+
+
+def _wakes(task: NewTask) -> str | None:
+    """The topic a new task's insert notifies: its mode's workers, if it is due soon."""
+    return work_topic(task.mode) if task.eta - task.enqueued_at < WAKE_AHEAD_SECONDS else None
+
+
+def _settled_topics(settlements: Sequence[Settlement], rows: Sequence[Any]) -> list[str]:
+    """What accepted settles wake: joiners of watched tasks; workers for retries due soon."""
+    topics = []
+    for s, row in zip(settlements, rows, strict=True):
+        if row is None:
+            continue
+        watched, mode = row
+        if watched:
+            topics.append(task_topic(s.task_id))
+        if s.status == TaskStatus.PENDING and not s.drop and \
+                (s.eta is None or s.eta - s.finished_at < WAKE_AHEAD_SECONDS):
+            topics.append(work_topic(mode))
+    return topics
 
 
 def _record(row: Sequence[Any], to_wall: float) -> TaskRecord:
@@ -299,6 +325,7 @@ class PostgreSQLStore(Store):
         self._idle: list[Any] = []
         self._closed = False
         self._listener: Listener | None = None
+        self._gate = WakeGate(self._send_wake)
         _STORES.add(self)
         try:
             with self._session() as conn:
@@ -339,9 +366,11 @@ class PostgreSQLStore(Store):
         # finishes a connection in the process that opened it).
         if self._listener is not None:
             self._listener.abandon()
+        self._gate.abandon()
         self._lock = threading.Lock()
         self._idle = []
         self._listener = None
+        self._gate = WakeGate(self._send_wake)
         self._pid = os.getpid()
 
     def _connect(self) -> Any:
@@ -409,25 +438,33 @@ class PostgreSQLStore(Store):
             return body(cur)
 
     def _settle_all(self, cur: Any, settlements: Sequence[Settlement]) -> list[bool]:
-        """Every settle of a batch in one round trip (psycopg's pipeline); accepted or not, in order."""
+        """Every settle of a batch in one round trip (psycopg's pipeline), and the
+        notifications they owe; accepted or not, in order."""
         statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
         if len(statements) == 1:
             cur.execute(*statements[0])
-            return [bool(cur.fetchall())]
-        accepted: list[bool] = []
-        with cur.connection.pipeline():
-            cursors = []
-            for sql, params in statements:
-                each = cur.connection.cursor()
-                each.execute(sql, params)
-                cursors.append(each)
-        for each in cursors:
-            accepted.append(bool(each.fetchall()))
-        return accepted
+            rows = [cur.fetchone()]
+        else:
+            with cur.connection.pipeline():
+                cursors = []
+                for sql, params in statements:
+                    each = cur.connection.cursor()
+                    each.execute(sql, params)
+                    cursors.append(each)
+            rows = [each.fetchone() for each in cursors]
+        self._notify(cur, _settled_topics(settlements, rows))
+        return [row is not None for row in rows]
 
-    def _notify(self, cur: Any) -> None:
-        """Wake the store's listeners once this transaction commits."""
-        cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
+    def _notify(self, cur: Any, topics: Sequence[str] = ("",)) -> None:
+        """Wake the listeners of these topics ('': everyone) once this transaction commits."""
+        if len(topics) == 1:
+            cur.execute("SELECT pg_notify(%s, %s)", (self._channel, topics[0]))
+        elif topics:
+            cur.execute("SELECT pg_notify(%s, t) FROM unnest(%s::text[]) AS t", (self._channel, list(topics)))
+
+    def _send_wake(self, topic: str) -> None:
+        """A notification on its own (WakeGate's trailing one)."""
+        self._fetch("SELECT pg_notify(%s, %s)", (self._channel, topic))
 
     # -- producing ------------------------------------------------------------------
 
@@ -435,9 +472,7 @@ class PostgreSQLStore(Store):
         if not tasks:
             return []
         if len(tasks) == 1 and tasks[0].unique_key is None:  # the hot path
-            params = _insert_params(tasks[0])
-            params["channel"] = self._channel
-            self._write_new(lambda cur: cur.execute(_INSERT_AND_NOTIFY, params), transaction=False)
+            self._enqueue_one(tasks[0])
             return [tasks[0].id]
 
         def body(cur: Any) -> list[str]:
@@ -457,10 +492,28 @@ class PostgreSQLStore(Store):
                     else:
                         cur.execute(_UNFINISHED_TWIN, (task.unique_key,))
                         ids.append(cur.fetchone()[0])
-            self._notify(cur)
+            self._notify(cur, sorted({topic for t in tasks if (topic := _wakes(t)) is not None}))
             return ids
 
         return self._write_new(body)
+
+    def _enqueue_one(self, task: NewTask) -> None:
+        """One INSERT, with its notification unless another of this process's is in flight
+        (then the gate sends one after: WakeGate)."""
+        params = _insert_params(task)
+        topic = _wakes(task)
+        gate = self._gate
+        if topic is None:
+            self._write_new(lambda cur: cur.execute(_INSERT, params), transaction=False)
+        elif gate.begin(topic):
+            params.update(channel=self._channel, topic=topic)
+            try:
+                self._write_new(lambda cur: cur.execute(_INSERT_AND_NOTIFY, params), transaction=False)
+            finally:
+                gate.end(topic)
+        else:
+            self._write_new(lambda cur: cur.execute(_INSERT, params), transaction=False)
+            gate.skipped(topic)
 
     def _write_new(self, body: Callable[[Any], T], *, transaction: bool = True) -> T:
         """A write of new rows: a duplicate task id is the caller's (TaskIdConflict).
@@ -524,8 +577,6 @@ class PostgreSQLStore(Store):
 
         def body(cur: Any) -> tuple[list[bool], list[tuple[Any, ...]]]:
             accepted = self._settle_all(cur, settlements) if settlements else []
-            if any(accepted):
-                self._notify(cur)
             rows = self._claim_in(cur, owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else []
             return accepted, rows
 
@@ -557,16 +608,7 @@ class PostgreSQLStore(Store):
         return {(task_id, fence) for task_id, fence in rows}
 
     def settle_one(self, settlement: Settlement) -> bool:
-        sql, params = _settle_statement(settlement, self.failure_ttl)
-
-        def body(cur: Any) -> bool:
-            cur.execute(sql, params)
-            accepted = bool(cur.fetchall())
-            if accepted:
-                self._notify(cur)
-            return accepted
-
-        return self._write(body, worker_side=True)
+        return self._write(lambda cur: self._settle_all(cur, [settlement])[0], worker_side=True)
 
     def requeue(self, task_id: str, fence: int, *, count_attempt: bool) -> bool:
         params = {"now": time.time(), "failure_ttl": self.failure_ttl, "give_back": 0 if count_attempt else 1,
@@ -788,7 +830,8 @@ class PostgreSQLStore(Store):
             won = bool(cur.fetchall())
             if won:
                 cur.execute(_INSERT, _insert_params(task))
-                self._notify(cur)
+                if (topic := _wakes(task)) is not None:
+                    self._notify(cur, [topic])
             return won
 
         return self._write_new(body)
@@ -878,19 +921,34 @@ class PostgreSQLStore(Store):
                     raise StoreUnavailable(f"cannot LISTEN on PostgreSQL ({_first_line(exc)})") from exc
             return self._listener
 
-    def generation(self) -> int:
-        return self._ensure_listener().generation
+    def generation(self, topic: str | None = None) -> int:
+        return self._ensure_listener().generation(topic)
 
-    def wait_for_change(self, seen: int, timeout: float) -> int:
-        return self._ensure_listener().wait(seen, timeout)
+    def wait_for_change(self, seen: int, timeout: float, topic: str | None = None) -> int:
+        return self._ensure_listener().wait(seen, timeout, topic)
 
-    def watch_async(self) -> AsyncWatch:
-        return self._ensure_listener().watch()
+    def watch_async(self, topic: str | None = None) -> AsyncWatch:
+        return self._ensure_listener().watch(topic)
+
+    @contextmanager
+    def watch_task(self, task_id: str) -> Iterator[None]:
+        """Settles of this task notify its topic while someone watches: the row is marked
+        `watched` (before the caller looks at it: a settle after that mark sees it)."""
+        listener = self._ensure_listener()
+        topic = task_topic(task_id)
+        listener.track(topic)
+        try:
+            self._fetch("UPDATE castor_tasks SET watched = true WHERE id = %s AND NOT watched "
+                        "AND status IN ('pending', 'running')", (task_id,))
+            yield
+        finally:
+            listener.untrack(topic)
 
     def close(self) -> None:
         if self._pid != os.getpid():
             self._closed = True
             return
+        self._gate.close()
         with self._lock:
             idle, self._idle = self._idle, []
             listener, self._listener = self._listener, None

@@ -1023,13 +1023,15 @@ class SQLiteStore(Store):
             self._probe = VersionProbe(self.path)
         return self._probe
 
-    def generation(self) -> int:
+    # Topics are not told apart: any commit to the file wakes every waiter.
+
+    def generation(self, topic: str | None = None) -> int:
         return self._ensure_notifier().generation
 
-    def wait_for_change(self, seen: int, timeout: float) -> int:
+    def wait_for_change(self, seen: int, timeout: float, topic: str | None = None) -> int:
         return self._ensure_notifier().wait(seen, timeout)
 
-    def watch_async(self) -> AsyncWatch:
+    def watch_async(self, topic: str | None = None) -> AsyncWatch:
         self._connection()
         with self._lock:
             probe = self._ensure_probe()

@@ -9,7 +9,9 @@ import time
 import pytest
 
 from castor.errors import StoreError
-from tests.contract.builders import new
+from castor.states import TaskStatus
+from castor.store.base import task_topic, work_topic
+from tests.contract.builders import claim, claim_one, new, outcome
 
 LONG = 30.0  # a wait that ends before this was woken, not timed out
 
@@ -91,3 +93,89 @@ class TestClose:
         store.close()
         other.enqueue([new("a")])
         assert other.get("a") is not None
+
+
+class TestTopics:
+    """A waiter may name what it waits for (work_topic, task_topic): every write that
+    makes it true must wake it. (A store may also wake it for other changes.)"""
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
+    def test_a_due_task_wakes_its_modes_workers(self, backend, store, batch):
+        other = backend.open()
+        topic = work_topic("thread")
+        seen = store.generation(topic)
+        tasks = [new("a", mode="thread")] + ([new("b", mode="process")] if batch else [])
+        other.enqueue(tasks)
+        assert store.wait_for_change(seen, LONG, topic) != seen
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("end", ["success", "failed", "retry", "dropped", "batch"])
+    def test_the_end_of_a_watched_task_wakes_its_joiner(self, backend, store, clocks, end):
+        other = backend.open()
+        other.enqueue([new("a"), new("b")])
+        rec = claim_one(other, clocks)
+        topic = task_topic(rec.id)
+        with store.watch_task(rec.id):
+            seen = store.generation(topic)
+            if end == "batch":
+                other.settle_and_claim([outcome(rec, at=clocks.wall)], "w1", mode="process", queues=None,
+                                       limit=0, lease=10.0, now=clocks.wall)
+            elif end == "retry":
+                other.settle_one(outcome(rec, TaskStatus.PENDING, at=clocks.wall, eta=clocks.wall))
+            else:
+                status = TaskStatus.FAILED if end == "failed" else TaskStatus.SUCCESS
+                other.settle_one(outcome(rec, status, at=clocks.wall, drop=end == "dropped"))
+            assert store.wait_for_change(seen, LONG, topic) != seen
+
+    @pytest.mark.timeout(60)
+    def test_a_retry_due_now_wakes_the_workers(self, backend, store, clocks):
+        other = backend.open()
+        other.enqueue([new("a")])
+        rec = claim_one(other, clocks)
+        topic = work_topic("process")
+        seen = store.generation(topic)
+        other.settle_one(outcome(rec, TaskStatus.PENDING, at=clocks.wall, eta=clocks.wall))
+        assert store.wait_for_change(seen, LONG, topic) != seen
+
+    @pytest.mark.timeout(60)
+    def test_a_cancelled_pending_task_wakes_its_joiner(self, backend, store, clocks):
+        other = backend.open()
+        other.enqueue([new("a")])
+        with store.watch_task("a"):
+            seen = store.generation(task_topic("a"))
+            assert other.cancel("a", now=clocks.wall) == TaskStatus.CANCELLED
+            assert store.wait_for_change(seen, LONG, task_topic("a")) != seen
+
+    @pytest.mark.timeout(60)
+    def test_a_periodic_firing_wakes_the_workers(self, backend, store, clocks):
+        other = backend.open()
+        topic = work_topic("thread")
+        seen = store.generation(topic)
+        assert other.fire_schedule("every", 100.0, new("tick-1", mode="thread"), now=clocks.wall)
+        assert store.wait_for_change(seen, LONG, topic) != seen
+
+    @pytest.mark.timeout(120)
+    def test_producers_writing_at_once_never_leave_a_task_unannounced(self, backend, store, clocks):
+        """Eight threads enqueue one task at a time through one store (a producer may
+        coalesce their notifications); a worker that sleeps whenever it finds nothing is
+        woken after every row: it never waits out its timeout."""
+        producer = backend.open()
+        threads, each = 8, 50
+        workers = [threading.Thread(target=lambda k=k: [producer.enqueue([new(f"t{k}-{i}", mode="thread")])
+                                                        for i in range(each)]) for k in range(threads)]
+        topic = work_topic("thread")
+        for w in workers:
+            w.start()
+        claimed = 0
+        while claimed < threads * each:
+            seen = store.generation(topic)
+            got = claim(store, clocks, limit=100, mode="thread")
+            claimed += len(got)
+            if not got:
+                started = time.monotonic()
+                store.wait_for_change(seen, LONG, topic)
+                assert time.monotonic() - started < LONG, f"not woken with {threads * each - claimed} rows left"
+        for w in workers:
+            w.join()
+        assert claimed == threads * each

@@ -14,7 +14,7 @@ import pytest
 
 from castor.errors import ConfigurationError, StoreError, StoreUnavailable
 from castor.states import TaskStatus
-from castor.store import Query, open_store
+from castor.store import Query, open_store, pg_schema
 from tests.conftest import wait_until
 from tests.contract.builders import new
 from tests.contract.conftest import postgresql_location
@@ -171,7 +171,27 @@ def test_processes_opening_a_new_schema_at_once_migrate_it_once(location):
                 proc.kill()
     assert reports == ["ok"] * 4
     with psycopg.connect(location, autocommit=True) as conn:
-        assert conn.execute("SELECT value FROM castor_meta WHERE key = 'schema_version'").fetchall() == [("1",)]
+        assert conn.execute("SELECT value FROM castor_meta WHERE key = 'schema_version'").fetchall() == [
+            (str(pg_schema.SCHEMA_VERSION),)]
+
+
+def test_a_schema_of_an_older_castor_is_migrated_forward_keeping_its_tasks(location):
+    """Version 1's tables (the first release's) with a task in them: opened by this castor,
+    they gain what later versions add, and the task runs."""
+    with psycopg.connect(location, autocommit=True) as conn, conn.transaction():
+        conn.execute(pg_schema.META_DDL)
+        for statement in pg_schema.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO castor_meta VALUES ('schema_version', '1')")
+    old = open_store(location)  # migrates
+    try:
+        with psycopg.connect(location, autocommit=True) as conn:
+            assert conn.execute("SELECT value FROM castor_meta").fetchall() == [(str(pg_schema.SCHEMA_VERSION),)]
+        old.enqueue([new("a")])
+        (record,) = old.claim("w", mode="process", queues=None, limit=1, lease=30.0, now=time.time())
+        assert record.id == "a"
+    finally:
+        old.close()
 
 
 def test_a_schema_from_a_newer_castor_is_refused(opened, location):

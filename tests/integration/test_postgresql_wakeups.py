@@ -1,0 +1,158 @@
+"""PostgreSQL's wake-ups say whom they are for (castor/store/pg_wakeup.py): a waiter
+is woken by what it waits for, not by every write to the store.
+
+Notifications arrive in the order their transactions committed, so a test that wants
+to show that a write sent *no* notification for a topic follows it with a write that
+sends one (a marker) and, once the marker has arrived, counts what arrived before it."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from castor.states import TaskStatus
+from castor.store import open_store
+from castor.store.base import Settlement, task_topic, work_topic
+from tests.conftest import wait_until
+from tests.contract.builders import new
+from tests.contract.conftest import postgresql_location
+
+psycopg = pytest.importorskip("psycopg")
+
+LONG = 30.0
+
+
+@pytest.fixture
+def location(request: pytest.FixtureRequest, postgres_url: str) -> str:
+    return postgresql_location(request)
+
+
+@pytest.fixture
+def pair(location):
+    """A listening store and a writing one on a fresh schema."""
+    listening, writing = open_store(location), open_store(location)
+    yield listening, writing
+    listening.close()
+    writing.close()
+
+
+def arrived_until_marker(listening, writing, since: int) -> int:
+    """Notifications that reached `listening` after generation `since` (read before the
+    writes looked at), up to and including a marker `writing` sends now."""
+    marker_topic = work_topic("marker")
+    before_marker = listening.generation(marker_topic)
+    writing.enqueue([new("marker", mode="marker")])
+    assert listening.wait_for_change(before_marker, LONG, marker_topic) != before_marker
+    return listening.generation() - since
+
+
+def claim_one(store, mode="process"):
+    (record,) = store.claim("w1", mode=mode, queues=None, limit=1, lease=30.0, now=0.0 + 10**9)
+    return record
+
+
+@pytest.mark.timeout(60)
+def test_a_task_of_another_mode_does_not_wake_a_worker(pair):
+    listening, writing = pair
+    since = listening.generation()  # listening from here
+    thread_topic = work_topic("thread")
+    before = listening.generation(thread_topic)
+    writing.enqueue([new("p", mode="process")])
+    assert arrived_until_marker(listening, writing, since) == 2  # the process task's, and the marker
+    assert listening.generation(thread_topic) == before
+
+
+@pytest.mark.timeout(60)
+def test_the_settle_of_a_task_nobody_joins_sends_nothing(pair):
+    listening, writing = pair
+    writing.enqueue([new("a")])
+    record = claim_one(writing)
+    since = listening.generation()
+    writing.settle_one(Settlement(record.id, "w1", 1, TaskStatus.SUCCESS, result="1", finished_at=10**9,
+                                  fence=record.fence))
+    assert arrived_until_marker(listening, writing, since) == 1  # the marker alone
+
+
+@pytest.mark.timeout(60)
+def test_a_joined_tasks_end_wakes_its_joiner_and_no_worker(pair):
+    listening, writing = pair
+    writing.enqueue([new("a"), new("b")])
+    record = claim_one(writing)
+    work = work_topic("process")
+    with listening.watch_task("a"):
+        seen, work_seen = listening.generation(task_topic("a")), listening.generation(work)
+        writing.settle_one(Settlement(record.id, "w1", 1, TaskStatus.SUCCESS, result="1", finished_at=10**9,
+                                      fence=record.fence))
+        assert listening.wait_for_change(seen, LONG, task_topic("a")) != seen
+        assert listening.generation(task_topic("b")) == listening.generation(work) == work_seen
+
+
+@pytest.mark.timeout(60)
+def test_a_task_due_later_sends_nothing_its_workers_find_it_by_its_eta(pair):
+    listening, writing = pair
+    since = listening.generation()
+    writing.enqueue([new("later", now=10**9, eta=10**9 + 60)])
+    assert arrived_until_marker(listening, writing, since) == 1
+
+
+class Hold:
+    """Holds one task id's INSERT in flight: another transaction inserted that id and
+    has not ended, so the store's INSERT waits on the primary key until it rolls back."""
+
+    def __init__(self, location: str, task_id: str):
+        self.conn = psycopg.connect(location)
+        self.conn.execute(
+            "INSERT INTO castor_tasks (id, task_name, mode, status, serializer, enqueued_at, eta) "
+            "VALUES (%s, 'blocker', 'none', 'cancelled', 'json', 0, 0)", (task_id,))
+
+    def release(self) -> None:
+        self.conn.rollback()
+        self.conn.close()
+
+
+def writes_waiting(location: str) -> int:
+    with psycopg.connect(location, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND datname = current_database()").fetchone()[0]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("order", ["quiet write first", "notifying write first"])
+def test_a_write_that_went_without_a_notification_is_announced_after_it_committed(pair, location, order):
+    """Two .delay()s of one producer at once: the second goes without a notification
+    (the first's is in flight). Whichever commits last, a worker that sleeps whenever it
+    finds nothing is woken after each, never waiting out its timeout."""
+    listening, writing = pair
+    topic = work_topic("thread")
+    listening.generation()
+    holds = {"loud": Hold(location, "loud"), "quiet": Hold(location, "quiet")}
+    writers = {}
+    claimed: list[str] = []
+    slept_through: list[int] = []
+
+    def worker() -> None:
+        while len(claimed) < 2:
+            seen = listening.generation(topic)
+            claimed.extend(r.id for r in listening.claim("w", mode="thread", queues=None, limit=10,
+                                                         lease=30.0, now=10**9 + 1))
+            if len(claimed) < 2 and listening.wait_for_change(seen, LONG, topic) == seen:
+                slept_through.append(len(claimed))
+                return
+
+    try:
+        for name, count in (("loud", 1), ("quiet", 2)):
+            writers[name] = threading.Thread(target=writing.enqueue, args=([new(name, mode="thread")],))
+            writers[name].start()
+            wait_until(lambda n=count: writes_waiting(location) == n, 30, f"the {name} write in flight")
+        consumer = threading.Thread(target=worker)
+        consumer.start()
+        for name in (["quiet", "loud"] if order == "quiet write first" else ["loud", "quiet"]):
+            holds.pop(name).release()
+            writers[name].join(LONG)
+        consumer.join(LONG + 10)
+    finally:
+        for hold in holds.values():
+            hold.release()
+    assert not slept_through, f"the worker slept through a notification owed (it held {claimed})"
+    assert sorted(claimed) == ["loud", "quiet"]
