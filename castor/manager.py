@@ -18,7 +18,7 @@ from castor.producer import Producer
 from castor.retention import Retention
 from castor.serialization import get_serializer
 from castor.states import TaskStatus, parse_status
-from castor.store import NewTask, Query, Store, database_path, is_server_url, open_store
+from castor.store import NewTask, Query, Store, database_path, display_url, is_server_url, open_store
 from castor.task import (
     Signature,
     TaskFunction,
@@ -131,8 +131,8 @@ class Manager:
         if self._db is None:
             if self._db_path is None:
                 raise ConfigurationError(
-                    f"this Manager keeps its tasks at {self.store.url} and has no beaver-db file for .db; "
-                    "to keep one beside them: castor.Manager('app.db', store='postgresql://...')")
+                    f"this Manager keeps its tasks at {display_url(self.store.url)} and has no beaver-db file "
+                    "for .db; to keep one beside them: castor.Manager('app.db', store='postgresql://...')")
             from beaver import BeaverDB
 
             self._db = BeaverDB(self._db_path)
@@ -319,7 +319,7 @@ class Manager:
             self._owns_db = False
 
     def __repr__(self) -> str:
-        return f"<castor.Manager {self.store.url} tasks={len(self.registry)}>"
+        return f"<castor.Manager {display_url(self.store.url)} tasks={len(self.registry)}>"
 
 
 def _query(status: str | None, name: str | None, queue: str | None) -> Query:

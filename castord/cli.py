@@ -175,8 +175,11 @@ def status(app: str | None, pidfile: str | None, as_json: bool) -> None:
     try:
         report = control.status_report(target)
     except Exception as exc:  # noqa: BLE001 - status must answer even with a sick database
+        from castor.store import scrub_secrets
+
         report = {"running": target.pid is not None, "pid": target.pid, "app": target.app,
-                  "warnings": [*target.warnings, f"cannot read castord's database: {exc}"]}
+                  "warnings": [*target.warnings,
+                               f"cannot read castord's database: {scrub_secrets(str(exc), target.db_path)}"]}
     click.echo(json.dumps(report, indent=2) if as_json else control.render(report))
     sys.exit(StatusCode.RUNNING if report["running"] else StatusCode.NOT_RUNNING)
 
@@ -290,7 +293,9 @@ def tasks_show(app: str, task_id: str, as_json: bool) -> None:
     finally:
         manager.close()
     if record is None:
-        _fail(f"no task {task_id} in {manager.path} (purged, or never enqueued)", ExitCode.NOT_FOUND)
+        from castor.store import display_url
+
+        _fail(f"no task {task_id} in {display_url(manager.path)} (purged, or never enqueued)", ExitCode.NOT_FOUND)
     _emit(admin.detail(record), as_json, admin.render_detail)
 
 
@@ -380,6 +385,42 @@ def tasks_stats(app: str, as_json: bool) -> None:
     finally:
         manager.close()
     _emit(data, as_json, admin.render_stats)
+
+
+@main.command()
+@click.option("--from", "source", required=True, envvar=_env("MOVE_FROM"),
+              help="The beaver-db file the tasks are in (a path or sqlite:///path).")
+@click.option("--to", "target", required=True, envvar=_env("MOVE_TO"),
+              help="The PostgreSQL store to move them to: postgresql://user@host/dbname (keep a password "
+                   "in ~/.pgpass or PGPASSWORD rather than here).")
+@click.option("--dry-run", is_flag=True, help="Say what would move; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def move(source: str, target: str, dry_run: bool, as_json: bool) -> None:
+    """Move the unfinished tasks (pending, scheduled, retrying) of a beaver-db file to PostgreSQL.
+
+    Stop every castord on the file first. Tasks keep their ids, arguments, ETA,
+    priority, queue, options, attempts and unique keys; finished tasks stay in the
+    file. Safe to run again: a task already moved is not moved twice.
+
+    \b
+    Exit codes: 0 all moved, 2 bad --from/--to, 3 a store cannot be used,
+    6 refused (a castord runs on the file, or tasks there run under a live
+    lease) or some tasks were left in the file (each is named, with why).
+    """
+    from castor.errors import StoreError
+    from castor.store import scrub_secrets
+    from castord import move as moving
+
+    try:
+        report = moving.move(source, target, dry_run=dry_run)
+    except CastordError as exc:
+        _fail(str(exc), exc.exit_code)
+    except StoreError as exc:  # a store failed mid-move (server gone, disk full): one line, no password
+        _fail(f"the move stopped: {scrub_secrets(str(exc), target)}; nothing was lost: what was not moved "
+              "is still in the file, and moving again goes on from there", ExitCode.APP_LOAD_ERROR)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else moving.render(report))
+    if report.left or report.doubled:
+        sys.exit(ExitCode.REFUSED)
 
 
 def _find(app: str | None, pidfile: str | None) -> Any:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from castor.states import TaskStatus
-from castor.store import Query, TaskRecord, is_server_url, open_store
+from castor.store import Query, TaskRecord, display_url, is_server_url, open_store, scrub_secrets
 from castor.views import DAEMON_STALE_SECONDS
+from castord.children import PROCESS_WORKER, THREAD_HOST
 from castord.errors import CastordError, ExitCode
 from castord.files import UnsafePathError, read_regular, replace_atomically
 from castord.pidfile import pid_alive, read_pid
@@ -112,24 +113,26 @@ def find(app: str | None, pidfile: str | None) -> Target:
         rows = manager.store.daemons()
     except Exception as exc:  # noqa: BLE001 - a sick database must not hide a live master
         rows = []
-        warnings.append(f"cannot read castord's heartbeat rows in {manager.path}: {exc}")
+        warnings.append(f"cannot read castord's heartbeat rows in {display_url(manager.path)}: "
+                        f"{scrub_secrets(str(exc), manager.path)}")
     finally:
         manager.close()
     row = _live_row(rows, app)
     if row is not None:
         return Target(row["pid"], manager.path, app, warnings)
-    masters = masters_using(manager.path, app)
+    # A server's URL is no file a process holds open.
+    masters = [] if is_server_url(manager.path) else masters_using(manager.path, app)
     return Target(masters[0] if masters else None, manager.path, app, warnings)
 
 
-def masters_using(db_path: str, app: str) -> list[int]:
-    """Live castord masters for `app` on this host that hold `db_path` open, found in
-    /proc by their process title and their open files: so also when the file was
-    deleted or replaced under them, or their heartbeat rows are stale (a long foreign
-    lock). Processes of other users are seen only by root."""
+def masters_using(db_path: str, app: str | None) -> list[int]:
+    """Live castord masters for `app` (None: any) on this host that hold `db_path` open,
+    found in /proc by their process title and their open files: so also when the file
+    was deleted or replaced under them, or their heartbeat rows are stale (a long
+    foreign lock). Processes of other users are seen only by root."""
     real = os.path.realpath(db_path)
     wanted = {real, f"{real} (deleted)"}
-    title = f"castord: master {app} [".encode()
+    title = f"castord: master {app} [".encode() if app else b"castord: master "
     found = []
     try:
         entries = os.listdir("/proc")
@@ -196,26 +199,28 @@ def status_report(target: Target) -> dict[str, Any]:
                 f"castord pid {target.pid} runs, but its pidfile's sidecar does not say which database "
                 "it uses; give APP instead of --pidfile to see its tasks")
         return report
-    report["database"] = db_path
+    report["database"] = shown = display_url(db_path)
     # (A server's URL, postgresql://...: no file to look for; the store says if it cannot answer.)
     if not is_server_url(db_path) and not os.path.exists(db_path):  # never create one: opening would
         if target.pid is not None:
             report["warnings"].append(
-                f"database {db_path} is missing: deleted or moved while castord pid {target.pid} runs, "
+                f"database {shown} is missing: deleted or moved while castord pid {target.pid} runs, "
                 "which still uses the file it opened (its tasks and heartbeats go there, out of reach); "
                 "restart castord to use a new file")
         return report
     try:
         _add_database_details(report, target, db_path)
     except Exception as exc:  # noqa: BLE001 - status must answer even with a sick database
-        report["warnings"].append(f"cannot read database {db_path}: {exc}")
+        report["warnings"].append(f"cannot read database {shown}: {scrub_secrets(str(exc), db_path)}")
     return report
 
 
 def _add_database_details(report: dict[str, Any], target: Target, db_path: str) -> None:
     store = open_store(db_path, lock_timeout=STATUS_LOCK_SECONDS)
+    shown = display_url(db_path)
     try:
         rows = store.daemons()
+        report["fleet"] = fleet(rows)
         row = next((r for r in rows if r["pid"] == target.pid and r["host"] == socket.gethostname()), None)
         if row is not None and target.pid is not None:
             now = time.time()
@@ -225,12 +230,12 @@ def _add_database_details(report: dict[str, Any], target: Target, db_path: str) 
             report.update({k: row["info"].get(k) for k in ("state", "workers", "threads", "queues", "children")})
             if age > STALE_SECONDS:
                 report["warnings"].append(
-                    f"castord pid {target.pid} last wrote its heartbeat row in {db_path} "
+                    f"castord pid {target.pid} last wrote its heartbeat row in {shown} "
                     f"{age:.0f} s ago: it cannot write to the file (locked by another "
                     "program, full, read-only?) or its main loop is stuck; the details shown are that old")
         elif target.pid is not None:
             report["warnings"].append(
-                f"no heartbeat row for castord pid {target.pid} in {db_path}: the file was replaced under it, "
+                f"no heartbeat row for castord pid {target.pid} in {shown}: the file was replaced under it, "
                 "or castord cannot write to it; what follows is the file's content, not necessarily castord's")
         report["schedules"] = _schedules(store.schedules(), (row or {}).get("info", {}).get("schedules") or {})
         report["running_tasks"] = [_running(r) for r in store.list(
@@ -239,6 +244,35 @@ def _add_database_details(report: dict[str, Any], target: Target, db_path: str) 
         report["counts"] = {str(k): v for k, v in store.counts_by_status().items()}
     finally:
         store.close()
+
+
+def fleet(rows: list[dict[str, Any]], *, now: float | None = None) -> list[dict[str, Any]]:
+    """Every castord heartbeat row on the store (every host, every app), by host then pid.
+    A stale one (no heartbeat for STALE_SECONDS: stopped by SIGKILL, its host down or cut
+    off, or unable to write) shows what it last said, and its uptime up to then."""
+    now = time.time() if now is None else now
+    out = []
+    for row in sorted(rows, key=lambda r: (r["host"], r["pid"])):
+        info = row["info"] or {}
+        age = row["heartbeat_age"]
+        stale = age > STALE_SECONDS
+        out.append({
+            "host": row["host"], "pid": row["pid"], "app": row["app"], "state": info.get("state"),
+            "started_at": row["started_at"],
+            "uptime_s": round((row["heartbeat_at"] if stale else now) - row["started_at"], 1),
+            "heartbeat_age_s": round(age, 1), "stale": stale,
+            "workers": info.get("workers"), "threads": info.get("threads"),
+            "busy": sum(busy_slots(info.get("children") or [])), "queues": info.get("queues"),
+        })
+    return out
+
+
+def busy_slots(children: list[dict[str, Any]]) -> tuple[int, int]:
+    """(process children running a task, thread-host threads running one), from the
+    children a castord reports: the slots of its pools that are busy."""
+    process = sum(1 for c in children if c.get("role") == PROCESS_WORKER and c.get("running"))
+    threads = sum(len(c.get("running") or []) for c in children if c.get("role") == THREAD_HOST)
+    return process, threads
 
 
 def _running(record: TaskRecord) -> dict[str, Any]:
@@ -276,7 +310,10 @@ def render(report: dict[str, Any]) -> str:
             head += f", state {report['state']}, up {report.get('uptime_s', '?')} s"
         lines.append(head)
     else:
-        lines.append("castord is not running")
+        elsewhere = sum(1 for d in report.get("fleet") or [] if not d["stale"])
+        lines.append("castord is not running" + (
+            f" on this host ({elsewhere} castord{'s' if elsewhere != 1 else ''} of the fleet "
+            f"{'run' if elsewhere != 1 else 'runs'} elsewhere)" if elsewhere else ""))
     lines.extend(f"warning: {w}" for w in report.get("warnings") or [])
     for child in report.get("children") or []:
         running = child.get("running") or []
@@ -298,4 +335,19 @@ def render(report: dict[str, Any]) -> str:
     for name, sched in (report.get("schedules") or {}).items():
         next_tick = f", next {_when(sched['next_tick'])}" if sched.get("next_tick") is not None else ""
         lines.append(f"schedule {name}: last fired {_when(sched['fired_at'])}{next_tick}")
+    lines.extend(_render_fleet(report.get("fleet") or []))
     return "\n".join(lines)
+
+
+def _render_fleet(entries: list[dict[str, Any]]) -> list[str]:
+    """One line per castord on the store: where, what, how busy, how fresh."""
+    if not entries:
+        return []
+    lines = [f"fleet: {len(entries)} castord{'s' if len(entries) != 1 else ''} on this store"]
+    for d in entries:
+        slots = (d["workers"] or 0) + (d["threads"] or 0)
+        lines.append(
+            f"  {d['host']} pid {d['pid']} {d['app']}: {d['state'] or '?'}, busy {d['busy']}/{slots} "
+            f"({d['workers'] or 0} proc, {d['threads'] or 0} thr), heartbeat {d['heartbeat_age_s']} s ago"
+            + (f"  STALE (no heartbeat for over {STALE_SECONDS:g} s)" if d["stale"] else ""))
+    return lines

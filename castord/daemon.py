@@ -50,6 +50,7 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
     from castor.app import AppLoadError, load_manager
     from castor.errors import StoreError
     from castor.logs import get_logger
+    from castor.store import display_url
     from castord import forkserver
     from castord.logging import configure
 
@@ -72,12 +73,13 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
         # would crash, be replaced, and crash again: refuse to start instead.
         manager.store.verify()
     except StoreError as exc:
-        log.critical("castord.database_unusable", app=config.app, database=manager.path, error=str(exc))
+        log.critical("castord.database_unusable", app=config.app, database=display_url(manager.path),
+                     error=str(exc))
         sink.tell(f"castord: cannot use the database: {exc}")
         manager.close()
         return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
     log.info("castord.starting", app=config.app, workers=config.workers, threads=config.threads,
-             database=manager.path, load_s=round(time.monotonic() - started, 3))
+             database=display_url(manager.path), load_s=round(time.monotonic() - started, 3))
     from castord.pidfile import Pidfile
 
     pidfile = Pidfile(config.pidfile) if config.pidfile else None

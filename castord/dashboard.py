@@ -25,7 +25,9 @@ from rich.table import Table
 from rich.text import Text
 
 from castor.logs import get_logger
-from castord.children import PROCESS_WORKER, THREAD_HOST
+from castor.store import display_url
+from castord.children import THREAD_HOST
+from castord.control import busy_slots
 
 if TYPE_CHECKING:
     from castord.supervisor import Supervisor
@@ -160,8 +162,7 @@ class Dashboard:
         snap = sup.snapshot()
         children = snap["children"]
         running = [dict(task, child=c["role"]) for c in children for task in c["running"]]
-        process_busy = sum(1 for c in children if c["role"] == PROCESS_WORKER and c["running"])
-        thread_busy = sum(len(c["running"]) for c in children if c["role"] == THREAD_HOST)
+        process_busy, thread_busy = busy_slots(children)
         finished_by_key, _durations = sup.tally.snapshot()
         finished: dict[str, int] = {}
         for (_name, status), count in finished_by_key.items():
@@ -170,7 +171,7 @@ class Dashboard:
         self.tail.poll()
         return View(
             app=sup.config.app, pid=os.getpid(), state=sup.state.value, uptime_s=now - self._started,
-            database=sup.manager.path, process_busy=process_busy, process_total=snap["workers"],
+            database=display_url(sup.manager.path), process_busy=process_busy, process_total=snap["workers"],
             thread_busy=thread_busy, thread_total=sup.config.threads if _has_thread_host(sup) else 0,
             pending=self._pending, finished=finished, rate=self._rate(now, sum(finished.values())),
             latest=_latest(running, sup.tally.latest()), log_lines=list(self.tail.lines),

@@ -7,10 +7,11 @@ from the master's own view, and finished-task counters and duration histograms
 from the tallies children send with their heartbeats (castord/tally.py).
 
 Every label set castord can know in advance (registered task names x outcomes,
-roles x restart reasons, states, configured roles and queues) is exported from the
-first scrape, at 0: Prometheus's increase() and rate() only see a rise between two
-samples, so a counter born at 1 would hide the first crash or failure. The alert
-rules that read these metrics are deploy/prometheus/castor-rules.yml.
+roles x restart reasons, states, configured roles and queues, every state of each
+host in castor_daemons) is exported from the first scrape, at 0: Prometheus's
+increase() and rate() only see a rise between two samples, so a counter born at 1
+would hide the first crash or failure. The alert rules that read these metrics
+are deploy/prometheus/castor-rules.yml.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor.logs import get_logger
 from castord.children import PROCESS_WORKER, THREAD_HOST
+from castord.control import STALE_SECONDS
 from castord.errors import CastordError, ExitCode
 from castord.signals import State
 from castord.tally import BUCKETS
@@ -35,6 +37,8 @@ FINISHED_STATUSES = ("success", "failed", "cancelled", "retry")
 # Why the supervisor replaced a child (its _on_exit): died or went silent, or retired on purpose.
 RESTART_REASONS = ("crash", "recycled")
 ROLES = (PROCESS_WORKER, THREAD_HOST)
+# A castord row's state in castor_daemons: what the master said, or stale.
+FLEET_STATES = (*(each.value for each in State), "stale")
 
 
 class CastordCollector:
@@ -65,6 +69,7 @@ class CastordCollector:
             counts = store.counts_by_status()
             depth = store.pending_by_queue()
             queues = store.queue_stats(now=now)
+            fleet = store.daemons()
         except Exception:  # noqa: BLE001 - a busy or sick database must not break the scrape
             log.exception("metrics.database_failed")
             reachable.add_metric([], 0)
@@ -84,7 +89,25 @@ class CastordCollector:
         waiting.add_metric([], 0.0 if oldest is None else max(0.0, now - oldest))
         scheduled = gauge("castor_scheduled_tasks", "Pending tasks whose ETA is still ahead")
         scheduled.add_metric([], queues["scheduled"])
-        yield from (tasks, queue, waiting, scheduled)
+        yield from (tasks, queue, waiting, scheduled, self._fleet(gauge, fleet))
+
+    @staticmethod
+    def _fleet(gauge: Any, rows: list[dict[str, Any]]) -> Any:
+        """The castords on the store (every host), by host and state; `stale` for a row
+        whose heartbeat is older than control.STALE_SECONDS (what it last said is not
+        trusted). Every state of each host is there, at 0 or more."""
+        daemons = gauge("castor_daemons", "castords with a heartbeat row in the database (every host), by host "
+                        f"and state (stale: no heartbeat for over {STALE_SECONDS:g} s)", labels=["host", "state"])
+        counts: dict[tuple[str, str], int] = {}
+        for row in rows:
+            stale = row["heartbeat_age"] > STALE_SECONDS
+            state = "stale" if stale else str((row["info"] or {}).get("state") or "unknown")
+            for each in FLEET_STATES:
+                counts.setdefault((row["host"], each), 0)
+            counts[(row["host"], state)] = counts.get((row["host"], state), 0) + 1
+        for (host, state), n in sorted(counts.items()):
+            daemons.add_metric([host, state], n)
+        return daemons
 
     def _children(self, snapshot: dict[str, Any]) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from castor.errors import ConfigurationError
 from castor.store.base import NewTask, Query, Store, TaskRecord
 
-__all__ = ["NewTask", "Query", "Store", "TaskRecord", "database_path", "is_server_url", "open_store"]
+__all__ = ["NewTask", "Query", "Store", "TaskRecord", "database_path", "display_url", "is_server_url", "open_store",
+           "scrub_secrets"]
 
 
 def database_path(db: Any) -> str:
@@ -56,7 +58,15 @@ def open_store(db: Any, *, lock_timeout: float = 30.0, durable: bool = False) ->
     if isinstance(db, str) and db.startswith(POSTGRESQL_SCHEMES):
         from castor.store.postgresql import PostgreSQLStore
 
-        return PostgreSQLStore(db)
+        try:
+            return PostgreSQLStore(db)
+        except ConfigurationError as exc:
+            # libpq quotes the part of a URL it cannot read, which may be the password,
+            # and ends its message with a line break: one line, without the password.
+            message = scrub_secrets(" ".join(str(exc).split()).replace(" )", ")"), db)
+            if message == str(exc):
+                raise
+            raise ConfigurationError(message) from None
     if isinstance(db, str) and _SCHEME.match(db) and not db.startswith(SQLITE_SCHEME):
         scheme = db.split(":", 1)[0]
         raise ConfigurationError(
@@ -78,3 +88,48 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 def is_server_url(target: Any) -> bool:
     """True for a URL of a database server (postgresql://...), not of a file."""
     return isinstance(target, str) and bool(_SCHEME.match(target)) and not target.startswith(SQLITE_SCHEME)
+
+
+# What libpq takes a password from in a URL's query (keys may be percent-encoded).
+_SECRET_PARAMETERS = ("password", "sslpassword")
+HIDDEN = "***"
+
+
+def _secrets(url: str) -> tuple[list[str], str]:
+    """The passwords a store URL carries, and the URL with each replaced by ***."""
+    if not is_server_url(url):  # a file's path or sqlite: URL holds no password
+        return [], url
+    scheme, rest = url.split("://", 1)
+    authority, mark, query = rest.partition("?")
+    found: list[str] = []
+    # The credentials end at the last @ before the query: an unencoded @ in a
+    # password would otherwise leave its tail in view.
+    at = authority.rfind("@")
+    if at >= 0 and ":" in authority[:at]:
+        user, password = authority[:at].split(":", 1)
+        found.append(password)
+        authority = f"{user}:{HIDDEN}{authority[at:]}"
+    parts = []
+    for part in query.split("&") if mark else []:
+        key, eq, value = part.partition("=")
+        if eq and unquote(key).lower() in _SECRET_PARAMETERS and value:
+            found.append(value)
+            part = f"{key}={HIDDEN}"
+        parts.append(part)
+    return found, f"{scheme}://{authority}{mark}{'&'.join(parts)}"
+
+
+def display_url(target: Any) -> str:
+    """A store's URL or path fit to show or log: any password replaced by ***
+    (`postgresql://u:***@h/db`, `?password=***`). A path is shown as it is."""
+    return _secrets(os.fspath(target) if isinstance(target, os.PathLike) else str(target))[1]
+
+
+def scrub_secrets(text: str, url: Any) -> str:
+    """`text` with every password of `url` (as written, and percent-decoded) replaced by ***."""
+    secrets, _ = _secrets(url) if isinstance(url, str) else ([], "")
+    for secret in secrets:
+        for form in {secret, unquote(secret)}:
+            if form:
+                text = text.replace(form, HIDDEN)
+    return text

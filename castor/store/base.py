@@ -371,3 +371,61 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    # -- moving tasks between stores (castord move) ---------------------------------
+
+    @abstractmethod
+    def pending_copies(self, *, after: str | None = None, limit: int = 500) -> Sequence[TaskCopy]:
+        """Up to `limit` pending tasks (due, scheduled or waiting to retry), in id order
+        after the id `after`, with everything stored about them."""
+
+    @abstractmethod
+    def insert_copies(self, tasks: Sequence[TaskCopy]) -> CopyOutcome:
+        """Store copies of another store's pending tasks as they are (id, arguments,
+        eta, priority, queue, options, attempts, losses, history, unique and cache
+        keys), pending, without owner or lease, in one transaction. A task whose id is
+        already stored is left as it is; one whose unique key an unfinished task of
+        another id holds is not stored (the unique rule)."""
+
+    @abstractmethod
+    def delete_copies(self, tasks: Sequence[TaskCopy]) -> Sequence[str]:
+        """Delete each task that is still as copied (pending, the same claim token and
+        attempts: one claimed, cancelled or retried since stays), in one transaction;
+        returns the ids deleted."""
+
+    @abstractmethod
+    def merge_schedules(self, fired: dict[str, dict[str, Any]]) -> Sequence[str]:
+        """Record schedules' last fired ticks (as `schedules()` gives them), each only
+        where no tick or an earlier one is stored; returns the names written."""
+
+
+@dataclass(slots=True)
+class TaskCopy:
+    """A stored task as another store takes it (castord move): its record, and what
+    the record does not show."""
+
+    record: TaskRecord
+    # Queued to run at once (no ETA, or retried without a delay): due whatever the wall clock says.
+    at_once: bool
+    cache_key: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def as_new(self) -> NewTask:
+        """The task as it was enqueued; a store's insert of a copy adds the rest."""
+        r = self.record
+        return NewTask(r.id, r.name, r.mode, r.serializer, r.args, r.kwargs, r.enqueued_at, r.eta, r.queue,
+                       r.priority, r.daemon, r.options, r.unique_key, self.cache_key)
+
+
+@dataclass(slots=True)
+class CopyOutcome:
+    """What insert_copies() did with each task, by id."""
+
+    inserted: list[str] = field(default_factory=list)
+    # Already stored under that id (by an earlier move): left as it is.
+    present: list[str] = field(default_factory=list)
+    # Not stored: an unfinished task of another id holds its unique key (id -> that task's id).
+    twins: dict[str, str] = field(default_factory=dict)

@@ -41,7 +41,9 @@ from castor.failures import describe_message
 from castor.interrupts import shielded
 from castor.states import TaskStatus
 from castor.store import pg_schema
-from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord, task_topic, work_topic
+from castor.store.base import (
+    CopyOutcome, NewTask, Query, Settlement, Store, TaskCopy, TaskRecord, task_topic, work_topic,
+)
 from castor.store.pg_wakeup import AsyncWatch, Listener, WakeGate
 
 try:
@@ -958,7 +960,91 @@ class PostgreSQLStore(Store):
         if listener is not None:
             listener.close()
 
+    # -- moving tasks between stores (castord move) --------------------------------
+
+    def pending_copies(self, *, after: str | None = None, limit: int = 500) -> Sequence[TaskCopy]:
+        clock = self._clock()
+        rows = self._fetch(
+            f"SELECT {_COLUMNS}, at_once, cache_key FROM castor_tasks WHERE status = 'pending' AND id > %s "
+            "ORDER BY id LIMIT %s", (after or "", limit))
+        to_wall = self._to_wall(clock)
+        return [TaskCopy(_record(r[:-2], to_wall), r[-2], r[-1]) for r in rows]
+
+    def insert_copies(self, tasks: Sequence[TaskCopy]) -> CopyOutcome:
+        def body(cur: Any) -> CopyOutcome:
+            outcome = CopyOutcome()
+            for task in tasks:
+                params = _copy_params(task)
+                while True:
+                    # No conflict target: a stored id and a unique key's unfinished twin both skip the row.
+                    cur.execute(_INSERT_COPY, params)
+                    if cur.fetchall():
+                        outcome.inserted.append(task.id)
+                        break
+                    cur.execute("SELECT 1 FROM castor_tasks WHERE id = %s", (task.id,))
+                    if cur.fetchall():
+                        outcome.present.append(task.id)
+                        break
+                    cur.execute(_UNFINISHED_TWIN, (task.record.unique_key,))
+                    twin = cur.fetchone()
+                    if twin is not None:  # else it finished since the INSERT looked: try again
+                        outcome.twins[task.id] = twin[0]
+                        break
+            if outcome.inserted:
+                self._notify(cur)
+            return outcome
+
+        return self._write(body)
+
+    def delete_copies(self, tasks: Sequence[TaskCopy]) -> Sequence[str]:
+        def body(cur: Any) -> list[str]:
+            cur.execute(
+                """DELETE FROM castor_tasks t
+                     USING unnest(%s::text[], %s::bigint[], %s::int[]) AS c(id, fence, attempts)
+                    WHERE t.id = c.id AND t.fence = c.fence AND t.attempts = c.attempts AND t.status = 'pending'
+                RETURNING t.id""",
+                ([t.id for t in tasks], [t.record.fence for t in tasks], [t.record.attempts for t in tasks]))
+            return sorted(r[0] for r in cur.fetchall())
+
+        return self._write(body)
+
+    def merge_schedules(self, fired: dict[str, dict[str, Any]]) -> Sequence[str]:
+        def body(cur: Any) -> list[str]:
+            written = []
+            for name, row in sorted(fired.items()):
+                cur.execute(
+                    """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id) VALUES (%s, %s, %s, %s)
+                       ON CONFLICT (name) DO UPDATE
+                          SET last_tick = excluded.last_tick, fired_at = excluded.fired_at,
+                              task_id = excluded.task_id
+                        WHERE castor_schedules.last_tick < excluded.last_tick
+                    RETURNING name""", (name, row["last_tick"], row["fired_at"], row["task_id"]))
+                written += [r[0] for r in cur.fetchall()]
+            return written
+
+        return self._write(body)
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# A copy of another store's pending task (castord move), as it was there; the
+# claim's owner and lease stay behind (they were on the other store's clock).
+_INSERT_COPY = (
+    "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, args, kwargs, "
+    "args_text, kwargs_text, enqueued_at, eta, at_once, started_at, error, attempts, lost, options, history, "
+    "unique_key, cache_key, fence, isolate) "
+    "VALUES (%(id)s, %(name)s, %(queue)s, %(mode)s, %(daemon)s, 'pending', %(priority)s, %(serializer)s, "
+    "%(args)s, %(kwargs)s, %(args_text)s, %(kwargs_text)s, %(enqueued_at)s, %(eta)s, %(at_once)s, "
+    "%(started_at)s, %(error)s, %(attempts)s, %(lost)s, %(options)s, %(history)s, %(unique_key)s, "
+    "%(cache_key)s, %(fence)s, %(isolate)s) ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def _copy_params(task: TaskCopy) -> dict[str, Any]:
+    r = task.record
+    return {**_insert_params(task.as_new()), "at_once": bool(task.at_once), "started_at": r.started_at,
+            "error": _jsonb(r.error), "attempts": r.attempts, "lost": r.lost, "history": _jsonb(r.history or None),
+            "fence": r.fence, "isolate": bool(r.isolate)}

@@ -34,7 +34,7 @@ from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
 from castor.states import TaskStatus
 from castor.store import ready, schema
-from castor.store.base import NewTask, Query, Settlement, Store, TaskRecord
+from castor.store.base import CopyOutcome, NewTask, Query, Settlement, Store, TaskCopy, TaskRecord
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
 T = TypeVar("T")
@@ -1052,6 +1052,54 @@ class SQLiteStore(Store):
             self._conn = self._notifier = self._probe = self._checkpointer = None
             self._closed = True
 
+    # -- moving tasks between stores (castord move) --------------------------------
+
+    def pending_copies(self, *, after: str | None = None, limit: int = 500) -> Sequence[TaskCopy]:
+        rows = self._execute(
+            f"SELECT {_COLUMNS}, at_once, cache_key FROM castor_tasks WHERE status = 'pending' AND id > ? "
+            "ORDER BY id LIMIT ?", (after or "", limit))
+        to_wall = self._to_wall()
+        return [TaskCopy(_row_to_record(r[:-2], to_wall), bool(r[-2]), r[-1]) for r in rows]
+
+    def insert_copies(self, tasks: Sequence[TaskCopy]) -> CopyOutcome:
+        def body(conn: sqlite3.Connection) -> CopyOutcome:
+            outcome = CopyOutcome()
+            for task in tasks:
+                # No conflict target: a stored id and a unique key's unfinished twin both skip the row.
+                if conn.execute(_INSERT_COPY, _copy_params(task)).fetchall():
+                    outcome.inserted.append(task.id)
+                elif conn.execute("SELECT 1 FROM castor_tasks WHERE id = ?", (task.id,)).fetchall():
+                    outcome.present.append(task.id)
+                else:
+                    twin = conn.execute(_UNFINISHED_TWIN, (task.record.unique_key,)).fetchone()
+                    outcome.twins[task.id] = twin[0]
+            return outcome
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
+    def delete_copies(self, tasks: Sequence[TaskCopy]) -> Sequence[str]:
+        def body(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for task in tasks for r in conn.execute(
+                "DELETE FROM castor_tasks WHERE id = ? AND status = 'pending' AND fence = ? AND attempts = ? "
+                "RETURNING id", (task.id, task.record.fence, task.record.attempts)).fetchall()]
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
+    def merge_schedules(self, fired: dict[str, dict[str, Any]]) -> Sequence[str]:
+        def body(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for name, row in sorted(fired.items()) for r in conn.execute(
+                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE
+                      SET last_tick = excluded.last_tick, fired_at = excluded.fired_at,
+                          task_id = excluded.task_id
+                    WHERE castor_schedules.last_tick < excluded.last_tick
+                RETURNING name""", (name, row["last_tick"], row["fired_at"], row["task_id"])).fetchall()]
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
 
 def _create_private(path: str) -> None:
     """A new database file is created owner-only (SQLite gives its -wal and -shm
@@ -1164,3 +1212,22 @@ def _io_error_hint(path: str) -> str:
     if stats.f_bavail * stats.f_frsize < 64 * 1024 * 1024:
         return "the disk is (nearly) full; free some space"
     return "the disk or file system may be failing; check the system log (dmesg)"
+
+
+# A copy of another store's pending task (castord move), as it was there; the
+# claim's owner and lease stay behind (they were on the other store's clock).
+_INSERT_COPY = (
+    "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
+    "args, kwargs, enqueued_at, eta, options, unique_key, cache_key, at_once, "
+    "started_at, error, attempts, lost, history, fence, isolate) "
+    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def _copy_params(task: TaskCopy) -> tuple[Any, ...]:
+    """_INSERT's parameters (its at_once the copy's own), then the rest of the copy."""
+    r = task.record
+    return (*_insert_params(task.as_new())[:-1], int(task.at_once), r.started_at,
+            json.dumps(r.error) if r.error else None, r.attempts, r.lost,
+            json.dumps(r.history) if r.history else None, r.fence, int(r.isolate))

@@ -5,6 +5,7 @@ endpoint renders them. tests/process/test_metrics.py scrapes a real castord."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -113,3 +114,26 @@ def test_the_master_loops_age_grows_until_its_loop_passes(manager, monkeypatch):
     assert scrape(sup)[("castor_master_loop_age_seconds", ())] >= 120
     sup._tick([])  # noqa: SLF001 - one pass of the loop, with nothing ready
     assert scrape(sup)[("castor_master_loop_age_seconds", ())] < 60
+
+
+def test_the_fleet_on_the_store_is_counted_by_host_and_state(manager, monkeypatch):
+    """castor_daemons: every castord row on the store (any host), stale ones apart, each
+    state of each host from 0."""
+    store = manager.store
+    now = time.time()
+    for daemon_id, host, state in (("a1", "web-1", "running"), ("a2", "web-1", "running"),
+                                   ("b1", "web-2", "draining")):
+        store.record_daemon(daemon_id, host=host, pid=1, app="app:manager", started_at=now, info={"state": state},
+                            now=now)
+    clock = store.clock
+    store.clock = lambda: clock() - 120  # this one's last beat was two minutes ago
+    store.record_daemon("c1", host="web-3", pid=1, app="app:manager", started_at=now - 300,
+                        info={"state": "running"}, now=now - 120)
+    store.clock = clock
+    m = scrape(supervisor(manager, monkeypatch))
+    fleet = {(dict(labels)["host"], dict(labels)["state"]): v for (name, labels), v in m.items()
+             if name == "castor_daemons"}
+    assert fleet == {(host, state): n for host, counts in {
+        "web-1": {"running": 2}, "web-2": {"draining": 1}, "web-3": {"stale": 1}}.items()
+        for state in ("running", "reloading", "draining", "stopping", "stale")
+        for n in [counts.get(state, 0)]}
