@@ -113,6 +113,26 @@ class Host:
         ip("link", "set", self.root_end, "up")
 
 
+def unacked_tcp_bytes(pid: int) -> int:
+    """Bytes process `pid` sent on its TCP sockets that no peer has acknowledged yet
+    (/proc/PID/net/tcp, as its network namespace sees it): > 0 on a cut link means it
+    waits for an answer that cannot come."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    unacked = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl local remote st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
+        if fields[9] in inodes:
+            unacked += int(fields[4].split(":")[0], 16)
+    return unacked
+
+
 class Network:
     """The hosts `names`, each in its own network namespace with a veth link to the root
     namespace. Build with `Network.create(names)`; `close()` undoes it."""
