@@ -14,7 +14,9 @@ Loaded as a pytest plugin by tests/conftest.py (`pytest_plugins`). Fixtures:
 
 The throwaway server listens on no TCP port (`listen_addresses=''`): its only socket is
 in a private temp dir (mode 0700), so `trust` authentication lets in only its owner
-(and root). PostgreSQL refuses to run as root, so as root the server runs as the
+(and root). A test that needs clients over a network (tests/system/test_fleet.py)
+starts its own with `ThrowawayServer(listen=[addresses], password=...)`: TCP clients
+then need the password (scram-sha-256); the socket stays trusted. PostgreSQL refuses to run as root, so as root the server runs as the
 `postgres` system user that Debian's package creates (or `nobody`), which owns the
 temp dir; a non-root developer's server runs as themselves. It is stopped by its pid
 at the end of the session (SIGINT: a fast shutdown), and the kernel sends it SIGQUIT
@@ -49,7 +51,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
@@ -153,16 +155,23 @@ def _die_with_parent() -> None:
 
 
 class ThrowawayServer:
-    """A private PostgreSQL cluster in a temp dir, reachable only through its unix socket.
+    """A private PostgreSQL cluster in a temp dir, reachable through its unix socket.
 
     `fsync=True` keeps the server's defaults (for benchmarks); False adds FAST_SETTINGS.
-    `settings` are more `-c name=value` options. Use as a context manager, or call
-    `start()` and `stop()`.
+    `settings` are more `-c name=value` options. `listen`: IP addresses to accept TCP
+    clients on too (port PORT), who must give `password` (the superuser's; see
+    `tcp_url`). Use as a context manager, or call `start()` and `stop()`.
     """
 
-    def __init__(self, *, fsync: bool, settings: dict[str, str] | None = None, start_timeout: float = 60.0):
+    def __init__(self, *, fsync: bool, settings: dict[str, str] | None = None, start_timeout: float = 60.0,
+                 listen: Sequence[str] = (), password: str | None = None):
+        if listen and not password:
+            raise ValueError("a server that listens on TCP needs a password: anyone who can reach the "
+                             "address could otherwise log in as its superuser")
         self.settings = {**({} if fsync else FAST_SETTINGS), **(settings or {})}
         self.start_timeout = start_timeout
+        self.listen = tuple(listen)
+        self.password = password
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -189,6 +198,11 @@ class ThrowawayServer:
     def url(self, dbname: str = "postgres") -> str:
         return socket_url(self.socket_dir, dbname)
 
+    def tcp_url(self, address: str, dbname: str = "postgres") -> str:
+        """A libpq URL for a TCP client of `address` (one of `listen`), password included."""
+        assert address in self.listen and self.password, f"the server does not listen on {address}"
+        return f"postgresql://{quote(SUPERUSER)}:{quote(self.password, safe='')}@{address}:{PORT}/{quote(dbname)}"
+
     def __enter__(self) -> ThrowawayServer:
         self.start()
         return self
@@ -210,14 +224,17 @@ class ThrowawayServer:
         env["LC_ALL"] = "C"
         try:
             initdb = subprocess.run(
-                [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust",
+                [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, *self._auth_options(account),
                  "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
                 cwd=self.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 timeout=self.start_timeout, **as_account)  # type: ignore[call-overload]
             if initdb.returncode != 0:
                 raise PostgresFailed(f"initdb failed ({initdb.returncode}):\n{initdb.stdout.decode(errors='replace')}")
-            options = {"listen_addresses": "", "unix_socket_directories": self.socket_dir, "port": str(PORT),
-                       **self.settings}
+            if self.listen:
+                with open(self.data_dir / "pg_hba.conf", "a") as hba:
+                    hba.write("host all all 0.0.0.0/0 scram-sha-256\n")  # TCP clients of any IPv4 address
+            options = {"listen_addresses": ",".join(self.listen), "unix_socket_directories": self.socket_dir,
+                       "port": str(PORT), **self.settings}
             args = [str(bindir / "postgres"), "-D", str(self.data_dir)]
             for name, value in options.items():
                 args += ["-c", f"{name}={value}"]
@@ -229,6 +246,17 @@ class ThrowawayServer:
         except BaseException:
             self.stop()
             raise
+
+    def _auth_options(self, account: pwd.struct_passwd | None) -> list[str]:
+        """initdb's authentication options: trust, or for TCP clients the password."""
+        if not self.password:
+            return ["--auth=trust"]
+        assert self.dir is not None
+        pwfile = self.dir / "superuser.password"  # in the 0700 dir; initdb reads it as the account
+        pwfile.write_text(self.password + "\n")
+        if account is not None:
+            os.chown(pwfile, account.pw_uid, account.pw_gid)
+        return ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
 
     def _wait_ready(self) -> None:
         psycopg = import_psycopg()
