@@ -363,11 +363,14 @@ class PostgreSQLStore(Store):
         """A new connection to the store's URL (or `conninfo`). Named in pg_stat_activity
         after this process (unless the URL sets application_name), so that an operator
         can tell whose connections they are."""
+        conninfo = conninfo or self._target.conninfo
+        # The URL's own connect_timeout wins (a keyword argument would override it).
+        timeout: dict[str, Any] = {} if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(conninfo) else \
+            {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
         try:
             return psycopg.connect(
-                conninfo or self._target.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                prepare_threshold=PREPARE_THRESHOLD if self._target.prepare else None,
-                fallback_application_name=_application_name())
+                conninfo, autocommit=True, prepare_threshold=PREPARE_THRESHOLD if self._target.prepare else None,
+                fallback_application_name=_application_name(), **timeout)
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({_first_line(exc)}); "
                                    "nothing was written") from exc

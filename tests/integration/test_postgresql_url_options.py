@@ -107,3 +107,12 @@ def test_castors_connections_are_named_after_their_process(opened, postgres_db_u
     opened(postgres_db_url).status("nothing")
     name = f"castor {os.getpid()}@{socket.gethostname()}"[:63]
     assert backends(postgres_db_url, name)  # unless the URL sets application_name itself
+
+
+@pytest.mark.parametrize("query, seconds", [("", "10"), ("&connect_timeout=3", "3")])
+def test_a_connection_attempt_gives_up_after_10_s_unless_the_url_says(opened, postgres_db_url, query, seconds):
+    conn = opened(postgres_db_url + query)._connect()  # noqa: SLF001
+    try:
+        assert conn.info.get_parameters()["connect_timeout"] == seconds
+    finally:
+        conn.close()
