@@ -56,7 +56,7 @@ def parse_store_url(url: str) -> StoreURL:
             options[key] = unquote_plus(value)
     conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(kept), parts.fragment))
     listen = _listen(options.pop("castor_listen", None), conninfo)
-    prepare = _switch("castor_prepare", options.pop("castor_prepare", "on"))
+    prepare = _prepare(options.pop("castor_prepare", "on"))
     if options:
         raise ConfigurationError(
             f"the store URL has an option castor does not know: {', '.join(sorted(options))}; "
@@ -78,11 +78,11 @@ def _listen(value: str | None, conninfo: str) -> str | None:
     return value
 
 
-def _switch(name: str, value: str) -> bool:
+def _prepare(value: str) -> bool:
     try:
         return _SWITCH[value.lower()]
     except KeyError:
-        raise ConfigurationError(f"{name} must be on or off, not {value!r}") from None
+        raise ConfigurationError(f"castor_prepare must be on or off, not {value!r}") from None
 
 
 def _query_keys(url: str) -> list[str]:

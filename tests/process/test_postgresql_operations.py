@@ -125,38 +125,24 @@ def _run_through(app, d: Castord, app_dir: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_castord_runs_through_pgbouncer_in_transaction_mode_listening_on_the_server(
-        postgres, postgres_db_url, app_at, app_dir):
+@pytest.mark.parametrize("listen", ["on the server", "off"])
+def test_castord_runs_through_pgbouncer_in_transaction_mode(listen, postgres, postgres_db_url, app_at, app_dir):
+    """castor_listen=URL: LISTEN on the server itself, the rest through pgbouncer;
+    castor_listen=off: no LISTEN anywhere, waiters poll."""
     with Pgbouncer(postgres.url) as bouncer:
-        url = (bouncer.url(dbname(postgres_db_url)) + "&castor_prepare=off&castor_listen="
-               + quote(postgres_db_url, safe=""))
-        app = app_at(url)
+        where = quote(postgres_db_url, safe="") if listen == "on the server" else "off"
+        app = app_at(bouncer.url(dbname(postgres_db_url)) + f"&castor_prepare=off&castor_listen={where}")
         d = Castord(app_dir)
         try:
             _run_through(app, d, app_dir)
-            # The LISTENs are sessions on the server itself; a LISTEN through pgbouncer
-            # would leave its server connection subscribed, and pgbouncer would warn at
-            # each NOTIFY that it got one "when not linked".
-            assert any(listen for _, listen in backends(postgres, postgres_db_url))
+            listening = [name for name, is_listen in backends(postgres, postgres_db_url) if is_listen]
+            assert bool(listening) == (listen == "on the server"), listening
             d.signal(signal.SIGTERM)
             assert d.wait_exit() == 0
         finally:
             d.stop()
-        assert "when not linked" not in bouncer.log()
-
-
-@pytest.mark.timeout(180)
-def test_castord_through_pgbouncer_with_no_listen_polls(postgres, postgres_db_url, app_at, app_dir):
-    with Pgbouncer(postgres.url) as bouncer:
-        app = app_at(bouncer.url(dbname(postgres_db_url)) + "&castor_prepare=off&castor_listen=off")
-        d = Castord(app_dir)
-        try:
-            _run_through(app, d, app_dir)
-            assert not any(listen for _, listen in backends(postgres, postgres_db_url))
-            d.signal(signal.SIGTERM)
-            assert d.wait_exit() == 0
-        finally:
-            d.stop()
+        # A LISTEN through pgbouncer would leave its server session subscribed, and
+        # pgbouncer would warn at each NOTIFY that it got one "when not linked".
         assert "when not linked" not in bouncer.log()
 
 
