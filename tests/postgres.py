@@ -160,7 +160,8 @@ class ThrowawayServer:
     `fsync=True` keeps the server's defaults (for benchmarks); False adds FAST_SETTINGS.
     `settings` are more `-c name=value` options. `listen`: IP addresses to accept TCP
     clients on too (port PORT), who must give `password` (the superuser's; see
-    `tcp_url`). Use as a context manager, or call `start()` and `stop()`.
+    `tcp_url`). Use as a context manager, or call `start()` and `stop()`; `halt()` and
+    `resume()` (or `restart()`) take the server down and bring it back on the same data dir.
     """
 
     def __init__(self, *, fsync: bool, settings: dict[str, str] | None = None, start_timeout: float = 60.0,
@@ -174,6 +175,7 @@ class ThrowawayServer:
         self.password = password
         self.dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self._launched_with: tuple[Path, dict[str, str], dict[str, object]] | None = None
 
     @property
     def pid(self) -> int:
@@ -223,26 +225,8 @@ class ThrowawayServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         try:
-            initdb = subprocess.run(
-                [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, *self._auth_options(account),
-                 "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
-                cwd=self.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                timeout=self.start_timeout, **as_account)  # type: ignore[call-overload]
-            if initdb.returncode != 0:
-                raise PostgresFailed(f"initdb failed ({initdb.returncode}):\n{initdb.stdout.decode(errors='replace')}")
-            if self.listen:
-                with open(self.data_dir / "pg_hba.conf", "a") as hba:
-                    hba.write("host all all 0.0.0.0/0 scram-sha-256\n")  # TCP clients of any IPv4 address
-            options = {"listen_addresses": ",".join(self.listen), "unix_socket_directories": self.socket_dir,
-                       "port": str(PORT), **self.settings}
-            args = [str(bindir / "postgres"), "-D", str(self.data_dir)]
-            for name, value in options.items():
-                args += ["-c", f"{name}={value}"]
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(
-                    args, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_die_with_parent, **as_account)  # type: ignore[call-overload]
-            self._wait_ready()
+            self._make_data_dir(bindir, env, as_account, account)
+            self._launch(bindir, env, as_account)
         except BaseException:
             self.stop()
             raise
@@ -257,6 +241,76 @@ class ThrowawayServer:
         if account is not None:
             os.chown(pwfile, account.pw_uid, account.pw_gid)
         return ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+
+    def _make_data_dir(self, bindir: Path, env: dict[str, str], as_account: dict[str, object],
+                       account: pwd.struct_passwd | None) -> None:
+        """A new cluster in data_dir (a replica makes its own from a base backup instead)."""
+        initdb = subprocess.run(
+            [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, *self._auth_options(account),
+             "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+            cwd=self.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            timeout=self.start_timeout, **as_account)  # type: ignore[call-overload]
+        if initdb.returncode != 0:
+            raise PostgresFailed(f"initdb failed ({initdb.returncode}):\n{initdb.stdout.decode(errors='replace')}")
+        if self.listen:
+            with open(self.data_dir / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")  # TCP clients of any IPv4 address
+
+    def _launch(self, bindir: Path, env: dict[str, str], as_account: dict[str, object]) -> None:
+        """Start `postgres` on the data dir and wait until it answers."""
+        self._launched_with = (bindir, env, as_account)
+        options = {"listen_addresses": ",".join(self.listen), "unix_socket_directories": self.socket_dir, "port": str(PORT),
+                   **self.settings}
+        args = [str(bindir / "postgres"), "-D", str(self.data_dir)]
+        for name, value in options.items():
+            args += ["-c", f"{name}={value}"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                args, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent, **as_account)  # type: ignore[call-overload]
+        self._wait_ready()
+
+    # Ways to take the server down and keep its data dir (halt): "fast" and "immediate"
+    # are PostgreSQL's shutdown modes; "kill" is a crash (SIGKILL to the server and every
+    # backend: its process group, which start() made), from which the next start recovers
+    # by replaying the WAL.
+    HALTS = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT, "kill": signal.SIGKILL}
+
+    def halt(self, how: str = "fast", timeout: float = 60.0) -> None:
+        """Take the running server down, keeping its data dir for resume()."""
+        proc = self.proc
+        assert proc is not None and proc.poll() is None, "the server is not running"
+        if how == "kill":
+            os.killpg(proc.pid, signal.SIGKILL)  # the group start_new_session gave it: its pgid is its pid
+        else:
+            proc.send_signal(self.HALTS[how])
+        proc.wait(timeout=timeout)
+        if how == "kill":
+            self._wait_group_gone(proc.pid, timeout)
+
+    @staticmethod
+    def _wait_group_gone(pgid: int, timeout: float) -> None:
+        """Until no process of the killed server's group is left (a backend still holding
+        shared memory would make the next start refuse)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            if time.monotonic() >= deadline:
+                raise PostgresFailed(f"the killed server's processes (group {pgid}) are still there")
+            time.sleep(0.05)
+
+    def resume(self) -> None:
+        """Start the server again on its data dir, after halt()."""
+        assert self.proc is not None and self.proc.poll() is not None, "the server is still running"
+        assert self._launched_with is not None
+        self._launch(*self._launched_with)
+
+    def restart(self, how: str = "fast") -> None:
+        self.halt(how)
+        self.resume()
 
     def _wait_ready(self) -> None:
         psycopg = import_psycopg()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
 import time
 import weakref
@@ -44,7 +45,9 @@ from castor.store import pg_schema
 from castor.store.base import (
     CopyOutcome, NewTask, Query, Settlement, Store, TaskCopy, TaskRecord, task_topic, work_topic,
 )
+from castor.store.pg_url import parse_store_url
 from castor.store.pg_wakeup import AsyncWatch, Listener, WakeGate
+from castor.store.polling import Polling, PollingWatch
 
 try:
     import psycopg
@@ -58,6 +61,8 @@ T = TypeVar("T")
 # work at once, and closed when they come back).
 POOL_IDLE = 8
 CONNECT_TIMEOUT_SECONDS = 10
+# psycopg's own default: a statement run this often on a connection is prepared.
+PREPARE_THRESHOLD = 5
 
 # The lease clock in SQL: the caller's (a parameter) or else the server's.
 _CLOCK = "coalesce(%(clock)s::float8, extract(epoch FROM clock_timestamp())::float8)"
@@ -288,6 +293,11 @@ def _lose(cur: Any, ids: list[str], *, max_lost: int, now: float, failure_ttl: f
             WHERE id = ANY(%(ids)s) AND status = 'running'""", params)
 
 
+def _application_name() -> str:
+    """`castor <pid>@<host>`, within PostgreSQL's 63 bytes."""
+    return f"castor {os.getpid()}@{socket.gethostname()}".encode()[:63].decode(errors="ignore")
+
+
 def _channel(schema: str) -> str:
     """The NOTIFY channel of the store in `schema` (a name PostgreSQL keeps whole: < 64 bytes)."""
     name = f"castor:{schema}"
@@ -313,11 +323,14 @@ class PostgreSQLStore(Store):
         if psycopg is None:
             raise ConfigurationError(
                 "a postgresql:// store needs psycopg 3: pip install 'castor[postgresql]'")
-        try:
-            psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.ProgrammingError as exc:
-            raise ConfigurationError(f"not a usable PostgreSQL URL ({exc}); for example "
-                                     "postgresql://user@host:5432/dbname") from exc
+        # castor's own URL options (castor_listen, castor_prepare) out, libpq's left.
+        self._target = parse_store_url(url)
+        for conninfo in (self._target.conninfo, self._target.listen or self._target.conninfo):
+            try:
+                psycopg.conninfo.conninfo_to_dict(conninfo)
+            except psycopg.ProgrammingError as exc:
+                raise ConfigurationError(f"not a usable PostgreSQL URL ({exc}); for example "
+                                         "postgresql://user@host:5432/dbname") from exc
         self.url = url
         # Not a file: castord's file checks do not apply. The URL names the store.
         self.path = url
@@ -326,7 +339,7 @@ class PostgreSQLStore(Store):
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._closed = False
-        self._listener: Listener | None = None
+        self._listener: Listener | Polling | None = None
         self._gate = WakeGate(self._send_wake)
         _STORES.add(self)
         try:
@@ -335,8 +348,10 @@ class PostgreSQLStore(Store):
                 if pg_schema.installed_version(cur) != pg_schema.SCHEMA_VERSION:
                     with conn.transaction():
                         pg_schema.migrate(conn.cursor())
-                cur.execute("SELECT current_schema()")
-                self._channel = _channel(cur.fetchone()[0])
+                cur.execute("SELECT current_schema(), current_database()")
+                schema, database = cur.fetchone()
+                self._channel = _channel(schema)
+            self._check_listen_url(database)
         except BaseException:
             self.close()
             raise
@@ -375,12 +390,43 @@ class PostgreSQLStore(Store):
         self._gate = WakeGate(self._send_wake)
         self._pid = os.getpid()
 
-    def _connect(self) -> Any:
+    def _connect(self, conninfo: str | None = None) -> Any:
+        """A new connection to the store's URL (or `conninfo`). Named in pg_stat_activity
+        after this process (unless the URL sets application_name), so that an operator
+        can tell whose connections they are."""
+        conninfo = conninfo or self._target.conninfo
+        # The URL's own connect_timeout wins (a keyword argument would override it).
+        timeout: dict[str, Any] = {} if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(conninfo) else \
+            {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+            return psycopg.connect(
+                conninfo, autocommit=True, prepare_threshold=PREPARE_THRESHOLD if self._target.prepare else None,
+                fallback_application_name=_application_name(), **timeout)
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({_first_line(exc)}); "
                                    "nothing was written") from exc
+
+    def _check_listen_url(self, database: str) -> None:
+        """A castor_listen URL must reach the store's database: NOTIFY is per database."""
+        listen = self._target.listen
+        if listen is None or listen == self._target.conninfo:
+            return
+        conn = self._connect(listen)
+        try:
+            reached = conn.execute("SELECT current_database()").fetchone()[0]
+        finally:
+            conn.close()
+        if reached != database:
+            raise ConfigurationError(
+                f"castor_listen reaches database {reached!r}, but the store is in {database!r}: "
+                "notifications stay within one database; name the same database in both URLs")
+
+    def _open_listener(self) -> Listener | Polling:
+        """LISTEN where the URL says (castor_listen), or nowhere: waiters poll."""
+        listen = self._target.listen
+        if listen is None:
+            return Polling()
+        return Listener(lambda: self._connect(listen), self._channel)
 
     def _take(self) -> Any:
         self._forget_inherited()
@@ -911,14 +957,14 @@ class PostgreSQLStore(Store):
 
     # -- waiting --------------------------------------------------------------------
 
-    def _ensure_listener(self) -> Listener:
+    def _ensure_listener(self) -> Listener | Polling:
         self._forget_inherited()
         if self._closed:
             raise StoreError("the castor store for this PostgreSQL database is closed")
         with self._lock:
             if self._listener is None:
                 try:
-                    self._listener = Listener(self._connect, self._channel)
+                    self._listener = self._open_listener()
                 except psycopg.OperationalError as exc:
                     raise StoreUnavailable(f"cannot LISTEN on PostgreSQL ({_first_line(exc)})") from exc
             return self._listener
@@ -929,7 +975,7 @@ class PostgreSQLStore(Store):
     def wait_for_change(self, seen: int, timeout: float, topic: str | None = None) -> int:
         return self._ensure_listener().wait(seen, timeout, topic)
 
-    def watch_async(self, topic: str | None = None) -> AsyncWatch:
+    def watch_async(self, topic: str | None = None) -> AsyncWatch | PollingWatch:
         return self._ensure_listener().watch(topic)
 
     @contextmanager
