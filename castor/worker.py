@@ -63,6 +63,9 @@ EXPIRY_SECONDS = 2.0
 # After the database stayed locked past the Manager's lock_timeout, pause this
 # long before trying again (so that lock_timeout=0 does not spin).
 LOCKED_PAUSE_SECONDS = 0.1
+# While the store stays unavailable (a PostgreSQL server down fails each try at
+# once), say so again at most this often, not once per try.
+UNAVAILABLE_REPEAT_SECONDS = 30.0
 PURGE_BATCH = 1000
 PURGE_BATCHES_PER_ROUND = 50  # up to 25,000 expired rows a second per worker
 # Prefetch (process mode): claim several tasks per write transaction when tasks
@@ -133,6 +136,7 @@ class Worker:
         # then writes its own outcome (whose commit wakes the claimer).
         self._claimer_waiting = False
         self._hot = False  # the last round claimed something: skip the read-first check
+        self._unavailable: tuple[float, float] | None = None  # since, last said (monotonic)
         self._max_tasks: int | None = None
         # Called (from a timer thread) when a task passes its timeout=; castord's
         # process children replace the default (an exception raised in the task's
@@ -325,11 +329,25 @@ class Worker:
             claims = self._exchange(pending, limit)
         except StoreUnavailable as exc:
             self._unwritten = pending
-            log.warning("worker.database_locked", error=str(exc), unwritten=len(pending))
+            self.note_unavailable(exc, len(pending))
             time.sleep(LOCKED_PAUSE_SECONDS)
             return []
         self._unwritten = []
+        if self._unavailable is not None:
+            log.info("worker.database_available", down_s=round(time.monotonic() - self._unavailable[0], 3))
+            self._unavailable = None
         return claims
+
+    def note_unavailable(self, exc: StoreUnavailable, unwritten: int = 0) -> None:
+        """Log that the store cannot be used: once when it begins, then at most every
+        UNAVAILABLE_REPEAT_SECONDS while it lasts."""
+        now = time.monotonic()
+        since, said = self._unavailable or (now, -math.inf)
+        if now - said >= UNAVAILABLE_REPEAT_SECONDS:
+            log.warning("worker.database_locked", error=str(exc), unwritten=unwritten,
+                        down_s=round(now - since, 3))
+            said = now
+        self._unavailable = (since, said)
 
     # -- the loop ------------------------------------------------------------
 
@@ -719,7 +737,10 @@ class Worker:
 
     def _wait_for_work(self, seen: int) -> None:
         now = time.time()
-        due = self.store.next_due(mode=self.mode, now=now, queues=self.queues)
+        try:
+            due = self.store.next_due(mode=self.mode, now=now, queues=self.queues)
+        except StoreUnavailable:  # the next exchange says so, and waits it out
+            due = None
         timeout = IDLE_RECHECK_SECONDS if due is None else min(IDLE_RECHECK_SECONDS, max(0.0, due - now))
         if timeout > 0:
             self.store.wait_for_change(seen, timeout, self._wake_topic)
@@ -880,6 +901,8 @@ class LeaseKeeper:
                 if self.worker.done != self._done_at_checkpoint:
                     self._done_at_checkpoint = self.worker.done
                     self.worker.store.checkpoint()
+            except StoreUnavailable as exc:  # try again next beat; said once per spell
+                self.worker.note_unavailable(exc)
             except Exception:  # noqa: BLE001 - try again next beat
                 log.exception("worker.housekeeping_failed")
 

@@ -48,7 +48,7 @@ def run_daemon(config: Config) -> int:
 
 def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
     from castor.app import AppLoadError, load_manager
-    from castor.errors import StoreError
+    from castor.errors import StoreError, StoreUnavailable
     from castor.logs import get_logger
     from castor.store import display_url
     from castord import forkserver
@@ -66,7 +66,10 @@ def _start(config: Config, ready_fd: int | None, signals: SignalQueue) -> int:
     except (AppLoadError, StoreError) as exc:
         log.critical("castord.app_load_failed", app=config.app, error=str(exc))
         sink.tell(f"castord: cannot load APP: {exc}")
-        return _report(ready_fd, ExitCode.APP_LOAD_ERROR)
+        # A database server that is down or restarting is not a broken APP: not 3, so that
+        # systemd (Restart=on-failure, RestartPreventExitStatus=3) starts castord again.
+        unavailable = isinstance(exc, StoreUnavailable) or isinstance(exc.__cause__, StoreUnavailable)
+        return _report(ready_fd, ExitCode.BOOT_FAILURES if unavailable else ExitCode.APP_LOAD_ERROR)
     forkserver.app_loaded()  # whether its children need beaver-db, the fork server now knows
     try:
         # A damaged task table would otherwise be found by a child's claim, which

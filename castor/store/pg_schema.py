@@ -121,6 +121,19 @@ MIGRATIONS: list[list[str]] = [
     [
         # Someone joins this task: its settle notifies `task:<id>` (not every waiter).
         "ALTER TABLE castor_tasks ADD COLUMN watched boolean NOT NULL DEFAULT false",
+        # Autovacuum by dead rows, not by the table's size: every task leaves ~3 dead row
+        # versions (claim, settle, delete; none HOT), and the default (20% of the live rows)
+        # lets a table with a large backlog bloat between vacuums (docs/postgresql.md,
+        # benchmarks/pg_bloat.py).
+        """ALTER TABLE castor_tasks SET (
+               autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+               autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 10000)""",
+        """DO $$ BEGIN
+               IF current_setting('server_version_num')::int >= 130000 THEN  -- these came in 13
+                   ALTER TABLE castor_tasks SET (autovacuum_vacuum_insert_scale_factor = 0,
+                                                 autovacuum_vacuum_insert_threshold = 10000);
+               END IF;
+           END $$""",
     ],
 ]
 

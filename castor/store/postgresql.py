@@ -61,6 +61,20 @@ T = TypeVar("T")
 # work at once, and closed when they come back).
 POOL_IDLE = 8
 CONNECT_TIMEOUT_SECONDS = 10
+# libpq settings castor gives its connections unless the URL sets them. Over TCP a cut
+# link or a dead server host sends no error: without these, a write waits until the
+# kernel gives up (about 15 minutes), and castord's master answers no signal meanwhile.
+# tcp_user_timeout: a write unacknowledged this long (ms) ends the connection;
+# keepalives: an idle connection (the LISTEN one) probed after 10 s, dropped 15 s later.
+# Unix sockets ignore them.
+CONNECTION_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+    "tcp_user_timeout": 5000,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 # psycopg's own default: a statement run this often on a connection is prepared.
 PREPARE_THRESHOLD = 5
 
@@ -395,13 +409,13 @@ class PostgreSQLStore(Store):
         after this process (unless the URL sets application_name), so that an operator
         can tell whose connections they are."""
         conninfo = conninfo or self._target.conninfo
-        # The URL's own connect_timeout wins (a keyword argument would override it).
-        timeout: dict[str, Any] = {} if "connect_timeout" in psycopg.conninfo.conninfo_to_dict(conninfo) else \
-            {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        # The URL's own settings win (a keyword argument would override them).
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+        defaults = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in given}
         try:
             return psycopg.connect(
                 conninfo, autocommit=True, prepare_threshold=PREPARE_THRESHOLD if self._target.prepare else None,
-                fallback_application_name=_application_name(), **timeout)
+                fallback_application_name=_application_name(), **defaults)
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL ({_first_line(exc)}); "
                                    "nothing was written") from exc
@@ -456,10 +470,14 @@ class PostgreSQLStore(Store):
             conn = self._take()
             try:
                 yield conn
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
+                # Read-only: a standby (a DNS name moved before the promotion), until it is promoted.
                 conn.close()
                 raise StoreUnavailable(f"PostgreSQL cannot answer now ({_first_line(exc)}); "
                                        "a later try may succeed") from exc
+            except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement) as exc:
+                raise StoreError(f"PostgreSQL lost castor's prepared statement ({_first_line(exc)}): a pooler in "
+                                 "transaction mode is in between; add castor_prepare=off to the URL") from exc
             except psycopg.Error as exc:
                 raise StoreError(f"PostgreSQL refused castor's statement: {_first_line(exc)}") from exc
             finally:

@@ -190,6 +190,9 @@ def test_a_schema_of_an_older_castor_is_migrated_forward_keeping_its_tasks(locat
         old.enqueue([new("a")])
         (record,) = old.claim("w", mode="process", queues=None, limit=1, lease=30.0, now=time.time())
         assert record.id == "a"
+        with psycopg.connect(location, autocommit=True) as conn:
+            options = conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'castor_tasks'::regclass").fetchone()[0]
+        assert "autovacuum_vacuum_scale_factor=0" in options  # version 2's vacuum settings
     finally:
         old.close()
 

@@ -6,7 +6,9 @@ tests/pg_replica.py) where the test takes them down."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections import Counter
@@ -23,7 +25,7 @@ from tests.conftest import wait_until
 from tests.pg_replica import Replica, failover_url, make_synchronous
 from tests.pgbouncer import Pgbouncer
 from tests.postgres import ThrowawayServer
-from tests.process.test_castord import Castord
+from tests.process.test_castord import CASTORD, REPO, Castord
 from tests.process.test_postgresql_castord import PGAPP, run
 
 # Tasks that say each run in a file (one line per run), short enough that an outage
@@ -53,12 +55,6 @@ def tstep(i):
     time.sleep(0.02)
     return i
 """
-
-# The worker's loop must wait a store outage out (castor/worker.py `_wait_for_work`
-# lets next_due's StoreUnavailable escape run(): every child exits with
-# child.database_error within 0.1 s of the outage, and castord stops on boot failures).
-NEEDS_WORKER_FIX = pytest.mark.xfail(
-    strict=True, reason="castor/worker.py must wait out StoreUnavailable (the diff in the ops report)")
 
 
 def _load(app_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str, env: dict[str, str]) -> ModuleType:
@@ -227,7 +223,6 @@ def _outage(app, d: Castord, app_dir: Path, take_down: Callable[[], None], bring
     assert d.wait_exit() == 0
 
 
-@NEEDS_WORKER_FIX
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("how", ["fast", "kill"])
 def test_castord_waits_out_a_server_restart_and_loses_nothing(how, app_at, app_dir):
@@ -241,7 +236,6 @@ def test_castord_waits_out_a_server_restart_and_loses_nothing(how, app_at, app_d
             d.stop()
 
 
-@NEEDS_WORKER_FIX
 @pytest.mark.timeout(300)
 def test_castord_follows_a_failover_to_a_promoted_replica(app_at, app_dir):
     """One URL naming both servers with target_session_attrs=read-write: libpq connects
@@ -258,3 +252,23 @@ def test_castord_follows_a_failover_to_a_promoted_replica(app_at, app_dir):
             assert not replica.in_recovery()
         finally:
             d.stop()
+
+
+# --- start-up with the server down ------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_castord_start_with_the_server_down_exits_4_so_systemd_tries_again(app_dir, tmp_path):
+    """A server that cannot be reached at start is not a broken APP (exit 3, which
+    castord@.service does not restart): exit 4, with the store's reason in the log line."""
+    with ThrowawayServer(fsync=False) as server:
+        url = server.url()
+        server.halt("fast")
+        (app_dir / "pgapp.py").write_text(PGAPP)
+        started = subprocess.run(
+            [CASTORD, "start", "pgapp:manager", "--log-format", "json"], cwd=app_dir, capture_output=True,
+            text=True, timeout=90, env={**os.environ, "PGAPP_URL": url, "PYTHONPATH": f"{app_dir}{os.pathsep}{REPO}"})
+        server.resume()  # for the context manager to stop
+    assert started.returncode == 4, started.stderr
+    events = [json.loads(line) for line in (started.stdout + started.stderr).splitlines() if line.startswith("{")]
+    failed = [e for e in events if e.get("event") == "castord.app_load_failed"]
+    assert failed and "cannot connect to PostgreSQL" in json.dumps(failed[0]), events

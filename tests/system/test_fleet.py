@@ -410,9 +410,6 @@ def test_a_host_cut_off_under_load_is_fenced_when_it_comes_back(fleet):
         assert d.wait_exit(60) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "castor's PostgreSQL connections set no TCP user timeout or keepalives: on a cut link the master's "
-    "heartbeat write waits for TCP to give up (~15 min by default), and its loop acts on no signal meanwhile"))
 @pytest.mark.timeout(90)
 def test_a_cut_off_host_still_answers_sigterm(fleet):
     fleet.start(fleet.a)
