@@ -60,6 +60,18 @@ def pg_app(app_dir: Path, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch)
     sys.modules.pop("pgapp", None)
 
 
+@pytest.fixture
+def pg_testapp(app_dir: Path, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch):
+    """tests/conftest.py's `testapp` (all of its tasks) on a PostgreSQL database of the test's
+    own: its Manager reads CASTOR_TEST_DB, here a postgresql:// URL, in the test and in castord."""
+    monkeypatch.setenv("CASTOR_TEST_DB", postgres_db_url)
+    sys.modules.pop("testapp", None)
+    import testapp
+
+    yield testapp
+    testapp.manager.close()  # before the database is dropped (app_dir closes it again: a no-op)
+
+
 def run(app_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CASTORD, *args], cwd=app_dir, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": f"{app_dir}{os.pathsep}{REPO}"})

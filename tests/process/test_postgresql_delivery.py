@@ -20,7 +20,7 @@ import pytest
 import castor
 from tests.conftest import wait_until
 from tests.process.leftovers import in_session
-from tests.process.test_castord import Castord, daemons  # noqa: F401 - fixture
+from tests.process.test_castord import Castord, daemons, marker_pids  # noqa: F401 - fixture
 
 LOADAPP = '''
 import os, time
@@ -45,6 +45,16 @@ def precord(n):
 @manager.task(mode="thread", name="trecord")
 def trecord(n):
     return _record(n)
+
+
+@manager.task(mode="thread", name="thold")
+def thold(marker):
+    first = not os.path.exists(marker)
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if first:
+        time.sleep(60)  # the test kills the thread host meanwhile
+    return "rerun"
 '''
 
 PER_MODE = 300
@@ -155,3 +165,20 @@ def test_sigkill_every_child_under_load_while_the_master_lives(loadapp, app_dir,
     assert nonzero(loadapp.manager.counts()) == {"success": 2 * PER_MODE}
     d.signal(signal.SIGTERM)
     assert d.wait_exit(30) == 0
+
+
+@pytest.mark.timeout(90)
+def test_thread_tasks_of_a_killed_thread_host_rerun_alone_then_castord_drains(loadapp, app_dir, daemons):  # noqa: F811
+    d = daemons().start("--workers", "0", "--threads", "2", *SHORT_LEASE, app="loadapp:manager")
+    d.wait_note("READY=1", timeout=30)
+    markers = [app_dir / f"thold{i}.marker" for i in range(2)]
+    tasks = [loadapp.thold.delay(str(m)) for m in markers]
+    wait_until(lambda: all(marker_pids(m) for m in markers), 30, "both tasks to start")
+    host = marker_pids(markers[0])[0]
+    os.kill(host, signal.SIGKILL)
+    # Two ran side by side: neither is blamed, each runs again alone.
+    assert [t.join(timeout=30) for t in tasks] == ["rerun", "rerun"]
+    assert [t.lost for t in tasks] == [0, 0]
+    assert {e["task_id"] for e in d.events("task.isolated")} == {t.id for t in tasks}
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0  # the solo runs left the pool's bookkeeping square
