@@ -9,7 +9,12 @@ import re
 import pytest
 
 from tests.process.test_dashboard import terminal  # noqa: F401 - fixture
-from tests.process.test_postgresql_castord import pg_testapp  # noqa: F401 - fixture
+from tests.process.test_postgresql_castord import (  # noqa: F401 - fixtures
+    PASSWORD,
+    pg_testapp,
+    pg_testapp_with_password,
+    url_with_password,
+)
 
 
 @pytest.mark.timeout(90)
@@ -48,3 +53,16 @@ def test_dashboard_on_postgresql_shows_the_store_runs_tasks_and_ctrl_c_drains(
     assert critical.status() == "success"  # the running non-daemon task was let finish
     counts = pg_testapp.manager.counts()
     assert (counts["success"], counts["failed"], counts["pending"]) == (15, 2, 2)
+
+
+@pytest.mark.timeout(60)
+def test_the_dashboard_names_the_store_without_its_password(pg_testapp_with_password, terminal):  # noqa: F811
+    term = terminal("--workers", "1", "--threads", "1", "dashapp:manager")
+    term.wait_for(r"castor dashapp:manager\s+pid \d+\s+running")
+    assert pg_testapp_with_password.add.delay(1, 2).join(timeout=30) == 3
+    term.wait_for(r"done 1\b")
+    term.wait_for("castord.ready")  # the log panel's lines are drawn too
+    screen = term.screen()
+    assert "postgresql://castor:***@" in screen and PASSWORD not in screen, screen
+    term.ctrl_c()
+    assert term.wait_exit(timeout=30) == 0

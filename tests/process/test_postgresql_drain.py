@@ -1,7 +1,9 @@
 """Draining castord on PostgreSQL (issue 14 §3, SPEC §4's signal table), real processes.
 
-The SQLite originals are test_castord.py's SIGTERM and second-SIGTERM tests; the tasks
-are tests/conftest.py's testapp, on a database of the test's own (`pg_testapp`).
+test_castord.py's SIGTERM and second-SIGTERM tests, extended: tasks enqueued during a
+drain, thread tasks. Its other stops (QUIT, --graceful-timeout) run unchanged in
+test_postgresql_castord.py. The tasks are tests/conftest.py's testapp, on a database
+of the test's own (`pg_testapp`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ def test_sigterm_finishes_critical_tasks_requeues_daemon_ones_and_claims_nothing
     expendable = pg_testapp.expendable.delay(str(exp_marker))
     wait_until(lambda: marker_pids(crit_marker) and marker_pids(exp_marker), 30, "both tasks to run")
     d.signal(signal.SIGTERM)
-    d.wait_event("castord.draining")
-    # Enqueued once castord stopped claiming: a NOTIFY reaches it, and it must not claim them.
+    # The idle thread host and the child that ran the daemon task leave at once; the
+    # critical task's child keeps running it. Tasks enqueued now wake castord through a
+    # NOTIFY, and no child may claim them.
+    d.wait_event("child.exited", child="thread-host 0", reason="drained")
+    d.wait_event("child.exited", child_pid=marker_pids(exp_marker)[0])
     later = pg_testapp.quick.map([(n,) for n in range(5)]) + pg_testapp.tadd.map([(n, n) for n in range(5)])
     assert d.wait_exit(30) == 0
 

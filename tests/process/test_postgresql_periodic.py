@@ -1,8 +1,9 @@
 """Periodic ticks under two castords sharing one PostgreSQL database (issue 14 §2-3).
 
-test_periodic.py's app and castords (its `start` fixture), on a database of the test's
-own. Each tick is won by one conditional upsert (castor/store/postgresql.py
-`fire_schedule`). Castords on separate hosts are the fleet test's (network namespaces).
+test_periodic.py's test of two castords, unchanged, on a database of the test's own;
+then what it does not check: no tick missing between the first and the last. Each
+tick is won by one conditional upsert (castor/store/postgresql.py `fire_schedule`).
+Castords on separate hosts are the fleet test's (network namespaces).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 import castor
-from tests.conftest import wait_until
-from tests.process.test_periodic import fired_ticks, periodic_app, start, stop_between_ticks  # noqa: F401
+from tests.process import test_periodic as sqlite_periodic
+from tests.process.test_castord import Castord
+from tests.process.test_periodic import periodic_app, start  # noqa: F401 - fixtures
 
 EVERY = 1.0  # the app's schedule: every=1
 
@@ -43,21 +45,14 @@ def unexplained_gaps(fired: list[dict]) -> list[tuple[float, float]]:
 
 @pytest.mark.timeout(90)
 def test_two_castords_on_one_postgresql_database_fire_each_tick_once(start, pg_client):  # noqa: F811
-    a, b = start("a"), start("b")
-    for d in (a, b):
-        d.wait_note("READY=1", timeout=30)
-    wait_until(lambda: pg_client.count(name="tick") >= 6, 30, "6 ticks fired")
-    stop_between_ticks(pg_client, a, b)
+    started: list[Castord] = []
 
-    for d in (a, b):
-        assert len(d.events("periodic.scheduled")) == 1  # both daemons ran a scheduler
-    ticks = fired_ticks(a, b)
-    total = pg_client.count(name="tick")
-    assert len(ticks) == len(set(ticks)) == total >= 7  # each tick enqueued once, by one daemon
-    assert all(t == int(t) for t in ticks)  # every=1: whole seconds, the same in both daemons
-    fired = [e for d in (a, b) for e in d.events("periodic.fired")]
+    def recorded(name: str) -> Castord:
+        started.append(start(name))
+        return started[-1]
+
+    sqlite_periodic.test_two_castords_on_one_file_fire_each_tick_once(recorded, pg_client)  # unchanged
+    fired = [e for d in started for e in d.events("periodic.fired")]
+    assert len(started) == 2 and len(fired) >= 5
     assert unexplained_gaps(fired) == []  # none missed but those the SPEC lets a late loop skip
-    assert pg_client.count(name="tick", status="success") == total
-    tasks = pg_client.tasks(name="tick", limit=None)
-    assert {e["task_id"] for e in fired} == {t.id for t in tasks}
-    assert pg_client.store.schedules()["tick"]["last_tick"] == max(ticks)
+    assert pg_client.store.schedules()["tick"]["last_tick"] == max(e["tick"] for e in fired)

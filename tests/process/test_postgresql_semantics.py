@@ -1,24 +1,21 @@
 """Task semantics through a real castord on PostgreSQL, where the process level could
 differ from the store contract (tests/contract): requests that reach a running task
-through the store (cancel, progress), children replaced after a timeout or a cancel
-(new connections), retries and ETAs that come due with no NOTIFY, the TTL purge of
-the master, tasks that enqueue from a child and from a fork of one.
+through the store (cancel, progress), children replaced after a cancel (new
+connections), retries and ETAs that come due with no NOTIFY, purges racing settles
+from other processes, and tasks that enqueue from a child and from a fork of one.
 
-The SQLite originals are test_semantics_castord.py's and test_castord.py's timeout
-tests; the tasks are tests/conftest.py's testapp (`pg_testapp`).
+test_semantics_castord.py's tests run here unchanged, on tests/conftest.py's testapp
+pointed at a database of the test's own (`pg_testapp`).
 """
 
 from __future__ import annotations
 
-import json
 import signal
-import time
 
 import pytest
 
-import castor
-from tests.conftest import wait_until
-from tests.process.test_castord import daemons, marker_pids, run_cli  # noqa: F401 - fixture
+from tests.process import test_semantics_castord as sqlite_semantics
+from tests.process.test_castord import daemons  # noqa: F401 - fixture
 from tests.process.test_postgresql_castord import pg_testapp  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(90)
@@ -59,93 +56,24 @@ def enqueue_from_a_fork(n, id_file):
 '''
 
 
-def test_retry_exhaustion_and_retry_to_success(pg_testapp, daemons, app_dir):  # noqa: F811
-    d = daemons().start(app="testapp:manager")
-    d.wait_note("READY=1", timeout=30)
-    failing = pg_testapp.always_fails.delay("still broken")
-    flaky = pg_testapp.flaky.delay(str(app_dir / "flaky.marker"), 2)
-    with pytest.raises(ValueError, match="still broken"):
-        failing.join(timeout=30)
-    assert failing.attempts == 3 and [h["attempt"] for h in failing.history] == [1, 2, 3]
-    assert flaky.join(timeout=30) == "ok" and flaky.attempts == 3
-    assert len(marker_pids(app_dir / "flaky.marker")) == 3
-    retries = d.wait_event("task.retrying", count=4)
-    assert {e["task_id"] for e in retries} == {failing.id, flaky.id}
+# test_semantics_castord.py's tests, unchanged: each takes (daemons, app_dir) and imports
+# testapp, which pg_testapp points at PostgreSQL.
+ORIGINALS = [
+    sqlite_semantics.test_retry_exhaustion_and_retry_to_success,
+    sqlite_semantics.test_cancel_a_running_process_task_replaces_its_child,
+    sqlite_semantics.test_cancel_a_running_thread_task_keeps_the_thread_host,
+    sqlite_semantics.test_cancel_racing_completion_ends_each_task_one_way,
+    sqlite_semantics.test_progress_from_a_process_child,
+    sqlite_semantics.test_eta_in_the_past_runs_at_once_and_future_eta_is_honoured,
+    sqlite_semantics.test_purge_while_tasks_run_loses_nothing,
+    sqlite_semantics.test_unique_cached_and_ttl_tasks,
+    sqlite_semantics.test_priorities_order_the_queue_and_queues_choose_what_runs,
+]
 
 
-def test_cancel_running_process_and_thread_tasks(pg_testapp, daemons, app_dir):  # noqa: F811
-    d = daemons().start("--workers", "1", "--threads", "2", app="testapp:manager")
-    d.wait_note("READY=1", timeout=30)
-    proc_marker, thread_marker = app_dir / "stubborn.marker", app_dir / "tstubborn.marker"
-    in_process = pg_testapp.stubborn.delay(str(proc_marker))
-    in_thread = pg_testapp.tstubborn.delay(str(thread_marker))
-    wait_until(lambda: marker_pids(proc_marker) and marker_pids(thread_marker), 30, "both tasks to start")
-    assert in_process.cancel() == "running" and in_thread.cancel() == "running"
-    for task in (in_process, in_thread):
-        with pytest.raises(castor.TaskCancelled):
-            task.join(timeout=30)
-        assert task.attempts == 1 and task.status() == "cancelled"
-    exited = d.wait_event("child.exited", child_pid=marker_pids(proc_marker)[0])[0]
-    assert exited["exit_code"] == 6 and exited["expected"] is True
-    host = marker_pids(thread_marker)[0]
-    assert not [e for e in d.events("child.exited") if e["child_pid"] == host]  # the thread host lives on
-    # The replacement child connects afresh and works; so does the thread host.
-    assert pg_testapp.add.delay(2, 2).join(timeout=30) == 4
-    assert pg_testapp.tadd.delay(1, 2).join(timeout=30) == 3
-
-
-def test_timeouts_in_a_process_child_and_in_the_thread_host(pg_testapp, daemons, app_dir):  # noqa: F811
-    d = daemons().start("--workers", "1", "--threads", "2", app="testapp:manager")
-    d.wait_note("READY=1", timeout=30)
-    marker = app_dir / "timeout.marker"
-    in_process = pg_testapp.critical.apply_async((30, str(marker)), timeout=1)
-    in_thread = pg_testapp.spin.apply_async((30,), timeout=0.5)
-    with pytest.raises(castor.TaskTimeout, match="ran past its timeout of 1 s"):
-        in_process.join(timeout=30)
-    with pytest.raises(castor.TaskTimeout):
-        in_thread.join(timeout=30)
-    exited = d.wait_event("child.exited", child_pid=marker_pids(marker)[0])[0]
-    assert exited["exit_code"] == 5 and exited["expected"] is True
-    assert pg_testapp.add.delay(1, 1).join(timeout=30) == 2  # the replacement works
-    assert pg_testapp.version.delay().join(timeout=30) == 1  # the thread host lives on
-
-
-def test_progress_from_a_process_child_and_etas(pg_testapp, daemons, app_dir):  # noqa: F811
-    d = daemons().start("--workers", "1", app="testapp:manager")
-    d.wait_note("READY=1", timeout=30)
-    marker = app_dir / "go.marker"
-    task = pg_testapp.reporter.delay(str(marker))
-    wait_until(lambda: task.progress == (0.5, "halfway"), 30, "progress from the child")
-    status = run_cli(app_dir, "status", "testapp:manager", "--json")
-    assert status.returncode == 0, status.stderr
-    running = json.loads(status.stdout)["running_tasks"]
-    assert [(t["id"], t["progress"], t["progress_message"]) for t in running] == [(task.id, 0.5, "halfway")]
-    marker.write_text("go")
-    assert task.join(timeout=30) == "reported" and task.progress == (1.0, "done")
-
-    past = pg_testapp.quick.apply_async((1,), eta=time.time() - 3600)
-    future = pg_testapp.quick.apply_async((2,), countdown=1.0)  # due with no NOTIFY: castord's timer
-    assert past.join(timeout=30) == 1
-    assert future.join(timeout=30) == 2
-    record = future.info()
-    assert record.started_at >= record.eta  # never early, though leases follow the server's clock
-
-
-def test_unique_cached_and_ttl_tasks(pg_testapp, daemons, app_dir):  # noqa: F811
-    path = app_dir / "once.log"
-    first = pg_testapp.once.delay(str(path))
-    assert all(pg_testapp.once.delay(str(path)) == first for _ in range(5))  # pending twins
-    short = pg_testapp.ephemeral.delay(7)
-    d = daemons().start(app="testapp:manager")
-    d.wait_note("READY=1", timeout=30)
-    assert first.join(timeout=30) == "once"
-    assert path.read_text() == "ran\n"
-    assert short.join(timeout=30) == 7
-    wait_until(lambda: pg_testapp.manager.get(short.id) is None, 30, "the result to expire and be purged")
-    square = pg_testapp.cached_square.delay(12)
-    assert square.join(timeout=30) == 144
-    assert pg_testapp.cached_square.delay(12) == square  # answered from the cache
-    assert square.attempts == 1
+@pytest.mark.parametrize("original", ORIGINALS, ids=lambda f: f.__name__.removeprefix("test_"))
+def test_the_sqlite_semantics_tests_on_postgresql(original, pg_testapp, daemons, app_dir):  # noqa: F811
+    original(daemons, app_dir)
 
 
 def test_tasks_enqueue_from_children_and_from_a_fork_of_one(pg_testapp, daemons, app_dir):  # noqa: F811
