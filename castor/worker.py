@@ -610,6 +610,8 @@ class Worker:
             claims = self._claim_solo()
             if claims:
                 slots.acquire()
+                with self._running_lock:  # counted as handed, as _pool_thread uncounts it
+                    self._handed += 1
                 work.put(claims[0])
             return
         try:

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import castor
 from tests.conftest import REPO, wait_until
-from tests.process.test_castord import CASTORD, Castord
+from tests.process import test_castord as sqlite_castord
+from tests.process.test_castord import CASTORD, Castord, daemons  # noqa: F401 - fixture
 
 PGAPP = """
 import os, time
@@ -58,6 +60,43 @@ def pg_app(app_dir: Path, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch)
     yield pgapp
     pgapp.manager.close()
     sys.modules.pop("pgapp", None)
+
+
+def import_testapp(url: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """tests/conftest.py's `testapp` (all of its tasks) on `url`: its Manager reads
+    CASTOR_TEST_DB, in the test and in the castords it starts."""
+    monkeypatch.setenv("CASTOR_TEST_DB", url)
+    sys.modules.pop("testapp", None)
+    import testapp
+
+    return testapp
+
+
+@pytest.fixture
+def pg_testapp(app_dir: Path, postgres_db_url: str, monkeypatch: pytest.MonkeyPatch):
+    """`testapp` on a PostgreSQL database of the test's own."""
+    testapp = import_testapp(postgres_db_url, monkeypatch)
+    yield testapp
+    testapp.manager.close()  # before the database is dropped (app_dir closes it again: a no-op)
+
+
+# The tests' server trusts its socket's owner and never asks for a password, so libpq
+# never sends this one: it is there to be hidden.
+PASSWORD = "hunter2-not-for-the-logs"
+
+
+@pytest.fixture
+def url_with_password(postgres_db_url: str) -> str:
+    url = postgres_db_url.replace("postgresql://castor@", f"postgresql://castor:{PASSWORD}@", 1)
+    assert PASSWORD in url
+    return url
+
+
+@pytest.fixture
+def pg_testapp_with_password(app_dir: Path, url_with_password: str, monkeypatch: pytest.MonkeyPatch):
+    testapp = import_testapp(url_with_password, monkeypatch)
+    yield testapp
+    testapp.manager.close()
 
 
 def run(app_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -144,3 +183,66 @@ def test_the_metrics_endpoint_reads_the_postgresql_store(pg_app, app_dir):
         assert d.wait_exit() == 0
     finally:
         d.stop()
+
+
+def test_without_password_hides_both_spellings_of_a_password():
+    from castor.store import without_password
+
+    assert without_password("postgresql://app:s3cret@db.example:5432/tasks?sslmode=require") == \
+        "postgresql://app:***@db.example:5432/tasks?sslmode=require"
+    assert without_password("postgresql://app@/tasks?host=/run/pg&password=s3cret&port=5432") == \
+        "postgresql://app@/tasks?host=/run/pg&password=***&port=5432"
+    assert without_password("postgresql://db.example/tasks") == "postgresql://db.example/tasks"
+    assert without_password("/var/lib/app/tasks.db") == "/var/lib/app/tasks.db"
+
+
+@pytest.mark.timeout(90)
+def test_a_password_in_the_url_is_shown_nowhere(pg_testapp_with_password, app_dir):
+    from castord.control import sidecar_path
+    from castord.errors import ExitCode
+
+    app = pg_testapp_with_password
+    d = Castord(app_dir)
+    try:
+        pidfile = app_dir / "castord.pid"
+        d.start("--workers", "1", "--threads", "1", "--pidfile", str(pidfile))
+        d.wait_note("READY=1", timeout=30)
+        assert app.add.delay(1, 2).join(timeout=30) == 3
+        shown = {
+            "log file": d.log_file.read_text(),
+            "repr": repr(app.manager),
+        }
+        for args in (("status", "testapp:manager"), ("status", "testapp:manager", "--json"),
+                     ("status", "--pidfile", str(pidfile), "--json"),
+                     ("tasks", "show", "testapp:manager", "no-such-task")):
+            result = run(app_dir, *args)
+            assert result.returncode == (ExitCode.NOT_FOUND if args[0] == "tasks" else 0), (args, result.stdout, result.stderr)
+            shown[" ".join(args)] = result.stdout + result.stderr
+        assert {where: PASSWORD in text for where, text in shown.items()} == dict.fromkeys(shown, False)
+        by_pidfile = json.loads(shown[f"status --pidfile {pidfile} --json"])
+        assert by_pidfile["database"].startswith("postgresql://castor:***@") and by_pidfile["counts"]["success"] == 1
+        assert "postgresql://castor:***@" in shown["tasks show testapp:manager no-such-task"]
+        # The sidecar keeps the URL, to open the store again: for castord's user alone.
+        assert os.stat(sidecar_path(str(pidfile))).st_mode & 0o077 == 0
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+    finally:
+        d.stop()
+
+
+# test_castord.py's tests of children, stops and castords side by side, unchanged: each
+# takes (daemons, app_dir) and imports testapp, which pg_testapp points at PostgreSQL.
+ORIGINALS = [
+    sqlite_castord.test_graceful_timeout_kills_and_requeues_what_remains,
+    sqlite_castord.test_quit_stops_fast,
+    sqlite_castord.test_sigstopped_child_is_killed_and_replaced,
+    sqlite_castord.test_process_task_past_its_timeout_fails_and_the_child_is_replaced,
+    sqlite_castord.test_thread_task_past_its_timeout_gets_task_timeout,
+    sqlite_castord.test_two_castords_on_one_database_share_the_work,
+]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("original", ORIGINALS, ids=lambda f: f.__name__.removeprefix("test_"))
+def test_the_sqlite_castord_tests_on_postgresql(original, pg_testapp, daemons, app_dir):  # noqa: F811
+    original(daemons, app_dir)
