@@ -185,51 +185,6 @@ def test_the_metrics_endpoint_reads_the_postgresql_store(pg_app, app_dir):
         d.stop()
 
 
-def test_without_password_hides_both_spellings_of_a_password():
-    from castor.store import without_password
-
-    assert without_password("postgresql://app:s3cret@db.example:5432/tasks?sslmode=require") == \
-        "postgresql://app:***@db.example:5432/tasks?sslmode=require"
-    assert without_password("postgresql://app@/tasks?host=/run/pg&password=s3cret&port=5432") == \
-        "postgresql://app@/tasks?host=/run/pg&password=***&port=5432"
-    assert without_password("postgresql://db.example/tasks") == "postgresql://db.example/tasks"
-    assert without_password("/var/lib/app/tasks.db") == "/var/lib/app/tasks.db"
-
-
-@pytest.mark.timeout(90)
-def test_a_password_in_the_url_is_shown_nowhere(pg_testapp_with_password, app_dir):
-    from castord.control import sidecar_path
-    from castord.errors import ExitCode
-
-    app = pg_testapp_with_password
-    d = Castord(app_dir)
-    try:
-        pidfile = app_dir / "castord.pid"
-        d.start("--workers", "1", "--threads", "1", "--pidfile", str(pidfile))
-        d.wait_note("READY=1", timeout=30)
-        assert app.add.delay(1, 2).join(timeout=30) == 3
-        shown = {
-            "log file": d.log_file.read_text(),
-            "repr": repr(app.manager),
-        }
-        for args in (("status", "testapp:manager"), ("status", "testapp:manager", "--json"),
-                     ("status", "--pidfile", str(pidfile), "--json"),
-                     ("tasks", "show", "testapp:manager", "no-such-task")):
-            result = run(app_dir, *args)
-            assert result.returncode == (ExitCode.NOT_FOUND if args[0] == "tasks" else 0), (args, result.stdout, result.stderr)
-            shown[" ".join(args)] = result.stdout + result.stderr
-        assert {where: PASSWORD in text for where, text in shown.items()} == dict.fromkeys(shown, False)
-        by_pidfile = json.loads(shown[f"status --pidfile {pidfile} --json"])
-        assert by_pidfile["database"].startswith("postgresql://castor:***@") and by_pidfile["counts"]["success"] == 1
-        assert "postgresql://castor:***@" in shown["tasks show testapp:manager no-such-task"]
-        # The sidecar keeps the URL, to open the store again: for castord's user alone.
-        assert os.stat(sidecar_path(str(pidfile))).st_mode & 0o077 == 0
-        d.signal(signal.SIGTERM)
-        assert d.wait_exit() == 0
-    finally:
-        d.stop()
-
-
 # test_castord.py's tests of children, stops and castords side by side, unchanged: each
 # takes (daemons, app_dir) and imports testapp, which pg_testapp points at PostgreSQL.
 ORIGINALS = [
