@@ -70,7 +70,7 @@ class TaskFilter:
         parts = [f"{label} {value}" for label, value in
                  (("status", self.status), ("name", self.name), ("queue", self.queue), ("id", self.task_id))
                  if value is not None]
-        return ", ".join(parts) or "no filter (every task)"
+        return ", ".join(parts) or "every task"
 
 
 def _text(params: Mapping[str, str], key: str) -> str | None:

@@ -137,6 +137,8 @@ def timeline(record: TaskRecord) -> list[dict[str, Any]]:
     if record.finished_at is not None:
         error = record.error or {}
         detail = f"{error.get('type')}: {error.get('message')}" if error else None
+        if record.history and record.history[-1].get("at") == record.finished_at:
+            detail = None  # the last failed attempt, just above, says it
         events.append({"at": record.finished_at, "what": str(record.status), "detail": detail})
     events.sort(key=lambda e: (e["at"] is None, e["at"] or 0.0))
     return [{**e, "when": views.when(e["at"])} for e in events]

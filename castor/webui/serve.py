@@ -30,19 +30,20 @@ def listen(host: str, port: int, *, token: str | None) -> socket.socket:
     """A socket listening on host:port, after refusing a bind beyond this machine without a token."""
     check_bind(host, token)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise WebSetupError(f"--host {host}: not an address this machine has ({exc.strerror})") from None
+        raise WebSetupError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
     family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock: socket.socket | None = None
     try:
+        sock = socket.socket(family, kind, proto)  # fails where IPv6 is disabled, for an IPv6 host
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
     return sock
 
 

@@ -9,6 +9,8 @@ and how big it is (`tuple of 2: int, shop.Order`) and show a safe repr.
 
 from __future__ import annotations
 
+import _compat_pickle
+import codecs
 import io
 import json
 import pickle
@@ -19,6 +21,10 @@ from typing import Any
 # Past this, pretty text is cut (a page holding megabytes of JSON helps no one).
 TEXT_LIMIT = 100_000
 
+# What protocols 0-2 build sets and bytes with: real, since they only turn data that is
+# already built into data of the same size (nothing imported, nothing else run).
+_DATA_CONSTRUCTORS: dict[str, Any] = {"builtins.set": set, "builtins.frozenset": frozenset,
+                                      "builtins.complex": complex, "_codecs.encode": codecs.encode}
 # Functions protocols 0-1 pickle objects through: the object is of their first argument's class.
 _RECONSTRUCTORS = frozenset({"copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__"})
 
@@ -41,9 +47,12 @@ class _Inert:
     _castor_name = "object"
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls._castor_name in _RECONSTRUCTORS and args and isinstance(args[0], type) \
-                and issubclass(args[0], _Inert):
-            return object.__new__(args[0])
+        first = args[0] if args and isinstance(args[0], type) and issubclass(args[0], _Inert) else None
+        if first is not None and cls._castor_name in _RECONSTRUCTORS:
+            return object.__new__(first)
+        if first is not None and cls._castor_name == "builtins.getattr" and len(args) == 2 \
+                and isinstance(args[1], str):  # protocols 0-1 name a method as getattr(class, name)
+            return _inert_class(f"{first._castor_name}.{args[1]}")
         return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -61,8 +70,16 @@ class _Inert:
     def extend(self, items: Any) -> None:
         pass
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # a stand-in called in turn stays itself
+        return self
+
     def __repr__(self) -> str:
         return f"<{self._castor_name}>"
+
+
+def _inert_class(path: str) -> type[_Inert]:
+    # Not named like a builtin: reprlib picks how to show a value by its class's name.
+    return type(f"inert {path[:200]}", (_Inert,), {"_castor_name": path})
 
 
 class _InertUnpickler(pickle.Unpickler):
@@ -70,11 +87,18 @@ class _InertUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self._classes: dict[str, type[_Inert]] = {}
 
-    def find_class(self, module: str, name: str) -> type[_Inert]:
+    def find_class(self, module: str, name: str) -> Any:
+        # Protocols 0-2 write Python 2's names (__builtin__.set, copy_reg...): read them as
+        # pickle itself does. No Python 3 module has one of those names.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         path = f"{module}.{name}"
+        if path in _DATA_CONSTRUCTORS:
+            return _DATA_CONSTRUCTORS[path]
         cls = self._classes.get(path)
         if cls is None:
-            cls = self._classes[path] = type(name[:100], (_Inert,), {"_castor_name": path})
+            cls = self._classes[path] = _inert_class(path)
         return cls
 
     def persistent_load(self, pid: Any) -> _Inert:
