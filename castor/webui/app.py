@@ -151,7 +151,7 @@ class DashboardApp:
             except StoreError as exc:
                 response = ctx.error(503, f"the database cannot be read: {exc}")
             if fresh is not None:
-                response.set_cookie(CSRF_COOKIE, fresh, httponly=True, samesite="strict", path=ctx.base or "/")
+                response.set_cookie(CSRF_COOKIE, fresh, httponly=True, samesite="lax", path=ctx.base or "/")
             response.headers.update(SECURITY_HEADERS)
             return response
 
@@ -255,7 +255,7 @@ class DashboardApp:
             return ctx.render("login.html", status=401, target=target, failed=True)
         actions.log.info("web.login", **{**ctx.who, "auth": "token"})
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(SESSION_COOKIE, self.guard.new_session(), httponly=True, samesite="strict",
+        response.set_cookie(SESSION_COOKIE, self.guard.new_session(), httponly=True, samesite="lax",
                             path=ctx.base or "/")
         return response
 

@@ -9,6 +9,9 @@ each request. Every comparison of a secret is constant-time (hmac.compare_digest
 * CSRF is a signed double submit: a random `castor_csrf` cookie, and in every form
   the cookie's HMAC under the app's secret. A page of another site can make the
   browser send the cookie, but cannot read it to compute the form field.
+* Both cookies are HttpOnly and SameSite=Lax: a browser does not send them with
+  another site's POST at all, and still sends them when a link (an alert's, a
+  chat's) opens the dashboard, so a logged-in person stays logged in.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ TOKEN = "a-token-long-enough-for-the-rule"
 
 @pytest.fixture
 def app_manager(manager: castor.Manager) -> castor.Manager:
+    return define_tasks(manager)
+
+
+def define_tasks(manager: castor.Manager) -> castor.Manager:
     @manager.task(mode="thread", name="add")
     def add(a, b):
         return a + b
@@ -395,3 +399,29 @@ class Trap:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open, (self.path, "w"))
+
+
+def test_every_screen_and_action_on_postgresql(postgres_db_url):
+    manager = define_tasks(castor.Manager(postgres_db_url))
+    try:
+        manager.registry["add"].delay(1, 2)
+        failed = manager.registry["fail"].delay("value")
+        waiting = [manager.registry["add"].apply_async((i, i), countdown=3600, queue="later") for i in range(3)]
+        run_all(manager)
+        with TestClient(dashboard(manager), follow_redirects=False) as web:
+            for path in ("/", "/queues", "/tasks", f"/tasks/{failed.id}", "/failed", "/periodic"):
+                assert web.get(path).status_code == 200, path
+            overview = flat(web.get("/"))
+            for status, n in manager.counts().items():
+                assert re.search(rf'data-status="{status}"> <div class="label">{status}</div><div class="n">{n}<',
+                                 overview), status
+            assert "builtins.ValueError" in web.get("/failed").text
+            field = csrf_of(web)
+            assert web.post(f"/tasks/{failed.id}/retry", data={"csrf": field}).status_code == 303
+            assert failed.status() == "pending"
+            form = {"csrf": field, "action": "cancel", "scope": "all", "queue": "later"}
+            assert re.search(r'id="confirm-count">3<', web.post("/tasks/bulk", data=form).text)
+            assert "Cancelled 3 tasks." in web.post("/tasks/bulk", data={**form, "confirm": "yes"}).text
+            assert [t.status() for t in waiting] == ["cancelled"] * 3
+    finally:
+        manager.close()
