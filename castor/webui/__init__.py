@@ -16,7 +16,7 @@ from __future__ import annotations
 try:
     import jinja2  # noqa: F401
     import starlette  # noqa: F401
-except ImportError as exc:  # pragma: no cover - exercised by a test that hides them
+except ImportError as exc:  # tests/web/test_assets.py hides each
     raise ModuleNotFoundError(
         f"castor.webui needs Starlette and Jinja2 ({exc}); install them with: pip install 'castor[web]'",
         name=exc.name) from exc

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib
 import re
+import sys
 import tomllib
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -37,3 +41,12 @@ def test_no_template_reaches_outside_the_server():
         assert not re.search(r"(src|href|action)=\"(https?:)?//", text), template.name
         # The CSP allows dashboard.css and the htmx file only: no inline style or script.
         assert not re.search(r"\sstyle=|<style[\s>]|<script>|\son[a-z]+=", text), template.name
+
+
+@pytest.mark.parametrize("missing", ["jinja2", "starlette"])
+def test_without_its_extra_the_import_names_it(monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # as if it were not installed
+    for name in [m for m in sys.modules if m == "castor.webui" or m.startswith("castor.webui.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ModuleNotFoundError, match=r"castor.webui needs Starlette and Jinja2 .*pip install 'castor\[web\]'"):
+        importlib.import_module("castor.webui")

@@ -213,6 +213,9 @@ def test_errors_a_user_can_meet(app_manager, client):
     huge = web.post(f"/tasks/{task.id}/cancel", content=b"csrf=" + b"a" * 1_100_000,
                     headers={"content-type": "application/x-www-form-urlencoded"})
     assert huge.status_code == 413
+    garbled = web.post(f"/tasks/{task.id}/cancel", content=b"csrf=\xff\xfe",
+                       headers={"content-type": "application/x-www-form-urlencoded"})
+    assert garbled.status_code == 400 and "the form cannot be read" in garbled.text
     assert task.status() == "pending"
 
 
@@ -423,5 +426,19 @@ def test_every_screen_and_action_on_postgresql(postgres_db_url):
             assert re.search(r'id="confirm-count">3<', web.post("/tasks/bulk", data=form).text)
             assert "Cancelled 3 tasks." in web.post("/tasks/bulk", data={**form, "confirm": "yes"}).text
             assert [t.status() for t in waiting] == ["cancelled"] * 3
+    finally:
+        manager.close()
+
+
+def test_a_damaged_database_is_a_503_that_says_so(db_path):
+    from tests.process.test_bad_input import corrupt_middle
+
+    corrupt_middle(db_path)
+    manager = castor.Manager(db_path)
+    try:
+        with TestClient(dashboard(manager)) as web:
+            answer = web.get("/tasks")
+        assert answer.status_code == 503
+        assert "the database cannot be read:" in answer.text and "malformed" in answer.text
     finally:
         manager.close()
