@@ -44,7 +44,7 @@ from castor.store import TaskRecord
 from castor.task import PRIORITY_RANGE, TaskFunction
 
 __all__ = ["HealthOut", "StrictJSONRoute", "SubmitRequest", "Submitted", "TaskOut", "TaskSummaryOut", "TaskTypeOut",
-           "router", "task_out"]
+           "dashboard", "router", "task_out"]
 
 
 # -- the numbers a request may carry ------------------------------------------------
@@ -375,6 +375,13 @@ def router(
             return task_out(_record(manager, task_id))
 
     return api
+
+
+def dashboard(manager: Manager, *, read_only: bool = False, token: str | None = None) -> Any:
+    """The web dashboard's ASGI app, to mount (castor.webui.dashboard; docs/web-dashboard.md)."""
+    from castor.webui import dashboard as build
+
+    return build(manager, read_only=read_only, token=token)
 
 
 def task_out(record: TaskRecord) -> TaskOut:

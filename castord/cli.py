@@ -423,6 +423,35 @@ def move(source: str, target: str, dry_run: bool, as_json: bool) -> None:
         sys.exit(ExitCode.REFUSED)
 
 
+@main.command()
+@click.argument("app", envvar=_env("APP"))
+@click.option("--host", default="127.0.0.1", show_default=True, envvar=_env("WEB_HOST"),
+              help="Address to listen on; any but loopback needs --token-file.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, envvar=_env("WEB_PORT"),
+              help="Port to listen on (0: any free port, named in the log).")
+@click.option("--read-only", is_flag=True, envvar=_env("WEB_READ_ONLY"), help="Show everything, allow no action.")
+@click.option("--token-file", type=click.Path(dir_okay=False), envvar=_env("WEB_TOKEN_FILE"),
+              help="A file holding the token every visitor must give (bearer header or the login form).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="auto", show_default=True,
+              envvar=_env("LOG_FORMAT"), help="auto: console on a terminal, JSON otherwise.")
+def web(app: str, host: str, port: int, read_only: bool, token_file: str | None, log_format: str) -> None:
+    """Serve the web dashboard for APP (needs castor[web]): overview, queues, tasks, failures, schedules."""
+    from castor.webui.security import WebSetupError
+    from castor.webui.serve import listen, read_token, serve
+    from castord.logging import configure
+
+    try:
+        token = read_token(token_file)
+        sock = listen(host, port, token=token)
+    except WebSetupError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        _fail(str(exc.strerror or exc), ExitCode.INTERNAL_ERROR)
+    manager = _manager(app)
+    configure("web", fmt=log_format)
+    serve(manager, sock, read_only=read_only, token=token)
+
+
 def _find(app: str | None, pidfile: str | None) -> Any:
     from castor.app import AppLoadError
     from castord import control

@@ -1,0 +1,179 @@
+"""What each screen shows, read from the Manager's store: plain data for the templates.
+
+Every function here reads only through the Store interface (castor/store/base.py),
+so the dashboard works alike on SQLite and PostgreSQL. Counts and summaries come
+from castor.views, as `castord tasks` and the HTTP API show them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from castor import views
+from castor.states import TaskStatus
+from castor.store import Query, TaskRecord
+from castor.webui import charts
+from castor.webui.filters import TaskFilter
+from castor.webui.values import show
+
+if TYPE_CHECKING:
+    from castor.manager import Manager
+
+# The Failed screen groups the newest failures by exception type; past this many
+# it says how many it looked at (the store counts by task name only).
+FAILED_SCAN = 5000
+# A queue with at most this many pending tasks gets its own due/scheduled/oldest
+# figures, from its rows; a bigger one only its depth (the store has no per-queue
+# ETA statistics yet).
+QUEUE_SCAN = 1000
+DIRTY_SHOWN = 50
+
+
+def overview(manager: Manager) -> dict[str, Any]:
+    now = time.time()
+    data = views.stats(manager)
+    return {**data, "daemons": [daemon(row, now) for row in manager.store.daemons()],
+            "throughput": charts.last_hour(manager.store, now=now)}
+
+
+def daemon(row: dict[str, Any], now: float) -> dict[str, Any]:
+    """A castord's heartbeat row: who, where, how busy, how fresh."""
+    info = row.get("info") or {}
+    children = info.get("children") or []
+    process = [c for c in children if c.get("role") == "process-worker"]
+    threads = [c for c in children if c.get("role") == "thread-host"]
+    return {
+        "host": row["host"], "pid": row["pid"], "app": row["app"], "state": info.get("state", "?"),
+        "uptime_s": max(0.0, now - row["started_at"]), "heartbeat_age_s": row["heartbeat_age"],
+        "stale": row["heartbeat_age"] > views.DAEMON_STALE_SECONDS,
+        "process_busy": sum(1 for c in process if c.get("running")), "process_total": info.get("workers", 0),
+        "thread_busy": sum(len(c.get("running") or []) for c in threads), "thread_total": info.get("threads", 0),
+        "queues": info.get("queues"),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    name: str
+    pending: int
+    running: int
+    due: int | None = None  # None: too many pending rows to look at (QUEUE_SCAN)
+    scheduled: int | None = None
+    oldest_due_wait_s: float | None = None
+
+
+def queues(manager: Manager) -> dict[str, Any]:
+    now = time.time()
+    store = manager.store
+    manager.import_tasks()  # the include= modules' tasks name queues too
+    depth = store.pending_by_queue()
+    names = set(depth) | {fn.options.queue for fn in manager.registry.values()}
+    rows = [_queue_row(manager, name, depth.get(name, 0), now) for name in sorted(names)]
+    totals = store.queue_stats(now=now)
+    oldest = totals["oldest_due"]
+    return {"queues": rows, "scheduled": totals["scheduled"], "pending": sum(depth.values()),
+            "oldest_due_wait_s": None if oldest is None else max(0.0, now - oldest), "scan_limit": QUEUE_SCAN}
+
+
+def _queue_row(manager: Manager, name: str, pending: int, now: float) -> QueueRow:
+    running = manager.store.count(Query(status=TaskStatus.RUNNING, queue=name))
+    if pending > QUEUE_SCAN:
+        return QueueRow(name, pending, running)
+    etas = [r.eta for r in manager.store.list(Query(status=TaskStatus.PENDING, queue=name), limit=QUEUE_SCAN)]
+    due = [eta for eta in etas if eta <= now]
+    return QueueRow(name, pending, running, due=len(due), scheduled=len(etas) - len(due),
+                    oldest_due_wait_s=max(0.0, now - min(due)) if due else None)
+
+
+def tasks(manager: Manager, task_filter: TaskFilter) -> dict[str, Any]:
+    query = task_filter.query
+    records = manager.store.list(query, limit=task_filter.limit, offset=task_filter.offset)
+    return {"rows": [views.summary(r) for r in records], "total": manager.store.count(query),
+            "filter": task_filter}
+
+
+def task(record: TaskRecord) -> dict[str, Any]:
+    """Everything about one task, arguments and result shown without running stored code."""
+    return {
+        **views.summary(record), "mode": record.mode, "daemon": record.daemon, "serializer": record.serializer,
+        "args": show(record.serializer, record.args), "kwargs": show(record.serializer, record.kwargs),
+        "result": show(record.serializer, record.result), "error_detail": record.error,
+        "progress_message": record.progress_message, "cancel_requested": record.cancel_requested,
+        "owner": record.owner, "lease_expires": views.when(record.lease_expires),
+        "expires_at": views.when(record.expires_at), "unique_key": record.unique_key,
+        "options": record.options, "timeline": timeline(record), "actions": actions_for(record.status),
+    }
+
+
+def actions_for(status: TaskStatus) -> list[str]:
+    """The actions a task in `status` can take."""
+    if status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+        return ["cancel"]
+    if status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        return ["retry", "delete"]
+    return ["delete"]
+
+
+def timeline(record: TaskRecord) -> list[dict[str, Any]]:
+    """What the record says happened, oldest first: enqueued, each failed attempt, the
+    current attempt's start and owner, the end. (The store keeps no row per attempt:
+    the start and owner of earlier attempts are not known.)"""
+    events: list[dict[str, Any]] = [{"at": record.enqueued_at, "what": "enqueued",
+                                     "detail": f"queue {record.queue}, priority {record.priority}"}]
+    if record.eta > record.enqueued_at + 0.001:
+        events.append({"at": record.eta, "what": "due", "detail": "not run before this time"})
+    for failure in record.history:
+        events.append({"at": failure.get("at"), "what": f"attempt {failure.get('attempt')} failed",
+                       "detail": f"{failure.get('type')}: {failure.get('message')}"})
+    if record.started_at is not None:
+        events.append({"at": record.started_at, "what": f"attempt {record.attempts} started",
+                       "detail": f"by {record.owner}" if record.owner else None})
+    if record.lost:
+        events.append({"at": None, "what": f"worker lost {record.lost} time{'s' if record.lost > 1 else ''}",
+                       "detail": "its worker vanished while running it"})
+    if record.finished_at is not None:
+        error = record.error or {}
+        detail = f"{error.get('type')}: {error.get('message')}" if error else None
+        if record.history and record.history[-1].get("at") == record.finished_at:
+            detail = None  # the last failed attempt, just above, says it
+        events.append({"at": record.finished_at, "what": str(record.status), "detail": detail})
+    events.sort(key=lambda e: (e["at"] is None, e["at"] or 0.0))
+    return [{**e, "when": views.when(e["at"])} for e in events]
+
+
+def failed(manager: Manager) -> dict[str, Any]:
+    store = manager.store
+    total = store.count(Query(status=TaskStatus.FAILED))
+    records = store.list(Query(status=TaskStatus.FAILED), limit=FAILED_SCAN)
+    groups: Counter[tuple[str, str]] = Counter()
+    latest: dict[tuple[str, str], TaskRecord] = {}
+    for record in records:  # newest first: the first one seen of a group is its latest
+        key = (record.name, str((record.error or {}).get("type")))
+        groups[key] += 1
+        latest.setdefault(key, record)
+    rows = [{"name": name, "type": exc_type, "count": n, "latest": views.summary(latest[(name, exc_type)]),
+             "message": (latest[(name, exc_type)].error or {}).get("message")}
+            for (name, exc_type), n in groups.most_common()]
+    dirty = store.list(Query(dirty=True), limit=DIRTY_SHOWN)
+    return {"groups": rows, "total": total, "scanned": len(records),
+            "dirty": [views.summary(r) for r in dirty], "dirty_total": store.count(Query(dirty=True))}
+
+
+def periodic(manager: Manager) -> dict[str, Any]:
+    now = time.time()
+    manager.import_tasks()  # schedules registered by the include= modules
+    fired = manager.store.schedules()
+    rows = []
+    for name, schedule in sorted(manager.schedules.items()):
+        last = fired.get(name) or {}
+        after = max(now, last.get("last_tick") or 0.0)
+        rows.append({"name": name, "schedule": schedule.describe(), "last_tick": views.when(last.get("last_tick")),
+                     "fired_at": views.when(last.get("fired_at")), "task_id": last.get("task_id"),
+                     "next_tick": views.when(schedule.next_tick(after))})
+    # Ticks recorded for schedules this process does not register (another app, or removed).
+    unknown = [{"name": name, "last_tick": views.when(row.get("last_tick")), "task_id": row.get("task_id")}
+               for name, row in sorted(fired.items()) if name not in manager.schedules]
+    return {"schedules": rows, "unknown": unknown}

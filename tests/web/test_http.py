@@ -1,0 +1,444 @@
+"""The dashboard's HTTP answers, in-process (Starlette's test client) on a real beaver-db
+file: the screens, the checks every request passes (token, CSRF, read-only), every
+error a user can meet, and mounting under a prefix. The browser tests (test_browser.py)
+do the same things through chromium; these pin each answer down one by one."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.testclient import TestClient
+
+import castor
+from castor import Worker
+from castor.clocks import boot_clock
+from castor.periodic import Scheduler
+from castor.webui import dashboard, pages
+from castor.webui.security import CSRF_COOKIE, SESSION_COOKIE
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKEN = "a-token-long-enough-for-the-rule"
+
+
+@pytest.fixture
+def app_manager(manager: castor.Manager) -> castor.Manager:
+    return define_tasks(manager)
+
+
+def define_tasks(manager: castor.Manager) -> castor.Manager:
+    @manager.task(mode="thread", name="add")
+    def add(a, b):
+        return a + b
+
+    @manager.task(mode="thread", name="fail")
+    def fail(kind):
+        raise {"value": ValueError, "key": KeyError}[kind](f"bad {kind}")
+
+    @manager.periodic(every=60, mode="thread", name="minutely")
+    def minutely():
+        return "tick"
+
+    return manager
+
+
+@pytest.fixture
+def client(app_manager: castor.Manager) -> Iterator[Callable[..., TestClient]]:
+    opened: list[TestClient] = []
+
+    def make(**options: Any) -> TestClient:
+        test_client = TestClient(dashboard(app_manager, **options), follow_redirects=False)
+        opened.append(test_client)
+        return test_client
+
+    yield make
+    for test_client in opened:
+        test_client.close()
+
+
+def run_all(manager: castor.Manager) -> None:
+    Worker(manager, mode="thread").run(until_idle=True)
+
+
+def set_cookie(client: TestClient, name: str, value: str) -> None:
+    """Replace the cookie the dashboard set (for its test host) with `value`."""
+    client.cookies.delete(name)
+    client.cookies.set(name, value, domain="testserver.local")
+
+
+def flat(response: Any) -> str:
+    """A page's HTML with each run of whitespace as one space (templates wrap lines)."""
+    return re.sub(r"\s+", " ", response.text)
+
+
+def csrf_of(client: TestClient, path: str = "/tasks") -> str:
+    """The CSRF field a page hands out (and the cookie it goes with, now in the client)."""
+    match = re.search(r'name="csrf" value="([0-9a-f]+)"', client.get(path).text)
+    assert match, "the page has no form"
+    return match.group(1)
+
+
+def test_every_screen_answers_with_the_security_headers(app_manager, client):
+    task = app_manager.registry["add"].delay(1, 2)
+    app_manager.registry["fail"].delay("value")
+    run_all(app_manager)
+    web = client()
+    for path in ("/", "/queues", "/tasks", "/tasks?status=failed&name=fail", f"/tasks/{task.id}", "/failed",
+                 "/periodic", "/login"):
+        response = web.get(path, follow_redirects=True)
+        assert response.status_code == 200, (path, response.text[:500])
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cache-control"] == "no-store"
+    assert web.get("/static/dashboard.css").status_code == 200
+
+
+def test_an_empty_store_shows_every_screen(client):
+    web = client()
+    overview = web.get("/")
+    assert "No castord has a heartbeat row" in overview.text
+    assert web.get("/tasks").status_code == 200 and "No task matches." in web.get("/tasks").text
+    assert "No failed task." in web.get("/failed").text
+
+
+def test_a_post_without_the_csrf_pair_is_refused(app_manager, client):
+    task = app_manager.registry["add"].apply_async((1, 2), countdown=3600)
+    web = client()
+    assert web.post(f"/tasks/{task.id}/cancel", data={"x": "1"}).status_code == 403  # no cookie yet, no field
+    field = csrf_of(web)
+    assert web.post(f"/tasks/{task.id}/cancel", data={"csrf": "0" * 64}).status_code == 403
+    set_cookie(web, CSRF_COOKIE, "another-browser")
+    assert web.post(f"/tasks/{task.id}/cancel", data={"csrf": field}).status_code == 403  # field of another cookie
+    assert task.status() == "pending"
+    fresh = client()
+    field = csrf_of(fresh)
+    answer = fresh.post(f"/tasks/{task.id}/cancel", data={"csrf": field})
+    assert answer.status_code == 303 and answer.headers["location"] == f"/tasks/{task.id}"
+    assert task.status() == "cancelled"
+
+
+def test_read_only_hides_the_forms_and_refuses_every_action(app_manager, client):
+    failed = app_manager.registry["fail"].delay("value")
+    run_all(app_manager)
+    writable = client()
+    field = csrf_of(writable)  # a valid pair, from a dashboard that allows actions
+    web = client(read_only=True)
+    set_cookie(web, CSRF_COOKIE, writable.cookies[CSRF_COOKIE])
+    for path in ("/", "/tasks", f"/tasks/{failed.id}", "/failed"):
+        assert 'method="post"' not in web.get(path).text
+    for path, data in ((f"/tasks/{failed.id}/retry", {}), ("/tasks/bulk", {"action": "retry", "scope": "all",
+                                                                            "status": "failed", "confirm": "yes"})):
+        answer = web.post(path, data={"csrf": field, **data})
+        assert answer.status_code == 403 and "read-only" in answer.text
+    assert failed.status() == "failed"
+
+
+def test_a_token_is_asked_for_and_given_by_header_or_login(client):
+    web = client(token=TOKEN)
+    first = web.get("/tasks?status=failed")
+    assert first.status_code == 303 and first.headers["location"] == "/login?next=%2Ftasks%3Fstatus%3Dfailed"
+    assert web.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert web.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 303
+    assert web.get("/", headers={"Authorization": TOKEN}).status_code == 303  # no scheme
+    assert web.get("/", headers={"HX-Request": "true"}).status_code == 401  # htmx polling: no redirect to follow
+    post = web.post("/tasks/bulk", data={})
+    assert post.status_code == 401 and post.headers["www-authenticate"].startswith("Bearer")
+    assert web.get("/static/dashboard.css").status_code == 200  # the login page needs it
+
+    field = csrf_of(web, "/login")
+    wrong = web.post("/login", data={"csrf": field, "token": "not-it", "next": "/failed"})
+    assert wrong.status_code == 401 and "not the right one" in wrong.text
+    assert SESSION_COOKIE not in web.cookies
+    right = web.post("/login", data={"csrf": field, "token": TOKEN, "next": "/failed"})
+    assert right.status_code == 303 and right.headers["location"] == "/failed"
+    assert web.get("/failed").status_code == 200
+    cookie = web.cookies[SESSION_COOKIE]
+    set_cookie(web, SESSION_COOKIE, cookie[:-1] + ("0" if cookie[-1] != "0" else "1"))
+    assert web.get("/failed").status_code == 303  # a tampered session
+    other = client(token=TOKEN + "-changed")
+    set_cookie(other, SESSION_COOKIE, cookie)
+    assert other.get("/").status_code == 303  # a session of another token
+
+    set_cookie(web, SESSION_COOKIE, cookie)
+    out = web.post("/logout", data={"csrf": field})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert web.get("/").status_code == 303
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil.example", "tasks"])
+def test_login_goes_back_only_to_a_page_of_the_dashboard(client, target):
+    web = client(token=TOKEN)
+    field = csrf_of(web, "/login")
+    answer = web.post("/login", data={"csrf": field, "token": TOKEN, "next": target})
+    assert answer.status_code == 303 and answer.headers["location"] == "/"
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("status=bogus", "status 'bogus' is not one of pending, running, success, failed, cancelled"),
+    ("limit=0", "limit must be between 1 and 1,000, not 0"),
+    ("limit=abc", "limit must be a whole number, not 'abc'"),
+    ("offset=-1", "offset must be between 0 and"),
+    ("offset=" + "9" * 30, "offset must be between 0 and"),
+])
+def test_a_bad_filter_is_a_400_that_says_why(client, query, message):
+    answer = client().get(f"/tasks?{query}")
+    assert answer.status_code == 400
+    assert message in answer.text.replace("&#39;", "'")
+
+
+def test_errors_a_user_can_meet(app_manager, client):
+    web = client()
+    field = csrf_of(web)
+    assert web.get("/tasks/no-such-task").status_code == 404
+    assert "not in the database" in web.get("/tasks/no-such-task").text
+    task = app_manager.registry["add"].apply_async((1, 2), countdown=3600)
+    assert web.post(f"/tasks/{task.id}/explode", data={"csrf": field}).status_code == 404
+    assert web.post("/tasks/bulk", data={"csrf": field, "action": "explode"}).status_code == 400
+    no_ids = web.post("/tasks/bulk", data={"csrf": field, "action": "cancel", "scope": "selected"})
+    assert no_ids.status_code == 400 and "no task selected" in no_ids.text
+    every_retry = web.post("/tasks/bulk", data={"csrf": field, "action": "retry", "scope": "all"})
+    assert every_retry.status_code == 400 and "needs the status filter failed or cancelled" in every_retry.text
+    wrong_status = web.post("/tasks/bulk", data={"csrf": field, "action": "cancel", "scope": "all",
+                                                 "status": "success"})
+    assert wrong_status.status_code == 400 and "cancel applies to pending or running tasks" in wrong_status.text
+    as_json = web.post(f"/tasks/{task.id}/cancel", json={"csrf": field})
+    assert as_json.status_code == 415
+    huge = web.post(f"/tasks/{task.id}/cancel", content=b"csrf=" + b"a" * 1_100_000,
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert huge.status_code == 413
+    garbled = web.post(f"/tasks/{task.id}/cancel", content=b"csrf=\xff\xfe",
+                       headers={"content-type": "application/x-www-form-urlencoded"})
+    assert garbled.status_code == 400 and "the form cannot be read" in garbled.text
+    assert task.status() == "pending"
+
+
+def test_actions_refused_by_a_tasks_state_are_said_not_failed(app_manager, client):
+    web = client()
+    field = csrf_of(web)
+    done = app_manager.registry["add"].delay(1, 2)
+    run_all(app_manager)
+    waiting = app_manager.registry["add"].apply_async((3, 4), countdown=3600)
+    cancel_done = web.post(f"/tasks/{done.id}/cancel", data={"csrf": field})
+    assert cancel_done.status_code == 200 and "already finished (success); nothing to cancel" in cancel_done.text
+    delete_waiting = web.post(f"/tasks/{waiting.id}/delete", data={"csrf": field})
+    assert "it is pending: cancel it first" in delete_waiting.text
+    retry_done = web.post(f"/tasks/{done.id}/retry", data={"csrf": field})
+    assert "only failed or cancelled tasks can be retried" in retry_done.text
+    mixed = web.post("/tasks/bulk", data={"csrf": field, "action": "delete", "scope": "selected",
+                                          "id": [done.id, waiting.id, "no-such-task"]})
+    assert "Deleted 1 task; 2 refused." in mixed.text
+    assert app_manager.store.get(done.id) is None and waiting.status() == "pending"
+
+
+def test_all_matching_asks_with_a_count_then_acts(app_manager, client):
+    web = client()
+    field = csrf_of(web)
+    for kind in ("value", "value", "key"):
+        app_manager.registry["fail"].delay(kind)
+    app_manager.registry["add"].delay(1, 1)
+    run_all(app_manager)
+    form = {"csrf": field, "action": "retry", "scope": "all", "status": "failed", "name": "fail"}
+    ask = web.post("/tasks/bulk", data=form)
+    assert re.search(r'id="confirm-count">3<', ask.text)
+    assert app_manager.count("failed") == 3  # asking changes nothing
+    done = web.post("/tasks/bulk", data={**form, "confirm": "yes"})
+    assert "Retried 3 tasks." in done.text and app_manager.count("pending") == 3
+    run_all(app_manager)
+    delete = {"csrf": field, "action": "delete", "scope": "all", "name": "fail", "confirm": "yes"}
+    assert "Deleted 3 tasks." in web.post("/tasks/bulk", data=delete).text
+    assert app_manager.counts() == {"pending": 0, "running": 0, "success": 1, "failed": 0, "cancelled": 0}
+    nothing = web.post("/tasks/bulk", data={**form})
+    assert "No task matching status failed, name fail can be retried now." in flat(nothing)
+
+
+def test_tasks_pages_go_by_limit_and_offset(app_manager, client):
+    ids = [app_manager.registry["add"].apply_async((i, i), countdown=3600).id for i in range(5)]
+    web = client()
+    first = web.get("/tasks?limit=2")
+    assert "5 tasks match; showing 1–2." in flat(first)
+    assert [i for i in reversed(ids) if i in first.text] == list(reversed(ids))[:2]  # newest first
+    assert 'href="/tasks?limit=2&amp;offset=2" id="next"' in first.text and 'id="prev"' not in first.text
+    last = web.get("/tasks?limit=2&offset=4")
+    assert "showing 5–5" in flat(last) and 'id="next"' not in last.text
+    assert 'href="/tasks?limit=2&amp;offset=2" id="prev"' in last.text
+    one = web.get(f"/tasks?id={ids[0]}")
+    assert f"1 task match: id {ids[0]};" in flat(one)
+
+
+def test_the_failed_screen_groups_by_task_and_exception(app_manager, client, monkeypatch):
+    for kind in ("value", "value", "key"):
+        app_manager.registry["fail"].delay(kind)
+    run_all(app_manager)
+    data = pages.failed(app_manager)
+    assert [(g["name"], g["type"], g["count"]) for g in data["groups"]] == [
+        ("fail", "builtins.ValueError", 2), ("fail", "builtins.KeyError", 1)]
+    assert data["total"] == data["scanned"] == 3
+    monkeypatch.setattr(pages, "FAILED_SCAN", 2)
+    assert "the groups below are of the newest 2." in flat(client().get("/failed"))
+
+
+def test_queues_show_due_and_scheduled_per_queue(app_manager, client, monkeypatch):
+    add = app_manager.registry["add"]
+    add.apply_async((1, 1), queue="mail")
+    add.apply_async((1, 1), queue="mail")
+    add.apply_async((1, 1), queue="mail", countdown=3600)
+    data = pages.queues(app_manager)
+    mail = next(q for q in data["queues"] if q.name == "mail")
+    assert (mail.pending, mail.due, mail.scheduled, mail.running) == (3, 2, 1, 0)
+    assert mail.oldest_due_wait_s is not None and mail.oldest_due_wait_s >= 0
+    assert [q.name for q in data["queues"]] == ["default", "mail"]  # default: the registered tasks' queue
+    assert (data["pending"], data["scheduled"]) == (3, 1)
+    monkeypatch.setattr(pages, "QUEUE_SCAN", 2)
+    mail = next(q for q in pages.queues(app_manager)["queues"] if q.name == "mail")
+    assert (mail.pending, mail.due, mail.scheduled) == (3, None, None)
+    assert '<td class="num">—</td>' in client().get("/queues").text
+
+
+def test_a_castord_that_stopped_beating_is_flagged_stale(app_manager, client):
+    store = app_manager.store
+    # The store measures heartbeats on its own clock (a documented seam): a beat a minute ago.
+    store.clock = lambda: boot_clock() - 60
+    try:
+        store.record_daemon("gone", host="old-host", pid=4242, app="main:manager", started_at=time.time() - 3600,
+                            info={"state": "running", "workers": 2, "threads": 4, "children": []}, now=time.time())
+    finally:
+        del store.clock
+    store.record_daemon("alive", host="this-host", pid=4343, app="main:manager", started_at=time.time() - 5,
+                        info={"state": "running", "workers": 2, "threads": 4, "children": [
+                            {"role": "process-worker", "running": ["t1"]}, {"role": "process-worker", "running": []},
+                            {"role": "thread-host", "running": ["t2", "t3"]}]}, now=time.time())
+    text = client().get("/").text
+    assert "castord old-host pid 4242 has not beaten for 1 min" in re.sub(r"\s+", " ", text)
+    row = re.search(r"<tr>\s*<td>this-host</td>.*?</tr>", text, re.S)
+    assert row and "1 / 2" in row.group(0) and "2 / 4" in row.group(0) and "stale" not in row.group(0)
+
+
+def test_periodic_shows_the_last_and_next_tick(app_manager, client):
+    web = client()
+    assert "every 60 s" in web.get("/periodic").text
+    now = time.time()
+    scheduler = Scheduler(app_manager, now=now)
+    [fired] = scheduler.fire_due(now + 61)  # a real tick, stepped instead of waited for
+    row = pages.periodic(app_manager)["schedules"][0]
+    assert row["name"] == "minutely" and row["task_id"] == fired
+    assert row["last_tick"] is not None and row["next_tick"] > row["last_tick"]
+    assert f'href="/tasks/{fired}"' in web.get("/periodic").text
+
+
+def test_the_chart_counts_what_finished_in_each_five_minutes(app_manager):
+    from castor.webui.charts import BUCKETS, last_hour
+
+    app_manager.registry["add"].delay(1, 1)
+    app_manager.registry["add"].delay(2, 2)
+    app_manager.registry["fail"].delay("value")
+    run_all(app_manager)
+    now = time.time()
+    chart = last_hour(app_manager.store, now=now)
+    assert (chart.succeeded[-1], chart.failed[-1], sum(chart.succeeded), sum(chart.failed)) == (2, 1, 2, 1)
+    assert chart.per_second == pytest.approx(3 / 60)
+    later = last_hour(app_manager.store, now=now + 400)  # seen from 400 s on: one bucket back
+    assert len(later.succeeded) == BUCKETS and later.succeeded[-2] == 2 and later.succeeded[-1] == 0
+    assert later.per_second == 0
+    assert sum(last_hour(app_manager.store, now=now + 4000).succeeded) == 0  # more than an hour ago
+
+
+def test_mounted_under_a_prefix_every_link_and_cookie_keeps_it(app_manager):
+    task = app_manager.registry["add"].apply_async((1, 2), countdown=3600)
+    app = Starlette(routes=[Mount("/ops/castor", app=dashboard(app_manager))])
+    with TestClient(app, follow_redirects=False) as web:
+        page = web.get("/ops/castor/tasks")
+        assert page.status_code == 200
+        assert 'href="/ops/castor/static/dashboard.css"' in page.text
+        assert f'href="/ops/castor/tasks/{task.id}"' in page.text
+        assert 'action="/ops/castor/tasks/bulk"' in page.text
+        assert "Path=/ops/castor" in page.headers["set-cookie"]
+        assert web.get("/ops/castor/static/dashboard.css").status_code == 200
+        field = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
+        answer = web.post(f"/ops/castor/tasks/{task.id}/cancel", data={"csrf": field})
+        assert answer.status_code == 303 and answer.headers["location"] == f"/ops/castor/tasks/{task.id}"
+    assert task.status() == "cancelled"
+
+
+def test_pickled_values_are_shown_by_type_and_size_without_running_them(db_path, tmp_path):
+    manager = castor.Manager(db_path, serializer="pickle")
+    try:
+        @manager.task(mode="thread", name="keep")
+        def keep(*values, extra=None):
+            return {1, 2}
+
+        proof = tmp_path / "ran"
+        task = keep.delay(Point(1, 2), Trap(str(proof)), extra=(1, "a"))
+        assert not proof.exists()
+        with TestClient(dashboard(manager)) as web:
+            text = web.get(f"/tasks/{task.id}").text
+        # A Trap pickles as a call of open(): shown as what it would call, not called.
+        assert "list of 2: tests.web.test_http.Point, _io.open" in text
+        assert "[&lt;tests.web.test_http.Point&gt;, &lt;_io.open&gt;]" in text
+        assert "dict of 1: extra: tuple" in text
+        assert re.search(r"pickle, \d+ bytes", text)
+        assert not proof.exists()  # the page read the pickle without running its code
+    finally:
+        manager.close()
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Trap:
+    """Unpickling this runs code (it creates a file): what a dashboard must never do."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def test_every_screen_and_action_on_postgresql(postgres_db_url):
+    manager = define_tasks(castor.Manager(postgres_db_url))
+    try:
+        manager.registry["add"].delay(1, 2)
+        failed = manager.registry["fail"].delay("value")
+        waiting = [manager.registry["add"].apply_async((i, i), countdown=3600, queue="later") for i in range(3)]
+        run_all(manager)
+        with TestClient(dashboard(manager), follow_redirects=False) as web:
+            for path in ("/", "/queues", "/tasks", f"/tasks/{failed.id}", "/failed", "/periodic"):
+                assert web.get(path).status_code == 200, path
+            overview = flat(web.get("/"))
+            for status, n in manager.counts().items():
+                assert re.search(rf'data-status="{status}"> <div class="label">{status}</div><div class="n">{n}<',
+                                 overview), status
+            assert "builtins.ValueError" in web.get("/failed").text
+            field = csrf_of(web)
+            assert web.post(f"/tasks/{failed.id}/retry", data={"csrf": field}).status_code == 303
+            assert failed.status() == "pending"
+            form = {"csrf": field, "action": "cancel", "scope": "all", "queue": "later"}
+            assert re.search(r'id="confirm-count">3<', web.post("/tasks/bulk", data=form).text)
+            assert "Cancelled 3 tasks." in web.post("/tasks/bulk", data={**form, "confirm": "yes"}).text
+            assert [t.status() for t in waiting] == ["cancelled"] * 3
+    finally:
+        manager.close()
+
+
+def test_a_damaged_database_is_a_503_that_says_so(db_path):
+    from tests.process.test_bad_input import corrupt_middle
+
+    corrupt_middle(db_path)
+    manager = castor.Manager(db_path)
+    try:
+        with TestClient(dashboard(manager)) as web:
+            answer = web.get("/tasks")
+        assert answer.status_code == 503
+        assert "the database cannot be read:" in answer.text and "malformed" in answer.text
+    finally:
+        manager.close()
