@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # A castord whose heartbeat row in the database is older than this is considered gone
 # (it rewrites the row every few seconds while it runs).
 DAEMON_STALE_SECONDS = 15.0
+# A row this old belongs to a castord that died without removing it (SIGKILL, a host
+# that never came back): listed as stale until then, removed by a live castord after.
+DAEMON_FORGET_SECONDS = 3600.0
 
 
 def when(epoch: float | None) -> str | None:

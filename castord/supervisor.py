@@ -30,6 +30,7 @@ from castor.errors import StoreUnavailable
 from castor.logs import get_logger
 from castor.manager import Manager
 from castor.periodic import Scheduler
+from castor.views import DAEMON_FORGET_SECONDS
 from castord import forkserver
 from castord.children import PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
 from castord.config import CHILD_KILL_GRACE_SECONDS, Config
@@ -46,6 +47,8 @@ MAX_WORKER_LOSSES = 3
 # Between SIGABRT and SIGKILL for an unresponsive child; part of the minimum --lease.
 KILL_GRACE_SECONDS = CHILD_KILL_GRACE_SECONDS
 STATUS_SECONDS = 5.0
+# How often a castord looks for the rows of castords long dead (views.DAEMON_FORGET_SECONDS).
+FORGET_EVERY_SECONDS = 300.0
 RECORD_LOCK_SECONDS = 0.2  # longest wait for the database lock to write the status row
 # Heartbeats in a row that find the database file missing or another file at its
 # path before castord gives up on it (one could catch a restore mid-rename).
@@ -115,6 +118,7 @@ class Supervisor:
         self.exit_code = ExitCode.OK
         self._next_record = 0.0
         self._record_locked = False
+        self._next_forget = 0.0  # monotonic: when to look for dead castords' rows again
         self._next_status = 0.0
         self._watchdog = watchdog_interval()
         self._next_watchdog = 0.0
@@ -589,12 +593,26 @@ class Supervisor:
                 started_at=self.started_at, info=self.snapshot(), now=time.time(),
                 lock_timeout=RECORD_LOCK_SECONDS)
             self._record_locked = False
+            if time.monotonic() >= self._next_forget:
+                self._next_forget = time.monotonic() + FORGET_EVERY_SECONDS
+                self._forget_dead_daemons()
         except StoreUnavailable as exc:
             if not self._record_locked:  # once per spell, not every heartbeat
                 log.warning("castord.heartbeat_record_skipped", error=str(exc))
             self._record_locked = True
         except Exception:  # noqa: BLE001 - a busy database must not stop supervision
             log.exception("castord.heartbeat_record_failed")
+
+    def _forget_dead_daemons(self) -> None:
+        """Remove the rows of castords gone for DAEMON_FORGET_SECONDS (killed, their host
+        lost): any castord on the store does it, so a fleet's view does not fill with
+        the dead. Ages are the store's (on PostgreSQL, the server's clock)."""
+        store = self.manager.store
+        for row in store.daemons():
+            if row["heartbeat_age"] > DAEMON_FORGET_SECONDS and row["id"] != self.daemon_id:
+                store.remove_daemon(row["id"])
+                log.info("castord.daemon_forgotten", host=row["host"], pid=row["pid"], app=row["app"],
+                         heartbeat_age_s=round(row["heartbeat_age"], 1))
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
