@@ -101,6 +101,9 @@ class Terminal:
 @pytest.fixture
 def terminal(app_dir):
     (app_dir / "dashapp.py").write_text(DASHAPP)
+    # A test importing dashapp gets this directory's (an earlier test's is on its own
+    # database, closed since).
+    sys.modules.pop("dashapp", None)
     opened: list[Terminal] = []
 
     def start(*args: str) -> Terminal:
@@ -111,6 +114,7 @@ def terminal(app_dir):
     yield start
     for term in opened:
         term.close()
+    sys.modules.pop("dashapp", None)
 
 
 @pytest.mark.timeout(90)
