@@ -43,7 +43,15 @@ from castor.interrupts import shielded
 from castor.states import TaskStatus
 from castor.store import pg_schema
 from castor.store.base import (
-    CopyOutcome, NewTask, Query, Settlement, Store, TaskCopy, TaskRecord, task_topic, work_topic,
+    CopyOutcome,
+    NewTask,
+    Query,
+    Settlement,
+    Store,
+    TaskCopy,
+    TaskRecord,
+    task_topic,
+    work_topic,
 )
 from castor.store.pg_url import parse_store_url
 from castor.store.pg_wakeup import AsyncWatch, Listener, WakeGate
