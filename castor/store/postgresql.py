@@ -112,6 +112,13 @@ _UNFINISHED_TWIN = "SELECT id FROM castor_tasks WHERE unique_key = %s AND status
 # (not four: BEGIN, INSERT, NOTIFY, COMMIT); as durable as a transaction's commit.
 _INSERT_AND_NOTIFY = f"WITH new AS ({_INSERT} RETURNING id) SELECT pg_notify(%(channel)s, %(topic)s) FROM new"
 
+# Mark a task watched (Store.watch_task); a pending one wakes its workers again.
+_WATCH = """WITH marked AS (
+                UPDATE castor_tasks SET watched = true
+                 WHERE id = %(id)s AND NOT watched AND status IN ('pending', 'running')
+             RETURNING status, mode)
+            SELECT pg_notify(%(channel)s, %(work)s || mode) FROM marked WHERE status = 'pending'"""
+
 # A task due within this many seconds wakes its workers; a later one is found by their
 # re-check (every 0.5 s they read the next ETA and sleep until it).
 WAKE_AHEAD_SECONDS = 1.0
@@ -1007,13 +1014,16 @@ class PostgreSQLStore(Store):
     @contextmanager
     def watch_task(self, task_id: str) -> Iterator[None]:
         """Settles of this task notify its topic while someone watches: the row is marked
-        `watched` (before the caller looks at it: a settle after that mark sees it)."""
+        `watched` (before the caller looks at it: a settle after that mark sees it).
+
+        Marking a pending row locks it for a moment, and a claim at that moment skips it
+        (SKIP LOCKED) and may find nothing else: the mark then wakes the task's workers
+        once it committed, as the task's enqueue did, so they look again."""
         listener = self._ensure_listener()
         topic = task_topic(task_id)
         listener.track(topic)
         try:
-            self._fetch("UPDATE castor_tasks SET watched = true WHERE id = %s AND NOT watched "
-                        "AND status IN ('pending', 'running')", (task_id,))
+            self._fetch(_WATCH, {"id": task_id, "channel": self._channel, "work": work_topic("")})
             yield
         finally:
             listener.untrack(topic)
