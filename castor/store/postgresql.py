@@ -624,11 +624,16 @@ class PostgreSQLStore(Store):
         return bool(self._fetch(sql, {"mode": mode, "isolate": isolated, "now": now,
                                       "queues": list(queues or [])})[0][0])
 
+    @staticmethod
+    def _claim_statement(owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease: float,
+                         now: float, isolated: bool, clock: float | None) -> tuple[str, dict[str, Any]]:
+        return _CLAIM_ANY if queues is None else _CLAIM_IN, {
+            "owner": owner, "mode": mode, "isolate": isolated, "now": now, "limit": limit, "lease": lease,
+            "clock": clock, "queues": list(queues or [])}
+
     def _claim_in(self, cur: Any, owner: str, mode: str, queues: Sequence[str] | None, limit: int,
                   lease: float, now: float, isolated: bool, clock: float | None) -> list[tuple[Any, ...]]:
-        cur.execute(_CLAIM_ANY if queues is None else _CLAIM_IN, {
-            "owner": owner, "mode": mode, "isolate": isolated, "now": now, "limit": limit, "lease": lease,
-            "clock": clock, "queues": list(queues or [])})
+        cur.execute(*self._claim_statement(owner, mode, queues, limit, lease, now, isolated, clock))
         return cur.fetchall()
 
     def claim(
@@ -655,14 +660,20 @@ class PostgreSQLStore(Store):
         isolated: bool = False,
     ) -> tuple[list[bool], list[TaskRecord]]:
         clock = self._clock()
-
-        def body(cur: Any) -> tuple[list[bool], list[tuple[Any, ...]]]:
-            accepted = self._settle_all(cur, settlements) if settlements else []
-            rows = self._claim_in(cur, owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else []
-            return accepted, rows
-
-        accepted, rows = self._write(body, worker_side=True)
-        return accepted, _best_first(rows, self._to_wall(clock, now))
+        statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
+        claim = self._claim_statement(owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else None
+        # A worker's hot path, in two round trips whatever the batch: BEGIN, the settles
+        # and the claim go in one (psycopg's pipeline); the notifications the settles owe
+        # (known from what they return) and COMMIT in the second. Worker-side: see _write.
+        with self._session() as conn, conn.pipeline() as pipeline, conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit TO OFF")
+            settled = [conn.execute(sql, params) for sql, params in statements]
+            claiming = conn.execute(*claim) if claim is not None else None
+            pipeline.sync()
+            rows = [cursor.fetchone() for cursor in settled]
+            self._notify(conn.cursor(), _settled_topics(settlements, rows))
+            claimed = claiming.fetchall() if claiming is not None else []
+        return [row is not None for row in rows], _best_first(claimed, self._to_wall(clock, now))
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
         clock = self._clock()
