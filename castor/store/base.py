@@ -329,6 +329,21 @@ class Store(ABC):
         """{"scheduled": pending tasks with a future ETA, "oldest_due": the earliest ETA
         of a due pending task (or None), "failed_by_name": {name: count}}."""
 
+    # Pausing: castords stop claiming from a paused queue; its tasks stay pending.
+    # Stored as (kind, name) rows, so that pausing a task name can join as another kind.
+
+    @abstractmethod
+    def pause_queue(self, queue: str) -> bool:
+        """Stop claims from `queue` (any name: a queue exists when tasks name it).
+        True if this call paused it, False if it was paused already."""
+
+    @abstractmethod
+    def resume_queue(self, queue: str) -> bool:
+        """Let claims take from `queue` again, and wake its workers. True if it was paused."""
+
+    @abstractmethod
+    def paused_queues(self) -> set[str]: ...
+
     @abstractmethod
     def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:
         """The earliest wall-clock time after `now` at which a task of `mode` in `queues`

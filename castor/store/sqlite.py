@@ -962,6 +962,21 @@ class SQLiteStore(Store):
         times = [t for t in (eta, lease) if t is not None]
         return min(times) if times else None
 
+    # -- pausing -----------------------------------------------------------------
+    # Claims read the paused set through their plan (castor/store/ready.py); a
+    # resume's commit wakes every waiter, as any change to the file does.
+
+    def pause_queue(self, queue: str) -> bool:
+        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
+                                  "VALUES ('queue', ?, ?) RETURNING name", (queue, time.time())))
+
+    def resume_queue(self, queue: str) -> bool:
+        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = 'queue' AND name = ? RETURNING name",
+                                  (queue,)))
+
+    def paused_queues(self) -> set[str]:
+        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = 'queue'")}
+
     # -- housekeeping ------------------------------------------------------------
 
     def verify(self) -> None:
