@@ -109,6 +109,7 @@ class DashboardApp:
         return [
             Route("/", page(self.overview), name="overview"),
             Route("/queues", page(self.queues)),
+            Route("/queues/{action}", act(self.queue_action), methods=["POST"]),
             Route("/tasks", page(self.tasks)),
             Route("/tasks/bulk", act(self.bulk), methods=["POST"]),
             Route("/tasks/{task_id}", page(self.task)),
@@ -218,6 +219,16 @@ class DashboardApp:
             return ctx.redirect(f"/tasks/{quote(task_id, safe='')}")
         return ctx.render("result.html", nav="tasks", outcome=outcome, back=f"/tasks/{task_id}"
                           if not outcome.done else "/tasks")
+
+    def queue_action(self, ctx: Context) -> Response:
+        action = ctx.request.path_params["action"]
+        if action not in actions.QUEUE_ACTIONS:
+            raise HTTPProblem(404, f"no queue action {action!r}; they are {', '.join(actions.QUEUE_ACTIONS)}")
+        queue = ctx.form.first("queue") or ""
+        if not queue:
+            raise HTTPProblem(400, "no queue named: the form must carry queue=NAME")
+        actions.act_on_queue(self.manager, action, queue, who=ctx.who)
+        return ctx.redirect("/queues")
 
     def bulk(self, ctx: Context) -> Response:
         form = ctx.form

@@ -131,13 +131,15 @@ def test_read_only_hides_the_forms_and_refuses_every_action(app_manager, client)
     field = csrf_of(writable)  # a valid pair, from a dashboard that allows actions
     web = client(read_only=True)
     set_cookie(web, CSRF_COOKIE, writable.cookies[CSRF_COOKIE])
-    for path in ("/", "/tasks", f"/tasks/{failed.id}", "/failed"):
+    for path in ("/", "/tasks", f"/tasks/{failed.id}", "/failed", "/queues"):
         assert 'method="post"' not in web.get(path).text
     for path, data in ((f"/tasks/{failed.id}/retry", {}), ("/tasks/bulk", {"action": "retry", "scope": "all",
-                                                                            "status": "failed", "confirm": "yes"})):
+                                                                            "status": "failed", "confirm": "yes"}),
+                       ("/queues/pause", {"queue": "default"})):
         answer = web.post(path, data={"csrf": field, **data})
         assert answer.status_code == 403 and "read-only" in answer.text
     assert failed.status() == "failed"
+    assert app_manager.paused_queues() == set()
 
 
 def test_a_token_is_asked_for_and_given_by_header_or_login(client):
@@ -442,3 +444,32 @@ def test_a_damaged_database_is_a_503_that_says_so(db_path):
         assert "the database cannot be read:" in answer.text and "malformed" in answer.text
     finally:
         manager.close()
+
+
+def test_a_queue_is_paused_and_resumed_from_the_queues_screen(app_manager, client):
+    web = client()
+    page = web.get("/queues").text
+    assert 'action="/queues/pause"' in page and 'name="queue" value="default"' in page
+    field = csrf_of(web, "/queues")
+    assert web.post("/queues/pause", data={"queue": "default"}).status_code == 403  # no CSRF field
+    assert app_manager.paused_queues() == set()
+    answer = web.post("/queues/pause", data={"csrf": field, "queue": "default"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/queues"
+    assert app_manager.paused_queues() == {"default"}
+    row = re.search(r'<tr data-queue="default" class="paused">.*?</tr>', web.get("/queues").text, re.S)
+    assert row and ">paused<" in row.group(0) and 'action="/queues/resume"' in row.group(0)
+    # Any name may be paused (a queue exists when tasks name it); it is listed from then on.
+    assert web.post("/queues/pause", data={"csrf": field, "queue": "later"}).status_code == 303
+    assert 'data-queue="later" class="paused"' in web.get("/queues").text
+    assert web.post("/queues/resume", data={"csrf": field, "queue": "default"}).status_code == 303
+    assert app_manager.paused_queues() == {"later"}
+
+
+def test_a_queue_action_needs_a_known_action_and_a_queue(app_manager, client):
+    web = client()
+    field = csrf_of(web, "/queues")
+    unknown = web.post("/queues/drop", data={"csrf": field, "queue": "default"})
+    assert unknown.status_code == 404 and "no queue action" in unknown.text
+    nameless = web.post("/queues/pause", data={"csrf": field})
+    assert nameless.status_code == 400 and "no queue named" in nameless.text
+    assert app_manager.paused_queues() == set()
