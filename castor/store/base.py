@@ -311,8 +311,11 @@ class Store(ABC):
     def status(self, task_id: str) -> TaskStatus | None: ...
 
     @abstractmethod
-    def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
-        """Newest first."""
+    def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
+             after: tuple[float, str] | None = None) -> list[TaskRecord]:
+        """Newest first: by (enqueued_at, id), descending. `after` is a key (the last row's
+        (enqueued_at, id) of the page before): only rows older than it (keyset paging,
+        which stays fast on any page where OFFSET reads every row it skips)."""
 
     @abstractmethod
     def count(self, query: Query) -> int: ...

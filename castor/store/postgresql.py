@@ -946,8 +946,12 @@ class PostgreSQLStore(Store):
         rows = self._fetch("SELECT status FROM castor_tasks WHERE id = %s", (task_id,))
         return TaskStatus(rows[0][0]) if rows else None
 
-    def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+    def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
+             after: tuple[float, str] | None = None) -> list[TaskRecord]:
         where, params = _where(query)
+        if after is not None:  # a row comparison: castor_tasks_listing, read from the key on
+            where += (" AND " if where else " WHERE ") + "(enqueued_at, id) < (%(after_at)s, %(after_id)s)"
+            params.update(after_at=float(after[0]), after_id=str(after[1]))
         params.update(limit=limit, offset=offset)
         clock = self._clock()
         rows = self._fetch(f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC "

@@ -910,8 +910,12 @@ class SQLiteStore(Store):
         rows = self._execute("SELECT status FROM castor_tasks WHERE id = ?", (task_id,))
         return TaskStatus(rows[0][0]) if rows else None
 
-    def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+    def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
+             after: tuple[float, str] | None = None) -> list[TaskRecord]:
         where, params = _where(query)
+        if after is not None:
+            where += (" AND " if where else " WHERE ") + "(enqueued_at, id) < (?, ?)"
+            params += [float(after[0]), str(after[1])]
         sql = f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC"
         sql += " LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
