@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from castor.errors import StoreError
 from castor.webui import actions, pages
-from castor.webui.filters import STATUSES, BadFilter, TaskFilter
+from castor.webui.filters import STATUSES, BadFilter, TaskFilter, page_key
 from castor.webui.security import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, Guard, new_csrf_cookie
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class DashboardApp:
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self.templates.filters.update(age=age, when=when_text, number=number)
+        self.templates.filters.update(age=age, when=when_text, number=number, page_key=page_key)
 
     def routes(self) -> list[BaseRoute]:
         page, act, public = self.endpoint, self.action_endpoint, self.public_endpoint

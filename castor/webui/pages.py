@@ -92,9 +92,12 @@ def _queue_row(manager: Manager, name: str, pending: int, now: float, paused: bo
 
 def tasks(manager: Manager, task_filter: TaskFilter) -> dict[str, Any]:
     query = task_filter.query
-    records = manager.store.list(query, limit=task_filter.limit, offset=task_filter.offset)
-    return {"rows": [views.summary(r) for r in records], "total": manager.store.count(query),
-            "filter": task_filter}
+    # One row more than shown: whether there is an older page, without counting.
+    records = manager.store.list(query, limit=task_filter.limit + 1, after=task_filter.after)
+    shown = records[:task_filter.limit]
+    older = (shown[-1].enqueued_at, shown[-1].id) if len(records) > task_filter.limit else None
+    return {"rows": [views.summary(r) for r in shown], "total": manager.store.count(query),
+            "filter": task_filter, "older": older}
 
 
 def task(record: TaskRecord) -> dict[str, Any]:
