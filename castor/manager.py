@@ -308,6 +308,23 @@ class Manager:
         """How many tasks are in each status."""
         return {str(k): v for k, v in self.store.counts_by_status().items()}
 
+    # -- pausing queues ------------------------------------------------------
+
+    def pause_queue(self, name: str) -> bool:
+        """Stop every castord on this store from claiming tasks of queue `name` (they
+        stay pending; running ones finish). Persisted; any name may be paused, even one
+        no task uses yet. Returns False if it was paused already."""
+        return self.store.pause_queue(_queue_name(name, "pause_queue"))
+
+    def resume_queue(self, name: str) -> bool:
+        """Let castords claim from queue `name` again (they are woken at once).
+        Returns False if it was not paused."""
+        return self.store.resume_queue(_queue_name(name, "resume_queue"))
+
+    def paused_queues(self) -> set[str]:
+        """The queues paused now."""
+        return self.store.paused_queues()
+
     def close(self) -> None:
         """Close castor's connections, and the BeaverDB if castor opened it (one you
         passed in stays yours to close)."""
@@ -325,3 +342,9 @@ class Manager:
 def _query(status: str | None, name: str | None, queue: str | None) -> Query:
     parsed: TaskStatus | None = parse_status(status) if status is not None else None
     return Query(status=parsed, name=name, queue=queue)
+
+
+def _queue_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"Manager.{where} takes a queue name (a non-empty str), not {name!r}")
+    return name

@@ -110,6 +110,7 @@ def stats(manager: Manager) -> dict[str, Any]:
         "oldest_due_wait_s": None if oldest is None else round(max(0.0, now - oldest), 3),
         "failed_by_name": queues["failed_by_name"],
         "dirty": store.count(Query(dirty=True)),
+        "paused_queues": sorted(store.paused_queues()),
     }
 
 

@@ -215,7 +215,7 @@ class _TasksGroup(click.Group):
 
 @main.group(cls=_TasksGroup)
 def tasks() -> None:
-    """Look at and act on stored tasks: list, show, retry, cancel, purge, stats.
+    """Look at and act on stored tasks: list, show, retry, cancel, purge, pause, resume, stats.
 
     Each subcommand takes APP (module:variable naming the Manager) to find the
     database. Tables on a terminal, JSON otherwise (or with --json).
@@ -370,6 +370,36 @@ def tasks_purge(app: str, older_than: str, status: str | None, name: str | None)
     finally:
         manager.close()
     click.echo(f"purged {purged} task{'s' if purged != 1 else ''}")
+
+
+@tasks.command("pause")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("queue")
+def tasks_pause(app: str, queue: str) -> None:
+    """Stop every castord on APP's store from claiming tasks of QUEUE (they stay pending)."""
+    if not queue:
+        raise click.BadParameter("give a queue name", param_hint="QUEUE")
+    manager = _manager(app)
+    try:
+        paused = manager.pause_queue(queue)
+    finally:
+        manager.close()
+    click.echo(f"paused queue {queue}" if paused else f"queue {queue} was paused already")
+
+
+@tasks.command("resume")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("queue")
+def tasks_resume(app: str, queue: str) -> None:
+    """Let castords claim tasks of QUEUE again."""
+    if not queue:
+        raise click.BadParameter("give a queue name", param_hint="QUEUE")
+    manager = _manager(app)
+    try:
+        resumed = manager.resume_queue(queue)
+    finally:
+        manager.close()
+    click.echo(f"resumed queue {queue}" if resumed else f"queue {queue} was not paused")
 
 
 @tasks.command("stats")

@@ -241,6 +241,7 @@ def _add_database_details(report: dict[str, Any], target: Target, db_path: str) 
         report["running_tasks"] = [_running(r) for r in store.list(
             Query(status=TaskStatus.RUNNING), limit=RUNNING_SHOWN)]
         report["queue_depth"] = store.pending_by_queue()
+        report["paused_queues"] = sorted(store.paused_queues())
         report["counts"] = {str(k): v for k, v in store.counts_by_status().items()}
     finally:
         store.close()
@@ -331,6 +332,8 @@ def render(report: dict[str, Any]) -> str:
     if "counts" in report:
         depth = ", ".join(f"{q}={n}" for q, n in sorted(report["queue_depth"].items())) or "empty"
         lines.append(f"queues: {depth}")
+        if report.get("paused_queues"):
+            lines.append("paused queues (not claimed from): " + ", ".join(report["paused_queues"]))
         lines.append("tasks: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
     for name, sched in (report.get("schedules") or {}).items():
         next_tick = f", next {_when(sched['next_tick'])}" if sched.get("next_tick") is not None else ""

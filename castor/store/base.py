@@ -311,8 +311,11 @@ class Store(ABC):
     def status(self, task_id: str) -> TaskStatus | None: ...
 
     @abstractmethod
-    def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
-        """Newest first."""
+    def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
+             after: tuple[float, str] | None = None) -> list[TaskRecord]:
+        """Newest first: by (enqueued_at, id), descending. `after` is a key (the last row's
+        (enqueued_at, id) of the page before): only rows older than it (keyset paging,
+        which stays fast on any page where OFFSET reads every row it skips)."""
 
     @abstractmethod
     def count(self, query: Query) -> int: ...
@@ -328,6 +331,21 @@ class Store(ABC):
     def queue_stats(self, *, now: float) -> dict[str, Any]:
         """{"scheduled": pending tasks with a future ETA, "oldest_due": the earliest ETA
         of a due pending task (or None), "failed_by_name": {name: count}}."""
+
+    # Pausing: castords stop claiming from a paused queue; its tasks stay pending.
+    # Stored as (kind, name) rows, so that pausing a task name can join as another kind.
+
+    @abstractmethod
+    def pause_queue(self, queue: str) -> bool:
+        """Stop claims from `queue` (any name: a queue exists when tasks name it).
+        True if this call paused it, False if it was paused already."""
+
+    @abstractmethod
+    def resume_queue(self, queue: str) -> bool:
+        """Let claims take from `queue` again, and wake its workers. True if it was paused."""
+
+    @abstractmethod
+    def paused_queues(self) -> set[str]: ...
 
     @abstractmethod
     def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:

@@ -135,6 +135,18 @@ MIGRATIONS: list[list[str]] = [
                END IF;
            END $$""",
     ],
+    [
+        # Paused queues (castord tasks pause): claims skip their tasks. A row per
+        # (kind, name), so that pausing a task name can be another kind later.
+        """
+        CREATE TABLE castor_pauses (
+            kind      text NOT NULL,
+            name      text COLLATE "C" NOT NULL,
+            paused_at float8 NOT NULL,
+            PRIMARY KEY (kind, name)
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -153,8 +153,11 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
 
 _SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE} RETURNING watched, mode"
 
+# Paused queues: an InitPlan, read once per statement; the claim still walks
+# castor_tasks_ready and drops a paused queue's rows as it goes.
+_NOT_PAUSED = " AND queue <> ALL(ARRAY(SELECT name FROM castor_pauses WHERE kind = 'queue'))"
 _DUE = ("status = 'pending' AND mode = %(mode)s AND isolate = %(isolate)s "
-        "AND (at_once OR eta <= %(now)s)")
+        "AND (at_once OR eta <= %(now)s)" + _NOT_PAUSED)
 _IN_QUEUES = " AND queue = ANY(%(queues)s)"
 
 _CLAIM = f"""UPDATE castor_tasks
@@ -943,8 +946,12 @@ class PostgreSQLStore(Store):
         rows = self._fetch("SELECT status FROM castor_tasks WHERE id = %s", (task_id,))
         return TaskStatus(rows[0][0]) if rows else None
 
-    def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+    def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
+             after: tuple[float, str] | None = None) -> list[TaskRecord]:
         where, params = _where(query)
+        if after is not None:  # a row comparison: castor_tasks_listing, read from the key on
+            where += (" AND " if where else " WHERE ") + "(enqueued_at, id) < (%(after_at)s, %(after_id)s)"
+            params.update(after_at=float(after[0]), after_id=str(after[1]))
         params.update(limit=limit, offset=offset)
         clock = self._clock()
         rows = self._fetch(f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC "
@@ -984,11 +991,31 @@ class PostgreSQLStore(Store):
         eta, lease_left = self._fetch(
             f"""SELECT (SELECT min(eta) FROM castor_tasks
                          WHERE status = 'pending' AND mode = %(mode)s AND NOT isolate AND NOT at_once
-                           AND eta > %(now)s{in_queues}),
+                           AND eta > %(now)s{in_queues}{_NOT_PAUSED}),
                        (SELECT min(lease_expires) FROM castor_tasks WHERE status = 'running') - {_CLOCK}""",
             {"mode": mode, "now": now, "queues": list(queues or []), "clock": self._clock()})[0]
         times = [t for t in (eta, None if lease_left is None else now + lease_left) if t is not None]
         return min(times) if times else None
+
+    # -- pausing --------------------------------------------------------------------
+
+    def pause_queue(self, queue: str) -> bool:
+        rows = self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES ('queue', %s, %s) "
+                           "ON CONFLICT DO NOTHING RETURNING name", (queue, time.time()))
+        return bool(rows)
+
+    def resume_queue(self, queue: str) -> bool:
+        def body(cur: Any) -> bool:
+            cur.execute("DELETE FROM castor_pauses WHERE kind = 'queue' AND name = %s RETURNING name", (queue,))
+            if cur.fetchone() is None:
+                return False
+            self._notify(cur)  # the queue's tasks may be due for any mode: wake everyone
+            return True
+
+        return self._write(body)
+
+    def paused_queues(self) -> set[str]:
+        return {name for (name,) in self._fetch("SELECT name FROM castor_pauses WHERE kind = 'queue'")}
 
     # -- housekeeping ---------------------------------------------------------------
 

@@ -17,6 +17,11 @@ between calls, and checked by every statement that uses it. The check is a few m
 seeks: every range between two planned values must be empty. When one is not (a new
 queue, an ETA at a new priority), the statement says "stale" and the plan is read again.
 
+Paused queues (castor_pauses, schema v6) get no runs: their rows are never looked at.
+The plan lists the paused queues it was read with, and every statement checks that the
+set is still the same (one seek in a table of a few rows), so a pause or a resume makes
+the plan stale like a new queue does.
+
 Rows of a queue the worker does not serve, rows not yet due, and ETA runs of a better
 priority with nothing due cost at most one seek each, however many rows they hold.
 """
@@ -59,21 +64,30 @@ def _statement(sql: str) -> tuple[str, int]:
     return sql, max((int(n) for n in re.findall(r"\?(\d+)", sql)), default=0)
 
 
+def _pauses_changed(marks: Sequence[str]) -> str:
+    """True when the paused queues are no longer the parameters `marks`."""
+    if not marks:
+        return "EXISTS (SELECT 1 FROM castor_pauses WHERE kind = 'queue')"
+    return (f"(EXISTS (SELECT 1 FROM castor_pauses WHERE kind = 'queue' AND name NOT IN ({', '.join(marks)}))"
+            f" OR (SELECT count(*) FROM castor_pauses WHERE kind = 'queue') != {len(marks)})")
+
+
 class _Chunk:
     """Part of a plan small enough for one statement: the runs of some queues, and the
     ranges that must be empty for the plan to be whole (its "gaps")."""
 
-    def __init__(self) -> None:
+    def __init__(self, pauses: str) -> None:
         self.at_once: list[str] = []  # WHERE clauses, one per at-once run
         self.eta: list[str] = []  # WHERE clauses, one per ETA run
-        self.gaps: list[str] = []  # EXISTS terms, true when the plan is stale
+        self.gaps: list[str] = [pauses]  # terms true when the plan is stale
+        self.pauses = pauses
 
     @property
     def size(self) -> int:
         return len(self.at_once) + len(self.eta) + len(self.gaps)
 
     def stale(self) -> str:
-        return " OR ".join(self.gaps) or "0"
+        return " OR ".join(self.gaps)
 
     def arms(self, columns: str) -> list[str]:
         """Per run, its best `limit` due rows."""
@@ -101,7 +115,9 @@ class _Chunk:
         """1 if a run has a due row, else 2 if the plan is stale, else 0 (a due row
         known is due whatever the plan misses: the gaps are only looked at for "no")."""
         due = [_exists(w) for w in self.at_once] + [_exists(f"{w} AND eta <= ?3") for w in self.eta]
-        return f"SELECT CASE WHEN {' OR '.join(due) or '0'} THEN 1 WHEN {self.stale()} THEN 2 ELSE 0 END"
+        # A pause since the plan comes first: a due row of a queue paused meanwhile is not due.
+        return (f"SELECT CASE WHEN {self.pauses} THEN 2 WHEN {' OR '.join(due) or '0'} THEN 1 "
+                f"WHEN {self.stale()} THEN 2 ELSE 0 END")
 
     def next_eta_sql(self) -> str:
         arms = [f"SELECT (SELECT eta FROM {READY} WHERE {w} AND eta > ?3 ORDER BY eta LIMIT 1) AS eta"
@@ -113,26 +129,31 @@ class _Chunk:
 
 class Plan:
     """The runs a worker of `mode` (set apart to run alone or not) serving `queues` looks
-    at: each queue's at-once run and ETA runs. `queues` None: every queue there is, which
-    the plan lists (and checks, like the priorities).
+    at: each queue's at-once run and ETA runs, but none of a queue in `paused`. `queues`
+    None: every queue there is, which the plan lists (and checks, like the priorities).
 
     `claim_template` is the claim's UPDATE with `{where}` for the rows to take; it may
     use ?3 (now), ?5 (owner) and ?6 (lease)."""
 
     def __init__(self, mode: str, isolate: bool, queues: Sequence[str] | None,
-                 found_queues: Sequence[str], priorities: Sequence[Sequence[int]], claim_template: str):
+                 found_queues: Sequence[str], priorities: Sequence[Sequence[int]], claim_template: str,
+                 paused: Sequence[str] = ()):
         self.queues = tuple(found_queues)
         self.priorities = tuple(tuple(p) for p in priorities)  # per queue, best first
+        self.paused = frozenset(paused)
         self.mode, self.isolate = mode, int(isolate)
         self._values: list[Any] = []
-        self.chunks = [_Chunk()]
+        self._pauses = _pauses_changed([self._value(q) for q in sorted(self.paused)])
+        self.chunks = [_Chunk(self._pauses)]
         queue_marks = [self._value(q) for q in self.queues]
         if queues is None:
             # No queue filter: between two listed queues (and beyond both ends) there must be none.
             bounds = [None, *queue_marks, None]
             for low, high in zip(bounds, bounds[1:], strict=False):
                 self._add("gaps", _exists(_SCOPE + _between("queue", low, high)))
-        for queue, runs in zip(queue_marks, self.priorities, strict=True):
+        for name, queue, runs in zip(self.queues, queue_marks, self.priorities, strict=True):
+            if name in self.paused:
+                continue
             in_queue = f"{_SCOPE} AND queue = {queue}"
             self._add("at_once", f"{in_queue} AND at_once = 1")
             marks = [self._value(p) for p in runs]
@@ -171,7 +192,7 @@ class Plan:
 
     def _add(self, kind: str, term: str) -> None:
         if self.chunks[-1].size >= CHUNK_TERMS:
-            self.chunks.append(_Chunk())
+            self.chunks.append(_Chunk(self._pauses))
         getattr(self.chunks[-1], kind).append(term)
 
     @classmethod
@@ -182,11 +203,12 @@ class Plan:
         found = list(queues) if queues is not None else list(_loose(
             conn, f"SELECT min(queue) FROM {READY} WHERE {_SCOPE}",
             f"SELECT min(queue) FROM {READY} WHERE {_SCOPE} AND queue > ?3", scope))
-        priorities = [list(_loose(
+        paused = [row[0] for row in conn.execute("SELECT name FROM castor_pauses WHERE kind = 'queue'")]
+        priorities = [[] if queue in paused else list(_loose(
             conn, f"SELECT max(priority) FROM {READY} WHERE {_SCOPE} AND queue = ?3 AND at_once = 0",
             f"SELECT max(priority) FROM {READY} WHERE {_SCOPE} AND queue = ?3 AND at_once = 0 "
             "AND priority < ?4", (*scope, queue))) for queue in found]
-        return cls(mode, isolate, queues, found, priorities, claim_template)
+        return cls(mode, isolate, queues, found, priorities, claim_template, paused)
 
     def _params(self, now: float, limit: int = 0, owner: str | None = None,
                 lease: float | None = None) -> tuple[Any, ...]:

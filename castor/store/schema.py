@@ -152,6 +152,18 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX castor_tasks_dirty
            ON castor_tasks (lost, isolate) WHERE lost > 0 OR isolate > 0""",
     ],
+    [
+        # Paused queues (castord tasks pause): claims skip their tasks. A row per
+        # (kind, name), so that pausing a task name can be another kind later.
+        """
+        CREATE TABLE castor_pauses (
+            kind      TEXT NOT NULL,
+            name      TEXT NOT NULL,
+            paused_at REAL NOT NULL,
+            PRIMARY KEY (kind, name)
+        ) WITHOUT ROWID
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

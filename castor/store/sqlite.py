@@ -910,8 +910,12 @@ class SQLiteStore(Store):
         rows = self._execute("SELECT status FROM castor_tasks WHERE id = ?", (task_id,))
         return TaskStatus(rows[0][0]) if rows else None
 
-    def list(self, query: Query, *, limit: int | None = None, offset: int = 0) -> list[TaskRecord]:
+    def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
+             after: tuple[float, str] | None = None) -> list[TaskRecord]:
         where, params = _where(query)
+        if after is not None:
+            where += (" AND " if where else " WHERE ") + "(enqueued_at, id) < (?, ?)"
+            params += [float(after[0]), str(after[1])]
         sql = f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC"
         sql += " LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
@@ -961,6 +965,21 @@ class SQLiteStore(Store):
             lease = now + (lease - self.clock())  # a boot-clock time, told as a wall-clock one
         times = [t for t in (eta, lease) if t is not None]
         return min(times) if times else None
+
+    # -- pausing -----------------------------------------------------------------
+    # Claims read the paused set through their plan (castor/store/ready.py); a
+    # resume's commit wakes every waiter, as any change to the file does.
+
+    def pause_queue(self, queue: str) -> bool:
+        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
+                                  "VALUES ('queue', ?, ?) RETURNING name", (queue, time.time())))
+
+    def resume_queue(self, queue: str) -> bool:
+        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = 'queue' AND name = ? RETURNING name",
+                                  (queue,)))
+
+    def paused_queues(self) -> set[str]:
+        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = 'queue'")}
 
     # -- housekeeping ------------------------------------------------------------
 

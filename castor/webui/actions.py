@@ -108,6 +108,17 @@ def act_on_all(manager: Manager, action: str, query: Query) -> Outcome:
     return act_on(manager, "cancel", ids[:CANCEL_LIMIT])
 
 
+QUEUE_ACTIONS = ("pause", "resume")
+
+
+def act_on_queue(manager: Manager, action: str, queue: str, *, who: dict[str, Any]) -> bool:
+    """Pause or resume a queue (castord tasks pause|resume); logged as web.action.
+    False: it was in that state already (nothing changed)."""
+    changed = manager.pause_queue(queue) if action == "pause" else manager.resume_queue(queue)
+    log.info("web.action", action=action, scope="queue", queue=queue, count=int(changed), **who)
+    return changed
+
+
 def _statuses(action: str, query: Query) -> tuple[TaskStatus, ...]:
     allowed = {"retry": (TaskStatus.FAILED, TaskStatus.CANCELLED), "cancel": UNFINISHED, "delete": FINISHED}[action]
     if query.status is None:

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from castor.errors import StoreError
 from castor.webui import actions, pages
-from castor.webui.filters import STATUSES, BadFilter, TaskFilter
+from castor.webui.filters import STATUSES, BadFilter, TaskFilter, page_key
 from castor.webui.security import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, Guard, new_csrf_cookie
 
 if TYPE_CHECKING:
@@ -102,13 +102,14 @@ class DashboardApp:
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self.templates.filters.update(age=age, when=when_text, number=number)
+        self.templates.filters.update(age=age, when=when_text, number=number, page_key=page_key)
 
     def routes(self) -> list[BaseRoute]:
         page, act, public = self.endpoint, self.action_endpoint, self.public_endpoint
         return [
             Route("/", page(self.overview), name="overview"),
             Route("/queues", page(self.queues)),
+            Route("/queues/{action}", act(self.queue_action), methods=["POST"]),
             Route("/tasks", page(self.tasks)),
             Route("/tasks/bulk", act(self.bulk), methods=["POST"]),
             Route("/tasks/{task_id}", page(self.task)),
@@ -218,6 +219,16 @@ class DashboardApp:
             return ctx.redirect(f"/tasks/{quote(task_id, safe='')}")
         return ctx.render("result.html", nav="tasks", outcome=outcome, back=f"/tasks/{task_id}"
                           if not outcome.done else "/tasks")
+
+    def queue_action(self, ctx: Context) -> Response:
+        action = ctx.request.path_params["action"]
+        if action not in actions.QUEUE_ACTIONS:
+            raise HTTPProblem(404, f"no queue action {action!r}; they are {', '.join(actions.QUEUE_ACTIONS)}")
+        queue = ctx.form.first("queue") or ""
+        if not queue:
+            raise HTTPProblem(400, "no queue named: the form must carry queue=NAME")
+        actions.act_on_queue(self.manager, action, queue, who=ctx.who)
+        return ctx.redirect("/queues")
 
     def bulk(self, ctx: Context) -> Response:
         form = ctx.form

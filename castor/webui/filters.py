@@ -1,8 +1,9 @@
 """The Tasks screen's filter and page, read from a query string or a form.
 
 The bounds are the HTTP API's (castor.web), so both refuse the same input.
-Pages go by LIMIT/OFFSET for now: keyset paging needs the store to list
-`after=(enqueued_at, id)` (see docs/web-dashboard.md).
+Pages go by key, not OFFSET: `after=ENQUEUED_AT:ID` names the last row of the page
+before, and the store lists from there on (Store.list(after=...)), so the thousandth
+page costs what the first does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from urllib.parse import urlencode
 
 from castor.states import TaskStatus
 from castor.store import Query
-from castor.web import MAX_LIMIT, MAX_OFFSET
+from castor.web import MAX_LIMIT
 
 DEFAULT_LIMIT = 50
 STATUSES = tuple(str(s) for s in TaskStatus)
@@ -30,11 +31,11 @@ class TaskFilter:
     queue: str | None = None
     task_id: str | None = None
     limit: int = DEFAULT_LIMIT
-    offset: int = 0
+    after: tuple[float, str] | None = None  # the key (enqueued_at, id) of the last row of the page before
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> TaskFilter:
-        """From ?status=&name=&queue=&id=&limit=&offset= (empty means any)."""
+        """From ?status=&name=&queue=&id=&limit=&after= (empty means any)."""
         status = (params.get("status") or "").strip() or None
         if status is not None and status not in STATUSES:
             raise BadFilter(f"status {status!r} is not one of {', '.join(STATUSES)}")
@@ -42,7 +43,7 @@ class TaskFilter:
             status=TaskStatus(status) if status else None,
             name=_text(params, "name"), queue=_text(params, "queue"), task_id=_text(params, "id"),
             limit=_integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-            offset=_integer(params, "offset", 0, 0, MAX_OFFSET),
+            after=_key(params, "after"),
         )
 
     @property
@@ -58,11 +59,11 @@ class TaskFilter:
         """The filter as query parameters (empty ones left out), with `changes` applied."""
         values: dict[str, object] = {"status": self.status, "name": self.name, "queue": self.queue,
                                      "id": self.task_id, "limit": self.limit if self.limit != DEFAULT_LIMIT else None,
-                                     "offset": self.offset or None, **changes}
+                                     "after": page_key(self.after), **changes}
         return {k: str(v) for k, v in values.items() if v is not None and v != ""}
 
     def link(self, **changes: object) -> str:
-        """`?status=failed&offset=50`: the query string of this filter with `changes`."""
+        """`?status=failed&after=...`: the query string of this filter with `changes`."""
         query = urlencode(self.params(**changes))
         return f"?{query}" if query else ""
 
@@ -89,3 +90,23 @@ def _integer(params: Mapping[str, str], key: str, default: int, low: int, high: 
     if not low <= value <= high:
         raise BadFilter(f"{key} must be between {low} and {high:,}, not {value:,}")
     return value
+
+
+def page_key(key: tuple[float, str] | None) -> str | None:
+    """A row's key as the `after` parameter: repr() gives the float back exactly."""
+    return None if key is None else f"{key[0]!r}:{key[1]}"
+
+
+def _key(params: Mapping[str, str], name: str) -> tuple[float, str] | None:
+    text = (params.get(name) or "").strip()
+    if not text:
+        return None
+    at, sep, task_id = text.partition(":")
+    try:
+        when = float(at)
+    except ValueError:
+        when = float("nan")
+    if not sep or not task_id or when != when or when in (float("inf"), float("-inf")):
+        raise BadFilter(f"{name} must be a page key ENQUEUED_AT:ID (as the older link gives it), "
+                        f"not {text[:60]!r}")
+    return when, task_id

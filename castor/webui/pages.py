@@ -63,6 +63,7 @@ class QueueRow:
     due: int | None = None  # None: too many pending rows to look at (QUEUE_SCAN)
     scheduled: int | None = None
     oldest_due_wait_s: float | None = None
+    paused: bool = False  # castords do not claim from it (castord tasks pause)
 
 
 def queues(manager: Manager) -> dict[str, Any]:
@@ -70,29 +71,33 @@ def queues(manager: Manager) -> dict[str, Any]:
     store = manager.store
     manager.import_tasks()  # the include= modules' tasks name queues too
     depth = store.pending_by_queue()
-    names = set(depth) | {fn.options.queue for fn in manager.registry.values()}
-    rows = [_queue_row(manager, name, depth.get(name, 0), now) for name in sorted(names)]
+    paused = store.paused_queues()
+    names = set(depth) | {fn.options.queue for fn in manager.registry.values()} | paused
+    rows = [_queue_row(manager, name, depth.get(name, 0), now, name in paused) for name in sorted(names)]
     totals = store.queue_stats(now=now)
     oldest = totals["oldest_due"]
     return {"queues": rows, "scheduled": totals["scheduled"], "pending": sum(depth.values()),
             "oldest_due_wait_s": None if oldest is None else max(0.0, now - oldest), "scan_limit": QUEUE_SCAN}
 
 
-def _queue_row(manager: Manager, name: str, pending: int, now: float) -> QueueRow:
+def _queue_row(manager: Manager, name: str, pending: int, now: float, paused: bool) -> QueueRow:
     running = manager.store.count(Query(status=TaskStatus.RUNNING, queue=name))
     if pending > QUEUE_SCAN:
-        return QueueRow(name, pending, running)
+        return QueueRow(name, pending, running, paused=paused)
     etas = [r.eta for r in manager.store.list(Query(status=TaskStatus.PENDING, queue=name), limit=QUEUE_SCAN)]
     due = [eta for eta in etas if eta <= now]
     return QueueRow(name, pending, running, due=len(due), scheduled=len(etas) - len(due),
-                    oldest_due_wait_s=max(0.0, now - min(due)) if due else None)
+                    oldest_due_wait_s=max(0.0, now - min(due)) if due else None, paused=paused)
 
 
 def tasks(manager: Manager, task_filter: TaskFilter) -> dict[str, Any]:
     query = task_filter.query
-    records = manager.store.list(query, limit=task_filter.limit, offset=task_filter.offset)
-    return {"rows": [views.summary(r) for r in records], "total": manager.store.count(query),
-            "filter": task_filter}
+    # One row more than shown: whether there is an older page, without counting.
+    records = manager.store.list(query, limit=task_filter.limit + 1, after=task_filter.after)
+    shown = records[:task_filter.limit]
+    older = (shown[-1].enqueued_at, shown[-1].id) if len(records) > task_filter.limit else None
+    return {"rows": [views.summary(r) for r in shown], "total": manager.store.count(query),
+            "filter": task_filter, "older": older}
 
 
 def task(record: TaskRecord) -> dict[str, Any]:

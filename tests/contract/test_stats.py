@@ -79,3 +79,31 @@ def test_a_claimed_task_leaves_the_queue_depth(store, clocks):
     store.enqueue([new("a"), new("b")])
     claim_one(store, clocks)
     assert store.pending_by_queue() == {"default": 1}
+
+
+class TestKeysetPages:
+    """list(after=(enqueued_at, id)): the page after a row, newest first, ties by id."""
+
+    def test_pages_by_the_last_rows_key_cover_every_task_once(self, store, clocks):
+        t = clocks.wall
+        # Ties on enqueued_at (ordered by id, descending) across page ends.
+        store.enqueue([new(f"t{i:02d}", now=t - (i // 3)) for i in range(20)])
+        everything = [r.id for r in store.list(Query())]
+        pages, after = [], None
+        while True:
+            page = store.list(Query(), limit=7, after=after)
+            if not page:
+                break
+            pages.append([r.id for r in page])
+            after = (page[-1].enqueued_at, page[-1].id)
+        assert [len(p) for p in pages] == [7, 7, 6]
+        assert [i for p in pages for i in p] == everything
+        assert everything[:3] == ["t02", "t01", "t00"]  # newest first; a tie by id, descending
+
+    def test_after_combines_with_the_filter(self, store, clocks):
+        t = clocks.wall
+        store.enqueue([new(f"a{i}", now=t - i, queue="a" if i % 2 else "b") for i in range(6)])
+        (first,) = store.list(Query(queue="a"), limit=1)
+        rest = store.list(Query(queue="a"), after=(first.enqueued_at, first.id))
+        assert [first.id] + [r.id for r in rest] == ["a1", "a3", "a5"]
+        assert store.list(Query(queue="a"), after=(t - 100, "zzz")) == []

@@ -221,3 +221,26 @@ def test_a_manager_on_postgresql_has_no_beaver_file_unless_given_one(postgres_db
         assert both.store.url == postgres_db_url  # the tasks' server
     finally:
         both.close()
+
+
+def test_a_claim_skipping_paused_queues_still_walks_the_ready_index(opened, location):
+    """The pause filter is an InitPlan (one read of castor_pauses per claim), not a join
+    that would make the planner give up castor_tasks_ready."""
+    from castor.store.postgresql import _CLAIM_ANY
+
+    store = opened()
+    now = time.time()
+    store.enqueue([new(f"t{i}", now=now, queue=f"q{i % 5}") for i in range(200)])
+    store.pause_queue("q1")
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("ANALYZE castor_tasks")
+        conn.execute("SET enable_seqscan = off")  # a table this small would be scanned whatever the query
+        conn.execute("BEGIN")
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN " + _CLAIM_ANY, {"owner": "w", "lease": 10.0, "now": now, "mode": "process",
+                                      "isolate": False, "limit": 10, "clock": 0.0}))
+        conn.execute("ROLLBACK")
+    assert "castor_tasks_ready" in plan, plan
+    assert "castor_pauses" in plan and "InitPlan" in plan, plan
+    claimed = store.claim("w", mode="process", queues=None, limit=200, lease=10.0, now=now)
+    assert len(claimed) == 160 and {r.queue for r in claimed} == {"q0", "q2", "q3", "q4"}

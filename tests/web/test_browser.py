@@ -116,6 +116,36 @@ def test_bulk_cancel_of_selected_rows_and_of_all_matching_a_filter(web_servers, 
     assert server.events("web.action")[1]["filter"] == "status pending, name echo"
 
 
+def test_pause_stops_a_queue_and_resume_releases_it(daemons, web_servers, webapp, browse):  # noqa: F811
+    # One child: its claims come one after another, so a task on another queue enqueued
+    # after `held` runs only after a claim that passed `held` over.
+    d = daemons().start("--workers", "1", "--threads", "0", app="webapp:manager")
+    d.wait_note("READY=1")
+    server = web_servers()
+    seen = browse()
+    page = seen.page
+    page.goto(server.url + "/queues")
+    row = page.locator('#queues tr[data-queue="default"]')
+    expect(row.locator(".queue-state")).to_have_text("active")
+    row.get_by_role("button", name="Pause").click()
+    expect(row.locator(".queue-state")).to_have_text("paused")
+    assert webapp.manager.paused_queues() == {"default"}
+
+    held = webapp.echo.delay("held")
+    assert webapp.echo.apply_async(("elsewhere",), queue="other").join(timeout=DONE) == "elsewhere"
+    assert held.status() == "pending"
+    page.reload()
+    expect(row.locator("td.num").first).to_have_text("1")  # still waiting in the paused queue
+
+    row.get_by_role("button", name="Resume").click()
+    expect(row.locator(".queue-state")).to_have_text("active")
+    assert held.join(timeout=DONE) == "held"
+    actions = server.events("web.action")
+    assert [(a["action"], a["scope"], a["queue"], a["count"]) for a in actions] == [
+        ("pause", "queue", "default", 1), ("resume", "queue", "default", 1)]
+    assert seen.outside(server.url) == [] and seen.console_errors == []
+
+
 def test_a_script_in_task_values_renders_as_text(web_servers, webapp, browse):
     import castor
 
@@ -163,12 +193,15 @@ def test_read_only_shows_no_action_and_refuses_a_forged_post(web_servers, webapp
     assert page.get_by_role("button").count() == 0
 
     # A POST made by hand, with the browser's own cookies: refused, and nothing changes.
-    for path in (f"/tasks/{failed.id}/retry", "/tasks/bulk"):
+    page.goto(server.url + "/queues")
+    expect(page.locator('#queues tr[data-queue="default"]')).to_have_count(1)
+    assert page.get_by_role("button").count() == 0  # no Pause
+    for path in (f"/tasks/{failed.id}/retry", "/tasks/bulk", "/queues/pause"):
         response = page.request.post(server.url + path, form={"csrf": "forged", "action": "retry", "id": failed.id,
-                                                               "scope": "selected"})
+                                                               "scope": "selected", "queue": "default"})
         assert response.status == 403
         assert "read-only" in response.text()
-    assert failed.status() == "failed"
+    assert failed.status() == "failed" and webapp.manager.paused_queues() == set()
     assert server.events("web.action") == []
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from starlette.applications import Starlette
@@ -20,6 +21,7 @@ import castor
 from castor import Worker
 from castor.clocks import boot_clock
 from castor.periodic import Scheduler
+from castor.store import Query
 from castor.webui import dashboard, pages
 from castor.webui.security import CSRF_COOKIE, SESSION_COOKIE
 
@@ -131,13 +133,15 @@ def test_read_only_hides_the_forms_and_refuses_every_action(app_manager, client)
     field = csrf_of(writable)  # a valid pair, from a dashboard that allows actions
     web = client(read_only=True)
     set_cookie(web, CSRF_COOKIE, writable.cookies[CSRF_COOKIE])
-    for path in ("/", "/tasks", f"/tasks/{failed.id}", "/failed"):
+    for path in ("/", "/tasks", f"/tasks/{failed.id}", "/failed", "/queues"):
         assert 'method="post"' not in web.get(path).text
     for path, data in ((f"/tasks/{failed.id}/retry", {}), ("/tasks/bulk", {"action": "retry", "scope": "all",
-                                                                            "status": "failed", "confirm": "yes"})):
+                                                                            "status": "failed", "confirm": "yes"}),
+                       ("/queues/pause", {"queue": "default"})):
         answer = web.post(path, data={"csrf": field, **data})
         assert answer.status_code == 403 and "read-only" in answer.text
     assert failed.status() == "failed"
+    assert app_manager.paused_queues() == set()
 
 
 def test_a_token_is_asked_for_and_given_by_header_or_login(client):
@@ -184,8 +188,10 @@ def test_login_goes_back_only_to_a_page_of_the_dashboard(client, target):
     ("status=bogus", "status 'bogus' is not one of pending, running, success, failed, cancelled"),
     ("limit=0", "limit must be between 1 and 1,000, not 0"),
     ("limit=abc", "limit must be a whole number, not 'abc'"),
-    ("offset=-1", "offset must be between 0 and"),
-    ("offset=" + "9" * 30, "offset must be between 0 and"),
+    ("after=12.5", "after must be a page key ENQUEUED_AT:ID"),
+    ("after=soon:abc", "after must be a page key ENQUEUED_AT:ID"),
+    ("after=nan:abc", "after must be a page key ENQUEUED_AT:ID"),
+    ("after=12.5:", "after must be a page key ENQUEUED_AT:ID"),
 ])
 def test_a_bad_filter_is_a_400_that_says_why(client, query, message):
     answer = client().get(f"/tasks?{query}")
@@ -258,16 +264,19 @@ def test_all_matching_asks_with_a_count_then_acts(app_manager, client):
     assert "No task matching status failed, name fail can be retried now." in flat(nothing)
 
 
-def test_tasks_pages_go_by_limit_and_offset(app_manager, client):
+def test_tasks_pages_go_by_limit_and_the_last_rows_key(app_manager, client):
     ids = [app_manager.registry["add"].apply_async((i, i), countdown=3600).id for i in range(5)]
     web = client()
     first = web.get("/tasks?limit=2")
-    assert "5 tasks match; showing 1–2." in flat(first)
+    assert "5 tasks match; showing 2." in flat(first)
     assert [i for i in reversed(ids) if i in first.text] == list(reversed(ids))[:2]  # newest first
-    assert 'href="/tasks?limit=2&amp;offset=2" id="next"' in first.text and 'id="prev"' not in first.text
-    last = web.get("/tasks?limit=2&offset=4")
-    assert "showing 5–5" in flat(last) and 'id="next"' not in last.text
-    assert 'href="/tasks?limit=2&amp;offset=2" id="prev"' in last.text
+    second_row = app_manager.store.get(ids[3])
+    key = quote(f"{second_row.enqueued_at!r}:{second_row.id}")
+    assert f'href="/tasks?limit=2&amp;after={key}" id="next"' in first.text and 'id="prev"' not in first.text
+    fourth = app_manager.store.get(ids[1])
+    last = web.get(f"/tasks?limit=2&after={quote(f'{fourth.enqueued_at!r}:{fourth.id}')}")
+    assert "showing 1 older than the page before" in flat(last) and 'id="next"' not in last.text
+    assert ids[0] in last.text and 'href="/tasks?limit=2" id="prev"' in last.text
     one = web.get(f"/tasks?id={ids[0]}")
     assert f"1 task match: id {ids[0]};" in flat(one)
 
@@ -442,3 +451,50 @@ def test_a_damaged_database_is_a_503_that_says_so(db_path):
         assert "the database cannot be read:" in answer.text and "malformed" in answer.text
     finally:
         manager.close()
+
+
+def test_a_queue_is_paused_and_resumed_from_the_queues_screen(app_manager, client):
+    web = client()
+    page = web.get("/queues").text
+    assert 'action="/queues/pause"' in page and 'name="queue" value="default"' in page
+    field = csrf_of(web, "/queues")
+    assert web.post("/queues/pause", data={"queue": "default"}).status_code == 403  # no CSRF field
+    assert app_manager.paused_queues() == set()
+    answer = web.post("/queues/pause", data={"csrf": field, "queue": "default"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/queues"
+    assert app_manager.paused_queues() == {"default"}
+    row = re.search(r'<tr data-queue="default" class="paused">.*?</tr>', web.get("/queues").text, re.S)
+    assert row and ">paused<" in row.group(0) and 'action="/queues/resume"' in row.group(0)
+    # Any name may be paused (a queue exists when tasks name it); it is listed from then on.
+    assert web.post("/queues/pause", data={"csrf": field, "queue": "later"}).status_code == 303
+    assert 'data-queue="later" class="paused"' in web.get("/queues").text
+    assert web.post("/queues/resume", data={"csrf": field, "queue": "default"}).status_code == 303
+    assert app_manager.paused_queues() == {"later"}
+
+
+def test_a_queue_action_needs_a_known_action_and_a_queue(app_manager, client):
+    web = client()
+    field = csrf_of(web, "/queues")
+    unknown = web.post("/queues/drop", data={"csrf": field, "queue": "default"})
+    assert unknown.status_code == 404 and "no queue action" in unknown.text
+    nameless = web.post("/queues/pause", data={"csrf": field})
+    assert nameless.status_code == 400 and "no queue named" in nameless.text
+    assert app_manager.paused_queues() == set()
+
+
+def test_the_tasks_screen_pages_by_key_through_every_task_once(app_manager, client):
+    add = app_manager.registry["add"]
+    ids = [add.apply_async((i, i), countdown=3600).id for i in range(7)]
+    web = client()
+    seen, path, pages_read = [], "/tasks?limit=3", 0
+    while path:
+        page = web.get(path)
+        assert page.status_code == 200
+        seen += re.findall(r'<tr data-id="([^"]+)"', page.text)
+        pages_read += 1
+        older = re.search(r'href="([^"]+)" id="next"', page.text)
+        path = older.group(1).replace("&amp;", "&") if older else None
+        if path:
+            assert "after=" in path and "offset" not in path
+    assert pages_read == 3 and seen == [r.id for r in app_manager.store.list(Query())] and sorted(seen) == sorted(ids)
+    assert 'id="prev"' in web.get("/tasks?limit=3&after=" + quote(f"{1e12!r}:zzz")).text
