@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from castor.errors import ConfigurationError
 from castor.store.base import NewTask, Query, Store, TaskRecord
@@ -92,6 +92,8 @@ def is_server_url(target: Any) -> bool:
 
 # What libpq takes a password from in a URL's query (keys may be percent-encoded).
 _SECRET_PARAMETERS = ("password", "sslpassword")
+# castor's own options whose value is another URL (castor/store/pg_url.py).
+_URL_PARAMETERS = ("castor_listen",)
 HIDDEN = "***"
 
 
@@ -115,6 +117,11 @@ def _secrets(url: str) -> tuple[list[str], str]:
         if eq and unquote(key).lower() in _SECRET_PARAMETERS and value:
             found.append(value)
             part = f"{key}={HIDDEN}"
+        elif eq and unquote(key).lower() in _URL_PARAMETERS and value:
+            # A URL inside the URL (castor_listen=, percent-encoded): its own passwords.
+            inner, shown = _secrets(unquote(value))
+            found += inner
+            part = f"{key}={quote(shown, safe='') if shown != unquote(value) else value}"
         parts.append(part)
     return found, f"{scheme}://{authority}{mark}{'&'.join(parts)}"
 

@@ -32,3 +32,19 @@ def test_scrub_secrets_removes_the_password_as_written_and_decoded():
     assert scrub_secrets('bad token "p%40ss", p@ss and other', url) == 'bad token "***", *** and ***'
     assert scrub_secrets("nothing to hide", "postgresql://app@h/db") == "nothing to hide"
     assert scrub_secrets("no url at all", None) == "no url at all"
+
+
+def test_a_url_inside_the_url_is_shown_without_its_password_too():
+    """castor_listen= names the server LISTEN goes to (a pooler in between): its own
+    password, percent-encoded, is hidden as the outer one is, and scrubbed from messages."""
+    from urllib.parse import quote
+
+    inner = "postgresql://app:s3cret@db.internal:5432/tasks"
+    url = "postgresql://app@bouncer:6432/tasks?castor_prepare=off&castor_listen=" + quote(inner, safe="")
+    shown = display_url(url)
+    assert "s3cret" not in shown and "s3cret" not in shown.replace("%", "")
+    assert shown == ("postgresql://app@bouncer:6432/tasks?castor_prepare=off&castor_listen="
+                     + quote("postgresql://app:***@db.internal:5432/tasks", safe=""))
+    assert scrub_secrets(f"cannot LISTEN: password s3cret refused ({url})", url).count("s3cret") == 0
+    off = "postgresql://app@bouncer/tasks?castor_listen=off"
+    assert display_url(off) == off
