@@ -469,6 +469,17 @@ class PostgreSQLStore(Store):
                 return self._idle.pop()
         return self._connect()
 
+    def _drop_idle(self) -> None:
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a dead connection: nothing more to do with it
+                pass
+
     def _give_back(self, conn: Any) -> None:
         healthy = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         if healthy and self._pid == os.getpid() and not self._closed:
@@ -491,6 +502,9 @@ class PostgreSQLStore(Store):
             except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
                 # Read-only: a standby (a DNS name moved before the promotion), until it is promoted.
                 conn.close()
+                # The idle ones reached the same server: after a restart or a failover they
+                # are dead too, and each would fail once more after the server is back.
+                self._drop_idle()
                 raise StoreUnavailable(f"PostgreSQL cannot answer now ({_first_line(exc)}); "
                                        "a later try may succeed") from exc
             except (psycopg.errors.InvalidSqlStatementName, psycopg.errors.DuplicatePreparedStatement) as exc:

@@ -116,6 +116,36 @@ def test_a_connection_the_server_ends_is_store_unavailable_and_the_next_call_rec
 
 
 @pytest.mark.timeout(60)
+def test_after_a_restart_one_call_fails_not_one_per_pooled_connection(opened, postgres_url):
+    """Every idle pooled connection died with the server's backends (a restart, a
+    failover): the first call that meets one is StoreUnavailable, and the store drops
+    the others with it, so the next call works (a worker logs one outage, not one more
+    after the server is back)."""
+    store = opened()
+    store.enqueue([new("a")])
+    start = threading.Barrier(4)
+    pids: set[int] = set()
+
+    def hold_one() -> None:
+        start.wait()
+        pids.update(r[0] for r in store._fetch("SELECT pg_backend_pid() FROM pg_sleep(0.3)"))  # noqa: SLF001
+
+    threads = [threading.Thread(target=hold_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(pids) == 4  # four connections, now idle in the pool
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(StoreUnavailable, match="cannot answer now"):
+        store.get("a")
+    assert store.status("a") == TaskStatus.PENDING
+    assert store.get("a") is not None
+
+
+@pytest.mark.timeout(60)
 def test_a_forked_child_leaves_the_parents_connections_alone(opened):
     store = opened()
     store.enqueue([new("parent")])
