@@ -377,14 +377,7 @@ def tasks_purge(app: str, older_than: str, status: str | None, name: str | None)
 @click.argument("queue")
 def tasks_pause(app: str, queue: str) -> None:
     """Stop every castord on APP's store from claiming tasks of QUEUE (they stay pending)."""
-    if not queue:
-        raise click.BadParameter("give a queue name", param_hint="QUEUE")
-    manager = _manager(app)
-    try:
-        paused = manager.pause_queue(queue)
-    finally:
-        manager.close()
-    click.echo(f"paused queue {queue}" if paused else f"queue {queue} was paused already")
+    _switch_queue(app, queue, pause=True)
 
 
 @tasks.command("resume")
@@ -392,14 +385,21 @@ def tasks_pause(app: str, queue: str) -> None:
 @click.argument("queue")
 def tasks_resume(app: str, queue: str) -> None:
     """Let castords claim tasks of QUEUE again."""
+    _switch_queue(app, queue, pause=False)
+
+
+def _switch_queue(app: str, queue: str, *, pause: bool) -> None:
     if not queue:
         raise click.BadParameter("give a queue name", param_hint="QUEUE")
     manager = _manager(app)
     try:
-        resumed = manager.resume_queue(queue)
+        changed = manager.pause_queue(queue) if pause else manager.resume_queue(queue)
     finally:
         manager.close()
-    click.echo(f"resumed queue {queue}" if resumed else f"queue {queue} was not paused")
+    if changed:
+        click.echo(f"{'paused' if pause else 'resumed'} queue {queue}")
+    else:
+        click.echo(f"queue {queue} was {'paused already' if pause else 'not paused'}")
 
 
 @tasks.command("stats")

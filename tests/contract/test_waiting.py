@@ -159,7 +159,9 @@ class TestTopics:
     def test_producers_writing_at_once_never_leave_a_task_unannounced(self, backend, store, clocks):
         """Eight threads enqueue one task at a time through one store (a producer may
         coalesce their notifications); a worker that sleeps whenever it finds nothing is
-        woken after every row: it never waits out its timeout."""
+        woken after every row: it never waits out its timeout. (Whether the coalescing's
+        trailing notification is what wakes it depends on timing here: the deterministic
+        test of that is tests/integration/test_postgresql_wakeups.py.)"""
         producer = backend.open()
         threads, each = 8, 50
         workers = [threading.Thread(target=lambda k=k: [producer.enqueue([new(f"t{k}-{i}", mode="thread")])

@@ -103,13 +103,18 @@ def test_a_search_path_with_no_schema_is_refused_with_the_fix(postgres_url):
         open_store(url + ("&" if "?" in url else "?") + "options=-csearch_path%3Dno_such_schema_here")
 
 
+def end_backends(postgres_url: str, pids: set[int]) -> None:
+    """End these server backends, as a restart ends every one."""
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
 def test_a_connection_the_server_ends_is_store_unavailable_and_the_next_call_reconnects(opened, postgres_url):
     store = opened()
     store.enqueue([new("a")])
     pids = {row[0] for row in store._fetch("SELECT pg_backend_pid()")}  # noqa: SLF001 - the pooled connection
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        for pid in pids:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    end_backends(postgres_url, pids)
     with pytest.raises(StoreUnavailable, match="cannot answer now"):
         store.get("a")
     assert store.status("a") == TaskStatus.PENDING
@@ -136,9 +141,7 @@ def test_after_a_restart_one_call_fails_not_one_per_pooled_connection(opened, po
     for t in threads:
         t.join(30)
     assert len(pids) == 4  # four connections, now idle in the pool
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        for pid in pids:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    end_backends(postgres_url, pids)
     with pytest.raises(StoreUnavailable, match="cannot answer now"):
         store.get("a")
     assert store.status("a") == TaskStatus.PENDING
