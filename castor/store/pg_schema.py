@@ -147,6 +147,21 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # Who joins which task, so that its settle notifies `task:<id>`. A table of its
+        # own: v2 marked the task's row (castor_tasks.watched), and that write locked the
+        # row for an instant, during which a claim (SKIP LOCKED) passed over a pending
+        # task for a lower one. The column stays, unused, for a castord of v2/v3 still
+        # running during an upgrade. A row per watch: several joiners, each ends its own.
+        """
+        CREATE TABLE castor_watches (
+            task_id  text COLLATE "C" NOT NULL,
+            watcher  text COLLATE "C" NOT NULL,
+            since    float8 NOT NULL,
+            PRIMARY KEY (task_id, watcher)
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,7 +3,7 @@
 Each notification names whom it is for (castor/store/base.py's topics):
 
 * `work:<mode>`: a task of that mode became due: wakes that mode's idle workers only;
-* `task:<id>`: a task someone joins ended (sent only for watched rows: `watch_task`);
+* `task:<id>`: a task someone joins ended (sent only for tasks in castor_watches: `watch_task`);
 * `''`: anything else that changed (a recovery, a cancel, a retry): wakes everyone.
 
 A daemon thread holds the listening connection and stamps each notification with a

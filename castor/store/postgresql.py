@@ -17,8 +17,9 @@ Work in progress (issue 14, section 2). Design notes:
   the UPDATE gets a generic plan that scans the table once the LIMIT is a bound
   parameter; the array form does not.)
 * Waking: a write that makes a task due sends NOTIFY `work:<mode>` (coalesced per
-  producer: pg_wakeup.WakeGate); a settle of a task someone joins (its `watched`
-  flag, set by `watch_task`) sends `task:<id>`; rarer changes notify everyone.
+  producer: pg_wakeup.WakeGate); a settle of a task someone joins (a row of
+  castor_watches, written by `watch_task`) sends `task:<id>`; rarer changes notify
+  everyone.
   castor/store/pg_wakeup.py listens on one connection per process.
 * Errors: a connection that fails (server down or restarting, too many clients)
   and the server's other "try again" errors raise StoreUnavailable; anything else
@@ -32,6 +33,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -112,12 +114,30 @@ _UNFINISHED_TWIN = "SELECT id FROM castor_tasks WHERE unique_key = %s AND status
 # (not four: BEGIN, INSERT, NOTIFY, COMMIT); as durable as a transaction's commit.
 _INSERT_AND_NOTIFY = f"WITH new AS ({_INSERT} RETURNING id) SELECT pg_notify(%(channel)s, %(topic)s) FROM new"
 
-# Mark a task watched (Store.watch_task); a pending one wakes its workers again.
-_WATCH = """WITH marked AS (
-                UPDATE castor_tasks SET watched = true
-                 WHERE id = %(id)s AND NOT watched AND status IN ('pending', 'running')
-             RETURNING status, mode)
-            SELECT pg_notify(%(channel)s, %(work)s || mode) FROM marked WHERE status = 'pending'"""
+# Someone joins a task (Store.watch_task): a row of castor_watches, never a write to the
+# task's row (a claim would pass over a row locked by it: SKIP LOCKED).
+_WATCH = ("INSERT INTO castor_watches (task_id, watcher, since) "
+          "VALUES (%s, %s, extract(epoch FROM clock_timestamp()))")
+# The watches this process's joiners ended are deleted by its next watch, in the same
+# statement (a join then costs the round trips it did before watches had a table).
+_REWATCH = f"""WITH ended AS (DELETE FROM castor_watches
+                               WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[])))
+               {_WATCH}"""
+_UNWATCH = "DELETE FROM castor_watches WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+# A watch outlives its joiner only if the joiner died; one of a task no longer pending or
+# running is of no use once its joiner read the status (well within a minute).
+_FORGET_WATCHES = """DELETE FROM castor_watches w
+                      WHERE since < extract(epoch FROM clock_timestamp()) - 60
+                        AND NOT EXISTS (SELECT 1 FROM castor_tasks t
+                                         WHERE t.id = w.task_id AND t.status IN ('pending', 'running'))"""
+# What a transaction's accepted settles wake, sent last before its COMMIT: the topics
+# known from what the settles returned, and the joiners of these tasks. Last, so that a
+# watch begun while the settles ran is seen too; one that commits between this statement
+# and the COMMIT is missed, and its joiner wakes at its 0.5 s re-check.
+_NOTIFY_SETTLED = """SELECT pg_notify(%(channel)s, topic) FROM (
+                         SELECT unnest(%(topics)s::text[]) AS topic
+                          UNION SELECT %(task_prefix)s || task_id FROM castor_watches
+                                 WHERE task_id = ANY(%(ids)s)) AS wakes"""
 
 # A task due within this many seconds wakes its workers; a later one is found by their
 # re-check (every 0.5 s they read the next ETA and sleep until it).
@@ -135,12 +155,12 @@ _HISTORY_APPEND = "coalesce(history, '[]'::jsonb) || jsonb_build_array(%(entry)s
 _SETTLE = f"""UPDATE castor_tasks
                  SET status = %(status)s, result = %(result)s, result_text = %(result_text)s, error = %(error)s,
                      finished_at = %(now)s, lease_expires = NULL, expires_at = %(expires_at)s
-               {_FENCE} RETURNING watched, mode"""
+               {_FENCE} RETURNING mode"""
 
 _SETTLE_FAILED = f"""UPDATE castor_tasks
                  SET status = 'failed', error = %(error)s, finished_at = %(now)s, lease_expires = NULL,
                      expires_at = %(expires_at)s, history = {_HISTORY_APPEND}
-               {_FENCE} RETURNING watched, mode"""
+               {_FENCE} RETURNING mode"""
 
 # A retry goes back to pending at its ETA, unless a cancel was asked meanwhile.
 _SETTLE_RETRY = f"""UPDATE castor_tasks
@@ -149,9 +169,9 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
                      expires_at = CASE WHEN cancel_requested THEN {_FAILURE_EXPIRY} END,
                      error = %(error)s, eta = %(eta)s, at_once = %(at_once)s, lease_expires = NULL,
                      progress = NULL, progress_message = NULL, history = {_HISTORY_APPEND}
-               {_FENCE} RETURNING watched, mode"""
+               {_FENCE} RETURNING mode"""
 
-_SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE} RETURNING watched, mode"
+_SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE} RETURNING mode"
 
 # Paused queues: an InitPlan, read once per statement; the claim still walks
 # castor_tasks_ready and drops a paused queue's rows as it goes.
@@ -213,16 +233,13 @@ def _wakes(task: NewTask) -> str | None:
 
 
 def _settled_topics(settlements: Sequence[Settlement], rows: Sequence[Any]) -> list[str]:
-    """What accepted settles wake: joiners of watched tasks; workers for retries due soon."""
+    """The workers accepted settles wake: those of retries due soon (their joiners are
+    found by _NOTIFY_SETTLED)."""
     topics = []
     for s, row in zip(settlements, rows, strict=True):
-        if row is None:
-            continue
-        watched, mode = row
-        if watched:
-            topics.append(task_topic(s.task_id))
-        if s.status == TaskStatus.PENDING and not s.drop and \
+        if row is not None and s.status == TaskStatus.PENDING and not s.drop and \
                 (s.eta is None or s.eta - s.finished_at < WAKE_AHEAD_SECONDS):
+            (mode,) = row
             topics.append(work_topic(mode))
     return topics
 
@@ -373,6 +390,7 @@ class PostgreSQLStore(Store):
         self._closed = False
         self._listener: Listener | Polling | None = None
         self._gate = WakeGate(self._send_wake)
+        self._ended_watches: list[tuple[str, str]] = []  # deleted by the next watch_task
         _STORES.add(self)
         try:
             with self._session() as conn:
@@ -420,6 +438,7 @@ class PostgreSQLStore(Store):
         self._idle = []
         self._listener = None
         self._gate = WakeGate(self._send_wake)
+        self._ended_watches = []  # the parent's to delete
         self._pid = os.getpid()
 
     def _connect(self, conninfo: str | None = None) -> Any:
@@ -550,8 +569,15 @@ class PostgreSQLStore(Store):
                     each.execute(sql, params)
                     cursors.append(each)
             rows = [each.fetchone() for each in cursors]
-        self._notify(cur, _settled_topics(settlements, rows))
+        self._notify_settled(cur, settlements, rows)
         return [row is not None for row in rows]
+
+    def _notify_settled(self, cur: Any, settlements: Sequence[Settlement], rows: Sequence[Any]) -> None:
+        """The notifications accepted settles owe (_NOTIFY_SETTLED); call last before COMMIT."""
+        ids = [s.task_id for s, row in zip(settlements, rows, strict=True) if row is not None]
+        if ids:
+            cur.execute(_NOTIFY_SETTLED, {"channel": self._channel, "topics": _settled_topics(settlements, rows),
+                                          "task_prefix": task_topic(""), "ids": ids})
 
     def _notify(self, cur: Any, topics: Sequence[str] = ("",)) -> None:
         """Wake the listeners of these topics ('': everyone) once this transaction commits."""
@@ -688,7 +714,7 @@ class PostgreSQLStore(Store):
             claiming = conn.execute(*claim) if claim is not None else None
             pipeline.sync()
             rows = [cursor.fetchone() for cursor in settled]
-            self._notify(conn.cursor(), _settled_topics(settlements, rows))
+            self._notify_settled(conn.cursor(), settlements, rows)
             claimed = claiming.fetchall() if claiming is not None else []
         return [row is not None for row in rows], _best_first(claimed, self._to_wall(clock, now))
 
@@ -919,6 +945,7 @@ class PostgreSQLStore(Store):
                 return total
 
     def purge_expired(self, *, now: float, limit: int = 1000) -> int:
+        self._fetch(_FORGET_WATCHES)
         return len(self._fetch(
             "DELETE FROM castor_tasks WHERE id IN (SELECT id FROM castor_tasks WHERE expires_at IS NOT NULL "
             "AND expires_at < %(now)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING 1",
@@ -1065,26 +1092,40 @@ class PostgreSQLStore(Store):
 
     @contextmanager
     def watch_task(self, task_id: str) -> Iterator[None]:
-        """Settles of this task notify its topic while someone watches: the row is marked
-        `watched` (before the caller looks at it: a settle after that mark sees it).
-
-        Marking a pending row locks it for a moment, and a claim at that moment skips it
-        (SKIP LOCKED) and may find nothing else: the mark then wakes the task's workers
-        once it committed, as the task's enqueue did, so they look again."""
+        """Settles of this task notify its topic while someone watches: a row of
+        castor_watches says so (committed before the caller looks at the task: a settle
+        that commits after that look sees it; _NOTIFY_SETTLED says when one may not)."""
         listener = self._ensure_listener()
         topic = task_topic(task_id)
+        watcher = uuid.uuid4().hex
+        with self._lock:
+            ended, self._ended_watches = self._ended_watches, []
         listener.track(topic)
         try:
-            self._fetch(_WATCH, {"id": task_id, "channel": self._channel, "work": work_topic("")})
+            if ended:
+                self._fetch(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher))
+            else:
+                self._fetch(_WATCH, (task_id, watcher))
             yield
         finally:
             listener.untrack(topic)
+            # Deleted later (by the next watch, or close()): a watch left on a task that
+            # ended wakes nobody, and deleting it now would cost the joiner a round trip.
+            with self._lock:
+                self._ended_watches.append((task_id, watcher))
 
     def close(self) -> None:
         if self._pid != os.getpid():
             self._closed = True
             return
         self._gate.close()
+        with self._lock:
+            ended, self._ended_watches = self._ended_watches, []
+        if ended and not self._closed:
+            try:
+                self._fetch(_UNWATCH, ([t for t, _ in ended], [w for _, w in ended]))
+            except StoreError:
+                pass  # purge_expired forgets them once their tasks are finished
         with self._lock:
             idle, self._idle = self._idle, []
             listener, self._listener = self._listener, None

@@ -158,21 +158,65 @@ def test_a_write_that_went_without_a_notification_is_announced_after_it_committe
     assert sorted(claimed) == ["loud", "quiet"]
 
 
+def task_row_version(location: str, task_id: str):
+    with psycopg.connect(location, autocommit=True) as conn:
+        return conn.execute("SELECT xmin::text FROM castor_tasks WHERE id = %s", (task_id,)).fetchone()
+
+
 @pytest.mark.timeout(60)
-def test_watching_a_pending_task_wakes_its_workers_again(pair):
-    """Marking a pending row `watched` locks it for a moment, and a claim at that moment
-    skips it (SKIP LOCKED): the mark wakes the task's workers, or one that found nothing
-    would sleep until its re-check (a join measured 0.5 s slower one time in ten)."""
+def test_a_watch_never_writes_the_tasks_row(pair, location):
+    """A join's watch is a row of its own table: the task's row is not written (so not
+    locked either). Schema v2 marked the row, and a claim meeting that lock passed over
+    the task (SKIP LOCKED) for a lower-priority one."""
     listening, writing = pair
-    writing.enqueue([new("a", mode="thread"), new("b", mode="process")])
-    topic = work_topic("thread")
-    seen = listening.generation(topic)
+    writing.enqueue([new("a", mode="thread")])
+    before = task_row_version(location, "a")
     with writing.watch_task("a"):
-        assert listening.wait_for_change(seen, LONG, topic) != seen
-    # A running task's mark wakes no worker.
-    record = claim_one(writing, mode="process")
-    assert record.id == "b"
-    since = listening.generation()
-    with writing.watch_task(record.id):
-        pass
-    assert arrived_until_marker(listening, writing, since) == 1
+        assert task_row_version(location, "a") == before
+    assert task_row_version(location, "a") == before
+
+
+@pytest.mark.timeout(60)
+def test_a_watch_in_flight_does_not_hide_its_task_from_a_claim(pair, location):
+    """A watch whose transaction has not committed yet holds no lock a claim meets."""
+    listening, writing = pair
+    writing.enqueue([new("high", mode="thread", priority=5), new("low", mode="thread")])
+    with psycopg.connect(location) as joiner:
+        joiner.execute("INSERT INTO castor_watches (task_id, watcher, since) VALUES ('high', 'w', 0)")
+        assert claim_one(writing, mode="thread").id == "high"
+        joiner.rollback()
+
+
+@pytest.mark.timeout(60)
+def test_a_watch_ends_with_its_joiner_and_a_dead_joiners_is_forgotten(pair, location):
+    """A joiner's watch is deleted by its store's next watch (one statement) or close();
+    one a dead joiner left, by the expiry purge once its task is finished."""
+    listening, writing = pair
+    writing.enqueue([new("a", mode="thread"), new("b", mode="thread")])
+
+    def watches():
+        with psycopg.connect(location, autocommit=True) as conn:
+            return conn.execute("SELECT task_id FROM castor_watches ORDER BY task_id").fetchall()
+
+    third = open_store(location)
+    with writing.watch_task("a"), third.watch_task("a"):
+        assert watches() == [("a",), ("a",)]  # one per joiner
+    with writing.watch_task("b"):
+        assert watches() == [("a",), ("b",)]  # writing's watch of a went with it
+    third.close()
+    assert watches() == [("b",)]
+    with writing.watch_task("a"):
+        assert watches() == [("a",)]
+    writing.close()  # its last watch goes with it
+    writing = listening
+    assert watches() == []
+    # Joiners that died: watches of a pending task stay; of a finished one, go.
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("INSERT INTO castor_watches (task_id, watcher, since) "
+                     "VALUES ('a', 'dead', 0), ('b', 'dead', 0), ('gone', 'dead', 0)")
+    record = claim_one(writing, mode="thread")
+    writing.settle_one(Settlement(record.id, "w1", record.attempts, TaskStatus.SUCCESS, result="1",
+                                  finished_at=10.0**9, fence=record.fence))
+    writing.purge_expired(now=10.0**9)
+    assert watches() == [("b",) if record.id == "a" else ("a",)]
+

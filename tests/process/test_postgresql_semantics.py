@@ -67,16 +67,9 @@ ORIGINALS = [
     sqlite_semantics.test_eta_in_the_past_runs_at_once_and_future_eta_is_honoured,
     sqlite_semantics.test_purge_while_tasks_run_loses_nothing,
     sqlite_semantics.test_unique_cached_and_ttl_tasks,
-    pytest.param(
-        sqlite_semantics.test_priorities_order_the_queue_and_queues_choose_what_runs,
-        # A known defect (issue 14), not yet fixed: join() marks a pending task's row
-        # `watched`, which locks the row for an instant; a claim at that instant skips it
-        # (SKIP LOCKED) and takes the next best, so a joined task can start after a
-        # lower one. Seen once in four CI runs. The fix planned: keep watches in a table
-        # of their own (no lock on the task's row). Not strict: it passes when no claim
-        # meets a mark.
-        marks=pytest.mark.xfail(strict=False, reason="join's watched mark can make a claim skip a pending row"),
-        id="priorities_order_the_queue_and_queues_choose_what_runs"),
+    # Once a non-strict xfail: join's watch locked a pending row for an instant, and a
+    # claim passed over it (tests/integration/test_postgresql_wakeups.py pins the fix).
+    sqlite_semantics.test_priorities_order_the_queue_and_queues_choose_what_runs,
 ]
 
 
