@@ -157,6 +157,18 @@ _SETTLE = f"""UPDATE castor_tasks
                      finished_at = %(now)s, lease_expires = NULL, expires_at = %(expires_at)s
                {_FENCE} RETURNING mode"""
 
+# The plain outcomes of a batch (a success, a cancel) in one statement over arrays: a
+# statement each cost the server and psycopg about twice as much per task (measured:
+# 33 settles and a claim, 3.5 ms against 2.8 ms an exchange, client CPU 1.1 ms against 0.65).
+_SETTLE_PLAIN = """UPDATE castor_tasks t
+                      SET status = v.status, result = v.result, result_text = v.result_text, error = v.error,
+                          finished_at = v.now, lease_expires = NULL, expires_at = v.expires_at
+                     FROM unnest(%(ids)s::text[], %(fences)s::int8[], %(statuses)s::text[], %(results)s::bytea[],
+                                 %(texts)s::bool[], %(errors)s::jsonb[], %(nows)s::float8[], %(expires)s::float8[])
+                          AS v(id, fence, status, result, result_text, error, now, expires_at)
+                    WHERE t.id = v.id AND t.fence = v.fence AND t.status = 'running'
+                RETURNING t.id, t.fence, t.mode"""
+
 _SETTLE_FAILED = f"""UPDATE castor_tasks
                  SET status = 'failed', error = %(error)s, finished_at = %(now)s, lease_expires = NULL,
                      expires_at = %(expires_at)s, history = {_HISTORY_APPEND}
@@ -271,6 +283,41 @@ def _history_entry(s: Settlement) -> Any:
     error = s.error or {}
     return Jsonb({"attempt": s.attempt, "type": error.get("type"), "message": error.get("message"),
                   "at": s.finished_at})
+
+
+class _SettlePlan:
+    """A batch's settles as statements to send in one round trip: the plain ones in one
+    (_SETTLE_PLAIN), each other (a failure's or a retry's history, a drop) on its own;
+    `rows` then tells, settlement by settlement, what each accepted one returned (None:
+    refused, the claim no longer holds the task)."""
+
+    def __init__(self, settlements: Sequence[Settlement], failure_ttl: float | None) -> None:
+        self.settlements = settlements
+        plain = [s for s in settlements if _is_plain(s)]
+        if len(plain) < 2 or len({s.claim for s in settlements}) < len(settlements):
+            plain = []  # one claim settled twice: in order, so that the first wins
+        self.statements = [_settle_statement(s, failure_ttl) for s in settlements if not plain or not _is_plain(s)]
+        self.batched = bool(plain)
+        if plain:
+            results = [_text(s.result) for s in plain]
+            self.statements.append((_SETTLE_PLAIN, {
+                "ids": [s.task_id for s in plain], "fences": [s.fence for s in plain],
+                "statuses": [str(s.status) for s in plain], "results": [r for r, _ in results],
+                "texts": [t for _, t in results], "errors": [_jsonb(s.error or None) for s in plain],
+                "nows": [s.finished_at for s in plain], "expires": [s.expires_at for s in plain]}))
+
+    def rows(self, cursors: Sequence[Any]) -> list[Any]:
+        """From the executed statements' cursors (in `statements` order)."""
+        if not self.batched:
+            return [cursor.fetchone() for cursor in cursors]
+        singles = iter(cursor.fetchone() for cursor in cursors[:-1])
+        accepted = {(id_, fence): (mode,) for id_, fence, mode in cursors[-1].fetchall()}
+        return [accepted.get(s.claim) if _is_plain(s) else next(singles) for s in self.settlements]
+
+
+def _is_plain(s: Settlement) -> bool:
+    """Written by _SETTLE alone (see _settle_statement), so _SETTLE_PLAIN can write it."""
+    return not s.drop and s.status not in (TaskStatus.PENDING, TaskStatus.FAILED)
 
 
 def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, dict[str, Any]]:
@@ -554,23 +601,12 @@ class PostgreSQLStore(Store):
                 cur.execute("SET LOCAL synchronous_commit TO OFF")
             return body(cur)
 
-    def _settle_all(self, cur: Any, settlements: Sequence[Settlement]) -> list[bool]:
-        """Every settle of a batch in one round trip (psycopg's pipeline), and the
-        notifications they owe; accepted or not, in order."""
-        statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
-        if len(statements) == 1:
-            cur.execute(*statements[0])
-            rows = [cur.fetchone()]
-        else:
-            with cur.connection.pipeline():
-                cursors = []
-                for sql, params in statements:
-                    each = cur.connection.cursor()
-                    each.execute(sql, params)
-                    cursors.append(each)
-            rows = [each.fetchone() for each in cursors]
-        self._notify_settled(cur, settlements, rows)
-        return [row is not None for row in rows]
+    def _settle_one(self, cur: Any, settlement: Settlement) -> bool:
+        """One settle and the notifications it owes; accepted or not."""
+        cur.execute(*_settle_statement(settlement, self.failure_ttl))
+        rows = [cur.fetchone()]
+        self._notify_settled(cur, [settlement], rows)
+        return rows[0] is not None
 
     def _notify_settled(self, cur: Any, settlements: Sequence[Settlement], rows: Sequence[Any]) -> None:
         """The notifications accepted settles owe (_NOTIFY_SETTLED); call last before COMMIT."""
@@ -703,17 +739,17 @@ class PostgreSQLStore(Store):
         isolated: bool = False,
     ) -> tuple[list[bool], list[TaskRecord]]:
         clock = self._clock()
-        statements = [_settle_statement(s, self.failure_ttl) for s in settlements]
+        plan = _SettlePlan(settlements, self.failure_ttl)
         claim = self._claim_statement(owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else None
         # A worker's hot path, in two round trips whatever the batch: BEGIN, the settles
         # and the claim go in one (psycopg's pipeline); the notifications the settles owe
         # (known from what they return) and COMMIT in the second. Worker-side: see _write.
         with self._session() as conn, conn.pipeline() as pipeline, conn.transaction():
             conn.execute("SET LOCAL synchronous_commit TO OFF")
-            settled = [conn.execute(sql, params) for sql, params in statements]
+            settled = [conn.execute(sql, params) for sql, params in plan.statements]
             claiming = conn.execute(*claim) if claim is not None else None
             pipeline.sync()
-            rows = [cursor.fetchone() for cursor in settled]
+            rows = plan.rows(settled)
             self._notify_settled(conn.cursor(), settlements, rows)
             claimed = claiming.fetchall() if claiming is not None else []
         return [row is not None for row in rows], _best_first(claimed, self._to_wall(clock, now))
@@ -743,7 +779,7 @@ class PostgreSQLStore(Store):
         return {(task_id, fence) for task_id, fence in rows}
 
     def settle_one(self, settlement: Settlement) -> bool:
-        return self._write(lambda cur: self._settle_all(cur, [settlement])[0], worker_side=True)
+        return self._write(lambda cur: self._settle_one(cur, settlement), worker_side=True)
 
     def requeue(self, task_id: str, fence: int, *, count_attempt: bool) -> bool:
         params = {"now": time.time(), "failure_ttl": self.failure_ttl, "give_back": 0 if count_attempt else 1,

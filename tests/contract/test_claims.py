@@ -6,6 +6,7 @@ import pytest
 
 from castor.states import TaskStatus
 from castor.store import Query
+from castor.store.base import Settlement
 from tests.contract.builders import claim, claim_one, new, outcome
 
 
@@ -141,6 +142,45 @@ class TestSettleAndClaim:
         assert [r.id for r in claims] == ["b", "c"]
         assert all(r.owner == "w" and r.status == TaskStatus.RUNNING for r in claims)
         assert (store.status("a"), store.get("a").result) == (TaskStatus.SUCCESS, "1")
+
+    def test_a_mixed_batch_writes_each_outcome_as_it_would_be_alone(self, store, clocks):
+        """A batch of every kind of outcome, some refused (the PostgreSQL store writes the
+        plain ones in one statement, the others one by one): each ends as settle_one
+        would have left it."""
+        t = clocks.wall
+        names = ["ok", "bytes", "ttl", "cancelled", "failed", "retry", "dropped", "fenced"]
+        store.enqueue([new(n) for n in names])
+        recs = {r.id: r for r in claim(store, clocks, "w", limit=len(names))}
+        batch = [outcome(recs["ok"], at=t, result="1"), outcome(recs["bytes"], at=t, result=b"\x00\xff"),
+                 outcome(recs["ttl"], at=t, result="2", expires_at=t + 60),
+                 Settlement("cancelled", "w", 1, TaskStatus.CANCELLED, error={"type": "TaskCancelled",
+                            "message": "asked"}, finished_at=t, fence=recs["cancelled"].fence),
+                 outcome(recs["failed"], TaskStatus.FAILED, at=t),
+                 outcome(recs["retry"], TaskStatus.PENDING, at=t, eta=t + 30),
+                 outcome(recs["dropped"], at=t, drop=True),
+                 outcome(recs["fenced"], at=t, fence=recs["fenced"].fence + 1)]  # not this claim's
+        accepted, _ = store.settle_and_claim(batch, "w", mode="process", queues=None, limit=0, lease=10.0, now=t)
+        assert accepted == [True] * 7 + [False]
+        got = {n: store.get(n) for n in names}
+        assert (got["ok"].status, got["ok"].result, got["ok"].finished_at) == (TaskStatus.SUCCESS, "1", t)
+        assert (got["bytes"].result, got["ttl"].expires_at) == (b"\x00\xff", t + 60)
+        assert got["ok"].expires_at is None and got["ok"].lease_expires is None
+        assert (got["cancelled"].status, got["cancelled"].error["message"]) == (TaskStatus.CANCELLED, "asked")
+        assert got["failed"].status == TaskStatus.FAILED and len(got["failed"].history) == 1
+        assert (got["retry"].status, got["retry"].eta) == (TaskStatus.PENDING, t + 30)
+        assert got["dropped"] is None
+        assert got["fenced"].status == TaskStatus.RUNNING
+
+    @pytest.mark.parametrize("second", [TaskStatus.SUCCESS, TaskStatus.FAILED])
+    def test_one_attempt_settled_twice_in_a_batch_keeps_the_first(self, store, clocks, second):
+        store.enqueue([new("a"), new("b")])
+        a, b = claim(store, clocks, "w", limit=2)
+        batch = [outcome(a, at=clocks.wall, result="1"), outcome(b, at=clocks.wall, result="2"),
+                 outcome(a, second, at=clocks.wall, result="3" if second == TaskStatus.SUCCESS else None)]
+        accepted, _ = store.settle_and_claim(batch, "w", mode="process", queues=None, limit=0, lease=10.0,
+                                             now=clocks.wall)
+        assert accepted == [True, True, False]
+        assert (store.get("a").status, store.get("a").result) == (TaskStatus.SUCCESS, "1")
 
     def test_limit_zero_only_settles(self, store, clocks):
         store.enqueue([new("a"), new("b")])
