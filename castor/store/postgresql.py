@@ -192,13 +192,18 @@ _DUE = ("status = 'pending' AND mode = %(mode)s AND isolate = %(isolate)s "
         "AND (at_once OR eta <= %(now)s)" + _NOT_PAUSED)
 _IN_QUEUES = " AND queue = ANY(%(queues)s)"
 
+# The rows the inner SELECT locked are pending (FOR UPDATE re-checks its WHERE on the
+# newest version) and stay so until this UPDATE: no "AND status = 'pending'" outside.
+# With it, the outer lookup matches castor_tasks_ready's predicate, and a planner
+# without fresh statistics (a table just filled: autovacuum analyzes after 10,000
+# changes) read the ids from that index whole rather than from the primary key: a
+# claim of 33 at a backlog of 10,000 took 6 ms instead of 0.3 and grew with the backlog.
 _CLAIM = f"""UPDATE castor_tasks
                 SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
                     started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
               WHERE id = ANY(ARRAY(
                     SELECT id FROM castor_tasks WHERE {_DUE}{{queues}}
                      ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
-                AND status = 'pending'
           RETURNING {_COLUMNS}"""
 _CLAIM_ANY = _CLAIM.format(queues="")
 _CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES)
