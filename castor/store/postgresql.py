@@ -109,6 +109,12 @@ _INSERT_UNIQUE = _INSERT + (
     " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')"
     " DO NOTHING RETURNING id"
 )
+# A batch without unique keys (.map) goes in by COPY: one stream, no statement per row.
+_COPY_COLUMNS = ("id", "task_name", "queue", "mode", "daemon", "status", "priority", "serializer", "args", "kwargs",
+                 "args_text", "kwargs_text", "enqueued_at", "eta", "at_once", "options", "unique_key", "cache_key")
+_COPY_TYPES = ("text", "text", "text", "text", "bool", "text", "int4", "text", "bytea", "bytea",
+               "bool", "bool", "float8", "float8", "bool", "jsonb", "text", "text")
+_COPY = f"COPY castor_tasks ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _UNFINISHED_TWIN = "SELECT id FROM castor_tasks WHERE unique_key = %s AND status IN ('pending', 'running')"
 # .delay()'s path: the row and the wake-up in one autocommit statement, one round trip
 # (not four: BEGIN, INSERT, NOTIFY, COMMIT); as durable as a transaction's commit.
@@ -242,6 +248,18 @@ def _insert_params(task: NewTask) -> dict[str, Any]:
         "at_once": task.eta <= task.enqueued_at, "options": _jsonb(task.options or None),
         "unique_key": task.unique_key, "cache_key": task.cache_key,
     }
+
+
+def _copy_in(cur: Any, tasks: Sequence[NewTask]) -> None:
+    with cur.copy(_COPY) as copy:
+        copy.set_types(_COPY_TYPES)
+        for task in tasks:
+            params = _insert_params(task)
+            params["status"] = "pending"
+            copy.write_row([params[_COPY_PARAMS.get(c, c)] for c in _COPY_COLUMNS])
+
+
+_COPY_PARAMS = {"task_name": "name"}  # column -> its key in _insert_params
 
 
 def _wakes(task: NewTask) -> str | None:
@@ -643,7 +661,7 @@ class PostgreSQLStore(Store):
         def body(cur: Any) -> list[str]:
             ids = []
             if not any(t.unique_key is not None for t in tasks):
-                cur.executemany(_INSERT, [_insert_params(t) for t in tasks])
+                _copy_in(cur, tasks)
                 ids = [t.id for t in tasks]
             else:
                 for task in tasks:

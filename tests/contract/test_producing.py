@@ -7,7 +7,7 @@ import pytest
 from castor.errors import TaskIdConflict
 from castor.states import TaskStatus
 from castor.store import Query
-from tests.contract.builders import claim_one, new, outcome
+from tests.contract.builders import claim, claim_one, new, outcome
 
 
 def test_an_enqueued_task_reads_back_as_given(store, clocks):
@@ -36,6 +36,26 @@ def test_arguments_and_results_keep_their_type_bytes_or_text(store, clocks):
     running = claim_one(store, clocks)
     assert store.settle_one(outcome(running, at=clocks.wall, result=b"\x80\x05K\x01."))
     assert store.get("p").result == b"\x80\x05K\x01."
+
+
+def test_every_field_of_a_batch_reads_back_as_given(store, clocks):
+    """A batch takes another path than one task (PostgreSQL: COPY, not an INSERT)."""
+    rich = new("a", eta=clocks.wall + 5, queue="mail", priority=-3, name="send",
+               options={"timeout": 2.5, "tags": ["x", "ü"]}, cache_key="c1")
+    rich.daemon, rich.mode = True, "thread"
+    pickled = new("p")
+    pickled.serializer, pickled.args, pickled.kwargs = "pickle", b"\x80\x05]\x94.", b"\x00\xff"
+    assert store.enqueue([rich, pickled, new("due")]) == ["a", "p", "due"]
+    rec = store.get("a")
+    assert (rec.name, rec.queue, rec.mode, rec.daemon, rec.status, rec.priority, rec.eta, rec.enqueued_at) == (
+        "send", "mail", "thread", True, TaskStatus.PENDING, -3, clocks.wall + 5, clocks.wall)
+    assert (rec.serializer, rec.args, rec.kwargs, rec.options) == (
+        "json", "[1]", "{}", {"timeout": 2.5, "tags": ["x", "ü"]})
+    assert (rec.attempts, rec.fence, rec.history, rec.unique_key) == (0, 0, [], None)
+    assert (store.get("p").serializer, store.get("p").args, store.get("p").kwargs) == (
+        "pickle", b"\x80\x05]\x94.", b"\x00\xff")
+    # Due at once or later, as a single enqueue would have it:
+    assert [r.id for r in claim(store, clocks, limit=5)] == ["due", "p"]  # ties by id
 
 
 def test_a_batch_is_stored_in_order_and_returns_every_id(store):
