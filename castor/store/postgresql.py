@@ -136,12 +136,16 @@ _FORGET_WATCHES = """DELETE FROM castor_watches w
                       WHERE since < extract(epoch FROM clock_timestamp()) - 60
                         AND NOT EXISTS (SELECT 1 FROM castor_tasks t
                                          WHERE t.id = w.task_id AND t.status IN ('pending', 'running'))"""
-# What a transaction's accepted settles wake, sent last before its COMMIT: the topics
-# known from what the settles returned, and the joiners of these tasks. Last, so that a
-# watch begun while the settles ran is seen too; one that commits between this statement
-# and the COMMIT is missed, and its joiner wakes at its 0.5 s re-check.
+# What a transaction's settles wake, sent after them and last before its COMMIT (in the
+# same round trip, so it cannot wait for what they returned): the workers of retries
+# due soon that are pending now (so written by this transaction, as a rule), and the
+# joiners of these tasks (a refused settle wakes its task's joiners for nothing: they
+# look and wait again). Last, so that a watch begun while the settles ran is seen too;
+# one that commits between this statement and the COMMIT is missed, and its joiner
+# wakes at its 0.5 s re-check.
 _NOTIFY_SETTLED = """SELECT pg_notify(%(channel)s, topic) FROM (
-                         SELECT unnest(%(topics)s::text[]) AS topic
+                         SELECT %(work_prefix)s || mode AS topic FROM castor_tasks
+                          WHERE id = ANY(%(retried)s) AND status = 'pending'
                           UNION SELECT %(task_prefix)s || task_id FROM castor_watches
                                  WHERE task_id = ANY(%(ids)s)) AS wakes"""
 
@@ -267,16 +271,10 @@ def _wakes(task: NewTask) -> str | None:
     return work_topic(task.mode) if task.eta - task.enqueued_at < WAKE_AHEAD_SECONDS else None
 
 
-def _settled_topics(settlements: Sequence[Settlement], rows: Sequence[Any]) -> list[str]:
-    """The workers accepted settles wake: those of retries due soon (their joiners are
-    found by _NOTIFY_SETTLED)."""
-    topics = []
-    for s, row in zip(settlements, rows, strict=True):
-        if row is not None and s.status == TaskStatus.PENDING and not s.drop and \
-                (s.eta is None or s.eta - s.finished_at < WAKE_AHEAD_SECONDS):
-            (mode,) = row
-            topics.append(work_topic(mode))
-    return topics
+def _retried_soon(settlements: Sequence[Settlement]) -> list[str]:
+    """The tasks these settles put back in the queue to run within WAKE_AHEAD_SECONDS."""
+    return [s.task_id for s in settlements if s.status == TaskStatus.PENDING and not s.drop and
+            (s.eta is None or s.eta - s.finished_at < WAKE_AHEAD_SECONDS)]
 
 
 def _record(row: Sequence[Any], to_wall: float) -> TaskRecord:
@@ -624,19 +622,31 @@ class PostgreSQLStore(Store):
                 cur.execute("SET LOCAL synchronous_commit TO OFF")
             return body(cur)
 
-    def _settle_one(self, cur: Any, settlement: Settlement) -> bool:
-        """One settle and the notifications it owes; accepted or not."""
-        cur.execute(*_settle_statement(settlement, self.failure_ttl))
-        rows = [cur.fetchone()]
-        self._notify_settled(cur, [settlement], rows)
-        return rows[0] is not None
-
-    def _notify_settled(self, cur: Any, settlements: Sequence[Settlement], rows: Sequence[Any]) -> None:
-        """The notifications accepted settles owe (_NOTIFY_SETTLED); call last before COMMIT."""
-        ids = [s.task_id for s, row in zip(settlements, rows, strict=True) if row is not None]
-        if ids:
-            cur.execute(_NOTIFY_SETTLED, {"channel": self._channel, "topics": _settled_topics(settlements, rows),
-                                          "task_prefix": task_topic(""), "ids": ids})
+    def _settle_and_claim(self, settlements: Sequence[Settlement],
+                          claim: tuple[str, dict[str, Any]] | None) -> tuple[list[bool], list[Any]]:
+        """A worker's hot path in one round trip whatever the batch (psycopg's pipeline):
+        BEGIN, the settles, the claim, the notifications the settles owe (_NOTIFY_SETTLED)
+        and COMMIT. Worker-side (see _write): synchronous_commit off. Which settles were
+        accepted, and the claimed rows."""
+        plan = _SettlePlan(settlements, self.failure_ttl)
+        # BEGIN and COMMIT by hand: psycopg's transaction block waits for each of them in
+        # a pipeline (four round trips, libpq's trace shows). After an error the server
+        # skips the rest, COMMIT too, up to the sync; the connection, left in a failed
+        # transaction, is then closed rather than pooled (_give_back).
+        with self._session() as conn:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute("SET LOCAL synchronous_commit TO OFF")
+                settled = [conn.execute(sql, params) for sql, params in plan.statements]
+                claiming = conn.execute(*claim) if claim is not None else None
+                if settlements:
+                    conn.execute(_NOTIFY_SETTLED, {
+                        "channel": self._channel, "work_prefix": work_topic(""), "task_prefix": task_topic(""),
+                        "retried": _retried_soon(settlements), "ids": [s.task_id for s in settlements]})
+                conn.execute("COMMIT")
+            rows = plan.rows(settled)
+            claimed = claiming.fetchall() if claiming is not None else []
+        return [row is not None for row in rows], claimed
 
     def _notify(self, cur: Any, topics: Sequence[str] = ("",)) -> None:
         """Wake the listeners of these topics ('': everyone) once this transaction commits."""
@@ -762,20 +772,9 @@ class PostgreSQLStore(Store):
         isolated: bool = False,
     ) -> tuple[list[bool], list[TaskRecord]]:
         clock = self._clock()
-        plan = _SettlePlan(settlements, self.failure_ttl)
         claim = self._claim_statement(owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else None
-        # A worker's hot path, in two round trips whatever the batch: BEGIN, the settles
-        # and the claim go in one (psycopg's pipeline); the notifications the settles owe
-        # (known from what they return) and COMMIT in the second. Worker-side: see _write.
-        with self._session() as conn, conn.pipeline() as pipeline, conn.transaction():
-            conn.execute("SET LOCAL synchronous_commit TO OFF")
-            settled = [conn.execute(sql, params) for sql, params in plan.statements]
-            claiming = conn.execute(*claim) if claim is not None else None
-            pipeline.sync()
-            rows = plan.rows(settled)
-            self._notify_settled(conn.cursor(), settlements, rows)
-            claimed = claiming.fetchall() if claiming is not None else []
-        return [row is not None for row in rows], _best_first(claimed, self._to_wall(clock, now))
+        accepted, claimed = self._settle_and_claim(settlements, claim)
+        return accepted, _best_first(claimed, self._to_wall(clock, now))
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
         clock = self._clock()
@@ -802,7 +801,7 @@ class PostgreSQLStore(Store):
         return {(task_id, fence) for task_id, fence in rows}
 
     def settle_one(self, settlement: Settlement) -> bool:
-        return self._write(lambda cur: self._settle_one(cur, settlement), worker_side=True)
+        return self._settle_and_claim([settlement], None)[0][0]
 
     def requeue(self, task_id: str, fence: int, *, count_attempt: bool) -> bool:
         params = {"now": time.time(), "failure_ttl": self.failure_ttl, "give_back": 0 if count_attempt else 1,

@@ -313,3 +313,32 @@ def test_a_claim_finds_its_rows_by_primary_key_however_stale_the_statistics(open
     # The inner SELECT walks castor_tasks_ready in order; the outer finds the ids by key.
     assert any(index == "castor_tasks_pkey" and "id = ANY" in cond for index, cond in scans), scans
     assert [index for index, _ in scans].count("castor_tasks_ready") == 1, scans
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("call", ["settle_one", "settle_and_claim"])
+def test_a_settle_the_server_refuses_writes_nothing_and_the_store_goes_on(opened, call):
+    """Settles go in one round trip (BEGIN ... COMMIT in a pipeline): when the server
+    refuses one, the others of its transaction are not written either, and the next
+    call works (the connection left in the failed transaction is not reused)."""
+    from castor.store.base import Settlement
+
+    store = opened()
+    now = time.time()
+    store.enqueue([new("a", now=now), new("b", now=now)])
+    a, b = store.claim("w", mode="process", queues=None, limit=2, lease=30.0, now=now)
+    good = Settlement(a.id, "w", a.attempts, TaskStatus.SUCCESS, result="1", finished_at=now, fence=a.fence)
+    # jsonb cannot hold a NUL character: the server refuses this one.
+    bad = Settlement(b.id, "w", b.attempts, TaskStatus.FAILED, error={"message": "nul \x00 here"},
+                     finished_at=now, fence=b.fence)
+    with pytest.raises(StoreError):
+        if call == "settle_one":
+            store.settle_one(bad)
+        else:
+            store.settle_and_claim([good, bad], "w", mode="process", queues=None, limit=1, lease=30.0, now=now)
+    assert (store.status("a"), store.status("b")) == (TaskStatus.RUNNING, TaskStatus.RUNNING)
+    assert store.settle_and_claim([good], "w", mode="process", queues=None, limit=1, lease=30.0,
+                                  now=now) == ([True], [])
+    assert store.settle_one(Settlement(b.id, "w", b.attempts, TaskStatus.SUCCESS, result="2", finished_at=now,
+                                       fence=b.fence))
+    assert (store.status("a"), store.status("b")) == (TaskStatus.SUCCESS, TaskStatus.SUCCESS)
