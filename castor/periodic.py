@@ -6,6 +6,9 @@ master (and `python -m castor`), enqueues a task when a tick comes, through
 only if no one recorded it (or a later one) yet, and enqueues the task only then. So
 each tick fires once, however many castords share the file. Missed ticks are skipped:
 a Scheduler starts at the first tick after now (and after the last one fired).
+A disabled schedule (`Manager.disable_schedule`) is refused by that same transaction,
+so every castord honours it at its next tick; its Scheduler keeps stepping through
+the refused ticks, which is why enabling it fires the next tick, never the missed ones.
 See docs/periodic.md.
 """
 
@@ -185,6 +188,7 @@ class Scheduler:
             log.exception("periodic.fire_failed", schedule=name, tick=tick)
             return None
         if not won:
+            # Fired by another castord, or the schedule is disabled (castord schedules).
             log.debug("periodic.already_fired", schedule=name, tick=tick)
             return None
         log.info("periodic.fired", schedule=name, tick=tick, task_id=task.id, task_name=task.name,

@@ -200,7 +200,25 @@ class Store(ABC):
     @abstractmethod
     def fire_schedule(self, name: str, tick: float, task: NewTask, *, now: float) -> bool:
         """Enqueue `task` for schedule `name`'s tick, unless that tick (or a later
-        one) was already fired by anyone; True if this call fired it."""
+        one) was already fired by anyone, or the schedule is disabled (read in the
+        same transaction, so a disable committed first always wins); True if this
+        call fired it."""
+
+    # Disabled schedules are castor_pauses rows of kind 'schedule' (the table was
+    # made for more kinds than queues): no migration, and claims never read them.
+
+    @abstractmethod
+    def disable_schedule(self, name: str) -> bool:
+        """Stop every caller of fire_schedule from firing `name`. True if this call
+        disabled it, False if it was disabled already."""
+
+    @abstractmethod
+    def enable_schedule(self, name: str) -> bool:
+        """Let `name` fire again (from its next tick: missed ones stay missed). True
+        if it was disabled."""
+
+    @abstractmethod
+    def disabled_schedules(self) -> set[str]: ...
 
     @abstractmethod
     def schedules(self) -> dict[str, dict[str, Any]]:

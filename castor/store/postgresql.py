@@ -957,12 +957,15 @@ class PostgreSQLStore(Store):
         def body(cur: Any) -> bool:
             # The conditional upsert: of callers racing for one tick, the first to
             # write it wins; the others find last_tick no longer below theirs.
+            # A disabled schedule inserts nothing (INSERT … SELECT … WHERE NOT EXISTS).
             cur.execute(
-                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id) VALUES (%s, %s, %s, %s)
+                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id)
+                   SELECT %s, %s, %s, %s WHERE NOT EXISTS (
+                       SELECT 1 FROM castor_pauses WHERE kind = 'schedule' AND name = %s)
                    ON CONFLICT (name) DO UPDATE
                       SET last_tick = excluded.last_tick, fired_at = excluded.fired_at, task_id = excluded.task_id
                     WHERE castor_schedules.last_tick < excluded.last_tick
-                RETURNING 1""", (name, tick, now, task.id))
+                RETURNING 1""", (name, tick, now, task.id, name))
             won = bool(cur.fetchall())
             if won:
                 cur.execute(_INSERT, _insert_params(task))
@@ -975,6 +978,17 @@ class PostgreSQLStore(Store):
     def schedules(self) -> dict[str, dict[str, Any]]:
         rows = self._fetch("SELECT name, last_tick, fired_at, task_id FROM castor_schedules")
         return {name: {"last_tick": tick, "fired_at": fired, "task_id": tid} for name, tick, fired, tid in rows}
+
+    def disable_schedule(self, name: str) -> bool:
+        return bool(self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES ('schedule', %s, %s) "
+                                "ON CONFLICT DO NOTHING RETURNING name", (name, time.time())))
+
+    def enable_schedule(self, name: str) -> bool:
+        return bool(self._fetch("DELETE FROM castor_pauses WHERE kind = 'schedule' AND name = %s RETURNING name",
+                                (name,)))
+
+    def disabled_schedules(self) -> set[str]:
+        return {name for (name,) in self._fetch("SELECT name FROM castor_pauses WHERE kind = 'schedule'")}
 
     # -- reading --------------------------------------------------------------------
 

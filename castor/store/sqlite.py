@@ -881,13 +881,18 @@ class SQLiteStore(Store):
 
     def fire_schedule(self, name: str, tick: float, task: NewTask, *, now: float) -> bool:
         def body(conn: sqlite3.Connection) -> bool:
+            # INSERT … SELECT … WHERE: a disabled schedule inserts nothing, so the
+            # upsert below never runs and RETURNING gives no row. (`WHERE` before
+            # `ON CONFLICT` is SQLite's required disambiguation of the upsert.)
             won = conn.execute(
-                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id) VALUES (?, ?, ?, ?)
+                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id)
+                   SELECT ?, ?, ?, ? WHERE NOT EXISTS (
+                       SELECT 1 FROM castor_pauses WHERE kind = 'schedule' AND name = ?)
                    ON CONFLICT (name) DO UPDATE
                       SET last_tick = excluded.last_tick, fired_at = excluded.fired_at,
                           task_id = excluded.task_id
                     WHERE castor_schedules.last_tick < excluded.last_tick
-                RETURNING 1""", (name, tick, now, task.id)).fetchall()
+                RETURNING 1""", (name, tick, now, task.id, name)).fetchall()
             if won:
                 conn.execute(_INSERT, _insert_params(task))
             return bool(won)
@@ -899,6 +904,17 @@ class SQLiteStore(Store):
         rows = self._execute("SELECT name, last_tick, fired_at, task_id FROM castor_schedules")
         return {name: {"last_tick": tick, "fired_at": fired, "task_id": tid}
                 for name, tick, fired, tid in rows}
+
+    def disable_schedule(self, name: str) -> bool:
+        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
+                                  "VALUES ('schedule', ?, ?) RETURNING name", (name, time.time())))
+
+    def enable_schedule(self, name: str) -> bool:
+        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = 'schedule' AND name = ? RETURNING name",
+                                  (name,)))
+
+    def disabled_schedules(self) -> set[str]:
+        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = 'schedule'")}
 
     # -- reading -----------------------------------------------------------------
 
