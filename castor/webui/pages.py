@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from castor import views
+from castor.periodic import schedule_rows
 from castor.states import TaskStatus
 from castor.store import Query, TaskRecord
 from castor.webui import charts
@@ -168,17 +169,9 @@ def failed(manager: Manager) -> dict[str, Any]:
 
 
 def periodic(manager: Manager) -> dict[str, Any]:
-    now = time.time()
-    manager.import_tasks()  # schedules registered by the include= modules
-    fired = manager.store.schedules()
-    rows = []
-    for name, schedule in sorted(manager.schedules.items()):
-        last = fired.get(name) or {}
-        after = max(now, last.get("last_tick") or 0.0)
-        rows.append({"name": name, "schedule": schedule.describe(), "last_tick": views.when(last.get("last_tick")),
-                     "fired_at": views.when(last.get("fired_at")), "task_id": last.get("task_id"),
-                     "next_tick": views.when(schedule.next_tick(after))})
+    rows = [{**row, "last_tick": views.when(row["last_tick"]), "fired_at": views.when(row["fired_at"]),
+             "next_tick": views.when(row["next_tick"])} for row in schedule_rows(manager)]
     # Ticks recorded for schedules this process does not register (another app, or removed).
     unknown = [{"name": name, "last_tick": views.when(row.get("last_tick")), "task_id": row.get("task_id")}
-               for name, row in sorted(fired.items()) if name not in manager.schedules]
+               for name, row in sorted(manager.store.schedules().items()) if name not in manager.schedules]
     return {"schedules": rows, "unknown": unknown}
