@@ -114,6 +114,14 @@ class Settlement:
         return (self.task_id, self.fence)
 
 
+# Why an attempt lost its worker, as each store writes it into the task's history
+# (an entry with "lost": true; the attempt's start and owner come from the row).
+LOST_LEASE = "its lease expired: the worker stopped renewing it (stalled, cut off, or gone)"
+LOST_DIED = "the process running it died"
+LOST_BESIDE = ("the process running it died while it ran beside other tasks: none is blamed, "
+               "and it runs alone next")
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """Filters for listing and counting tasks; None means any."""

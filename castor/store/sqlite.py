@@ -34,7 +34,18 @@ from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
 from castor.states import TaskStatus
 from castor.store import ready, schema
-from castor.store.base import CopyOutcome, NewTask, Query, Settlement, Store, TaskCopy, TaskRecord
+from castor.store.base import (
+    LOST_BESIDE,
+    LOST_DIED,
+    LOST_LEASE,
+    CopyOutcome,
+    NewTask,
+    Query,
+    Settlement,
+    Store,
+    TaskCopy,
+    TaskRecord,
+)
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
 T = TypeVar("T")
@@ -91,10 +102,16 @@ _SETTLE = f"""UPDATE castor_tasks
                      expires_at = ?
                {_FENCE}"""
 
+# A failed attempt's history entry: the worker's (attempt, type, message, at), with
+# the attempt's start and owner read from the row in the same UPDATE (SET sees the
+# values the claim wrote): the timeline costs the claim, the hot path, nothing.
+_HISTORY_APPEND = ("history = json_insert(coalesce(history, '[]'), '$[#]', "
+                   "json_set(json(?), '$.started_at', started_at, '$.owner', owner))")
+
 # A failed attempt also appends a short entry to the task's history.
 _SETTLE_FAILED = f"""UPDATE castor_tasks
                  SET status = ?, error = ?, finished_at = ?, lease_expires = NULL, expires_at = ?,
-                     history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
+                     {_HISTORY_APPEND}
                {_FENCE}"""
 
 # When a task the store itself ends failed or cancelled (a lost worker, a cancel
@@ -109,8 +126,7 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
                      finished_at = CASE cancel_requested WHEN 1 THEN ? END,
                      expires_at = CASE cancel_requested WHEN 1 THEN {_FAILURE_EXPIRY} END,
                      error = ?, eta = ?, at_once = ?, lease_expires = NULL,
-                     progress = NULL, progress_message = NULL,
-                     history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
+                     progress = NULL, progress_message = NULL, {_HISTORY_APPEND}
                {_FENCE}"""
 
 # result_ttl=0 (drop on success): the row goes as the task finishes.
@@ -733,10 +749,11 @@ class SQLiteStore(Store):
                 conn.execute(
                     f"""UPDATE castor_tasks
                           SET status = 'pending', lease_expires = NULL, isolate = 1,
-                              progress = NULL, progress_message = NULL
-                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (owner,))
+                              progress = NULL, progress_message = NULL, {_LOST_ENTRY}
+                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (LOST_BESIDE, now, owner))
             elif count_attempt:
-                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl)
+                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl,
+                      why=LOST_DIED)
             else:
                 _finish_cancelled(conn, "owner = ?", (owner,), now=now, failure_ttl=self.failure_ttl)
                 conn.execute(
@@ -793,7 +810,8 @@ class SQLiteStore(Store):
                 "AND lease_expires < ?", (clock,)).fetchall()]
             if not expired:
                 return []
-            _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl)
+            _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl,
+                  why=LOST_LEASE)
             marks = ", ".join("?" * len(expired))
             return [_row_to_record(r, to_wall) for r in conn.execute(
                 f"SELECT {_COLUMNS} FROM castor_tasks WHERE id IN ({marks})", expired).fetchall()]
@@ -1161,24 +1179,32 @@ def _make_private(path: str) -> None:
             pass  # missing (no WAL yet), or not ours: leave it
 
 
+# A lost attempt's history entry, made from the row (its attempt, start and owner);
+# parameters: (why, now).
+_LOST_ENTRY = ("history = json_insert(coalesce(history, '[]'), '$[#]', json_object("
+               "'attempt', attempts, 'type', 'castor.errors.WorkerLost', 'message', ?, 'at', ?, "
+               "'started_at', started_at, 'owner', owner, 'lost', json('true')))")
+
+
 def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float,
-          failure_ttl: float | None) -> int:
-    """The running tasks matching `where` lost their worker: fail those lost
-    `max_lost` times (WorkerLost), return the rest to pending. Inside a write txn."""
+          failure_ttl: float | None, why: str) -> int:
+    """The running tasks matching `where` lost their worker (`why`, kept in each one's
+    history): fail those lost `max_lost` times (WorkerLost), return the rest to
+    pending. Inside a write txn."""
     running = f"{_NOT_PENDING} AND status = 'running' AND {where}"
     cancelled = _finish_cancelled(conn, where, params, now=now, failure_ttl=failure_ttl)
     failed = conn.execute(
         f"""UPDATE castor_tasks
                SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL, lost = lost + 1,
-                   expires_at = {_FAILURE_EXPIRY}
+                   expires_at = {_FAILURE_EXPIRY}, {_LOST_ENTRY}
              WHERE {running} AND lost + 1 >= ?""",
-        (json.dumps(_worker_lost(max_lost)), now, now, failure_ttl, *params, max_lost),
+        (json.dumps(_worker_lost(max_lost)), now, now, failure_ttl, why, now, *params, max_lost),
     ).rowcount
     requeued = conn.execute(
         f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1,
-                                    progress = NULL, progress_message = NULL
+                                    progress = NULL, progress_message = NULL, {_LOST_ENTRY}
              WHERE {running}""",
-        params,
+        (why, now, *params),
     ).rowcount
     return cancelled + failed + requeued
 
