@@ -105,8 +105,11 @@ _SETTLE = f"""UPDATE castor_tasks
 # A failed attempt's history entry: the worker's (attempt, type, message, at), with
 # the attempt's start and owner read from the row in the same UPDATE (SET sees the
 # values the claim wrote): the timeline costs the claim, the hot path, nothing.
+# SQLite's JSON functions write a REAL with 15 digits (10 µs off in an epoch time):
+# printf's 17 give back the very float the claim stored.
+_STARTED_AT = "CASE WHEN started_at IS NULL THEN NULL ELSE json(printf('%!.17g', started_at)) END"
 _HISTORY_APPEND = ("history = json_insert(coalesce(history, '[]'), '$[#]', "
-                   "json_set(json(?), '$.started_at', started_at, '$.owner', owner))")
+                   f"json_set(json(?), '$.started_at', {_STARTED_AT}, '$.owner', owner))")
 
 # A failed attempt also appends a short entry to the task's history.
 _SETTLE_FAILED = f"""UPDATE castor_tasks
@@ -1182,8 +1185,8 @@ def _make_private(path: str) -> None:
 # A lost attempt's history entry, made from the row (its attempt, start and owner);
 # parameters: (why, now).
 _LOST_ENTRY = ("history = json_insert(coalesce(history, '[]'), '$[#]', json_object("
-               "'attempt', attempts, 'type', 'castor.errors.WorkerLost', 'message', ?, 'at', ?, "
-               "'started_at', started_at, 'owner', owner, 'lost', json('true')))")
+               "'attempt', attempts, 'type', 'castor.errors.WorkerLost', 'message', ?, 'at', json(printf('%!.17g', ?)), "
+               f"'started_at', {_STARTED_AT}, 'owner', owner, 'lost', json('true')))")
 
 
 def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float,

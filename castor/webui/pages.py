@@ -18,6 +18,7 @@ from castor.states import TaskStatus
 from castor.store import Query, TaskRecord
 from castor.webui import charts
 from castor.webui.filters import TaskFilter
+from castor.webui.timeline import timeline
 from castor.webui.values import show
 
 if TYPE_CHECKING:
@@ -121,33 +122,6 @@ def actions_for(status: TaskStatus) -> list[str]:
     if status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         return ["retry", "delete"]
     return ["delete"]
-
-
-def timeline(record: TaskRecord) -> list[dict[str, Any]]:
-    """What the record says happened, oldest first: enqueued, each failed attempt, the
-    current attempt's start and owner, the end. (The store keeps no row per attempt:
-    the start and owner of earlier attempts are not known.)"""
-    events: list[dict[str, Any]] = [{"at": record.enqueued_at, "what": "enqueued",
-                                     "detail": f"queue {record.queue}, priority {record.priority}"}]
-    if record.eta > record.enqueued_at + 0.001:
-        events.append({"at": record.eta, "what": "due", "detail": "not run before this time"})
-    for failure in record.history:
-        events.append({"at": failure.get("at"), "what": f"attempt {failure.get('attempt')} failed",
-                       "detail": f"{failure.get('type')}: {failure.get('message')}"})
-    if record.started_at is not None:
-        events.append({"at": record.started_at, "what": f"attempt {record.attempts} started",
-                       "detail": f"by {record.owner}" if record.owner else None})
-    if record.lost:
-        events.append({"at": None, "what": f"worker lost {record.lost} time{'s' if record.lost > 1 else ''}",
-                       "detail": "its worker vanished while running it"})
-    if record.finished_at is not None:
-        error = record.error or {}
-        detail = f"{error.get('type')}: {error.get('message')}" if error else None
-        if record.history and record.history[-1].get("at") == record.finished_at:
-            detail = None  # the last failed attempt, just above, says it
-        events.append({"at": record.finished_at, "what": str(record.status), "detail": detail})
-    events.sort(key=lambda e: (e["at"] is None, e["at"] or 0.0))
-    return [{**e, "when": views.when(e["at"])} for e in events]
 
 
 def failed(manager: Manager) -> dict[str, Any]:

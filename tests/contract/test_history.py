@@ -17,7 +17,7 @@ def brief(entry: dict) -> tuple:
 
 def test_each_failed_attempt_keeps_its_start_and_owner(store, clocks):
     store.enqueue([new("a")])
-    first_start = clocks.wall
+    first_start = clocks.advance(0.1234567)  # an epoch time with all its digits: read back exactly
     rec = claim_one(store, clocks, "host-a:1:w1")
     first_end = clocks.advance(2)
     store.settle_one(outcome(rec, TaskStatus.PENDING, at=first_end, eta=first_end))
@@ -46,6 +46,7 @@ def test_a_success_adds_no_entry_the_record_keeps_the_last_attempt(store, clocks
 
 def test_an_expired_lease_is_an_entry_with_the_lost_attempt(store, clocks):
     store.enqueue([new("a")])
+    clocks.advance(0.7654321)  # times with all their digits: read back exactly
     starts = []
     for i in range(2):
         starts.append(clocks.wall)
