@@ -1185,8 +1185,9 @@ def _make_private(path: str) -> None:
 # A lost attempt's history entry, made from the row (its attempt, start and owner);
 # parameters: (why, now).
 _LOST_ENTRY = ("history = json_insert(coalesce(history, '[]'), '$[#]', json_object("
-               "'attempt', attempts, 'type', 'castor.errors.WorkerLost', 'message', ?, 'at', json(printf('%!.17g', ?)), "
-               f"'started_at', {_STARTED_AT}, 'owner', owner, 'lost', json('true')))")
+               "'attempt', attempts, 'type', 'castor.errors.WorkerLost', 'message', ?, "
+               f"'at', json(printf('%!.17g', ?)), 'started_at', {_STARTED_AT}, 'owner', owner, "
+               "'lost', json('true')))")
 
 
 def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float,
