@@ -1,5 +1,5 @@
 """Disabling, enabling and running a schedule by hand under a real castord, from the shell:
-`castord schedules disable|enable|run|list`.
+`castord schedules disable|enable|run|list`, on the beaver file and on PostgreSQL.
 
 A negative ("no tick fired while disabled") is proved against a witness, not a sleep: the
 app has two schedules on the same every=1 ticks, `watched` registered before `witness`.
@@ -12,6 +12,7 @@ three ticks after the disable was committed therefore means three refused ticks 
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from collections.abc import Iterator
@@ -40,15 +41,18 @@ def witness():
 NAME = "switchapp:manager"
 
 
-@pytest.fixture
-def switch_app(app_dir: Path) -> Path:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def switch_app(request: pytest.FixtureRequest, app_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The app on the test's beaver file, or on a PostgreSQL database of its own."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("CASTOR_TEST_DB", request.getfixturevalue("postgres_db_url"))
     (app_dir / "switchapp.py").write_text(textwrap.dedent(APP))
     return app_dir
 
 
 @pytest.fixture
-def client(db_path: str) -> Iterator[castor.Manager]:
-    m = castor.Manager(db_path)
+def client(switch_app: Path) -> Iterator[castor.Manager]:
+    m = castor.Manager(os.environ["CASTOR_TEST_DB"])
     yield m
     m.close()
 
