@@ -325,6 +325,37 @@ class Manager:
         """The queues paused now."""
         return self.store.paused_queues()
 
+    # -- periodic schedules (castor/periodic.py) ------------------------------
+
+    def disable_schedule(self, name: str) -> bool:
+        """Stop every castord on this store from firing periodic task `name`'s ticks
+        (persisted; a tick already fired runs). Returns False if it was disabled
+        already. An unknown name raises UnknownTaskError."""
+        return self.store.disable_schedule(self._schedule_name(name))
+
+    def enable_schedule(self, name: str) -> bool:
+        """Let schedule `name` fire again, from its next tick: the ticks that passed
+        while it was disabled are skipped, never fired in a burst. Returns False if
+        it was not disabled."""
+        return self.store.enable_schedule(self._schedule_name(name))
+
+    def disabled_schedules(self) -> set[str]:
+        """The schedules disabled now (names as stored, registered here or not)."""
+        return self.store.disabled_schedules()
+
+    def run_schedule_now(self, name: str) -> Task[Any]:
+        """Enqueue periodic task `name` once, now, as a tick would (no arguments, the
+        task's own options). Its regular ticks do not move; a disabled schedule can
+        still be run by hand."""
+        return self.registry[self._schedule_name(name)].delay()
+
+    def _schedule_name(self, name: Any) -> str:
+        self.import_tasks()  # schedules registered by the include= modules
+        if isinstance(name, str) and name in self.schedules:
+            return name
+        known = ", ".join(sorted(self.schedules)) or "none"
+        raise UnknownTaskError(f"no periodic task named {name!r} in this app (its schedules: {known})")
+
     def close(self) -> None:
         """Close castor's connections, and the BeaverDB if castor opened it (one you
         passed in stays yours to close)."""

@@ -6,6 +6,9 @@ master (and `python -m castor`), enqueues a task when a tick comes, through
 only if no one recorded it (or a later one) yet, and enqueues the task only then. So
 each tick fires once, however many castords share the file. Missed ticks are skipped:
 a Scheduler starts at the first tick after now (and after the last one fired).
+A disabled schedule (`Manager.disable_schedule`) is refused by that same transaction,
+so every castord honours it at its next tick; its Scheduler keeps stepping through
+the refused ticks, which is why enabling it fires the next tick, never the missed ones.
 See docs/periodic.md.
 """
 
@@ -133,6 +136,24 @@ def _check_no_arguments(fn: Callable[..., Any], where: str) -> None:
         pass  # no signature to inspect (a builtin): let it fail at run time
 
 
+def schedule_rows(manager: Manager, *, now: float | None = None) -> list[dict[str, Any]]:
+    """Each registered schedule as the CLI and the web show it: enabled or not, the
+    last tick fired (by any castord) and the next one (None while disabled)."""
+    now = time.time() if now is None else now
+    manager.import_tasks()  # schedules registered by the include= modules
+    fired = manager.store.schedules()
+    disabled = manager.store.disabled_schedules()
+    rows = []
+    for name, schedule in sorted(manager.schedules.items()):
+        last = fired.get(name) or {}
+        enabled = name not in disabled
+        after = max(now, last.get("last_tick") or 0.0)
+        rows.append({"name": name, "schedule": schedule.describe(), "enabled": enabled,
+                     "last_tick": last.get("last_tick"), "fired_at": last.get("fired_at"),
+                     "task_id": last.get("task_id"), "next_tick": schedule.next_tick(after) if enabled else None})
+    return rows
+
+
 class Scheduler:
     """Fires a Manager's schedules. Steppable: the caller owns the loop and the clock.
 
@@ -185,6 +206,7 @@ class Scheduler:
             log.exception("periodic.fire_failed", schedule=name, tick=tick)
             return None
         if not won:
+            # Fired by another castord, or the schedule is disabled (castord schedules).
             log.debug("periodic.already_fired", schedule=name, tick=tick)
             return None
         log.info("periodic.fired", schedule=name, tick=tick, task_id=task.id, task_name=task.name,

@@ -402,6 +402,92 @@ def _switch_queue(app: str, queue: str, *, pause: bool) -> None:
         click.echo(f"queue {queue} was {'paused already' if pause else 'not paused'}")
 
 
+@main.group(cls=_TasksGroup)
+def schedules() -> None:
+    """Periodic tasks: list them, disable or enable one, run one now.
+
+    Each subcommand takes APP (module:variable naming the Manager); NAME is the
+    periodic task's name as `castord schedules list` shows it.
+    """
+
+
+@schedules.command("list")
+@click.argument("app", envvar=_env("APP"))
+@_json_option
+def schedules_list(app: str, as_json: bool) -> None:
+    """Each schedule: enabled or not, its last tick fired and its next."""
+    from castor.periodic import schedule_rows
+
+    manager = _manager(app)
+    try:
+        rows = schedule_rows(manager)
+    finally:
+        manager.close()
+    _emit(rows, as_json, _render_schedules)
+
+
+def _render_schedules(rows: list[dict[str, Any]]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from castor.views import when
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("name", "schedule", "state", "last tick", "next tick"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(escape(row["name"]), escape(row["schedule"]), "enabled" if row["enabled"] else "disabled",
+                      when(row["last_tick"]) or "never", when(row["next_tick"]) or "—")
+    return table
+
+
+@schedules.command("disable")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("name")
+def schedules_disable(app: str, name: str) -> None:
+    """Stop every castord on APP's store from firing NAME's ticks (persisted)."""
+    _switch_schedule(app, name, enable=False)
+
+
+@schedules.command("enable")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("name")
+def schedules_enable(app: str, name: str) -> None:
+    """Let NAME fire again from its next tick (missed ticks are not fired)."""
+    _switch_schedule(app, name, enable=True)
+
+
+def _switch_schedule(app: str, name: str, *, enable: bool) -> None:
+    from castor.errors import UnknownTaskError
+
+    manager = _manager(app)
+    try:
+        changed = manager.enable_schedule(name) if enable else manager.disable_schedule(name)
+    except UnknownTaskError as exc:
+        _fail(str(exc), ExitCode.NOT_FOUND)
+    finally:
+        manager.close()
+    word = "enabled" if enable else "disabled"
+    click.echo(f"{word} schedule {name}" if changed else f"schedule {name} was {word} already")
+
+
+@schedules.command("run")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("name")
+def schedules_run(app: str, name: str) -> None:
+    """Enqueue NAME once now, as a tick would; its regular ticks stay as they are."""
+    from castor.errors import UnknownTaskError
+
+    manager = _manager(app)
+    try:
+        task = manager.run_schedule_now(name)
+    except UnknownTaskError as exc:
+        _fail(str(exc), ExitCode.NOT_FOUND)
+    finally:
+        manager.close()
+    click.echo(f"enqueued {name}: {task.id}")
+
+
 @tasks.command("stats")
 @click.argument("app", envvar=_env("APP"))
 @_json_option

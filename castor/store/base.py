@@ -114,6 +114,14 @@ class Settlement:
         return (self.task_id, self.fence)
 
 
+# Why an attempt lost its worker, as each store writes it into the task's history
+# (an entry with "lost": true; the attempt's start and owner come from the row).
+LOST_LEASE = "its lease expired: the worker stopped renewing it (stalled, cut off, or gone)"
+LOST_DIED = "the process running it died"
+LOST_BESIDE = ("the process running it died while it ran beside other tasks: none is blamed, "
+               "and it runs alone next")
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """Filters for listing and counting tasks; None means any."""
@@ -200,7 +208,25 @@ class Store(ABC):
     @abstractmethod
     def fire_schedule(self, name: str, tick: float, task: NewTask, *, now: float) -> bool:
         """Enqueue `task` for schedule `name`'s tick, unless that tick (or a later
-        one) was already fired by anyone; True if this call fired it."""
+        one) was already fired by anyone, or the schedule is disabled (read in the
+        same transaction, so a disable committed first always wins); True if this
+        call fired it."""
+
+    # Disabled schedules are castor_pauses rows of kind 'schedule' (the table was
+    # made for more kinds than queues): no migration, and claims never read them.
+
+    @abstractmethod
+    def disable_schedule(self, name: str) -> bool:
+        """Stop every caller of fire_schedule from firing `name`. True if this call
+        disabled it, False if it was disabled already."""
+
+    @abstractmethod
+    def enable_schedule(self, name: str) -> bool:
+        """Let `name` fire again (from its next tick: missed ones stay missed). True
+        if it was disabled."""
+
+    @abstractmethod
+    def disabled_schedules(self) -> set[str]: ...
 
     @abstractmethod
     def schedules(self) -> dict[str, dict[str, Any]]:

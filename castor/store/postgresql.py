@@ -45,6 +45,9 @@ from castor.interrupts import shielded
 from castor.states import TaskStatus
 from castor.store import pg_schema
 from castor.store.base import (
+    LOST_BESIDE,
+    LOST_DIED,
+    LOST_LEASE,
     CopyOutcome,
     NewTask,
     Query,
@@ -160,7 +163,15 @@ _FENCE = "WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'"
 # expires: its own failure_ttl, else the Manager's; NULL keeps it.
 _FAILURE_EXPIRY = "(%(now)s + coalesce((options->>'failure_ttl')::float8, %(failure_ttl)s::float8))"
 
-_HISTORY_APPEND = "coalesce(history, '[]'::jsonb) || jsonb_build_array(%(entry)s::jsonb)"
+# A failed attempt's entry: the worker's, with the attempt's start and owner read
+# from the row in the same UPDATE (the claim, the hot path, writes nothing more).
+_HISTORY_APPEND = ("coalesce(history, '[]'::jsonb) || jsonb_build_array(%(entry)s::jsonb"
+                   " || jsonb_build_object('started_at', started_at, 'owner', owner))")
+
+# A lost attempt's entry, made from the row; parameters why and now.
+_LOST_ENTRY = ("history = coalesce(history, '[]'::jsonb) || jsonb_build_array(jsonb_build_object("
+               "'attempt', attempts, 'type', 'castor.errors.WorkerLost', 'message', %(why)s::text, "
+               "'at', %(now)s::float8, 'started_at', started_at, 'owner', owner, 'lost', true))")
 
 _SETTLE = f"""UPDATE castor_tasks
                  SET status = %(status)s, result = %(result)s, result_text = %(result_text)s, error = %(error)s,
@@ -393,21 +404,22 @@ def _finish_cancelled(cur: Any, ids: list[str], now: float, failure_ttl: float |
         {"ids": ids, "now": now, "failure_ttl": failure_ttl})
 
 
-def _lose(cur: Any, ids: list[str], *, max_lost: int, now: float, failure_ttl: float | None) -> None:
-    """These running tasks lost their worker: fail those lost `max_lost` times
-    (WorkerLost), return the rest to pending (cancel-requested ones end cancelled)."""
+def _lose(cur: Any, ids: list[str], *, max_lost: int, now: float, failure_ttl: float | None, why: str) -> None:
+    """These running tasks lost their worker (`why`, kept in each one's history): fail
+    those lost `max_lost` times (WorkerLost), return the rest to pending
+    (cancel-requested ones end cancelled)."""
     _finish_cancelled(cur, ids, now, failure_ttl)
     params = {"ids": ids, "now": now, "failure_ttl": failure_ttl, "max_lost": max_lost,
-              "error": Jsonb(_worker_lost(max_lost))}
+              "error": Jsonb(_worker_lost(max_lost)), "why": why}
     cur.execute(
         f"""UPDATE castor_tasks
                SET status = 'failed', error = %(error)s, finished_at = %(now)s, lease_expires = NULL,
-                   lost = lost + 1, expires_at = {_FAILURE_EXPIRY}
+                   lost = lost + 1, expires_at = {_FAILURE_EXPIRY}, {_LOST_ENTRY}
              WHERE id = ANY(%(ids)s) AND status = 'running' AND lost + 1 >= %(max_lost)s""", params)
     cur.execute(
-        """UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1,
-                                   progress = NULL, progress_message = NULL
-            WHERE id = ANY(%(ids)s) AND status = 'running'""", params)
+        f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1,
+                                    progress = NULL, progress_message = NULL, {_LOST_ENTRY}
+             WHERE id = ANY(%(ids)s) AND status = 'running'""", params)
 
 
 def _application_name() -> str:
@@ -848,11 +860,12 @@ class PostgreSQLStore(Store):
                 # killed it. None is blamed; each runs alone next, so that a repeat
                 # of the crash names the culprit.
                 _finish_cancelled(cur, held, now, failure_ttl)
-                cur.execute("""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, isolate = true,
-                                                       progress = NULL, progress_message = NULL
-                                WHERE id = ANY(%(ids)s) AND status = 'running'""", params)
+                cur.execute(f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, isolate = true,
+                                                        progress = NULL, progress_message = NULL, {_LOST_ENTRY}
+                                 WHERE id = ANY(%(ids)s) AND status = 'running'""",
+                            {**params, "why": LOST_BESIDE, "now": now})
             elif count_attempt:
-                _lose(cur, held, max_lost=max_lost, now=now, failure_ttl=failure_ttl)
+                _lose(cur, held, max_lost=max_lost, now=now, failure_ttl=failure_ttl, why=LOST_DIED)
             else:
                 _finish_cancelled(cur, held, now, failure_ttl)
                 cur.execute("""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL,
@@ -879,7 +892,7 @@ class PostgreSQLStore(Store):
             ids = [r[0] for r in cur.fetchall()]
             if not ids:
                 return []
-            _lose(cur, ids, max_lost=max_lost, now=now, failure_ttl=failure_ttl)
+            _lose(cur, ids, max_lost=max_lost, now=now, failure_ttl=failure_ttl, why=LOST_LEASE)
             self._notify(cur)
             return self._records(cur, ids, to_wall)
 
@@ -1015,12 +1028,15 @@ class PostgreSQLStore(Store):
         def body(cur: Any) -> bool:
             # The conditional upsert: of callers racing for one tick, the first to
             # write it wins; the others find last_tick no longer below theirs.
+            # A disabled schedule inserts nothing (INSERT … SELECT … WHERE NOT EXISTS).
             cur.execute(
-                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id) VALUES (%s, %s, %s, %s)
+                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id)
+                   SELECT %s, %s, %s, %s WHERE NOT EXISTS (
+                       SELECT 1 FROM castor_pauses WHERE kind = 'schedule' AND name = %s)
                    ON CONFLICT (name) DO UPDATE
                       SET last_tick = excluded.last_tick, fired_at = excluded.fired_at, task_id = excluded.task_id
                     WHERE castor_schedules.last_tick < excluded.last_tick
-                RETURNING 1""", (name, tick, now, task.id))
+                RETURNING 1""", (name, tick, now, task.id, name))
             won = bool(cur.fetchall())
             if won:
                 cur.execute(_INSERT, _insert_params(task))
@@ -1033,6 +1049,17 @@ class PostgreSQLStore(Store):
     def schedules(self) -> dict[str, dict[str, Any]]:
         rows = self._fetch("SELECT name, last_tick, fired_at, task_id FROM castor_schedules")
         return {name: {"last_tick": tick, "fired_at": fired, "task_id": tid} for name, tick, fired, tid in rows}
+
+    def disable_schedule(self, name: str) -> bool:
+        return bool(self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES ('schedule', %s, %s) "
+                                "ON CONFLICT DO NOTHING RETURNING name", (name, time.time())))
+
+    def enable_schedule(self, name: str) -> bool:
+        return bool(self._fetch("DELETE FROM castor_pauses WHERE kind = 'schedule' AND name = %s RETURNING name",
+                                (name,)))
+
+    def disabled_schedules(self) -> set[str]:
+        return {name for (name,) in self._fetch("SELECT name FROM castor_pauses WHERE kind = 'schedule'")}
 
     # -- reading --------------------------------------------------------------------
 

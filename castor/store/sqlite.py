@@ -34,7 +34,18 @@ from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
 from castor.states import TaskStatus
 from castor.store import ready, schema
-from castor.store.base import CopyOutcome, NewTask, Query, Settlement, Store, TaskCopy, TaskRecord
+from castor.store.base import (
+    LOST_BESIDE,
+    LOST_DIED,
+    LOST_LEASE,
+    CopyOutcome,
+    NewTask,
+    Query,
+    Settlement,
+    Store,
+    TaskCopy,
+    TaskRecord,
+)
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
 T = TypeVar("T")
@@ -91,10 +102,19 @@ _SETTLE = f"""UPDATE castor_tasks
                      expires_at = ?
                {_FENCE}"""
 
+# A failed attempt's history entry: the worker's (attempt, type, message, at), with
+# the attempt's start and owner read from the row in the same UPDATE (SET sees the
+# values the claim wrote): the timeline costs the claim, the hot path, nothing.
+# SQLite's JSON functions write a REAL with 15 digits (10 µs off in an epoch time):
+# printf's 17 give back the very float the claim stored.
+_STARTED_AT = "CASE WHEN started_at IS NULL THEN NULL ELSE json(printf('%!.17g', started_at)) END"
+_HISTORY_APPEND = ("history = json_insert(coalesce(history, '[]'), '$[#]', "
+                   f"json_set(json(?), '$.started_at', {_STARTED_AT}, '$.owner', owner))")
+
 # A failed attempt also appends a short entry to the task's history.
 _SETTLE_FAILED = f"""UPDATE castor_tasks
                  SET status = ?, error = ?, finished_at = ?, lease_expires = NULL, expires_at = ?,
-                     history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
+                     {_HISTORY_APPEND}
                {_FENCE}"""
 
 # When a task the store itself ends failed or cancelled (a lost worker, a cancel
@@ -109,8 +129,7 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
                      finished_at = CASE cancel_requested WHEN 1 THEN ? END,
                      expires_at = CASE cancel_requested WHEN 1 THEN {_FAILURE_EXPIRY} END,
                      error = ?, eta = ?, at_once = ?, lease_expires = NULL,
-                     progress = NULL, progress_message = NULL,
-                     history = json_insert(coalesce(history, '[]'), '$[#]', json(?))
+                     progress = NULL, progress_message = NULL, {_HISTORY_APPEND}
                {_FENCE}"""
 
 # result_ttl=0 (drop on success): the row goes as the task finishes.
@@ -733,10 +752,11 @@ class SQLiteStore(Store):
                 conn.execute(
                     f"""UPDATE castor_tasks
                           SET status = 'pending', lease_expires = NULL, isolate = 1,
-                              progress = NULL, progress_message = NULL
-                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (owner,))
+                              progress = NULL, progress_message = NULL, {_LOST_ENTRY}
+                        WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (LOST_BESIDE, now, owner))
             elif count_attempt:
-                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl)
+                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl,
+                      why=LOST_DIED)
             else:
                 _finish_cancelled(conn, "owner = ?", (owner,), now=now, failure_ttl=self.failure_ttl)
                 conn.execute(
@@ -793,7 +813,8 @@ class SQLiteStore(Store):
                 "AND lease_expires < ?", (clock,)).fetchall()]
             if not expired:
                 return []
-            _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl)
+            _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl,
+                  why=LOST_LEASE)
             marks = ", ".join("?" * len(expired))
             return [_row_to_record(r, to_wall) for r in conn.execute(
                 f"SELECT {_COLUMNS} FROM castor_tasks WHERE id IN ({marks})", expired).fetchall()]
@@ -881,13 +902,18 @@ class SQLiteStore(Store):
 
     def fire_schedule(self, name: str, tick: float, task: NewTask, *, now: float) -> bool:
         def body(conn: sqlite3.Connection) -> bool:
+            # INSERT … SELECT … WHERE: a disabled schedule inserts nothing, so the
+            # upsert below never runs and RETURNING gives no row. (`WHERE` before
+            # `ON CONFLICT` is SQLite's required disambiguation of the upsert.)
             won = conn.execute(
-                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id) VALUES (?, ?, ?, ?)
+                """INSERT INTO castor_schedules (name, last_tick, fired_at, task_id)
+                   SELECT ?, ?, ?, ? WHERE NOT EXISTS (
+                       SELECT 1 FROM castor_pauses WHERE kind = 'schedule' AND name = ?)
                    ON CONFLICT (name) DO UPDATE
                       SET last_tick = excluded.last_tick, fired_at = excluded.fired_at,
                           task_id = excluded.task_id
                     WHERE castor_schedules.last_tick < excluded.last_tick
-                RETURNING 1""", (name, tick, now, task.id)).fetchall()
+                RETURNING 1""", (name, tick, now, task.id, name)).fetchall()
             if won:
                 conn.execute(_INSERT, _insert_params(task))
             return bool(won)
@@ -899,6 +925,17 @@ class SQLiteStore(Store):
         rows = self._execute("SELECT name, last_tick, fired_at, task_id FROM castor_schedules")
         return {name: {"last_tick": tick, "fired_at": fired, "task_id": tid}
                 for name, tick, fired, tid in rows}
+
+    def disable_schedule(self, name: str) -> bool:
+        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
+                                  "VALUES ('schedule', ?, ?) RETURNING name", (name, time.time())))
+
+    def enable_schedule(self, name: str) -> bool:
+        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = 'schedule' AND name = ? RETURNING name",
+                                  (name,)))
+
+    def disabled_schedules(self) -> set[str]:
+        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = 'schedule'")}
 
     # -- reading -----------------------------------------------------------------
 
@@ -1145,24 +1182,33 @@ def _make_private(path: str) -> None:
             pass  # missing (no WAL yet), or not ours: leave it
 
 
+# A lost attempt's history entry, made from the row (its attempt, start and owner);
+# parameters: (why, now).
+_LOST_ENTRY = ("history = json_insert(coalesce(history, '[]'), '$[#]', json_object("
+               "'attempt', attempts, 'type', 'castor.errors.WorkerLost', 'message', ?, "
+               f"'at', json(printf('%!.17g', ?)), 'started_at', {_STARTED_AT}, 'owner', owner, "
+               "'lost', json('true')))")
+
+
 def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float,
-          failure_ttl: float | None) -> int:
-    """The running tasks matching `where` lost their worker: fail those lost
-    `max_lost` times (WorkerLost), return the rest to pending. Inside a write txn."""
+          failure_ttl: float | None, why: str) -> int:
+    """The running tasks matching `where` lost their worker (`why`, kept in each one's
+    history): fail those lost `max_lost` times (WorkerLost), return the rest to
+    pending. Inside a write txn."""
     running = f"{_NOT_PENDING} AND status = 'running' AND {where}"
     cancelled = _finish_cancelled(conn, where, params, now=now, failure_ttl=failure_ttl)
     failed = conn.execute(
         f"""UPDATE castor_tasks
                SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL, lost = lost + 1,
-                   expires_at = {_FAILURE_EXPIRY}
+                   expires_at = {_FAILURE_EXPIRY}, {_LOST_ENTRY}
              WHERE {running} AND lost + 1 >= ?""",
-        (json.dumps(_worker_lost(max_lost)), now, now, failure_ttl, *params, max_lost),
+        (json.dumps(_worker_lost(max_lost)), now, now, failure_ttl, why, now, *params, max_lost),
     ).rowcount
     requeued = conn.execute(
         f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1,
-                                    progress = NULL, progress_message = NULL
+                                    progress = NULL, progress_message = NULL, {_LOST_ENTRY}
              WHERE {running}""",
-        params,
+        (why, now, *params),
     ).rowcount
     return cancelled + failed + requeued
 

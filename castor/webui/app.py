@@ -25,9 +25,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from castor.errors import StoreError
+from castor.errors import StoreError, UnknownTaskError
 from castor.webui import actions, pages
 from castor.webui.filters import STATUSES, BadFilter, TaskFilter, page_key
+from castor.webui.periodic_actions import SCHEDULE_ACTIONS, act_on_schedule
 from castor.webui.security import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, Guard, new_csrf_cookie
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class DashboardApp:
             Route("/tasks/{task_id}/{action}", act(self.task_action), methods=["POST"]),
             Route("/failed", page(self.failed)),
             Route("/periodic", page(self.periodic)),
+            Route("/periodic/{action}", act(self.schedule_action), methods=["POST"]),
             Route("/login", public(self.login), methods=["GET", "POST"]),
             Route("/logout", public(self.logout), methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
@@ -229,6 +231,17 @@ class DashboardApp:
             raise HTTPProblem(400, "no queue named: the form must carry queue=NAME")
         actions.act_on_queue(self.manager, action, queue, who=ctx.who)
         return ctx.redirect("/queues")
+
+    def schedule_action(self, ctx: Context) -> Response:
+        action = ctx.request.path_params["action"]
+        if action not in SCHEDULE_ACTIONS:
+            raise HTTPProblem(404, f"no schedule action {action!r}; they are {', '.join(SCHEDULE_ACTIONS)}")
+        name = ctx.form.first("name") or ""
+        try:
+            task_id = act_on_schedule(self.manager, action, name, who=ctx.who)
+        except UnknownTaskError as exc:
+            raise HTTPProblem(404, str(exc)) from None
+        return ctx.redirect(f"/tasks/{quote(task_id, safe='')}" if task_id else "/periodic")
 
     def bulk(self, ctx: Context) -> Response:
         form = ctx.form

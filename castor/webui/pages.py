@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from castor import views
+from castor.periodic import schedule_rows
 from castor.states import TaskStatus
 from castor.store import Query, TaskRecord
 from castor.webui import charts
 from castor.webui.filters import TaskFilter
+from castor.webui.timeline import timeline
 from castor.webui.values import show
 
 if TYPE_CHECKING:
@@ -122,33 +124,6 @@ def actions_for(status: TaskStatus) -> list[str]:
     return ["delete"]
 
 
-def timeline(record: TaskRecord) -> list[dict[str, Any]]:
-    """What the record says happened, oldest first: enqueued, each failed attempt, the
-    current attempt's start and owner, the end. (The store keeps no row per attempt:
-    the start and owner of earlier attempts are not known.)"""
-    events: list[dict[str, Any]] = [{"at": record.enqueued_at, "what": "enqueued",
-                                     "detail": f"queue {record.queue}, priority {record.priority}"}]
-    if record.eta > record.enqueued_at + 0.001:
-        events.append({"at": record.eta, "what": "due", "detail": "not run before this time"})
-    for failure in record.history:
-        events.append({"at": failure.get("at"), "what": f"attempt {failure.get('attempt')} failed",
-                       "detail": f"{failure.get('type')}: {failure.get('message')}"})
-    if record.started_at is not None:
-        events.append({"at": record.started_at, "what": f"attempt {record.attempts} started",
-                       "detail": f"by {record.owner}" if record.owner else None})
-    if record.lost:
-        events.append({"at": None, "what": f"worker lost {record.lost} time{'s' if record.lost > 1 else ''}",
-                       "detail": "its worker vanished while running it"})
-    if record.finished_at is not None:
-        error = record.error or {}
-        detail = f"{error.get('type')}: {error.get('message')}" if error else None
-        if record.history and record.history[-1].get("at") == record.finished_at:
-            detail = None  # the last failed attempt, just above, says it
-        events.append({"at": record.finished_at, "what": str(record.status), "detail": detail})
-    events.sort(key=lambda e: (e["at"] is None, e["at"] or 0.0))
-    return [{**e, "when": views.when(e["at"])} for e in events]
-
-
 def failed(manager: Manager) -> dict[str, Any]:
     store = manager.store
     total = store.count(Query(status=TaskStatus.FAILED))
@@ -168,17 +143,9 @@ def failed(manager: Manager) -> dict[str, Any]:
 
 
 def periodic(manager: Manager) -> dict[str, Any]:
-    now = time.time()
-    manager.import_tasks()  # schedules registered by the include= modules
-    fired = manager.store.schedules()
-    rows = []
-    for name, schedule in sorted(manager.schedules.items()):
-        last = fired.get(name) or {}
-        after = max(now, last.get("last_tick") or 0.0)
-        rows.append({"name": name, "schedule": schedule.describe(), "last_tick": views.when(last.get("last_tick")),
-                     "fired_at": views.when(last.get("fired_at")), "task_id": last.get("task_id"),
-                     "next_tick": views.when(schedule.next_tick(after))})
+    rows = [{**row, "last_tick": views.when(row["last_tick"]), "fired_at": views.when(row["fired_at"]),
+             "next_tick": views.when(row["next_tick"])} for row in schedule_rows(manager)]
     # Ticks recorded for schedules this process does not register (another app, or removed).
     unknown = [{"name": name, "last_tick": views.when(row.get("last_tick")), "task_id": row.get("task_id")}
-               for name, row in sorted(fired.items()) if name not in manager.schedules]
+               for name, row in sorted(manager.store.schedules().items()) if name not in manager.schedules]
     return {"schedules": rows, "unknown": unknown}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from castor.states import TaskStatus
 from castor.store import Query
-from tests.contract.builders import new
+from tests.contract.builders import claim, new
 
 
 def test_a_tick_fires_once(store, clocks):
@@ -51,3 +51,57 @@ def test_two_instances_fire_each_tick_once(backend, store, clocks):
              for tick in range(20) for n, s in (("x", store), ("y", other))]
     assert sum(fired) == 20
     assert store.count(Query()) == 20
+
+
+# -- disabling -------------------------------------------------------------------
+
+
+def test_a_disabled_schedule_does_not_fire(store, clocks):
+    t = clocks.wall
+    assert store.fire_schedule("s", t, new("before"), now=t)
+    assert store.disable_schedule("s") is True
+    assert not store.fire_schedule("s", t + 60, new("while-disabled"), now=t + 60)
+    assert [r.id for r in store.list(Query())] == ["before"]
+    assert store.schedules()["s"]["last_tick"] == t  # the refused tick is not recorded
+
+
+def test_a_schedule_that_never_fired_can_be_disabled(store, clocks):
+    assert store.disable_schedule("new") is True
+    assert not store.fire_schedule("new", clocks.wall, new("t"), now=clocks.wall)
+    assert store.count(Query()) == 0
+    assert store.schedules() == {}
+
+
+def test_enable_lets_the_next_tick_fire(store, clocks):
+    t = clocks.wall
+    store.disable_schedule("s")
+    assert store.enable_schedule("s") is True
+    assert store.fire_schedule("s", t, new("after"), now=t)
+    assert [r.id for r in store.list(Query())] == ["after"]
+
+
+def test_disable_and_enable_say_whether_they_changed_anything(store):
+    assert store.enable_schedule("s") is False
+    assert store.disable_schedule("s") is True
+    assert store.disable_schedule("s") is False
+    assert store.disabled_schedules() == {"s"}
+    assert store.enable_schedule("s") is True
+    assert store.disabled_schedules() == set()
+
+
+def test_disabling_is_seen_by_another_instance(backend, store, clocks):
+    other = backend.open()
+    store.disable_schedule("s")
+    assert other.disabled_schedules() == {"s"}
+    assert not other.fire_schedule("s", clocks.wall, new("t"), now=clocks.wall)
+
+
+def test_a_disabled_schedule_pauses_no_queue_of_its_name(store, clocks):
+    store.enqueue([new("q-task", queue="s")])
+    store.disable_schedule("s")
+    assert store.paused_queues() == set()
+    assert [r.id for r in claim(store, clocks)] == ["q-task"]
+    store.pause_queue("s")
+    assert store.disabled_schedules() == {"s"}
+    store.resume_queue("s")
+    assert store.disabled_schedules() == {"s"}

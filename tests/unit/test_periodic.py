@@ -255,6 +255,59 @@ class TestScheduler:
         finally:
             m.close()
 
+    def test_a_disabled_schedule_fires_nothing_and_enabling_fires_no_burst(self, db_path):
+        m = periodic_manager(db_path)
+        try:
+            s = Scheduler(m, now=T0)
+            assert len(s.fire_due(T0 + 10)) == 1
+            assert m.disable_schedule("ping") is True
+            for tick in range(2, 11):
+                assert s.fire_due(T0 + 10 * tick) == []
+            assert m.store.schedules()["ping"]["last_tick"] == T0 + 10
+            assert m.enable_schedule("ping") is True
+            assert s.fire_due(T0 + 105) == []  # nine ticks were missed: none fires now
+            assert s.next_deadline() == T0 + 110
+            assert len(s.fire_due(T0 + 110)) == 1
+            assert m.count(name="ping") == 2
+        finally:
+            m.close()
+
+    def test_a_scheduler_started_while_disabled_fires_once_enabled(self, db_path):
+        m = periodic_manager(db_path)
+        try:
+            m.disable_schedule("ping")
+            s = Scheduler(m, now=T0)
+            assert s.fire_due(T0 + 10) == []
+            m.enable_schedule("ping")
+            assert len(s.fire_due(T0 + 20)) == 1
+        finally:
+            m.close()
+
+    def test_run_now_enqueues_once_and_leaves_the_ticks_alone(self, db_path):
+        m = periodic_manager(db_path)
+        try:
+            s = Scheduler(m, now=T0)
+            assert len(s.fire_due(T0 + 10)) == 1
+            m.disable_schedule("ping")  # by hand it runs even while disabled
+            task = m.run_schedule_now("ping")
+            assert task.status() == "pending" and m.count(name="ping") == 2
+            assert m.store.schedules()["ping"]["last_tick"] == T0 + 10
+            m.enable_schedule("ping")
+            assert s.next_deadline() == T0 + 20
+            assert len(s.fire_due(T0 + 20)) == 1
+        finally:
+            m.close()
+
+    def test_an_unknown_schedule_name_is_refused(self, db_path):
+        m = periodic_manager(db_path)
+        try:
+            for call in (m.disable_schedule, m.enable_schedule, m.run_schedule_now):
+                with pytest.raises(castor.UnknownTaskError, match=r"no periodic task named 'nope'.*ping"):
+                    call("nope")
+            assert m.disabled_schedules() == set() and m.count() == 0
+        finally:
+            m.close()
+
     def test_without_schedules_there_is_no_deadline(self, manager):
         assert Scheduler(manager, now=T0).next_deadline() is None
 
