@@ -239,7 +239,8 @@ class TaskOut(_TaskBase):
         default=None, description="Instead of `result`, its repr, when JSON cannot carry it (a pickled object, a "
                           "tuple, NaN...); or why it could not be decoded.")
     error: ErrorOut | None = Field(description="The last failure, traceback included.")
-    history: list[dict[str, Any]] = Field(description="One {attempt, type, message, at} per failed attempt.")
+    history: list[dict[str, Any]] = Field(description="One {attempt, type, message, at, started_at, owner} per "
+                                          "attempt that failed or lost its worker (lost: true).")
 
 
 class TaskTypeOut(BaseModel):

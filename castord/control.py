@@ -237,7 +237,8 @@ def _add_database_details(report: dict[str, Any], target: Target, db_path: str) 
             report["warnings"].append(
                 f"no heartbeat row for castord pid {target.pid} in {shown}: the file was replaced under it, "
                 "or castord cannot write to it; what follows is the file's content, not necessarily castord's")
-        report["schedules"] = _schedules(store.schedules(), (row or {}).get("info", {}).get("schedules") or {})
+        report["schedules"] = _schedules(store.schedules(), (row or {}).get("info", {}).get("schedules") or {},
+                                         store.disabled_schedules())
         report["running_tasks"] = [_running(r) for r in store.list(
             Query(status=TaskStatus.RUNNING), limit=RUNNING_SHOWN)]
         report["queue_depth"] = store.pending_by_queue()
@@ -282,17 +283,20 @@ def _running(record: TaskRecord) -> dict[str, Any]:
             "progress_message": record.progress_message, "cancel_requested": record.cancel_requested}
 
 
-def _schedules(fired: dict[str, dict[str, Any]], next_ticks: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Periodic schedules: the last tick fired (from the database, by any castord)
-    and, when this castord reported it, the next tick (unless that report is older
-    than the last firing)."""
+def _schedules(fired: dict[str, dict[str, Any]], next_ticks: dict[str, float],
+               disabled: set[str] | frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """Periodic schedules: the last tick fired (from the database, by any castord),
+    whether it is enabled (castord schedules disable) and, when this castord reported
+    it, the next tick (unless that report is older than the last firing; none while
+    disabled)."""
     report = {}
     for name in sorted(set(fired) | set(next_ticks)):
         row = fired.get(name) or {"last_tick": None, "fired_at": None, "task_id": None}
         next_tick = next_ticks.get(name)
         if next_tick is not None and row["last_tick"] is not None and next_tick <= row["last_tick"]:
             next_tick = None
-        report[name] = {**row, "next_tick": next_tick}
+        enabled = name not in disabled
+        report[name] = {**row, "next_tick": next_tick if enabled else None, "enabled": enabled}
     return report
 
 
@@ -337,7 +341,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append("tasks: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
     for name, sched in (report.get("schedules") or {}).items():
         next_tick = f", next {_when(sched['next_tick'])}" if sched.get("next_tick") is not None else ""
-        lines.append(f"schedule {name}: last fired {_when(sched['fired_at'])}{next_tick}")
+        state = "" if sched.get("enabled", True) else " (disabled: castord schedules enable)"
+        lines.append(f"schedule {name}{state}: last fired {_when(sched['fired_at'])}{next_tick}")
     lines.extend(_render_fleet(report.get("fleet") or []))
     return "\n".join(lines)
 

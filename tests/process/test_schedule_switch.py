@@ -89,6 +89,10 @@ def test_disable_stops_the_ticks_and_enable_resumes_them_without_a_burst(switch_
     rows = {r["name"]: r for r in json.loads(cli(switch_app, "list", NAME))}
     assert rows["watched"]["enabled"] is False and rows["watched"]["next_tick"] is None
     assert rows["witness"]["enabled"] is True and rows["witness"]["next_tick"] > rows["witness"]["last_tick"]
+    status = json.loads(run_cli(switch_app, "status", NAME, "--json").stdout)["schedules"]
+    assert (status["watched"]["enabled"], status["watched"]["next_tick"]) == (False, None)
+    assert status["witness"]["enabled"] is True
+    assert "schedule watched (disabled: castord schedules enable)" in run_cli(switch_app, "status", NAME).stdout
 
     assert cli(switch_app, "enable", NAME, "watched") == "enabled schedule watched"
     enabled_at = time.time()
