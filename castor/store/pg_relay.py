@@ -37,6 +37,8 @@ from castor.store.pg_wakeup import RECONNECT_SECONDS, Generations, Listener
 # Bytes a child may leave unread before what it owes collapses into one wake-up.
 OUTLET_LIMIT = 64 * 1024
 _READ = 4096
+# A child's end that is gone is an error to drop it for, never a SIGPIPE to the master.
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 
 log = get_logger("castor.store.relay")
 
@@ -55,7 +57,7 @@ class _Outlet:
         if not data:
             return True
         try:
-            sent = self.sock.send(data)
+            sent = self.sock.send(data, _SEND_FLAGS)
         except BlockingIOError:
             sent = 0
         except OSError:

@@ -5,7 +5,12 @@ and a listening backend's last statement is its LISTEN (it runs nothing after)."
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
+import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -85,5 +90,72 @@ def test_children_wake_after_the_masters_listen_connection_is_ended(pg_app, app_
         assert len(again) == 1
         run_some(pg_app)
         assert [client for client, _ in listening(postgres_db_url, family)] == [d.pid]
+    finally:
+        d.stop()
+
+
+def relay_outlets(master: int, children: set[int]) -> dict[int, int]:
+    """child pid -> the master's fd of that child's relay socket: the master's end of a
+    Unix socket pair whose other end is the child's, opened non-blocking (the child's
+    message pipe is blocking; the relay's outlet is not: castor/store/pg_relay.py)."""
+    out = subprocess.run(["ss", "-xpn"], capture_output=True, text=True, check=True).stdout
+    holders: dict[int, list[tuple[int, int]]] = {}  # inode -> (pid, fd)
+    peer_of: dict[int, int] = {}
+    for line in out.splitlines():
+        match = re.search(r"\*\s+(\d+)\s+\*\s+(\d+)\s+users:\((.*)\)\s*$", line)
+        if not match:
+            continue
+        inode, peer = int(match.group(1)), int(match.group(2))
+        peer_of[inode] = peer
+        holders[inode] = [(int(p), int(f)) for p, f in re.findall(r"pid=(\d+),fd=(\d+)", match.group(3))]
+    found: dict[int, int] = {}
+    for inode, held in holders.items():
+        for pid, fd in held:
+            if pid != master or not _nonblocking(pid, fd):
+                continue
+            for child, _ in holders.get(peer_of[inode], []):
+                if child in children:
+                    found[child] = fd
+    return found
+
+
+def _nonblocking(pid: int, fd: int) -> bool:
+    flags = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
+    return bool(int(flags, 8) & os.O_NONBLOCK)
+
+
+def shut(pid: int, fd: int) -> None:
+    """Shut down another process's socket (shutdown acts on the socket, whichever copy of
+    its descriptor asks): a copy taken with pidfd_getfd(2), then closed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = libc.syscall(PIDFD_GETFD, pidfd, fd, 0)
+        if copy < 0:
+            pytest.skip(f"pidfd_getfd is not allowed here ({os.strerror(ctypes.get_errno())})")
+        with socket.socket(fileno=copy) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        os.close(pidfd)
+
+
+PIDFD_GETFD = 438  # the syscall's number, the same on x86-64 and arm64
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to find the relay's sockets")
+def test_children_whose_relay_closed_listen_on_their_own_and_say_so_once(pg_app, app_dir, postgres_db_url):  # noqa: F811
+    d, children, family = start(app_dir)
+    try:
+        run_some(pg_app)
+        outlets = relay_outlets(d.pid, children)
+        assert set(outlets) == children, outlets
+        for fd in outlets.values():
+            shut(d.pid, fd)
+        wait_until(lambda: {c for c, _ in listening(postgres_db_url, family)} == family, 30,
+                   "every child to LISTEN on its own, beside the master")
+        run_some(pg_app)
+        lost = d.events("wakeup.relay_lost")
+        assert sorted(e["pid"] for e in lost) == sorted(children), lost  # once each
     finally:
         d.stop()
