@@ -117,3 +117,20 @@ def test_a_store_that_began_waiting_keeps_its_own_listener(stores):
     assert not use_relay(child, end)
     assert end.fileno() == -1  # closed: the master's writes to it fail, and it is dropped
     hub.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_notification_between_the_childs_socket_and_its_start_is_kept(stores):
+    """The master makes a child's socket before it starts the child: what is notified
+    while the child boots waits in the socket, and moves the child's generation once
+    its store takes the relay."""
+    master, child, writer = stores(), stores(), stores()
+    hub = start_hub(master)
+    assert hub is not None
+    _key, end = hub.attach()
+    marker = master.generation(TOPIC)
+    writer.enqueue([new("early", mode="process")])
+    assert master.wait_for_change(marker, LONG, TOPIC) != marker  # the master has relayed it
+    assert use_relay(child, end)
+    wait_until(lambda: child.generation(TOPIC) > 0, LONG, "the early notification in the child")
+    hub.close()
