@@ -9,6 +9,9 @@ over one duplex pipe:
                       · ("exiting", reason)
     master -> child   "drain" (stop claiming; daemon tasks are abandoned at once)
 
+and, on PostgreSQL, a socket of wake-ups the master relays from its one LISTEN
+connection (castor/store/pg_relay.py says why it is not this pipe).
+
 Why a child left travels over the pipe, never in its exit status: task code can
 call os._exit() with any number. Every deliberate exit here says ("exiting",
 reason) first; a child that vanishes without a word crashed, whatever its status.
@@ -22,6 +25,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from castor.errors import StoreError, TaskCancelled, TaskTimeout
 from castor.execution import failure_outcome, settlement_for
 from castor.instrumentation import flush_all, stopped
 from castor.logs import get_logger
+from castor.store.pg_relay import use_relay
 from castor.worker import Worker
 from castord.logging import flush_output
 from castord.tally import Tally
@@ -114,8 +119,8 @@ class Channel:
                 os._exit(0)  # the master is gone: nothing left to report to
 
 
-def child_main(spec: ChildSpec, conn: Any) -> None:
-    """Entry point in the child process."""
+def child_main(spec: ChildSpec, conn: Any, relay: socket.socket | None = None) -> None:
+    """Entry point in the child process. `relay`: the master's wake-up relay (PostgreSQL)."""
     # Our own process group (its id is our pid, which the master knows): whatever
     # task code forks stays in it, so the master can kill it all with us.
     try:
@@ -150,6 +155,8 @@ def child_main(spec: ChildSpec, conn: Any) -> None:
     except AppLoadError as exc:
         channel.send("boot_failed", str(exc))
         os._exit(EXIT_BOOT_FAILED)
+    if relay is not None:
+        use_relay(manager.store, relay)  # before the worker first waits on the store
     worker = Worker(
         manager, mode=spec.mode, threads=max(1, spec.threads), queues=spec.queues,
         lease=spec.lease, owner=spec.owner, prefetch=spec.prefetch,

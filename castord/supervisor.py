@@ -30,6 +30,7 @@ from castor.errors import StoreUnavailable
 from castor.logs import get_logger
 from castor.manager import Manager
 from castor.periodic import Scheduler
+from castor.store.pg_relay import RelayHub, start_hub
 from castor.views import DAEMON_FORGET_SECONDS
 from castord import forkserver
 from castord.children import PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
@@ -73,6 +74,7 @@ class Child:
     stopped: bool = False  # killed by the master to stop: not the task's fault
     reopen_logs: bool = False  # USR1 came while it booted: forward it once ready
     kill_deadline: float | None = None
+    relay_key: int | None = None  # its socket in the wake-up relay (PostgreSQL)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -143,11 +145,14 @@ class Supervisor:
             self._db_identity = None
         self._db_strikes = 0
         self.last_pass = time.monotonic()  # the main loop's latest pass (see _tick)
+        # PostgreSQL: the castord's one LISTEN, relayed to the children (castor/store/pg_relay.py).
+        self.relay: RelayHub | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     def run(self) -> int:
         self.signals.install()
+        self._start_relay()  # listening before the first child looks at the database
         self._spawn_generation()
         setproctitle(self._title())
         try:
@@ -169,6 +174,8 @@ class Supervisor:
         for pgid in sorted(self.groups):
             _kill_group(pgid)
         self.groups.clear()
+        if self.relay is not None:
+            self.relay.close()
         try:
             self.manager.store.remove_daemon(self.daemon_id)
         except Exception:  # noqa: BLE001 - the row ages out anyway
@@ -226,6 +233,12 @@ class Supervisor:
 
     # -- spawning --------------------------------------------------------------
 
+    def _start_relay(self) -> None:
+        try:
+            self.relay = start_hub(self.manager.store)
+        except StoreUnavailable as exc:  # each child listens on its own, as before
+            log.warning("castord.relay_unavailable", error=str(exc))
+
     def _spawn_generation(self) -> None:
         self.generation += 1
         roles = [(PROCESS_WORKER, i) for i in range(self.config.workers)]
@@ -251,12 +264,24 @@ class Supervisor:
             capture_output=cfg.capture_output,
         )
         parent_end, child_end = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=child_main, args=(spec, child_end), name=spec.label, daemon=False)
-        process.start()
-        child_end.close()
+        # Fed from before the child starts: no notification after its first look is lost.
+        relay = self.relay
+        relay_key, relay_end = relay.attach() if relay is not None else (None, None)
+        process = self._ctx.Process(target=child_main, args=(spec, child_end, relay_end), name=spec.label,
+                                    daemon=False)
+        try:
+            process.start()
+        except BaseException:
+            if relay is not None and relay_key is not None:
+                relay.detach(relay_key)
+            raise
+        finally:
+            child_end.close()
+            if relay_end is not None:
+                relay_end.close()
         self.groups.add(process.pid)
         now = time.monotonic()
-        slot.child = Child(spec, process, parent_end, spawned_at=now, last_beat=now)
+        slot.child = Child(spec, process, parent_end, spawned_at=now, last_beat=now, relay_key=relay_key)
         log.info("child.spawned", child=spec.label, child_pid=process.pid, generation=self.generation)
 
     def _respawn_due(self, now: float) -> None:
@@ -318,6 +343,8 @@ class Supervisor:
             self.groups.discard(child.pgid)
             self._read(child)  # last words (exiting, boot_failed, database_error)
             child.conn.close()
+            if self.relay is not None and child.relay_key is not None:
+                self.relay.detach(child.relay_key)
             slot.child = None
             self._on_exit(slot, child, child.process.exitcode)
         # Slots shrunk away or left by a reload are forgotten once their child is gone.

@@ -1,4 +1,5 @@
-"""Waking waiters on PostgreSQL: LISTEN on one connection per store, topics in the payload.
+"""Waking waiters on PostgreSQL: LISTEN on one connection per store (or per castord:
+castor/store/pg_relay.py), topics in the payload.
 
 Each notification names whom it is for (castor/store/base.py's topics):
 
@@ -34,31 +35,18 @@ POLL_SECONDS = 1.0
 TASK_PREFIX = "task:"
 
 
-class Listener:
-    """A LISTEN connection, a thread reading it, and the topics' generations it moves."""
+class Generations:
+    """The topics' generations waiters wait on, moved by `bump` (from whatever hears
+    the notifications: a LISTEN connection here, castord's relay in castor/store/pg_relay.py)."""
 
-    def __init__(self, connect: Callable[[], Any], channel: str):
-        self._connect = connect
-        self._channel = channel
+    def __init__(self) -> None:
         self._cond = threading.Condition()
         self._seq = 0  # stamps every notification: generation(None) moves for each
         self._everyone = 0  # the stamp of the last notification for everyone
         self._topics: dict[str, int] = {}  # topic -> the stamp of its last notification
         self._tracked: dict[str, int] = {}  # task topics someone waits on -> how many wait
         self._closed = False
-        self._conn: Any = None
         self._watchers: set[AsyncWatch] = set()
-        # LISTEN before the first generation is handed out: a commit after it wakes.
-        self._conn = self._listen()
-        self._thread = threading.Thread(target=self._run, name="castor-pg-listen", daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> Any:
-        from psycopg import sql
-
-        conn = self._connect()
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
-        return conn
 
     def generation(self, topic: str | None = None) -> int:
         """Moves for every notification (topic None), or for those of `topic` and for everyone."""
@@ -80,7 +68,8 @@ class Listener:
                 self._tracked.pop(topic, None)
                 self._topics.pop(topic, None)
 
-    def _bump(self, topic: str = "") -> None:
+    def bump(self, topic: str = "") -> None:
+        """A notification of `topic` ('': for everyone) arrived."""
         with self._cond:
             self._seq += 1
             if not topic:
@@ -91,31 +80,6 @@ class Listener:
             watchers = list(self._watchers)
         for watcher in watchers:
             watcher.wake()
-
-    def _run(self) -> None:
-        while not self._closed:
-            conn = self._conn
-            try:
-                if conn is None:
-                    conn = self._conn = self._listen()
-                    self._bump()  # what was sent while we were away is unknown: look again
-                for notice in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
-                    self._bump(notice.payload)
-            except Exception:  # noqa: BLE001 - a lost connection (or a failed reconnect): try again
-                if self._closed:
-                    break
-                self._drop()
-                self._bump()
-                time.sleep(RECONNECT_SECONDS)
-        self._drop()  # the thread owns the connection: it closes it on its way out
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - a broken connection: nothing more to do with it
-                pass
 
     def wait(self, seen: int, timeout: float, topic: str | None = None) -> int:
         deadline = time.monotonic() + max(0.0, timeout)
@@ -138,24 +102,92 @@ class Listener:
             self._watchers.discard(watcher)
 
     def close(self) -> None:
-        """Stop listening: the thread ends (and closes its connection) within POLL_SECONDS;
-        waiters return at once."""
+        """Waiters return at once."""
         self._closed = True
         with self._cond:
             self._cond.notify_all()
+
+
+class Listener(Generations):
+    """A LISTEN connection, a thread reading it, and the topics' generations it moves.
+
+    `forward(to)` hands every notification's topic to `to` as well, from the thread,
+    before any filtering ('' after a lost connection too), and None after each quiet
+    POLL_SECONDS: castord's master relays them so (castor/store/pg_relay.py).
+    """
+
+    def __init__(self, connect: Callable[[], Any], channel: str):
+        super().__init__()
+        self._connect = connect
+        self._channel = channel
+        self._forwards: list[Callable[[str | None], None]] = []
+        self._conn: Any = None
+        # LISTEN before the first generation is handed out: a commit after it wakes.
+        self._conn = self._listen()
+        self._thread = threading.Thread(target=self._run, name="castor-pg-listen", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> Any:
+        from psycopg import sql
+
+        conn = self._connect()
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+        return conn
+
+    def forward(self, to: Callable[[str | None], None]) -> None:
+        with self._cond:
+            self._forwards = [*self._forwards, to]
+
+    def bump(self, topic: str = "") -> None:
+        for to in self._forwards:
+            to(topic)
+        super().bump(topic)
+
+    def _run(self) -> None:
+        while not self._closed:
+            conn = self._conn
+            try:
+                if conn is None:
+                    conn = self._conn = self._listen()
+                    self.bump()  # what was sent while we were away is unknown: look again
+                for notice in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
+                    self.bump(notice.payload)
+                for to in self._forwards:
+                    to(None)
+            except Exception:  # noqa: BLE001 - a lost connection (or a failed reconnect): try again
+                if self._closed:
+                    break
+                self._drop()
+                self.bump()
+                time.sleep(RECONNECT_SECONDS)
+        self._drop()  # the thread owns the connection: it closes it on its way out
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection: nothing more to do with it
+                pass
+
+    def close(self) -> None:
+        """Stop listening: the thread ends (and closes its connection) within POLL_SECONDS;
+        waiters return at once."""
+        super().close()
 
     def abandon(self) -> None:
         """After a fork, in the child: the thread is gone; the parent's connection is
         dropped, never closed (closing would end the parent's session)."""
         self._closed = True
         self._conn = None
+        self._forwards = []
 
 
 class AsyncWatch:
     """One asyncio waiter: woken (thread-safely) by the listener's next notification of
     its topic after it was opened."""
 
-    def __init__(self, listener: Listener, topic: str | None = None):
+    def __init__(self, listener: Generations, topic: str | None = None):
         self._listener = listener
         self._topic = topic
         self._seen = listener.generation(topic)

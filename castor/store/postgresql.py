@@ -58,6 +58,7 @@ from castor.store.base import (
     task_topic,
     work_topic,
 )
+from castor.store.pg_relay import RelayedListener
 from castor.store.pg_url import parse_store_url
 from castor.store.pg_wakeup import AsyncWatch, Listener, WakeGate
 from castor.store.polling import Polling, PollingWatch
@@ -468,7 +469,7 @@ class PostgreSQLStore(Store):
         self._lock = threading.Lock()
         self._idle: list[Any] = []
         self._closed = False
-        self._listener: Listener | Polling | None = None
+        self._listener: Listener | RelayedListener | Polling | None = None
         self._gate = WakeGate(self._send_wake)
         self._ended_watches: list[tuple[str, str]] = []  # deleted by the next watch_task
         _STORES.add(self)
@@ -558,6 +559,26 @@ class PostgreSQLStore(Store):
         if listen is None:
             return Polling()
         return Listener(lambda: self._connect(listen), self._channel)
+
+    def relay_wakeups(self, forward: Callable[[str | None], None]) -> bool:
+        """castord's master: hand every notification's topic to `forward` too (from the
+        listener's thread; castor/store/pg_relay.py). False if this store does not LISTEN."""
+        listener = self._ensure_listener()
+        if not isinstance(listener, Listener):
+            return False
+        listener.forward(forward)
+        return True
+
+    def use_relayed_wakeups(self, relay: socket.socket) -> bool:
+        """A castord child: wait on the master's relay (a socket) instead of a LISTEN of
+        our own. False where waiting began already, or LISTEN is off (waiters poll)."""
+        self._forget_inherited()
+        listen = self._target.listen
+        with self._lock:
+            if self._closed or self._listener is not None or listen is None:
+                return False
+            self._listener = RelayedListener(relay, lambda: self._connect(listen), self._channel)
+            return True
 
     def _take(self) -> Any:
         self._forget_inherited()
@@ -1154,7 +1175,7 @@ class PostgreSQLStore(Store):
 
     # -- waiting --------------------------------------------------------------------
 
-    def _ensure_listener(self) -> Listener | Polling:
+    def _ensure_listener(self) -> Listener | RelayedListener | Polling:
         self._forget_inherited()
         if self._closed:
             raise StoreError("the castor store for this PostgreSQL database is closed")
