@@ -8,7 +8,6 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from tests.conftest import wait_until
 from tests.process.test_castord import Castord
 from tests.process.test_postgresql_castord import pg_app  # noqa: F401 - fixture
+from tests.tools import require_tool, unavailable
 
 WORKERS = 2
 
@@ -132,7 +132,7 @@ def shut(pid: int, fd: int) -> None:
     try:
         copy = libc.syscall(PIDFD_GETFD, pidfd, fd, 0)
         if copy < 0:
-            pytest.skip(f"pidfd_getfd is not allowed here ({os.strerror(ctypes.get_errno())})")
+            unavailable(f"pidfd_getfd is not allowed here ({os.strerror(ctypes.get_errno())})")
         with socket.socket(fileno=copy) as sock:
             sock.shutdown(socket.SHUT_RDWR)
     finally:
@@ -143,8 +143,8 @@ PIDFD_GETFD = 438  # the syscall's number, the same on x86-64 and arm64
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to find the relay's sockets")
 def test_children_whose_relay_closed_listen_on_their_own_and_say_so_once(pg_app, app_dir, postgres_db_url):  # noqa: F811
+    require_tool("ss", "iproute2, to find the relay's sockets")
     d, children, family = start(app_dir)
     try:
         run_some(pg_app)
