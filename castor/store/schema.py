@@ -172,6 +172,14 @@ MIGRATIONS: list[list[str]] = [
         # docs/benchmarks.md; claims and settles never change enqueued_at, so they leave
         # it alone.
         "CREATE INDEX castor_tasks_listing ON castor_tasks (enqueued_at DESC, id DESC)",
+        # The same order per status, for a listing by status (the Failed screen, the
+        # status filter): 51 rows of the index, where (status, mode, eta) sorted every
+        # failed row (0.2 s at 50,000). Nothing read mode or eta from it. It replaces
+        # that index, so a claim or settle writes no more than before: a row moves
+        # between statuses in it as it did.
+        "DROP INDEX castor_tasks_status",
+        """CREATE INDEX castor_tasks_status
+           ON castor_tasks (status, enqueued_at DESC, id DESC) WHERE status != 'pending'""",
         # Finished rows by status and time: the overview's chart counts what finished in
         # each five minutes (a range of this index, not a walk of every finished row).
         # Partial on finished_at: claims never set it, so they write nothing here; a

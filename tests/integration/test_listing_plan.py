@@ -44,3 +44,27 @@ def test_the_store_answers_what_the_plans_say(db_path):
         assert store.list(Query(), limit=1) == [] and store.count(Query(finished_after=0.0), limit=10) == 0
     finally:
         store.close()
+
+
+def test_a_listing_by_status_reads_the_status_index_in_order(db_path):
+    open_store(db_path).close()
+    text = plan(db_path, "SELECT id FROM castor_tasks WHERE status != 'pending' AND status = ? "
+                         "ORDER BY enqueued_at DESC, id DESC LIMIT 51", ("failed",))
+    assert "castor_tasks_status" in text and "TEMP B-TREE" not in text, text
+
+
+def test_the_dirty_listing_reads_the_dirty_index(db_path, monkeypatch):
+    store = open_store(db_path)
+    seen: list[str] = []
+    real = store._execute
+
+    def spy(sql, *args, **kwargs):
+        seen.append(sql)
+        return real(sql, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_execute", spy)
+    try:
+        store.list(Query(dirty=True), limit=50)
+    finally:
+        store.close()
+    assert any("INDEXED BY castor_tasks_dirty" in sql for sql in seen), seen
