@@ -176,6 +176,7 @@ def pages(manager: castor.Manager) -> list[tuple[str, str]]:
     deep = store.list(Query(), limit=1, offset=total // 2)[0]  # once, to find a middle key
     failed = store.list(Query(status=castor.TaskStatus.FAILED), limit=1)[0]
     key = f"{deep.enqueued_at!r}:{deep.id}"
+    hour_ago = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 3600))
     return [
         ("overview", "/"),
         ("queues", "/queues"),
@@ -186,6 +187,11 @@ def pages(manager: castor.Manager) -> list[tuple[str, str]]:
         ("tasks ?name=reports.export", "/tasks?name=reports.export"),
         ("tasks ?queue=mail", "/tasks?queue=mail"),
         ("tasks ?status=failed&name=..", "/tasks?status=failed&name=orders.charge"),
+        ("tasks, newer page (before=, mid-table)", f"/tasks?before={key}"),
+        ("tasks ?finished_from=(1 h ago)", f"/tasks?finished_from={hour_ago}"),
+        ("tasks ?enqueued_to=(1 h ago)&status=failed", f"/tasks?enqueued_to={hour_ago}&status=failed"),
+        ("tasks ?args=customer-4242 (search)", "/tasks?args=customer-4242"),
+        ("tasks ?args=(no match: reads all)", "/tasks?args=nobody-has-this"),
         ("tasks ?id=", f"/tasks?id={failed.id}"),
         ("task detail", f"/tasks/{failed.id}"),
         ("failed", "/failed"),
@@ -216,7 +222,10 @@ def run_sqlite(n: int, runs: int, keep: str | None) -> list[tuple[str, float, fl
     directory = keep or tempfile.mkdtemp(prefix="castor-webbench-")
     path = os.path.join(directory, "tasks.db")
     fresh = not os.path.exists(path)
+    started = time.perf_counter()
     manager = castor.Manager(path)
+    manager.store.count(castor.store.Query(task_id=""))  # opened (and migrated, for a kept older file)
+    print(f"  opened in {time.perf_counter() - started:.1f} s", flush=True)
     try:
         if fresh:
             fill(manager, n, sqlite_settler(path))
