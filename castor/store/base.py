@@ -134,6 +134,14 @@ class Query:
     # Finished before this epoch time (for purge).
     finished_before: float | None = None
     task_id: str | None = None
+    # Time ranges, epoch seconds: `*_after` includes its instant, `*_before` does not.
+    # A finished_* bound matches finished tasks only.
+    enqueued_after: float | None = None
+    enqueued_before: float | None = None
+    finished_after: float | None = None
+    # A literal, case-sensitive substring of the arguments (args or kwargs) as stored.
+    # Only text serializers' arguments (json) are searched: pickled ones never match.
+    args_contains: str | None = None
 
 
 def work_topic(mode: str) -> str:
@@ -338,13 +346,18 @@ class Store(ABC):
 
     @abstractmethod
     def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
-             after: tuple[float, str] | None = None) -> list[TaskRecord]:
+             after: tuple[float, str] | None = None,
+             before: tuple[float, str] | None = None) -> list[TaskRecord]:
         """Newest first: by (enqueued_at, id), descending. `after` is a key (the last row's
         (enqueued_at, id) of the page before): only rows older than it (keyset paging,
-        which stays fast on any page where OFFSET reads every row it skips)."""
+        which stays fast on any page where OFFSET reads every row it skips). `before` is
+        the first row's key of the page after: the `limit` rows just newer than it (the
+        "newer" link), still newest first. Not both (ValueError)."""
 
     @abstractmethod
-    def count(self, query: Query) -> int: ...
+    def count(self, query: Query, *, limit: int | None = None) -> int:
+        """How many tasks match; with `limit`, at most that many (a count that stops
+        early: "10,000+" at a million rows instead of reading them all)."""
 
     @abstractmethod
     def pending_by_queue(self) -> dict[str, int]:
@@ -473,3 +486,9 @@ class CopyOutcome:
     present: list[str] = field(default_factory=list)
     # Not stored: an unfinished task of another id holds its unique key (id -> that task's id).
     twins: dict[str, str] = field(default_factory=dict)
+
+
+def page_direction(after: tuple[float, str] | None, before: tuple[float, str] | None) -> None:
+    """Store.list takes a key to page from in one direction only."""
+    if after is not None and before is not None:
+        raise ValueError("list() pages from one key: after or before, not both")

@@ -55,6 +55,7 @@ from castor.store.base import (
     Store,
     TaskCopy,
     TaskRecord,
+    page_direction,
     task_topic,
     work_topic,
 )
@@ -381,9 +382,19 @@ def _where(query: Query) -> tuple[str, dict[str, Any]]:
     if query.dirty is not None:
         # Dirty: a worker vanished while running it, blamed (lost) or not (isolate).
         clauses.append("(lost > 0 OR isolate)" if query.dirty else "(lost = 0 AND NOT isolate)")
-    if query.finished_before is not None:
-        clauses.append("finished_at < %(q_finished_before)s")
-        params["q_finished_before"] = query.finished_before
+    for condition, key, bound in (("enqueued_at >=", "q_enqueued_after", query.enqueued_after),
+                                  ("enqueued_at <", "q_enqueued_before", query.enqueued_before),
+                                  ("finished_at >=", "q_finished_after", query.finished_after),
+                                  ("finished_at <", "q_finished_before", query.finished_before)):
+        if bound is not None:
+            clauses.append(f"{condition} %({key})s")
+            params[key] = float(bound)
+    if query.args_contains is not None:
+        # position(): literal and case-sensitive, on the bytes stored; *_text says the
+        # serializer gave text (json), so pickled arguments never match.
+        clauses.append("((args_text AND position(convert_to(%(q_args)s, 'UTF8') IN args) > 0)"
+                       " OR (kwargs_text AND position(convert_to(%(q_args)s, 'UTF8') IN kwargs) > 0))")
+        params["q_args"] = query.args_contains
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -1094,21 +1105,29 @@ class PostgreSQLStore(Store):
         return TaskStatus(rows[0][0]) if rows else None
 
     def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
-             after: tuple[float, str] | None = None) -> list[TaskRecord]:
+             after: tuple[float, str] | None = None,
+             before: tuple[float, str] | None = None) -> list[TaskRecord]:
+        page_direction(after, before)
         where, params = _where(query)
-        if after is not None:  # a row comparison: castor_tasks_listing, read from the key on
-            where += (" AND " if where else " WHERE ") + "(enqueued_at, id) < (%(after_at)s, %(after_id)s)"
-            params.update(after_at=float(after[0]), after_id=str(after[1]))
+        key, order = after or before, "DESC" if before is None else "ASC"
+        if key is not None:  # a row comparison: castor_tasks_listing, read from the key on
+            where += ((" AND " if where else " WHERE ")
+                      + f"(enqueued_at, id) {'<' if after else '>'} (%(key_at)s, %(key_id)s)")
+            params.update(key_at=float(key[0]), key_id=str(key[1]))
         params.update(limit=limit, offset=offset)
         clock = self._clock()
-        rows = self._fetch(f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC "
+        rows = self._fetch(f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at {order}, id {order} "
                            "LIMIT %(limit)s OFFSET %(offset)s", params)
         to_wall = self._to_wall(clock)
-        return [_record(r, to_wall) for r in rows]
+        records = [_record(r, to_wall) for r in rows]
+        return records if before is None else records[::-1]  # read upwards from the key
 
-    def count(self, query: Query) -> int:
+    def count(self, query: Query, *, limit: int | None = None) -> int:
         where, params = _where(query)
-        return int(self._fetch(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0])
+        if limit is None:
+            return int(self._fetch(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0])
+        return int(self._fetch(f"SELECT count(*) FROM (SELECT 1 FROM castor_tasks{where} LIMIT %(limit)s) AS m",
+                               {**params, "limit": limit})[0][0])
 
     def pending_by_queue(self) -> dict[str, int]:
         rows = self._fetch("SELECT queue, count(*) FROM castor_tasks WHERE status = 'pending' "

@@ -45,6 +45,7 @@ from castor.store.base import (
     Store,
     TaskCopy,
     TaskRecord,
+    page_direction,
 )
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
@@ -235,9 +236,17 @@ def _where(query: Query) -> tuple[str, list[Any]]:
     if query.dirty is not None:
         # Dirty: a worker vanished while running it, blamed (lost) or not (isolate).
         clauses.append("(lost > 0 OR isolate > 0)" if query.dirty else "(lost = 0 AND isolate = 0)")
-    if query.finished_before is not None:
-        clauses.append("finished_at < ?")
-        params.append(query.finished_before)
+    for condition, bound in (("enqueued_at >= ?", query.enqueued_after), ("enqueued_at < ?", query.enqueued_before),
+                             ("finished_at >= ?", query.finished_after), ("finished_at < ?", query.finished_before)):
+        if bound is not None:
+            clauses.append(condition)
+            params.append(float(bound))
+    if query.args_contains is not None:
+        # instr, not LIKE: literal (no % or _ wildcards) and case-sensitive, as PostgreSQL's
+        # position(). typeof: a text serializer's arguments are TEXT, pickled ones BLOBs.
+        clauses.append("((typeof(args) = 'text' AND instr(args, ?) > 0)"
+                       " OR (typeof(kwargs) = 'text' AND instr(kwargs, ?) > 0))")
+        params += [query.args_contains, query.args_contains]
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -948,20 +957,30 @@ class SQLiteStore(Store):
         return TaskStatus(rows[0][0]) if rows else None
 
     def list(self, query: Query, *, limit: int | None = None, offset: int = 0,
-             after: tuple[float, str] | None = None) -> list[TaskRecord]:
+             after: tuple[float, str] | None = None,
+             before: tuple[float, str] | None = None) -> list[TaskRecord]:
+        page_direction(after, before)
         where, params = _where(query)
-        if after is not None:
-            where += (" AND " if where else " WHERE ") + "(enqueued_at, id) < (?, ?)"
-            params += [float(after[0]), str(after[1])]
-        sql = f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at DESC, id DESC"
+        key, order = after or before, "DESC" if before is None else "ASC"
+        if key is not None:  # a row comparison: castor_tasks_listing, read from the key on
+            where += (" AND " if where else " WHERE ") + f"(enqueued_at, id) {'<' if after else '>'} (?, ?)"
+            params += [float(key[0]), str(key[1])]
+        # The dirty ones are few: their index, then a sort. Without statistics the planner
+        # walked the listing index instead, through every row when none is dirty.
+        table = "castor_tasks INDEXED BY castor_tasks_dirty" if query.dirty else "castor_tasks"
+        sql = f"SELECT {_COLUMNS} FROM {table}{where} ORDER BY enqueued_at {order}, id {order}"
         sql += " LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         to_wall = self._to_wall()
-        return [_row_to_record(r, to_wall) for r in self._execute(sql, params)]
+        records = [_row_to_record(r, to_wall) for r in self._execute(sql, params)]
+        return records if before is None else records[::-1]  # read upwards from the key
 
-    def count(self, query: Query) -> int:
+    def count(self, query: Query, *, limit: int | None = None) -> int:
         where, params = _where(query)
-        return self._execute(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0]
+        if limit is None:
+            return self._execute(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0]
+        return self._execute(f"SELECT count(*) FROM (SELECT 1 FROM castor_tasks{where} LIMIT ?)",
+                             [*params, limit])[0][0]
 
     def pending_by_queue(self) -> dict[str, int]:
         with self._locked() as conn:

@@ -634,3 +634,28 @@ def test_any_store_unavailable_is_503_with_retry_after_and_a_broken_store_withou
     assert response.status_code == 503 and "retry-after" not in response.headers
     assert "read-only" in response.text
     assert issubclass(castor.DatabaseLockedError, castor.StoreUnavailable)
+
+
+def test_list_pages_by_key_with_the_next_after_header(client, manager):
+    ids = [manager.registry["add"].apply_async((i, i), countdown=3600).id for i in range(5)]
+    seen, params = [], {"limit": 2, "name": "add"}
+    while True:
+        response = client.get("/tasks", params=params)
+        assert response.status_code == 200, response.text
+        seen += [t["id"] for t in response.json()]
+        key = response.headers.get("X-Castor-Next-After")
+        if key is None:
+            break
+        params = {"limit": 2, "name": "add", "after": key}
+    assert seen == list(reversed(ids))  # every task once, newest first, by key
+    assert len(response.json()) == 1  # the short last page carries no next key
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"after": "12.5"}, "after must be a page key ENQUEUED_AT:ID"),
+    ({"after": "nan:x"}, "after must be a page key ENQUEUED_AT:ID"),
+    ({"after": "1.0:x", "offset": 1}, "after and offset do not combine"),
+])
+def test_a_bad_page_key_is_a_422(client, params, message):
+    response = client.get("/tasks", params=params)
+    assert response.status_code == 422 and message in response.text

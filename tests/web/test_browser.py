@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,39 @@ def test_bulk_cancel_of_selected_rows_and_of_all_matching_a_filter(web_servers, 
     assert all(webapp.manager.store.status(i) == "pending" for i in other)  # outside the filter
     assert [(a["scope"], a["count"]) for a in server.events("web.action")] == [("selected", 2), ("all", 3)]
     assert server.events("web.action")[1]["filter"] == "status pending, name echo"
+
+
+def test_search_arguments_filter_by_time_and_page_older_then_newer(web_servers, webapp, browse):
+    ids = [webapp.echo.apply_async((f"customer-{i}",), countdown=3600).id for i in range(5)]
+    alice = webapp.echo.apply_async(("alice@example.com",), countdown=3600).id
+    server = web_servers()
+    page = browse().page
+
+    page.goto(server.url + "/tasks")
+    page.locator('input[name="args"]').fill("alice@")
+    page.locator("#filters").get_by_role("button", name="Filter").click()
+    expect(page.locator("#total")).to_contain_text("1 task match: arguments containing 'alice@'")
+    expect(page.locator("#tasks tbody tr")).to_have_count(1)
+    expect(page.locator(f'#tasks tr[data-id="{alice}"]')).to_be_visible()
+
+    # Enqueued before a minute ago: none of them (all came in just now).
+    page.goto(server.url + "/tasks")
+    early = webapp.manager.store.get(ids[0]).enqueued_at - 60
+    page.locator('input[name="enqueued_to"]').fill(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(early)))
+    page.locator("#filters").get_by_role("button", name="Filter").click()
+    expect(page.locator("#tasks")).to_contain_text("No task matches.")
+
+    page.goto(server.url + "/tasks?name=echo&limit=2")
+    first = page.locator("#tasks tbody tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
+    page.locator("#next").click()
+    expect(page.locator("#total")).to_contain_text("older than the page before")
+    page.locator("#next").click()
+    page.locator("#prev").click()
+    expect(page.locator("#total")).to_contain_text("newer than the page after")
+    page.locator("#prev").click()
+    expect(page.locator("#prev")).to_have_count(0)  # back at the newest page: nothing newer
+    assert page.locator("#tasks tbody tr").evaluate_all("rows => rows.map(r => r.dataset.id)") == first
+    assert first == [alice, ids[-1]]
 
 
 def test_pause_stops_a_queue_and_resume_releases_it(daemons, web_servers, webapp, browse):  # noqa: F811

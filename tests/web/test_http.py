@@ -192,6 +192,13 @@ def test_login_goes_back_only_to_a_page_of_the_dashboard(client, target):
     ("after=soon:abc", "after must be a page key ENQUEUED_AT:ID"),
     ("after=nan:abc", "after must be a page key ENQUEUED_AT:ID"),
     ("after=12.5:", "after must be a page key ENQUEUED_AT:ID"),
+    ("before=x", "before must be a page key ENQUEUED_AT:ID"),
+    ("after=1.0:a&before=2.0:b", "a page goes from one key: after= (older) or before= (newer), not both"),
+    ("enqueued_from=yesterday", "enqueued_from must be a UTC date and time like 2026-12-01T10:30, not 'yesterday'"),
+    ("finished_to=2026-13-01T00:00", "finished_to must be a UTC date and time"),
+    ("enqueued_from=2026-12-01T10:00&enqueued_to=2026-12-01T09:00", "enqueued to must be later than enqueued from"),
+    ("finished_from=2026-12-01T10:00&finished_to=2026-12-01T10:00", "finished to must be later than finished from"),
+    ("args=" + "x" * 201, "args is at most 200 characters, not 201"),
 ])
 def test_a_bad_filter_is_a_400_that_says_why(client, query, message):
     answer = client().get(f"/tasks?{query}")
@@ -276,7 +283,10 @@ def test_tasks_pages_go_by_limit_and_the_last_rows_key(app_manager, client):
     fourth = app_manager.store.get(ids[1])
     last = web.get(f"/tasks?limit=2&after={quote(f'{fourth.enqueued_at!r}:{fourth.id}')}")
     assert "showing 1 older than the page before" in flat(last) and 'id="next"' not in last.text
-    assert ids[0] in last.text and 'href="/tasks?limit=2" id="prev"' in last.text
+    newest_here = app_manager.store.get(ids[0])
+    back = quote(f"{newest_here.enqueued_at!r}:{newest_here.id}")
+    assert ids[0] in last.text and 'href="/tasks?limit=2" id="first"' in last.text
+    assert f'href="/tasks?limit=2&amp;before={back}" id="prev"' in last.text
     one = web.get(f"/tasks?id={ids[0]}")
     assert f"1 task match: id {ids[0]};" in flat(one)
 
@@ -446,7 +456,8 @@ def test_a_damaged_database_is_a_503_that_says_so(db_path):
     manager = castor.Manager(db_path)
     try:
         with TestClient(dashboard(manager)) as web:
-            answer = web.get("/tasks")
+            # A search reads every row (a plain first page reads only its 51, by the listing index).
+            answer = web.get("/tasks?args=never-stored")
         assert answer.status_code == 503
         assert "the database cannot be read:" in answer.text and "malformed" in answer.text
     finally:
@@ -497,4 +508,72 @@ def test_the_tasks_screen_pages_by_key_through_every_task_once(app_manager, clie
         if path:
             assert "after=" in path and "offset" not in path
     assert pages_read == 3 and seen == [r.id for r in app_manager.store.list(Query())] and sorted(seen) == sorted(ids)
-    assert 'id="prev"' in web.get("/tasks?limit=3&after=" + quote(f"{1e12!r}:zzz")).text
+    beyond = web.get("/tasks?limit=3&after=" + quote(f"{1e12!r}:zzz")).text  # a key newer than every task
+    assert 'id="first"' in beyond and 'id="prev"' not in beyond  # nothing is newer than its first row
+
+
+def test_the_newer_link_walks_back_through_the_same_pages(app_manager, client):
+    add = app_manager.registry["add"]
+    for i in range(7):
+        add.apply_async((i, i), countdown=3600)
+    web = client()
+
+    def rows(page: Any) -> list[str]:
+        return re.findall(r'<tr data-id="([^"]+)"', page.text)
+
+    def link(page: Any, name: str) -> str | None:
+        found = re.search(rf'href="([^"]+)" id="{name}"', page.text)
+        return found.group(1).replace("&amp;", "&") if found else None
+
+    forward, path = [], "/tasks?limit=3"
+    while path:
+        page = web.get(path)
+        forward.append(rows(page))
+        path = link(page, "next")
+    assert [len(p) for p in forward] == [3, 3, 1]
+    backward, path = [], link(page, "prev")
+    while path:
+        assert "before=" in path
+        page = web.get(path)
+        assert "showing 3 newer than the page after" in flat(page)
+        backward.append(rows(page))
+        path = link(page, "prev")
+    assert backward == forward[-2::-1]  # the same pages, newest last; none newer than the first
+    assert link(page, "next") is not None and link(page, "first") is not None
+
+
+def test_a_count_past_the_cap_says_so(app_manager, client, monkeypatch):
+    for i in range(5):
+        app_manager.registry["add"].apply_async((i, i), countdown=3600)
+    monkeypatch.setattr(pages, "COUNT_CAP", 3)
+    page = flat(client().get("/tasks?limit=2"))
+    assert "3+ tasks match; showing 2." in page and "All 3+ matching:" in page
+    monkeypatch.setattr(pages, "COUNT_CAP", 5)
+    assert "5 tasks match; showing 2." in flat(client().get("/tasks?limit=2"))  # exactly the cap: no +
+
+
+def test_the_tasks_screen_searches_arguments_and_filters_by_time(app_manager, client):
+    add = app_manager.registry["add"]
+    alice = add.apply_async(("alice@example.com", 1), countdown=3600)
+    bob = add.apply_async(("bob@example.com", 2), countdown=3600)
+    web = client()
+    found = web.get("/tasks?args=" + quote("alice@"))
+    assert alice.id in found.text and bob.id not in found.text
+    assert "1 task match: arguments containing 'alice@';" in flat(found).replace("&#39;", "'")
+    assert "pickled arguments are never searched" in found.text
+    assert 'name="args" value="alice@"' in found.text  # the form shows what it searched for
+    record = app_manager.store.get(bob.id)
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.enqueued_at - 1))
+    end = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.enqueued_at + 2))
+    window = web.get(f"/tasks?enqueued_from={start}&enqueued_to={end}")
+    assert alice.id in window.text and bob.id in window.text  # both came in within those seconds
+    assert f'name="enqueued_from" aria-label="enqueued from" value="{start}"' in window.text
+    assert f"enqueued from {start.replace('T', ' ')} UTC before {end.replace('T', ' ')} UTC" in flat(window)
+    before = web.get(f"/tasks?enqueued_to={start}")
+    assert "No task matches." in before.text
+    nothing_finished = web.get(f"/tasks?finished_from={start}")
+    assert "No task matches." in nothing_finished.text  # pending: not finished at all
+    run_all(app_manager)  # countdown: nothing runs yet
+    alice.cancel()
+    ended = web.get(f"/tasks?finished_from={start}")
+    assert alice.id in ended.text and bob.id not in ended.text
