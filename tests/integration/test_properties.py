@@ -111,7 +111,7 @@ class Expected:
     result: str | None = None
     error_type: str | None = None
     progress: tuple[float | None, str | None] | None = None
-    history: list[int] = field(default_factory=list)  # the attempt of each failed-attempt entry
+    history: list[int] = field(default_factory=list)  # the attempt of each failed or lost attempt's entry
 
 
 def better(a: Expected | TaskRecord, b: Expected | TaskRecord) -> bool:
@@ -237,8 +237,10 @@ class StoreMachine(RuleBasedStateMachine):
         elif t.lost + 1 >= MAX_LOST:
             t.status, t.finished_at, t.lost = TaskStatus.FAILED, finished_at, t.lost + 1
             t.error_type = "castor.errors.WorkerLost"
+            t.history.append(t.attempts)  # the lost attempt's entry (lost: true)
         else:
             t.status, t.lost, t.progress = TaskStatus.PENDING, t.lost + 1, None
+            t.history.append(t.attempts)
 
     def set_apart(self, t: Expected) -> None:
         """release_owner for one of several tasks held by a host that crashed (thread
@@ -249,6 +251,7 @@ class StoreMachine(RuleBasedStateMachine):
             t.status, t.finished_at = TaskStatus.CANCELLED, REAL_TIME
         else:
             t.status, t.progress, t.isolate = TaskStatus.PENDING, None, True
+            t.history.append(t.attempts)  # lost beside others: an entry, no blame
 
     def hand_back(self, t: Expected, *, count_attempt: bool) -> None:
         """requeue / a drain's release_owner for one running task."""
