@@ -153,28 +153,31 @@ class Task(Generic[R]):
         budget = _Budget(to_seconds(timeout, "timeout", limit=None))
         store = self._manager.store
         topic = task_topic(self.id)
-        with store.watch_task(self.id):
+        seen = store.generation(topic)  # before the watch's first look
+        with store.watch_task(self.id) as first:
+            record = first or self.info()
             while True:
-                seen = store.generation(topic)
-                record = self.info()
                 if record.status.finished:
                     return self._outcome(record)
                 store.wait_for_change(seen, budget.next_wait(self, record), topic)
+                seen = store.generation(topic)  # before the next look
+                record = self.info()
 
     async def resolve(self, timeout: float | None = None) -> R:
         """`join` for asyncio: awaits without blocking the event loop."""
         budget = _Budget(to_seconds(timeout, "timeout", limit=None))
         store = self._manager.store
-        with store.watch_task(self.id):
-            watch = store.watch_async(task_topic(self.id))
-            try:
+        watch = store.watch_async(task_topic(self.id))  # before the watch's first look
+        try:
+            with store.watch_task(self.id) as first:
+                record = first or self.info()
                 while True:
-                    record = self.info()
                     if record.status.finished:
                         return self._outcome(record)
                     await watch.wait(budget.next_wait(self, record))
-            finally:
-                watch.close()
+                    record = self.info()
+        finally:
+            watch.close()
 
     # -- helpers ---------------------------------------------------------------
 

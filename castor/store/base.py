@@ -421,10 +421,12 @@ class Store(ABC):
         """A watcher for asyncio; open it before checking what you wait for."""
 
     @contextmanager
-    def watch_task(self, task_id: str) -> Iterator[None]:
+    def watch_task(self, task_id: str) -> Iterator[TaskRecord | None]:
         """While inside, the end of this task moves task_topic(task_id); enter it before
-        looking at the task. By default every change moves every topic: nothing to do."""
-        yield
+        looking at the task. Gives the task as read once the watch began, if the store
+        read it on the way (None: look yourself). By default every change moves every
+        topic: nothing to do."""
+        yield None
 
     @abstractmethod
     def close(self) -> None: ...

@@ -1216,10 +1216,14 @@ class PostgreSQLStore(Store):
         return self._ensure_listener().watch(topic)
 
     @contextmanager
-    def watch_task(self, task_id: str) -> Iterator[None]:
+    def watch_task(self, task_id: str) -> Iterator[TaskRecord | None]:
         """Settles of this task notify its topic while someone watches: a row of
         castor_watches says so (committed before the caller looks at the task: a settle
-        that commits after that look sees it; _NOTIFY_SETTLED says when one may not)."""
+        that commits after that look sees it; _NOTIFY_SETTLED says when one may not).
+
+        One round trip: the watch commits without waiting for the WAL flush (a watch
+        lost to a server crash went with its joiner's connection), then the task is
+        read, and given to the caller as its first look."""
         listener = self._ensure_listener()
         topic = task_topic(task_id)
         watcher = uuid.uuid4().hex
@@ -1227,11 +1231,19 @@ class PostgreSQLStore(Store):
             ended, self._ended_watches = self._ended_watches, []
         listener.track(topic)
         try:
-            if ended:
-                self._fetch(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher))
-            else:
-                self._fetch(_WATCH, (task_id, watcher))
-            yield
+            clock = self._clock()
+            with self._session() as conn:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    conn.execute("SET LOCAL synchronous_commit TO OFF")
+                    if ended:
+                        conn.execute(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher))
+                    else:
+                        conn.execute(_WATCH, (task_id, watcher))
+                    conn.execute("COMMIT")
+                    reading = conn.execute(f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = %s", (task_id,))
+                rows = reading.fetchall()
+            yield _record(rows[0], self._to_wall(clock)) if rows else None
         finally:
             listener.untrack(topic)
             # Deleted later (by the next watch, or close()): a watch left on a task that

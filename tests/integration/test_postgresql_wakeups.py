@@ -220,3 +220,15 @@ def test_a_watch_ends_with_its_joiner_and_a_dead_joiners_is_forgotten(pair, loca
     writing.purge_expired(now=10.0**9)
     assert watches() == [("b",) if record.id == "a" else ("a",)]
 
+
+
+@pytest.mark.timeout(60)
+def test_a_watch_gives_the_joiner_its_first_look_in_the_same_round_trip(pair, location):
+    """join()'s first read of the task comes with the watch (one pipeline: the watch
+    commits, then the row is read), so it sees every settle the watch might have missed."""
+    listening, writing = pair
+    writing.enqueue([new("a", mode="thread")])
+    with listening.watch_task("a") as first:
+        assert first is not None and (first.id, first.status) == ("a", TaskStatus.PENDING)
+    with listening.watch_task("nope") as missing:
+        assert missing is None  # the caller looks itself, and finds no task
