@@ -15,6 +15,7 @@ import pytest
 from castor.errors import ConfigurationError, StoreError, StoreUnavailable
 from castor.states import TaskStatus
 from castor.store import Query, open_store, pg_schema
+from castor.store.base import Settlement
 from tests.conftest import wait_until
 from tests.contract.builders import new
 from tests.contract.conftest import postgresql_location
@@ -321,7 +322,6 @@ def test_a_settle_the_server_refuses_writes_nothing_and_the_store_goes_on(opened
     """Settles go in one round trip (BEGIN ... COMMIT in a pipeline): when the server
     refuses one, the others of its transaction are not written either, and the next
     call works (the connection left in the failed transaction is not reused)."""
-    from castor.store.base import Settlement
 
     store = opened()
     now = time.time()
@@ -342,3 +342,33 @@ def test_a_settle_the_server_refuses_writes_nothing_and_the_store_goes_on(opened
     assert store.settle_one(Settlement(b.id, "w", b.attempts, TaskStatus.SUCCESS, result="2", finished_at=now,
                                        fence=b.fence))
     assert (store.status("a"), store.status("b")) == (TaskStatus.SUCCESS, TaskStatus.SUCCESS)
+
+
+@pytest.mark.timeout(120)
+def test_the_dashboards_counts_read_indexes_not_the_table(opened, location):
+    """Per-queue depth, the oldest due task and failures by name are read from indexes
+    alone (schema v5: the ready index carries queue and at_once; failed rows have an
+    index by name): at a million tasks they took 175-200 ms each reading the table."""
+    store = opened()
+    now = time.time()
+    store.enqueue([new(f"t{i:05d}", now=now, queue=f"q{i % 3}", name=f"n{i % 4}") for i in range(3000)])
+    for record in store.claim("w", mode="process", queues=None, limit=300, lease=30.0, now=now):
+        store.settle_one(Settlement(record.id, "w", record.attempts, TaskStatus.FAILED,
+                                    error={"type": "ValueError", "message": "x"}, finished_at=now,
+                                    fence=record.fence))
+    statements = {
+        "pending by queue": "SELECT queue, count(*) FROM castor_tasks WHERE status = 'pending' GROUP BY queue",
+        "queue stats": ("SELECT count(*) FILTER (WHERE NOT at_once AND eta > 0), min(eta) FILTER "
+                        "(WHERE at_once OR eta <= 0) FROM castor_tasks WHERE status = 'pending'"),
+        "failed by name": "SELECT task_name, count(*) FROM castor_tasks WHERE status = 'failed' GROUP BY task_name",
+    }
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE castor_tasks")  # index-only scans need the visibility map
+        conn.execute("SET enable_seqscan = off")  # a table this small would be scanned whatever the indexes
+        conn.execute("SET enable_bitmapscan = off")
+        for what, sql in statements.items():
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql))
+            assert "Index Only Scan" in plan, f"{what}:\n{plan}"
+    assert store.pending_by_queue() == {"q0": 900, "q1": 900, "q2": 900}
+    assert store.counts_by_status()[TaskStatus.FAILED] == 300
+    assert store.queue_stats(now=now)["failed_by_name"] == {"n0": 75, "n1": 75, "n2": 75, "n3": 75}
