@@ -102,6 +102,7 @@ class Worker:
         # What the engine needs of the Manager: its store, its registry and its retention policy.
         self.registry = manager.registry
         self.retention = manager.retention
+        self.hooks = manager.hooks  # manager.on(...): fired beside the task_log lines
         self.mode = mode
         self._wake_topic = work_topic(mode)  # what wakes this worker when idle
         self.concurrency = 1 if mode == "process" else threads
@@ -217,6 +218,8 @@ class Worker:
         if _debug_enabled():
             log.debug("task.started", task_id=record.id, task_name=record.name, queue=record.queue,
                       attempt=record.attempts)
+        if self.hooks.listeners and not record.cancel_requested:  # before any timeout or cancel can aim at it
+            self.hooks.started(record)
         structlog.contextvars.bind_contextvars(
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
         ctx = TaskContext(record, self.store, self.owner)
@@ -275,6 +278,8 @@ class Worker:
             self.on_settled(record.name, "retry" if settlement.status == TaskStatus.PENDING
                             else str(settlement.status), duration, record.id)
         task_log.settled(settlement, record, duration, accepted)
+        if accepted and self.hooks.listeners:  # a refused settle: another attempt's outcome decides
+            self.hooks.settled(settlement, record)
 
     def close(self) -> None:
         """Stop the event-loop thread started for `async def` tasks (run() does this
@@ -300,8 +305,10 @@ class Worker:
         """
         now = time.time()
         if time.monotonic() >= self._next_recovery:  # monotonic: a clock step must not pause recovery
-            task_log.released(self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES),
-                              reason="lease expired", counted=True, found_by=self.owner)
+            recovered = self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES)
+            task_log.released(recovered, reason="lease expired", counted=True, found_by=self.owner)
+            if recovered and self.hooks.listeners:
+                self.hooks.released(recovered, counted=True)
             self._next_recovery = time.monotonic() + RECOVERY_SECONDS
             self._want_solo = self.store.has_due(mode=self.mode, queues=self.queues, now=now, isolated=True)
         if settlements or self._hot:
