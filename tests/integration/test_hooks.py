@@ -11,6 +11,7 @@ import pytest
 import castor
 from castor.hooks import EVENTS, TaskEvent
 from castor.worker import Worker
+from tests.conftest import wait_until
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -172,3 +173,27 @@ def test_off_removes_a_hook(app: Any) -> None:
     app.add.delay(2, 2)
     assert len(calls) == 1
 
+
+
+def test_a_lease_that_ran_out_is_a_retry_then_a_failure_fired_by_the_worker_that_found_it(app: Any) -> None:
+    """A worker that stalled or vanished fires nothing: the worker whose recovery takes
+    the task back does (task.retried; task.failed with WorkerLost once out of chances)."""
+    task = app.add.delay(1, 1)
+    finder = Worker(app.manager, mode="process")
+    ends: list[TaskEvent] = []
+    for attempt in range(1, 4):  # castor.worker.MAX_WORKER_LOSSES
+        stalled = Worker(app.manager, mode="process", lease=0.05)
+        (record,) = stalled._claim(1)
+        assert record.attempts == attempt
+
+        def recovered(attempt: int = attempt) -> bool:
+            finder._next_recovery = 0.0  # look now, as its loop does every second
+            finder._exchange([], 0)
+            ends[:] = [e for e in app.seen if e.event in ("task.retried", "task.failed")]
+            return len(ends) == attempt
+
+        wait_until(recovered, 10, f"the lease of attempt {attempt} to run out and be recovered")
+    assert [e.event for e in ends] == ["task.retried", "task.retried", "task.failed"]
+    assert ends[-1].task_id == task.id and ends[-1].record.status == castor.TaskStatus.FAILED
+    assert ends[-1].error is not None and "WorkerLost" in ends[-1].error["type"]
+    assert task.status() == "failed"
