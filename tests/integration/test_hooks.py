@@ -197,3 +197,15 @@ def test_a_lease_that_ran_out_is_a_retry_then_a_failure_fired_by_the_worker_that
     assert ends[-1].task_id == task.id and ends[-1].record.status == castor.TaskStatus.FAILED
     assert ends[-1].error is not None and "WorkerLost" in ends[-1].error["type"]
     assert task.status() == "failed"
+
+
+def test_a_periodic_tick_fires_enqueued_once_in_the_castord_that_won_it(app: Any) -> None:
+    from castor.periodic import Scheduler
+
+    app.manager.periodic(every=10, mode="thread", name="ping")(lambda: "pong")
+    start = 1_900_000_000.0  # on a tick of every=10
+    here, there = Scheduler(app.manager, now=start + 5), Scheduler(app.manager, now=start + 5)
+    [task_id] = here.fire_due(start + 10)
+    assert there.fire_due(start + 10) == []  # another castord on the same store: the tick is taken
+    assert story(app.seen) == [("task.enqueued", task_id, "pending")]
+    assert app.seen[0].record.name == "ping"

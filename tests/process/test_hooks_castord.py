@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+import castor
+
 from tests.conftest import wait_until
 from tests.process.test_castord import Castord
 
@@ -58,6 +60,17 @@ APP = textwrap.dedent('''
     @manager.task(mode="thread", name="tboom")
     def tboom(message):
         raise KeyError(message)
+
+    @manager.task(mode="thread", name="tsleep")
+    def tsleep(marker):
+        open(marker, "w").close()
+        for _ in range(600):
+            time.sleep(0.1)  # the test cancels it meanwhile
+
+    @manager.task(mode="process", name="psleep")
+    def psleep(marker):
+        open(marker, "w").close()
+        time.sleep(60)  # the test cancels it meanwhile
 
     @manager.task(mode="process", name="crash_once")
     def crash_once(marker):
@@ -147,3 +160,27 @@ def test_a_killed_childs_task_is_a_retry_fired_by_the_master(hooked: Any, app_di
                                     30, "the task's end events")
     assert (retried["event"], retried["pid"], retried["status"]) == ("task.retried", hooked.daemon.pid, "pending")
     assert succeeded["event"] == "task.succeeded" and succeeded["pid"] not in (started["pid"], hooked.daemon.pid)
+
+
+@pytest.mark.timeout(90)
+def test_cancelling_a_running_task_fires_cancelled_in_its_worker(hooked: Any, app_dir: Path) -> None:
+    """A running task's cancel is carried out by its worker: the thread host raises
+    TaskCancelled in the task's thread; a process child records it, then leaves."""
+    app, me = hooked.app, os.getpid()
+    running = []
+    for i, fn in enumerate((app.tsleep, app.psleep)):
+        marker = app_dir / f"sleep-{i}.marker"
+        running.append(fn.delay(str(marker)))
+        wait_until(marker.exists, 15, f"{fn.name} to start")
+    for task in running:
+        task.cancel()
+    for task in running:
+        with pytest.raises(castor.TaskCancelled):
+            task.join(timeout=30)
+    lines = wait_until(lambda: all(ends(got := read_lines(hooked.lines), t.id) for t in running) and got,
+                       30, "the cancelled events")
+    started = {x["task_id"]: x["pid"] for x in lines if x["event"] == "task.started"}
+    for task in running:
+        (end,) = ends(lines, task.id)
+        assert (end["event"], end["status"]) == ("task.cancelled", "cancelled")
+        assert end["pid"] == started[task.id] and end["pid"] not in (me, hooked.daemon.pid)
