@@ -48,6 +48,10 @@ class TaskEvent:
 
     event: str
     record: TaskRecord
+    # For task.failed, task.retried and task.cancelled in the worker that ran the attempt: what the
+    # function raised, with its traceback (Sentry wants the live exception). None
+    # elsewhere: a task failed by castord's master for a lost worker has only `error`.
+    exception: BaseException | None = None
 
     @property
     def task_id(self) -> str:
@@ -108,7 +112,8 @@ class Hooks:
     def started(self, record: TaskRecord) -> None:
         self.fire("task.started", record)
 
-    def settled(self, settlement: Settlement, record: TaskRecord | None) -> None:
+    def settled(self, settlement: Settlement, record: TaskRecord | None,
+                exception: BaseException | None = None) -> None:
         """A worker's outcome, once the store accepted it."""
         event = _SETTLED_EVENTS.get(settlement.status)
         if event is None or record is None or event not in self.listeners:
@@ -117,7 +122,7 @@ class Hooks:
             record, status=settlement.status, error=settlement.error, result=settlement.result,
             finished_at=None if settlement.status == TaskStatus.PENDING else settlement.finished_at,
             eta=settlement.eta if settlement.eta is not None else record.eta, owner=None)
-        self.fire(event, after)
+        self.fire(event, after, exception if settlement.status != TaskStatus.SUCCESS else None)
 
     def released(self, records: list[TaskRecord], *, counted: bool) -> None:
         """Tasks taken back from a worker that is gone or stalled, as the store left
@@ -134,11 +139,11 @@ class Hooks:
     def cancelled_pending(self, record: TaskRecord, now: float) -> None:
         self.fire("task.cancelled", dataclasses.replace(record, status=TaskStatus.CANCELLED, finished_at=now))
 
-    def fire(self, event: str, record: TaskRecord) -> None:
+    def fire(self, event: str, record: TaskRecord, exception: BaseException | None = None) -> None:
         fns = self.listeners.get(event)
         if not fns:
             return
-        payload = TaskEvent(event, record)
+        payload = TaskEvent(event, record, exception)
         # Shielded: a timeout or cancel aimed at this thread (a task that enqueues)
         # waits until the hooks are done, and is not swallowed by the except below.
         with shielded():

@@ -129,6 +129,7 @@ class Worker:
         self.contexts: dict[tuple[str, int], TaskContext] = {}  # claim -> context, while its function runs
         self._running_lock = threading.Lock()
         self._durations: dict[tuple[str, int], float] = {}
+        self._exceptions: dict[tuple[str, int], BaseException] = {}  # what attempts raised, for the hooks
         # A task marked to run alone (it ran beside a thread-host crash) is running:
         # claim nothing beside it.
         self._solo: tuple[str, int] | None = None
@@ -218,10 +219,10 @@ class Worker:
         if _debug_enabled():
             log.debug("task.started", task_id=record.id, task_name=record.name, queue=record.queue,
                       attempt=record.attempts)
-        if self.hooks.listeners and not record.cancel_requested:  # before any timeout or cancel can aim at it
-            self.hooks.started(record)
         structlog.contextvars.bind_contextvars(
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
+        if self.hooks.listeners and not record.cancel_requested:  # before any timeout or cancel can aim at it
+            self.hooks.started(record)
         ctx = TaskContext(record, self.store, self.owner)
         self.contexts[key] = ctx  # a dict update is atomic; readers copy the values
         token = context._current.set(ctx)  # noqa: SLF001 - the worker owns the context
@@ -251,6 +252,8 @@ class Worker:
         ctx.flush()
         settlement = settlement_for(self.retention, record, outcome, self.owner, time.time())
         self._durations[key] = outcome.duration
+        if outcome.exception is not None and self.hooks.listeners:
+            self._exceptions[key] = outcome.exception  # for the hooks' event.exception, until settled
         average = self._average_duration
         self._average_duration = outcome.duration if average is None else \
             average + DURATION_WEIGHT * (outcome.duration - average)
@@ -277,9 +280,10 @@ class Worker:
         if self.on_settled is not None and record is not None:
             self.on_settled(record.name, "retry" if settlement.status == TaskStatus.PENDING
                             else str(settlement.status), duration, record.id)
+        exception = self._exceptions.pop(key, None) if self._exceptions else None
         task_log.settled(settlement, record, duration, accepted)
         if accepted and self.hooks.listeners:  # a refused settle: another attempt's outcome decides
-            self.hooks.settled(settlement, record)
+            self.hooks.settled(settlement, record, exception)
 
     def close(self) -> None:
         """Stop the event-loop thread started for `async def` tasks (run() does this

@@ -67,6 +67,7 @@ def test_a_success_fires_enqueued_started_succeeded_with_its_result(app: Any) ->
                                ("task.succeeded", task.id, "success")]
     done = app.seen[-1]
     assert done.result() == 5 and done.error is None and done.record.finished_at is not None
+    assert done.exception is None
     assert app.seen[0].result() is None  # not a success
     assert task.status() == "success"  # the hook ran after the commit, and changed nothing
 
@@ -82,6 +83,9 @@ def test_a_failed_attempt_fires_retried_then_the_last_fires_failed(app: Any) -> 
     assert failed.record.attempts == 2 and failed.task_id == task.id
     assert failed.error is not None and failed.error["type"].endswith("ValueError")
     assert failed.error["message"] == "card declined"
+    # The live exception, in the worker that ran the attempt (for Sentry's stack frames).
+    assert isinstance(retried.exception, ValueError) and isinstance(failed.exception, ValueError)
+    assert failed.exception is not retried.exception and failed.exception.__traceback__ is not None
 
 
 def test_a_batch_fires_one_enqueued_per_task_after_the_write(app: Any) -> None:
@@ -196,6 +200,7 @@ def test_a_lease_that_ran_out_is_a_retry_then_a_failure_fired_by_the_worker_that
     assert [e.event for e in ends] == ["task.retried", "task.retried", "task.failed"]
     assert ends[-1].task_id == task.id and ends[-1].record.status == castor.TaskStatus.FAILED
     assert ends[-1].error is not None and "WorkerLost" in ends[-1].error["type"]
+    assert ends[-1].exception is None  # no attempt raised it here: only the stored error
     assert task.status() == "failed"
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 import castor
-
 from tests.conftest import wait_until
 from tests.process.test_castord import Castord
 
