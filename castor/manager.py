@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from castor import task_log
 from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
 from castor.handle import Task
+from castor.hooks import Hooks, check_event
 from castor.instrumentation import Instruments
 from castor.interrupts import shielded
 from castor.producer import Producer
@@ -81,6 +82,11 @@ class Manager:
         # takes the store, the registry and the retention policy.
         self.producer = Producer(self.store, self.serializer)
         self.eager = eager
+
+    @property
+    def hooks(self) -> Hooks:
+        """The hooks registered with on() (castor/hooks.py), shared with the producer."""
+        return self.producer.hooks
 
     @property
     def store(self) -> Store:
@@ -204,6 +210,29 @@ class Manager:
         for module in self.include:
             importlib.import_module(module)
 
+    # -- hooks (castor/hooks.py) ----------------------------------------------
+
+    def on(self, event: str, fn: Callable[..., Any] | None = None) -> Any:
+        """Call `fn(event)` (a castor.hooks.TaskEvent) each time `event` happens, in
+        the process where it happens: "task.enqueued" (the producer), "task.started",
+        "task.succeeded", "task.failed", "task.retried", "task.cancelled" (the
+        worker; see docs/hooks.md). Also a decorator: `@manager.on("task.failed")`.
+        Register hooks in the APP module, so castord's children have them too."""
+        if fn is None:
+            check_event(event, "Manager.on")  # a wrong name fails at the decorator, not later
+
+            def register(f: Callable[..., Any]) -> Callable[..., Any]:
+                self.hooks.add(event, f)
+                return f
+
+            return register
+        self.hooks.add(event, fn)
+        return fn
+
+    def off(self, event: str, fn: Callable[..., Any]) -> bool:
+        """Stop calling `fn` for `event`; False if it was not registered for it."""
+        return self.hooks.remove(event, fn)
+
     # -- enqueueing ----------------------------------------------------------
 
     def _submit(self, tasks: list[NewTask]) -> list[Task[Any]]:
@@ -241,6 +270,8 @@ class Manager:
             raise UnknownTaskError.missing(task_id)
         if status == TaskStatus.CANCELLED and record.status == TaskStatus.PENDING:
             task_log.cancelled_pending(record)  # its end: no worker will see it
+            if self.hooks.listeners:
+                self.hooks.cancelled_pending(record, now)
         return status
 
     revoke = cancel  # Celery's name

@@ -211,4 +211,7 @@ class Scheduler:
             return None
         log.info("periodic.fired", schedule=name, tick=tick, task_id=task.id, task_name=task.name,
                  late_s=round(now - tick, 3))
+        hooks = self.manager.hooks
+        if hooks.listeners:
+            hooks.enqueued([task], [task.id])
         return str(task.id)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor.durations import to_epoch, to_seconds
 from castor.errors import ConfigurationError
+from castor.hooks import Hooks
 from castor.ids import new_task_id
 from castor.keys import call_key
 from castor.serialization import Serializer, encode_call
@@ -33,6 +34,7 @@ class Producer:
         self.instruments: Instruments | None = None
         # Manager(eager=True): runs a just-enqueued task inline (the engine's, wired by the Manager).
         self.eager_runner: Callable[[str], Any] | None = None
+        self.hooks = Hooks()  # manager.on(...): "task.enqueued" fires here, after the write
 
     def new_task(
         self, fn: TaskFunction[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: dict[str, Any]
@@ -87,6 +89,8 @@ class Producer:
         task's where one answered instead."""
         instruments = self.instruments  # tracing, error reporting (castor.integrations)
         ids = self._write(tasks) if instruments is None else instruments.enqueue(tasks, self._write)
+        if self.hooks.listeners:
+            self.hooks.enqueued(tasks, ids)
         if self.eager_runner is not None:
             for task, task_id in zip(tasks, ids, strict=True):
                 if task.id == task_id:  # not a unique twin's or a cached task's id

@@ -102,6 +102,7 @@ class Worker:
         # What the engine needs of the Manager: its store, its registry and its retention policy.
         self.registry = manager.registry
         self.retention = manager.retention
+        self.hooks = manager.hooks  # manager.on(...): fired beside the task_log lines
         self.mode = mode
         self._wake_topic = work_topic(mode)  # what wakes this worker when idle
         self.concurrency = 1 if mode == "process" else threads
@@ -128,6 +129,7 @@ class Worker:
         self.contexts: dict[tuple[str, int], TaskContext] = {}  # claim -> context, while its function runs
         self._running_lock = threading.Lock()
         self._durations: dict[tuple[str, int], float] = {}
+        self._exceptions: dict[tuple[str, int], BaseException] = {}  # what attempts raised, for the hooks
         # A task marked to run alone (it ran beside a thread-host crash) is running:
         # claim nothing beside it.
         self._solo: tuple[str, int] | None = None
@@ -219,6 +221,8 @@ class Worker:
                       attempt=record.attempts)
         structlog.contextvars.bind_contextvars(
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
+        if self.hooks.listeners and not record.cancel_requested:  # before any timeout or cancel can aim at it
+            self.hooks.started(record)
         ctx = TaskContext(record, self.store, self.owner)
         self.contexts[key] = ctx  # a dict update is atomic; readers copy the values
         token = context._current.set(ctx)  # noqa: SLF001 - the worker owns the context
@@ -248,6 +252,8 @@ class Worker:
         ctx.flush()
         settlement = settlement_for(self.retention, record, outcome, self.owner, time.time())
         self._durations[key] = outcome.duration
+        if outcome.exception is not None and self.hooks.listeners:
+            self._exceptions[key] = outcome.exception  # for the hooks' event.exception, until settled
         average = self._average_duration
         self._average_duration = outcome.duration if average is None else \
             average + DURATION_WEIGHT * (outcome.duration - average)
@@ -274,7 +280,10 @@ class Worker:
         if self.on_settled is not None and record is not None:
             self.on_settled(record.name, "retry" if settlement.status == TaskStatus.PENDING
                             else str(settlement.status), duration, record.id)
+        exception = self._exceptions.pop(key, None) if self._exceptions else None
         task_log.settled(settlement, record, duration, accepted)
+        if accepted and self.hooks.listeners:  # a refused settle: another attempt's outcome decides
+            self.hooks.settled(settlement, record, exception)
 
     def close(self) -> None:
         """Stop the event-loop thread started for `async def` tasks (run() does this
@@ -300,8 +309,10 @@ class Worker:
         """
         now = time.time()
         if time.monotonic() >= self._next_recovery:  # monotonic: a clock step must not pause recovery
-            task_log.released(self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES),
-                              reason="lease expired", counted=True, found_by=self.owner)
+            recovered = self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES)
+            task_log.released(recovered, reason="lease expired", counted=True, found_by=self.owner)
+            if recovered and self.hooks.listeners:
+                self.hooks.released(recovered, counted=True)
             self._next_recovery = time.monotonic() + RECOVERY_SECONDS
             self._want_solo = self.store.has_due(mode=self.mode, queues=self.queues, now=now, isolated=True)
         if settlements or self._hot:

@@ -408,6 +408,8 @@ class Supervisor:
             return []
         # As they are now: failed, cancelled, or back in the queue.
         task_log.released(released, reason=reason, counted=count_attempt, child=child.spec.label)
+        if released and self.manager.hooks.listeners:  # e.g. task.failed for a task whose child was OOM-killed
+            self.manager.hooks.released(released, counted=count_attempt)
         return released
 
     # -- liveness ----------------------------------------------------------------
