@@ -331,6 +331,14 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def expire_pending(self, *, now: float, limit: int = 500) -> list[TaskRecord]:
+        """End cancelled, with castor.TaskExpired as their error, up to `limit` pending
+        tasks whose expiry (options "expires", castor/expiry.py) is at or before `now`:
+        the tasks nobody claimed in time (a paused queue, no worker). The tasks as
+        they are now. Reads first and only takes the write lock when one has expired.
+        A task found expired at its claim is ended by the worker instead."""
+
+    @abstractmethod
     def get(self, task_id: str) -> TaskRecord | None: ...
 
     @abstractmethod

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from castor.errors import ConfigurationError, StoreError, StoreUnavailable, TaskIdConflict
+from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import shielded
 from castor.states import TaskStatus
@@ -916,6 +917,36 @@ class PostgreSQLStore(Store):
             _lose(cur, ids, max_lost=max_lost, now=now, failure_ttl=failure_ttl, why=LOST_LEASE)
             self._notify(cur)
             return self._records(cur, ids, to_wall)
+
+        return self._write(body)
+
+    def expire_pending(self, *, now: float, limit: int = 500) -> list[TaskRecord]:
+        # No index holds the expiry (it lives in options, to need no migration): this
+        # reads the pending rows, which is why workers sweep every few seconds only.
+        # The CASE: a hand-edited row whose "expires" is not a number is left alone.
+        find = ("FROM castor_tasks WHERE status = 'pending' AND CASE WHEN jsonb_typeof(options->'expires') = "
+                "'number' THEN (options->>'expires')::float8 END <= %(now)s")
+        if not self._fetch(f"SELECT 1 {find} LIMIT 1", {"now": now}):
+            return []
+        to_wall = self._to_wall(self._clock())
+        failure_ttl = self.failure_ttl
+
+        def body(cur: Any) -> list[TaskRecord]:
+            # SKIP LOCKED: sweeps of several castords share the rows; a claim that
+            # holds one ends it itself.
+            cur.execute(f"SELECT id, (options->>'expires')::float8 {find} LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+                        {"now": now, "limit": limit})
+            found = cur.fetchall()
+            for task_id, at in found:
+                cur.execute(
+                    f"""UPDATE castor_tasks SET status = 'cancelled', finished_at = %(now)s, error = %(error)s,
+                               expires_at = {_FAILURE_EXPIRY}
+                         WHERE id = %(id)s AND status = 'pending'""",
+                    {"now": now, "error": Jsonb(expired_error(at)), "failure_ttl": failure_ttl, "id": task_id})
+            if not found:
+                return []
+            self._notify(cur)
+            return self._records(cur, [r[0] for r in found], to_wall)
 
         return self._write(body)
 

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from castor.clocks import boot_id
 from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
+from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
 from castor.states import TaskStatus
@@ -824,6 +825,27 @@ class SQLiteStore(Store):
             "AND lease_expires < ? LIMIT 1", (clock,)
         ):
             return []
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
+    def expire_pending(self, *, now: float, limit: int = 500) -> list[TaskRecord]:
+        # No index holds the expiry (it lives in options, to need no migration): this
+        # reads the pending rows, which is why workers sweep every few seconds only.
+        find = (f"SELECT id, json_extract(options, '$.expires') FROM {ready.READY} WHERE status = 'pending' "
+                "AND options IS NOT NULL AND json_extract(options, '$.expires') <= ? LIMIT ?")
+        if not self._execute(find, (now, 1)):
+            return []
+        to_wall = time.time() - self.clock()
+
+        def body(conn: sqlite3.Connection) -> list[TaskRecord]:
+            ended = []
+            for task_id, at in conn.execute(find, (now, limit)).fetchall():
+                ended += conn.execute(
+                    f"UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, error = ?, "
+                    f"expires_at = {_FAILURE_EXPIRY} WHERE id = ? AND status = 'pending' RETURNING {_COLUMNS}",
+                    (now, json.dumps(expired_error(at)), now, self.failure_ttl, task_id)).fetchall()
+            return [_row_to_record(r, to_wall) for r in ended]
+
         with self._locked() as conn:
             return self._write_txn(conn, body)
 
