@@ -381,6 +381,19 @@ class Store(ABC):
     @abstractmethod
     def paused_queues(self) -> set[str]: ...
 
+    # A task name paused: claims skip its tasks in every queue (kind 'name').
+
+    @abstractmethod
+    def pause_name(self, name: str) -> bool:
+        """Stop claims of tasks named `name` (any name). True if this call paused it."""
+
+    @abstractmethod
+    def resume_name(self, name: str) -> bool:
+        """Let claims take tasks named `name` again, and wake workers. True if it was paused."""
+
+    @abstractmethod
+    def paused_names(self) -> set[str]: ...
+
     @abstractmethod
     def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:
         """The earliest wall-clock time after `now` at which a task of `mode` in `queues`

@@ -208,9 +208,10 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
 
 _SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE} RETURNING mode"
 
-# Paused queues: an InitPlan, read once per statement; the claim still walks
-# castor_tasks_ready and drops a paused queue's rows as it goes.
-_NOT_PAUSED = " AND queue <> ALL(ARRAY(SELECT name FROM castor_pauses WHERE kind = 'queue'))"
+# Paused queues and task names: InitPlans, each read once per statement; the claim
+# still walks castor_tasks_ready and drops a paused queue's or name's rows as it goes.
+_NOT_PAUSED = (" AND queue <> ALL(ARRAY(SELECT name FROM castor_pauses WHERE kind = 'queue'))"
+               " AND task_name <> ALL(ARRAY(SELECT name FROM castor_pauses WHERE kind = 'name'))")
 _DUE = ("status = 'pending' AND mode = %(mode)s AND isolate = %(isolate)s "
         "AND (at_once OR eta <= %(now)s)" + _NOT_PAUSED)
 _IN_QUEUES = " AND queue = ANY(%(queues)s)"
@@ -1178,22 +1179,40 @@ class PostgreSQLStore(Store):
     # -- pausing --------------------------------------------------------------------
 
     def pause_queue(self, queue: str) -> bool:
-        rows = self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES ('queue', %s, %s) "
-                           "ON CONFLICT DO NOTHING RETURNING name", (queue, time.time()))
-        return bool(rows)
+        return self._pause("queue", queue)
 
     def resume_queue(self, queue: str) -> bool:
+        return self._resume("queue", queue)
+
+    def paused_queues(self) -> set[str]:
+        return self._paused("queue")
+
+    def pause_name(self, name: str) -> bool:
+        return self._pause("name", name)
+
+    def resume_name(self, name: str) -> bool:
+        return self._resume("name", name)
+
+    def paused_names(self) -> set[str]:
+        return self._paused("name")
+
+    def _pause(self, kind: str, name: str) -> bool:
+        rows = self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES (%s, %s, %s) "
+                           "ON CONFLICT DO NOTHING RETURNING name", (kind, name, time.time()))
+        return bool(rows)
+
+    def _resume(self, kind: str, name: str) -> bool:
         def body(cur: Any) -> bool:
-            cur.execute("DELETE FROM castor_pauses WHERE kind = 'queue' AND name = %s RETURNING name", (queue,))
+            cur.execute("DELETE FROM castor_pauses WHERE kind = %s AND name = %s RETURNING name", (kind, name))
             if cur.fetchone() is None:
                 return False
-            self._notify(cur)  # the queue's tasks may be due for any mode: wake everyone
+            self._notify(cur)  # the tasks held may be due for any mode: wake everyone
             return True
 
         return self._write(body)
 
-    def paused_queues(self) -> set[str]:
-        return {name for (name,) in self._fetch("SELECT name FROM castor_pauses WHERE kind = 'queue'")}
+    def _paused(self, kind: str) -> set[str]:
+        return {name for (name,) in self._fetch("SELECT name FROM castor_pauses WHERE kind = %s", (kind,))}
 
     # -- housekeeping ---------------------------------------------------------------
 

@@ -1030,15 +1030,33 @@ class SQLiteStore(Store):
     # resume's commit wakes every waiter, as any change to the file does.
 
     def pause_queue(self, queue: str) -> bool:
-        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
-                                  "VALUES ('queue', ?, ?) RETURNING name", (queue, time.time())))
+        return self._pause("queue", queue)
 
     def resume_queue(self, queue: str) -> bool:
-        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = 'queue' AND name = ? RETURNING name",
-                                  (queue,)))
+        return self._resume("queue", queue)
 
     def paused_queues(self) -> set[str]:
-        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = 'queue'")}
+        return self._paused("queue")
+
+    def pause_name(self, name: str) -> bool:
+        return self._pause("name", name)
+
+    def resume_name(self, name: str) -> bool:
+        return self._resume("name", name)
+
+    def paused_names(self) -> set[str]:
+        return self._paused("name")
+
+    def _pause(self, kind: str, name: str) -> bool:
+        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
+                                  "VALUES (?, ?, ?) RETURNING name", (kind, name, time.time())))
+
+    def _resume(self, kind: str, name: str) -> bool:
+        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = ? AND name = ? RETURNING name",
+                                  (kind, name)))
+
+    def _paused(self, kind: str) -> set[str]:
+        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = ?", (kind,))}
 
     # -- housekeeping ------------------------------------------------------------
 
