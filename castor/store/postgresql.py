@@ -232,10 +232,11 @@ _CLAIM = f"""UPDATE castor_tasks
 _CLAIM_ANY = _CLAIM.format(queues="")
 _CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES)
 
+# A retry asked by hand drops the expiry (castor/expiry.py): it means "run it now".
 _RETRY_SET = """SET status = 'pending', eta = %(now)s, at_once = true, error = NULL, result = NULL,
                     result_text = false, owner = NULL, finished_at = NULL, started_at = NULL, expires_at = NULL,
                     lost = 0, isolate = false, cancel_requested = false, progress = NULL,
-                    progress_message = NULL"""
+                    progress_message = NULL, options = options - 'expires'"""
 
 
 def _text(value: str | bytes | None) -> tuple[bytes | None, bool]:

@@ -883,11 +883,13 @@ class SQLiteStore(Store):
 
     def retry(self, query: Query | None = None, *, task_id: str | None = None, now: float) -> list[str]:
         # OR IGNORE: a task whose unique twin is already pending or running stays
-        # as it is (the unique index would refuse a second unfinished one).
+        # as it is (the unique index would refuse a second unfinished one). A retry
+        # asked by hand drops the expiry (castor/expiry.py): it means "run it now".
         update = """UPDATE OR IGNORE castor_tasks
                        SET status = 'pending', eta = ?, at_once = 1, error = NULL, result = NULL, owner = NULL,
                            finished_at = NULL, started_at = NULL, expires_at = NULL, lost = 0, isolate = 0,
-                           cancel_requested = 0, progress = NULL, progress_message = NULL"""
+                           cancel_requested = 0, progress = NULL, progress_message = NULL,
+                           options = json_remove(options, '$.expires')"""
         if task_id is not None:
             sql = f"{update} WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING id"
             return [r[0] for r in self._execute(sql, (now, task_id))]

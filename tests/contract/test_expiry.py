@@ -65,3 +65,14 @@ def test_an_expired_task_is_deleted_after_its_failure_ttl(store, clocks):
     assert ended.expires_at == clocks.wall + 5.0
     assert store.purge_expired(now=clocks.wall + 6) == 1
     assert store.get("late") is None
+
+
+def test_a_retry_asked_by_hand_drops_the_expiry(store, clocks):
+    """Task.retry() / `castord tasks retry` of an expired task means "run it now": it
+    would otherwise end expired again at once."""
+    store.enqueue([new("late", options={"expires": clocks.wall - 1, "timeout": 5.0})])
+    store.expire_pending(now=clocks.wall)
+    assert store.retry(task_id="late", now=clocks.wall) == ["late"]
+    assert store.get("late").options == {"timeout": 5.0}
+    assert store.expire_pending(now=clocks.wall + 1) == []
+    assert claim_one(store, clocks).id == "late"

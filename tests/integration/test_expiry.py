@@ -14,6 +14,7 @@ from castor.context import current
 from castor.errors import ConfigurationError
 from castor.expiry import EXPIRED_TYPE
 from tests.conftest import wait_until
+from tests.integration.test_output_lines import lines, log_file  # noqa: F401 - fixture
 
 PAST = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
@@ -151,3 +152,15 @@ def test_a_naive_datetime_is_local_time_as_for_eta(manager):
 
     naive = datetime(2100, 1, 1, 12, 0)
     assert job.apply_async(expires=naive).info().options["expires"] == naive.timestamp()
+
+
+def test_the_end_line_of_a_task_found_expired_at_its_claim_says_expired(manager, log_file):  # noqa: F811
+    @manager.task(mode="thread")
+    def job():
+        return 1
+
+    handle = job.apply_async(expires=PAST)
+    castor.Worker(manager, mode="thread").step()
+    (line,) = [e for e in lines(log_file) if e.get("event") == "task.cancelled" and e.get("task_id") == handle.id]
+    assert line["reason"] == "expired"
+    assert line["exc_message"].startswith("expired at 2020-01-01T00:00:00")
