@@ -164,3 +164,24 @@ def test_the_end_line_of_a_task_found_expired_at_its_claim_says_expired(manager,
     (line,) = [e for e in lines(log_file) if e.get("event") == "task.cancelled" and e.get("task_id") == handle.id]
     assert line["reason"] == "expired"
     assert line["exc_message"].startswith("expired at 2020-01-01T00:00:00")
+
+
+def test_the_http_api_takes_expires_as_seconds_or_an_instant(db_path):
+    from tests.integration.test_web import define_tasks, make_client
+
+    m = castor.Manager(db_path)
+    try:
+        define_tasks(m)
+        client = make_client(m)
+        before = time.time()
+        relative = client.post("/tasks", json={"name": "add", "args": [1, 2], "expires": 60})
+        assert relative.status_code == 202, relative.text
+        assert m.get(relative.json()["id"]).info().options["expires"] >= before + 60
+        fixed = client.post("/tasks", json={"name": "add", "args": [1, 2], "expires": "2100-01-01T00:00:00Z"})
+        assert fixed.status_code == 202, fixed.text
+        assert m.get(fixed.json()["id"]).info().options["expires"] == datetime(2100, 1, 1, tzinfo=timezone.utc).timestamp()
+        for bad in (0, -1, True, "5", "soon", "2100-01-01T00:00:00"):
+            refused = client.post("/tasks", json={"name": "add", "args": [1, 2], "expires": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+    finally:
+        m.close()
