@@ -63,6 +63,10 @@ class TaskCancelled(CastorError):
     """The task was cancelled before it could finish."""
 
 
+class TaskExpired(TaskCancelled):
+    """The task was not started before its `expires=` time, so it never ran."""
+
+
 class TaskTimeout(CastorError):
     """A task ran past its `timeout=`."""
 

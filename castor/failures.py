@@ -9,7 +9,7 @@ import traceback as tb
 from collections.abc import Callable
 from typing import Any
 
-from castor.errors import RemoteTraceback, TaskCancelled, TaskFailed
+from castor.errors import RemoteTraceback, TaskCancelled, TaskExpired, TaskFailed
 
 # An error record stays bounded whatever the exception holds: a message or a
 # traceback longer than this (in characters) is cut, with a note saying how much
@@ -172,6 +172,8 @@ def rebuild(record: dict[str, Any], task_id: str) -> BaseException:
     trace = _text(record.get("traceback"))
     if type_path == "castor.errors.TaskCancelled":
         return TaskCancelled(message or f"task {task_id} was cancelled")
+    if type_path == "castor.errors.TaskExpired":
+        return TaskExpired(message or f"task {task_id} expired")
     cls = _find_class(type_path)
     args = record.get("args")
     if cls is not None and isinstance(args, list):

@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from castor.durations import from_epoch, to_seconds
-from castor.errors import JoinTimeout, TaskCancelled, UnknownTaskError
+from castor.errors import JoinTimeout, TaskCancelled, TaskExpired, UnknownTaskError
+from castor.expiry import EXPIRED_TYPE
 from castor.failures import rebuild
 from castor.serialization import get_serializer
 from castor.states import TaskStatus
@@ -185,6 +186,9 @@ class Task(Generic[R]):
         if record.status == TaskStatus.SUCCESS:
             return self._decode_result(record)
         if record.status == TaskStatus.CANCELLED:
+            error = record.error or {}
+            if error.get("type") == EXPIRED_TYPE:
+                raise TaskExpired(f"task {self.id} ({record.name}) {error.get('message') or 'expired'}")
             raise TaskCancelled(f"task {self.id} ({record.name}) was cancelled")
         raise rebuild(record.error or {}, self.id)
 

@@ -356,6 +356,26 @@ class Manager:
         """The queues paused now."""
         return self.store.paused_queues()
 
+    # -- pausing task names (and queues, in one spelling) ----------------------
+
+    def pause(self, *, name: str | None = None, queue: str | None = None) -> bool:
+        """Stop every castord on this store from claiming the tasks of one task name
+        (in every queue) or of one queue: `manager.pause(name="reports.build")`,
+        `manager.pause(queue="mail")` (pause_queue's other spelling). They stay
+        pending; running ones finish. Persisted. Returns False if it was paused already."""
+        kind, value = _pause_target("pause", name, queue)
+        return self.store.pause_name(value) if kind == "name" else self.store.pause_queue(value)
+
+    def resume(self, *, name: str | None = None, queue: str | None = None) -> bool:
+        """Undo pause(): castords claim that name's (or queue's) tasks again, woken at
+        once. Returns False if it was not paused."""
+        kind, value = _pause_target("resume", name, queue)
+        return self.store.resume_name(value) if kind == "name" else self.store.resume_queue(value)
+
+    def paused_names(self) -> set[str]:
+        """The task names paused now."""
+        return self.store.paused_names()
+
     # -- periodic schedules (castor/periodic.py) ------------------------------
 
     def disable_schedule(self, name: str) -> bool:
@@ -404,6 +424,19 @@ class Manager:
 def _query(status: str | None, name: str | None, queue: str | None) -> Query:
     parsed: TaskStatus | None = parse_status(status) if status is not None else None
     return Query(status=parsed, name=name, queue=queue)
+
+
+def _pause_target(where: str, name: Any, queue: Any) -> tuple[str, str]:
+    """("name" or "queue", the value) from pause()/resume()'s keywords: exactly one."""
+    if (name is None) == (queue is None):
+        raise ConfigurationError(f"Manager.{where} takes name= (a task name) or queue= (a queue), exactly one; "
+                                 f"e.g. manager.{where}(name='reports.build')")
+    value = name if name is not None else queue
+    kind = "name" if name is not None else "queue"
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"Manager.{where} takes a {'task' if kind == 'name' else 'queue'} name "
+                                 f"(a non-empty str) as {kind}=, not {value!r}")
+    return kind, value
 
 
 def _queue_name(name: Any, where: str) -> str:

@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from castor.durations import to_epoch, to_seconds
+from castor.durations import from_epoch, to_epoch, to_seconds
 from castor.errors import ConfigurationError
+from castor.expiry import EXPIRES_KEY, parse_expires
 from castor.hooks import Hooks
 from castor.ids import new_task_id
 from castor.keys import call_key
@@ -45,7 +46,7 @@ class Producer:
         if opts.validator is not None:
             opts.validator(args, kwargs)
         encoded_args, encoded_kwargs = encode_call(self.serializer, fn.name, args, kwargs)
-        if not call and opts.unique is False and opts.cache_ttl is None:
+        if not call and opts.unique is False and opts.cache_ttl is None and opts.expires is None:
             # .delay() of a plain task: the task's defaults, nothing to validate.
             return NewTask(
                 new_task_id(), fn.name, opts.mode, self.serializer.name, encoded_args, encoded_kwargs,
@@ -72,6 +73,9 @@ class Producer:
         per_call = {k: v for k, v in call.items() if k in STORED_OPTIONS}
         if per_call:
             stored = stored_options({**opts.raw, **per_call}, where)
+        expiry = parse_expires(call["expires"], where) if "expires" in call else opts.expires
+        if expiry is not None:
+            stored = {**stored, EXPIRES_KEY: _deadline(expiry.deadline(now), eta, now, where)}
         unique = call.get("unique", opts.unique)
         cache_ttl = validate_ttl(call["cache_ttl"], "cache_ttl", where, allow_zero=False) \
             if "cache_ttl" in call else opts.cache_ttl
@@ -115,6 +119,18 @@ class Producer:
         for (i, _), task_id in zip(fresh, stored, strict=True):
             ids[i] = task_id
         return [i for i in ids if i is not None]
+
+
+def _deadline(expires: float, eta: float, now: float, where: str) -> float:
+    """The expiry time, refused when it falls before a countdown=/eta= the call gave:
+    such a task could never start. One already past without an ETA is taken (as
+    Celery does: a caller's clock a little ahead should not fail the call) and ends
+    expired at its first claim."""
+    if eta > now and expires < eta:
+        raise ConfigurationError(
+            f"{where}: expires ({from_epoch(expires)}) falls before the task's eta ({from_epoch(eta)}), "
+            "so it could never start; give a later expires, or a shorter countdown")
+    return expires
 
 
 def _unique_key(name: str, unique: Any, args: tuple[Any, ...], kwargs: dict[str, Any],

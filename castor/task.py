@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from castor.durations import to_seconds
 from castor.errors import ConfigurationError
+from castor.expiry import Expiry, parse_expires
 from castor.handle import Task
 from castor.interrupts import shielded
 from castor.retries import RETRY_OPTIONS, build_policy
@@ -38,6 +39,8 @@ class TaskOptions:
     cache_ttl: float | None = None
     # validate=True: checks .delay()'s arguments against the type hints (castor.validation).
     validator: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None
+    # expires=: each call turns it into an absolute time in its record's options.
+    expires: Expiry | None = None
     # What every task record of this function carries in its options column
     # (timeout, retry policy, TTLs), already validated; shared, never mutated.
     stored: dict[str, Any] = field(default_factory=dict)
@@ -48,8 +51,9 @@ class TaskOptions:
 # Options that live in each task record (the worker reads them from there).
 STORED_OPTIONS = ("timeout", *RETRY_OPTIONS, "result_ttl", "failure_ttl")
 DECORATOR_OPTIONS = ("mode", "daemon", "name", "queue", "priority", *STORED_OPTIONS, "unique",
-                     "cache_ttl", "validate")
-CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id", *STORED_OPTIONS, "unique", "cache_ttl")
+                     "cache_ttl", "validate", "expires")
+CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id", *STORED_OPTIONS, "unique", "cache_ttl",
+                "expires")
 
 
 def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOptions:
@@ -87,7 +91,7 @@ def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOption
         timeout=stored.get("timeout"),
         unique=validate_unique(options.get("unique", False), where),
         cache_ttl=validate_ttl(options.get("cache_ttl"), "cache_ttl", where, allow_zero=False),
-        validator=validator, stored=stored, raw=raw,
+        validator=validator, expires=parse_expires(options.get("expires"), where), stored=stored, raw=raw,
     )
 
 
@@ -191,7 +195,7 @@ class TaskFunction(Generic[P, R]):
     ) -> Task[R]:
         """Enqueue with per-call options (Celery's spelling): countdown, eta, priority,
         queue, task_id, timeout, retries (and retry_*), result_ttl, failure_ttl, unique,
-        cache_ttl."""
+        cache_ttl, expires."""
         check_call_options(f"{self.name}.apply_async", options)
         with shielded():
             new = self._new(tuple(args), dict(kwargs or {}), options)

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from castor import logs
+from castor.expiry import EXPIRED_TYPE
 from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord
 
@@ -40,7 +41,10 @@ def settled(settlement: Settlement, record: TaskRecord | None, duration: float, 
                       retry_in_s=round((settlement.eta or 0) - settlement.finished_at, 3))
         logs.emit(_log, logging.INFO, "task.retrying", fields)
     elif settlement.status == TaskStatus.CANCELLED:
-        fields["reason"] = error.get("message")
+        if error.get("type") == EXPIRED_TYPE:  # found expired at its claim: never ran
+            fields.update(reason="expired", exc_message=error.get("message"))
+        else:
+            fields["reason"] = error.get("message")
         logs.emit(_log, logging.INFO, "task.cancelled", fields)
     else:
         _failed(fields, error)

@@ -111,6 +111,7 @@ def stats(manager: Manager) -> dict[str, Any]:
         "failed_by_name": queues["failed_by_name"],
         "dirty": store.count(Query(dirty=True)),
         "paused_queues": sorted(store.paused_queues()),
+        "paused_names": sorted(store.paused_names()),
     }
 
 

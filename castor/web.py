@@ -164,6 +164,9 @@ class SubmitRequest(BaseModel):
                           "a string: the twin's key.")
     cache_ttl: PositiveSeconds | None = Field(
         default=None, description="Return a success with the same arguments that finished within this many seconds.")
+    expires: PositiveSeconds | AwareDatetime | None = Field(
+        default=None, description="Not started by then, the task ends cancelled (expired) without running: "
+                                  "seconds from now (a JSON number), or an ISO 8601 instant with a timezone.")
 
     @field_validator("eta", mode="before")
     @classmethod
@@ -178,6 +181,23 @@ class SubmitRequest(BaseModel):
             # pydantic would read it as a timestamp, in milliseconds past 2e10: say what we take instead.
             raise ValueError(f"eta {value!r}: a string is ISO 8601 with a timezone (2030-01-01T09:00:00Z); "
                              "send Unix seconds as a JSON number")
+        return value
+
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _expires_seconds_or_an_instant(cls, value: Any) -> Any:
+        # A number is seconds from now, never a Unix time (pydantic would read 0 as 1970).
+        if isinstance(value, bool):
+            raise ValueError("expires must be seconds (a JSON number) or an ISO 8601 instant, not true or false")
+        if isinstance(value, (int, float)) and not value > 0:
+            raise ValueError(f"expires must be more than 0 seconds, not {value!r}")
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                return value  # ISO 8601, checked by AwareDatetime
+            raise ValueError(f"expires {value!r}: send seconds as a JSON number, or an ISO 8601 instant "
+                             "with a timezone (2030-01-01T09:00:00Z)")
         return value
 
     @field_validator("eta")

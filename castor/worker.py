@@ -25,8 +25,9 @@ import structlog
 from castor import context, task_log
 from castor.context import TaskContext, baked
 from castor.durations import to_seconds
-from castor.errors import ConfigurationError, LeaseLost, StoreUnavailable, TaskCancelled, TaskTimeout
+from castor.errors import ConfigurationError, LeaseLost, StoreUnavailable, TaskCancelled, TaskExpired, TaskTimeout
 from castor.execution import EventLoopThread, Outcome, execute, failure_outcome, settlement_for
+from castor.expiry import expired_message, expires_at
 from castor.logs import get_logger
 from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord, work_topic
@@ -231,6 +232,9 @@ class Worker:
             if record.cancel_requested:  # asked while it was being claimed
                 ctx.cancel_requested = True
                 raise _cancelled_class(record)()
+            if (expiry := expires_at(record.options)) is not None and expiry <= time.time():
+                ctx.cancel_requested = True  # castor's own cancel: the outcome stays cancelled
+                raise TaskExpired(expired_message(expiry))
             outcome = execute(self.registry, record, self._event_loop if self.mode == "thread" else None,
                               self.manager.instruments)
             if os.getpid() != pid:
@@ -870,7 +874,8 @@ class LeaseKeeper:
     """The worker's background thread: renews its leases every lease/3 seconds;
     every 0.25 s while tasks are flowing, checkpoints the WAL (so that enqueues
     and settles do not pay for the checkpoint's fsync), stops tasks someone
-    cancelled and writes held-back progress; every 2 s deletes expired results."""
+    cancelled and writes held-back progress; every 2 s deletes expired results and
+    ends the pending tasks past their expires= (castor/expiry.py)."""
 
     def __init__(self, worker: Worker):
         self.worker = worker
@@ -894,6 +899,12 @@ class LeaseKeeper:
             if self.worker.store.purge_expired(now=now, limit=PURGE_BATCH) < PURGE_BATCH or self._stop.is_set():
                 return
 
+    def _expire_pending(self) -> None:
+        # Tasks past their expires= that nobody claims (a paused queue, no worker of
+        # their mode) end here; one claimed late is ended by the worker (_execute).
+        task_log.released(self.worker.store.expire_pending(now=time.time()), reason="expired",
+                          counted=False, found_by=self.worker.owner)
+
     def _loop(self) -> None:
         interval = min(self.worker.lease / 3, CHECKPOINT_SECONDS)
         last_renew = time.monotonic()
@@ -903,6 +914,7 @@ class LeaseKeeper:
                 if time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + EXPIRY_SECONDS
                     self._purge_expired()
+                    self._expire_pending()
                 if (self.worker.running or self.worker.waiting) and \
                         time.monotonic() - last_renew >= self.worker.lease / 3:
                     self.worker.renew_leases()

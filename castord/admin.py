@@ -77,6 +77,7 @@ def render_stats(data: dict[str, Any]) -> Any:
     depth = ", ".join(f"{q}={n}" for q, n in sorted(data["queue_depth"].items())) or "empty"
     table.add_row("queues", depth)
     table.add_row("paused queues", ", ".join(data["paused_queues"]) or "none")
+    table.add_row("paused task names", ", ".join(data.get("paused_names", [])) or "none")
     table.add_row("scheduled (future ETA)", str(data["scheduled"]))
     wait = data["oldest_due_wait_s"]
     table.add_row("oldest due task waiting", "none" if wait is None else f"{wait:.1f} s")

@@ -372,34 +372,49 @@ def tasks_purge(app: str, older_than: str, status: str | None, name: str | None)
     click.echo(f"purged {purged} task{'s' if purged != 1 else ''}")
 
 
+_NAME_OPTION = click.option("--name", "task_name", metavar="NAME", default=None,
+                            help="A task name (as `castord tasks list` shows it) instead of a QUEUE.")
+
+
 @tasks.command("pause")
 @click.argument("app", envvar=_env("APP"))
-@click.argument("queue")
-def tasks_pause(app: str, queue: str) -> None:
-    """Stop every castord on APP's store from claiming tasks of QUEUE (they stay pending)."""
-    _switch_queue(app, queue, pause=True)
+@click.argument("queue", required=False)
+@_NAME_OPTION
+def tasks_pause(app: str, queue: str | None, task_name: str | None) -> None:
+    """Stop every castord on APP's store from claiming tasks of QUEUE, or of the task
+    name given with --name NAME (they stay pending; running ones finish)."""
+    _switch(app, queue, task_name, pause=True)
 
 
 @tasks.command("resume")
 @click.argument("app", envvar=_env("APP"))
-@click.argument("queue")
-def tasks_resume(app: str, queue: str) -> None:
-    """Let castords claim tasks of QUEUE again."""
-    _switch_queue(app, queue, pause=False)
+@click.argument("queue", required=False)
+@_NAME_OPTION
+def tasks_resume(app: str, queue: str | None, task_name: str | None) -> None:
+    """Let castords claim tasks of QUEUE (or of the task name --name NAME) again."""
+    _switch(app, queue, task_name, pause=False)
 
 
-def _switch_queue(app: str, queue: str, *, pause: bool) -> None:
-    if not queue:
+def _switch(app: str, queue: str | None, task_name: str | None, *, pause: bool) -> None:
+    if queue is not None and task_name is not None:
+        raise click.UsageError("give a QUEUE or --name NAME, not both")
+    if queue is None and task_name is None:
+        raise click.UsageError("Missing argument 'QUEUE' (or --name NAME, to pause a task name)")
+    if queue == "":
         raise click.BadParameter("give a queue name", param_hint="QUEUE")
+    if task_name == "":
+        raise click.BadParameter("give a task name", param_hint="--name")
+    kind, value = ("queue", queue) if queue is not None else ("task name", task_name)
     manager = _manager(app)
     try:
-        changed = manager.pause_queue(queue) if pause else manager.resume_queue(queue)
+        target = {"queue": queue} if queue is not None else {"name": task_name}
+        changed = manager.pause(**target) if pause else manager.resume(**target)
     finally:
         manager.close()
     if changed:
-        click.echo(f"{'paused' if pause else 'resumed'} queue {queue}")
+        click.echo(f"{'paused' if pause else 'resumed'} {kind} {value}")
     else:
-        click.echo(f"queue {queue} was {'paused already' if pause else 'not paused'}")
+        click.echo(f"{kind} {value} was {'paused already' if pause else 'not paused'}")
 
 
 @main.group(cls=_TasksGroup)

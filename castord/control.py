@@ -243,6 +243,7 @@ def _add_database_details(report: dict[str, Any], target: Target, db_path: str) 
             Query(status=TaskStatus.RUNNING), limit=RUNNING_SHOWN)]
         report["queue_depth"] = store.pending_by_queue()
         report["paused_queues"] = sorted(store.paused_queues())
+        report["paused_names"] = sorted(store.paused_names())
         report["counts"] = {str(k): v for k, v in store.counts_by_status().items()}
     finally:
         store.close()
@@ -338,6 +339,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"queues: {depth}")
         if report.get("paused_queues"):
             lines.append("paused queues (not claimed from): " + ", ".join(report["paused_queues"]))
+        if report.get("paused_names"):
+            lines.append("paused task names (not claimed): " + ", ".join(report["paused_names"]))
         lines.append("tasks: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
     for name, sched in (report.get("schedules") or {}).items():
         next_tick = f", next {_when(sched['next_tick'])}" if sched.get("next_tick") is not None else ""

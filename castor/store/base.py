@@ -339,6 +339,14 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def expire_pending(self, *, now: float, limit: int = 500) -> list[TaskRecord]:
+        """End cancelled, with castor.TaskExpired as their error, up to `limit` pending
+        tasks whose expiry (options "expires", castor/expiry.py) is at or before `now`:
+        the tasks nobody claimed in time (a paused queue, no worker). The tasks as
+        they are now. Reads first and only takes the write lock when one has expired.
+        A task found expired at its claim is ended by the worker instead."""
+
+    @abstractmethod
     def get(self, task_id: str) -> TaskRecord | None: ...
 
     @abstractmethod
@@ -385,6 +393,19 @@ class Store(ABC):
 
     @abstractmethod
     def paused_queues(self) -> set[str]: ...
+
+    # A task name paused: claims skip its tasks in every queue (kind 'name').
+
+    @abstractmethod
+    def pause_name(self, name: str) -> bool:
+        """Stop claims of tasks named `name` (any name). True if this call paused it."""
+
+    @abstractmethod
+    def resume_name(self, name: str) -> bool:
+        """Let claims take tasks named `name` again, and wake workers. True if it was paused."""
+
+    @abstractmethod
+    def paused_names(self) -> set[str]: ...
 
     @abstractmethod
     def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:

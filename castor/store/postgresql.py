@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from castor.errors import ConfigurationError, StoreError, StoreUnavailable, TaskIdConflict
+from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import shielded
 from castor.states import TaskStatus
@@ -208,9 +209,10 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
 
 _SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE} RETURNING mode"
 
-# Paused queues: an InitPlan, read once per statement; the claim still walks
-# castor_tasks_ready and drops a paused queue's rows as it goes.
-_NOT_PAUSED = " AND queue <> ALL(ARRAY(SELECT name FROM castor_pauses WHERE kind = 'queue'))"
+# Paused queues and task names: InitPlans, each read once per statement; the claim
+# still walks castor_tasks_ready and drops a paused queue's or name's rows as it goes.
+_NOT_PAUSED = (" AND queue <> ALL(ARRAY(SELECT name FROM castor_pauses WHERE kind = 'queue'))"
+               " AND task_name <> ALL(ARRAY(SELECT name FROM castor_pauses WHERE kind = 'name'))")
 _DUE = ("status = 'pending' AND mode = %(mode)s AND isolate = %(isolate)s "
         "AND (at_once OR eta <= %(now)s)" + _NOT_PAUSED)
 _IN_QUEUES = " AND queue = ANY(%(queues)s)"
@@ -231,10 +233,11 @@ _CLAIM = f"""UPDATE castor_tasks
 _CLAIM_ANY = _CLAIM.format(queues="")
 _CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES)
 
+# A retry asked by hand drops the expiry (castor/expiry.py): it means "run it now".
 _RETRY_SET = """SET status = 'pending', eta = %(now)s, at_once = true, error = NULL, result = NULL,
                     result_text = false, owner = NULL, finished_at = NULL, started_at = NULL, expires_at = NULL,
                     lost = 0, isolate = false, cancel_requested = false, progress = NULL,
-                    progress_message = NULL"""
+                    progress_message = NULL, options = options - 'expires'"""
 
 
 def _text(value: str | bytes | None) -> tuple[bytes | None, bool]:
@@ -930,6 +933,36 @@ class PostgreSQLStore(Store):
 
         return self._write(body)
 
+    def expire_pending(self, *, now: float, limit: int = 500) -> list[TaskRecord]:
+        # No index holds the expiry (it lives in options, to need no migration): this
+        # reads the pending rows, which is why workers sweep every few seconds only.
+        # The CASE: a hand-edited row whose "expires" is not a number is left alone.
+        find = ("FROM castor_tasks WHERE status = 'pending' AND CASE WHEN jsonb_typeof(options->'expires') = "
+                "'number' THEN (options->>'expires')::float8 END <= %(now)s")
+        if not self._fetch(f"SELECT 1 {find} LIMIT 1", {"now": now}):
+            return []
+        to_wall = self._to_wall(self._clock())
+        failure_ttl = self.failure_ttl
+
+        def body(cur: Any) -> list[TaskRecord]:
+            # SKIP LOCKED: sweeps of several castords share the rows; a claim that
+            # holds one ends it itself.
+            cur.execute(f"SELECT id, (options->>'expires')::float8 {find} LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+                        {"now": now, "limit": limit})
+            found = cur.fetchall()
+            for task_id, at in found:
+                cur.execute(
+                    f"""UPDATE castor_tasks SET status = 'cancelled', finished_at = %(now)s, error = %(error)s,
+                               expires_at = {_FAILURE_EXPIRY}
+                         WHERE id = %(id)s AND status = 'pending'""",
+                    {"now": now, "error": Jsonb(expired_error(at)), "failure_ttl": failure_ttl, "id": task_id})
+            if not found:
+                return []
+            self._notify(cur)
+            return self._records(cur, [r[0] for r in found], to_wall)
+
+        return self._write(body)
+
     # -- castord heartbeats -----------------------------------------------------------
 
     def record_daemon(self, daemon_id: str, *, host: str, pid: int, app: str, started_at: float,
@@ -1169,22 +1202,40 @@ class PostgreSQLStore(Store):
     # -- pausing --------------------------------------------------------------------
 
     def pause_queue(self, queue: str) -> bool:
-        rows = self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES ('queue', %s, %s) "
-                           "ON CONFLICT DO NOTHING RETURNING name", (queue, time.time()))
-        return bool(rows)
+        return self._pause("queue", queue)
 
     def resume_queue(self, queue: str) -> bool:
+        return self._resume("queue", queue)
+
+    def paused_queues(self) -> set[str]:
+        return self._paused("queue")
+
+    def pause_name(self, name: str) -> bool:
+        return self._pause("name", name)
+
+    def resume_name(self, name: str) -> bool:
+        return self._resume("name", name)
+
+    def paused_names(self) -> set[str]:
+        return self._paused("name")
+
+    def _pause(self, kind: str, name: str) -> bool:
+        rows = self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES (%s, %s, %s) "
+                           "ON CONFLICT DO NOTHING RETURNING name", (kind, name, time.time()))
+        return bool(rows)
+
+    def _resume(self, kind: str, name: str) -> bool:
         def body(cur: Any) -> bool:
-            cur.execute("DELETE FROM castor_pauses WHERE kind = 'queue' AND name = %s RETURNING name", (queue,))
+            cur.execute("DELETE FROM castor_pauses WHERE kind = %s AND name = %s RETURNING name", (kind, name))
             if cur.fetchone() is None:
                 return False
-            self._notify(cur)  # the queue's tasks may be due for any mode: wake everyone
+            self._notify(cur)  # the tasks held may be due for any mode: wake everyone
             return True
 
         return self._write(body)
 
-    def paused_queues(self) -> set[str]:
-        return {name for (name,) in self._fetch("SELECT name FROM castor_pauses WHERE kind = 'queue'")}
+    def _paused(self, kind: str) -> set[str]:
+        return {name for (name,) in self._fetch("SELECT name FROM castor_pauses WHERE kind = %s", (kind,))}
 
     # -- housekeeping ---------------------------------------------------------------
 

@@ -22,6 +22,12 @@ The plan lists the paused queues it was read with, and every statement checks th
 set is still the same (one seek in a table of a few rows), so a pause or a resume makes
 the plan stale like a new queue does.
 
+Paused task names (kind 'name') are a filter on each run, there only while a name is
+paused: a claim steps over a paused name's rows (each one read, never claimed) to the
+first row it may take, so a long backlog of a paused name ahead of other names in its
+queue costs that queue's claims in proportion. The plan checks the paused names the way
+it checks the paused queues.
+
 Rows of a queue the worker does not serve, rows not yet due, and ETA runs of a better
 priority with nothing due cost at most one seek each, however many rows they hold.
 """
@@ -64,12 +70,12 @@ def _statement(sql: str) -> tuple[str, int]:
     return sql, max((int(n) for n in re.findall(r"\?(\d+)", sql)), default=0)
 
 
-def _pauses_changed(marks: Sequence[str]) -> str:
-    """True when the paused queues are no longer the parameters `marks`."""
+def _pauses_changed(marks: Sequence[str], kind: str = "queue") -> str:
+    """True when the paused queues (or task names) are no longer the parameters `marks`."""
     if not marks:
-        return "EXISTS (SELECT 1 FROM castor_pauses WHERE kind = 'queue')"
-    return (f"(EXISTS (SELECT 1 FROM castor_pauses WHERE kind = 'queue' AND name NOT IN ({', '.join(marks)}))"
-            f" OR (SELECT count(*) FROM castor_pauses WHERE kind = 'queue') != {len(marks)})")
+        return f"EXISTS (SELECT 1 FROM castor_pauses WHERE kind = '{kind}')"
+    return (f"(EXISTS (SELECT 1 FROM castor_pauses WHERE kind = '{kind}' AND name NOT IN ({', '.join(marks)}))"
+            f" OR (SELECT count(*) FROM castor_pauses WHERE kind = '{kind}') != {len(marks)})")
 
 
 class _Chunk:
@@ -137,13 +143,18 @@ class Plan:
 
     def __init__(self, mode: str, isolate: bool, queues: Sequence[str] | None,
                  found_queues: Sequence[str], priorities: Sequence[Sequence[int]], claim_template: str,
-                 paused: Sequence[str] = ()):
+                 paused: Sequence[str] = (), paused_names: Sequence[str] = ()):
         self.queues = tuple(found_queues)
         self.priorities = tuple(tuple(p) for p in priorities)  # per queue, best first
         self.paused = frozenset(paused)
         self.mode, self.isolate = mode, int(isolate)
         self._values: list[Any] = []
-        self._pauses = _pauses_changed([self._value(q) for q in sorted(self.paused)])
+        self.paused_names = frozenset(paused_names)
+        name_marks = [self._value(n) for n in sorted(self.paused_names)]
+        self._pauses = (f"({_pauses_changed([self._value(q) for q in sorted(self.paused)])}"
+                        f" OR {_pauses_changed(name_marks, 'name')})")
+        # Only the runs carry it (the gaps look for rows of any name).
+        skip_names = f" AND task_name NOT IN ({', '.join(name_marks)})" if name_marks else ""
         self.chunks = [_Chunk(self._pauses)]
         queue_marks = [self._value(q) for q in self.queues]
         if queues is None:
@@ -155,10 +166,10 @@ class Plan:
             if name in self.paused:
                 continue
             in_queue = f"{_SCOPE} AND queue = {queue}"
-            self._add("at_once", f"{in_queue} AND at_once = 1")
+            self._add("at_once", f"{in_queue} AND at_once = 1{skip_names}")
             marks = [self._value(p) for p in runs]
             for mark in marks:
-                self._add("eta", f"{in_queue} AND at_once = 0 AND priority = {mark}")
+                self._add("eta", f"{in_queue} AND at_once = 0 AND priority = {mark}{skip_names}")
             # No ETA run at a priority the plan does not list (priority DESC: best first).
             bounds = [None, *marks, None]
             for high, low in zip(bounds, bounds[1:], strict=False):
@@ -204,11 +215,12 @@ class Plan:
             conn, f"SELECT min(queue) FROM {READY} WHERE {_SCOPE}",
             f"SELECT min(queue) FROM {READY} WHERE {_SCOPE} AND queue > ?3", scope))
         paused = [row[0] for row in conn.execute("SELECT name FROM castor_pauses WHERE kind = 'queue'")]
+        paused_names = [row[0] for row in conn.execute("SELECT name FROM castor_pauses WHERE kind = 'name'")]
         priorities = [[] if queue in paused else list(_loose(
             conn, f"SELECT max(priority) FROM {READY} WHERE {_SCOPE} AND queue = ?3 AND at_once = 0",
             f"SELECT max(priority) FROM {READY} WHERE {_SCOPE} AND queue = ?3 AND at_once = 0 "
             "AND priority < ?4", (*scope, queue))) for queue in found]
-        return cls(mode, isolate, queues, found, priorities, claim_template, paused)
+        return cls(mode, isolate, queues, found, priorities, claim_template, paused, paused_names)
 
     def _params(self, now: float, limit: int = 0, owner: str | None = None,
                 lease: float | None = None) -> tuple[Any, ...]:

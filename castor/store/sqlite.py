@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from castor.clocks import boot_id
 from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
+from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
 from castor.states import TaskStatus
@@ -836,6 +837,27 @@ class SQLiteStore(Store):
         with self._locked() as conn:
             return self._write_txn(conn, body)
 
+    def expire_pending(self, *, now: float, limit: int = 500) -> list[TaskRecord]:
+        # No index holds the expiry (it lives in options, to need no migration): this
+        # reads the pending rows, which is why workers sweep every few seconds only.
+        find = (f"SELECT id, json_extract(options, '$.expires') FROM {ready.READY} WHERE status = 'pending' "
+                "AND options IS NOT NULL AND json_extract(options, '$.expires') <= ? LIMIT ?")
+        if not self._execute(find, (now, 1)):
+            return []
+        to_wall = time.time() - self.clock()
+
+        def body(conn: sqlite3.Connection) -> list[TaskRecord]:
+            ended = []
+            for task_id, at in conn.execute(find, (now, limit)).fetchall():
+                ended += conn.execute(
+                    f"UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, error = ?, "
+                    f"expires_at = {_FAILURE_EXPIRY} WHERE id = ? AND status = 'pending' RETURNING {_COLUMNS}",
+                    (now, json.dumps(expired_error(at)), now, self.failure_ttl, task_id)).fetchall()
+            return [_row_to_record(r, to_wall) for r in ended]
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
+
     # -- cancelling, progress, retrying, purging ---------------------------------
 
     def cancel(self, task_id: str, *, now: float, expires_at: float | None = None) -> TaskStatus | None:
@@ -870,11 +892,13 @@ class SQLiteStore(Store):
 
     def retry(self, query: Query | None = None, *, task_id: str | None = None, now: float) -> list[str]:
         # OR IGNORE: a task whose unique twin is already pending or running stays
-        # as it is (the unique index would refuse a second unfinished one).
+        # as it is (the unique index would refuse a second unfinished one). A retry
+        # asked by hand drops the expiry (castor/expiry.py): it means "run it now".
         update = """UPDATE OR IGNORE castor_tasks
                        SET status = 'pending', eta = ?, at_once = 1, error = NULL, result = NULL, owner = NULL,
                            finished_at = NULL, started_at = NULL, expires_at = NULL, lost = 0, isolate = 0,
-                           cancel_requested = 0, progress = NULL, progress_message = NULL"""
+                           cancel_requested = 0, progress = NULL, progress_message = NULL,
+                           options = json_remove(options, '$.expires')"""
         if task_id is not None:
             sql = f"{update} WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING id"
             return [r[0] for r in self._execute(sql, (now, task_id))]
@@ -1027,15 +1051,33 @@ class SQLiteStore(Store):
     # resume's commit wakes every waiter, as any change to the file does.
 
     def pause_queue(self, queue: str) -> bool:
-        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
-                                  "VALUES ('queue', ?, ?) RETURNING name", (queue, time.time())))
+        return self._pause("queue", queue)
 
     def resume_queue(self, queue: str) -> bool:
-        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = 'queue' AND name = ? RETURNING name",
-                                  (queue,)))
+        return self._resume("queue", queue)
 
     def paused_queues(self) -> set[str]:
-        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = 'queue'")}
+        return self._paused("queue")
+
+    def pause_name(self, name: str) -> bool:
+        return self._pause("name", name)
+
+    def resume_name(self, name: str) -> bool:
+        return self._resume("name", name)
+
+    def paused_names(self) -> set[str]:
+        return self._paused("name")
+
+    def _pause(self, kind: str, name: str) -> bool:
+        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
+                                  "VALUES (?, ?, ?) RETURNING name", (kind, name, time.time())))
+
+    def _resume(self, kind: str, name: str) -> bool:
+        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = ? AND name = ? RETURNING name",
+                                  (kind, name)))
+
+    def _paused(self, kind: str) -> set[str]:
+        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = ?", (kind,))}
 
     # -- housekeeping ------------------------------------------------------------
 
