@@ -222,8 +222,10 @@ class Worker:
                       attempt=record.attempts)
         structlog.contextvars.bind_contextvars(
             task_id=record.id, task_name=record.name, queue=record.queue, attempt=record.attempts)
-        if self.hooks.listeners and not record.cancel_requested:  # before any timeout or cancel can aim at it
-            self.hooks.started(record)
+        expiry = expires_at(record.options)
+        expired = expiry is not None and expiry <= time.time()  # ends cancelled without starting
+        if self.hooks.listeners and not record.cancel_requested and not expired:
+            self.hooks.started(record)  # before any timeout or cancel can aim at it
         ctx = TaskContext(record, self.store, self.owner)
         self.contexts[key] = ctx  # a dict update is atomic; readers copy the values
         token = context._current.set(ctx)  # noqa: SLF001 - the worker owns the context
@@ -232,7 +234,8 @@ class Worker:
             if record.cancel_requested:  # asked while it was being claimed
                 ctx.cancel_requested = True
                 raise _cancelled_class(record)()
-            if (expiry := expires_at(record.options)) is not None and expiry <= time.time():
+            if expired:
+                assert expiry is not None
                 ctx.cancel_requested = True  # castor's own cancel: the outcome stays cancelled
                 raise TaskExpired(expired_message(expiry))
             outcome = execute(self.registry, record, self._event_loop if self.mode == "thread" else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,6 +115,13 @@ def test_cancelling_a_pending_task_fires_cancelled_in_the_cancelling_process(app
     assert event.task_id == task.id and event.record.status == castor.TaskStatus.CANCELLED
     assert task.cancel() == "cancelled"  # already over: no second event
     assert len([e for e in app.seen if e.event == "task.cancelled"]) == 1
+
+
+def test_a_task_claimed_after_its_expiry_is_cancelled_and_never_started(app: Any) -> None:
+    task = app.add.apply_async((1, 1), expires=0.001)
+    time.sleep(0.01)  # past its expiry (a wall-clock fact, not a wait for something)
+    assert app.worker.step()
+    assert story(app.seen) == [("task.enqueued", task.id, "pending"), ("task.cancelled", task.id, "cancelled")]
 
 
 def test_a_refused_settle_is_no_event(app: Any) -> None:
