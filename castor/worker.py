@@ -905,8 +905,10 @@ class LeaseKeeper:
     def _expire_pending(self) -> None:
         # Tasks past their expires= that nobody claims (a paused queue, no worker of
         # their mode) end here; one claimed late is ended by the worker (_execute).
-        task_log.released(self.worker.store.expire_pending(now=time.time()), reason="expired",
-                          counted=False, found_by=self.worker.owner)
+        expired = self.worker.store.expire_pending(now=time.time())
+        task_log.released(expired, reason="expired", counted=False, found_by=self.worker.owner)
+        if expired and self.worker.hooks.listeners:
+            self.worker.hooks.released(expired, counted=False)  # task.cancelled, fired by the finder
 
     def _loop(self) -> None:
         interval = min(self.worker.lease / 3, CHECKPOINT_SECONDS)

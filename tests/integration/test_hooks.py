@@ -124,6 +124,15 @@ def test_a_task_claimed_after_its_expiry_is_cancelled_and_never_started(app: Any
     assert story(app.seen) == [("task.enqueued", task.id, "pending"), ("task.cancelled", task.id, "cancelled")]
 
 
+def test_a_pending_task_the_expiry_sweep_ends_fires_cancelled_in_the_sweeping_worker(app: Any) -> None:
+    from castor.worker import LeaseKeeper
+
+    task = app.add.apply_async((1, 1), expires=0.001)
+    time.sleep(0.01)  # past its expiry
+    LeaseKeeper(app.worker)._expire_pending()
+    assert story(app.seen) == [("task.enqueued", task.id, "pending"), ("task.cancelled", task.id, "cancelled")]
+
+
 def test_a_refused_settle_is_no_event(app: Any) -> None:
     """The lease went to another attempt before the outcome was written: that attempt's
     outcome is the task's, so this one fires nothing."""
