@@ -188,15 +188,6 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX castor_tasks_finished
            ON castor_tasks (status, finished_at) WHERE finished_at IS NOT NULL""",
     ],
-    [
-        # castor_tasks_listing cost every .delay() a fifth of its rate (one more B-tree
-        # written per commit: 18,800 against 23,100 /s, medians of 3 in one run;
-        # benchmarks/compare.py's ratio to Huey fell from 4.6x to 3.35x). The hot path
-        # matters more than the unfiltered Tasks screen of a million-row file, which
-        # sorts again (0.8 s there); a listing by status keeps castor_tasks_status, which
-        # pending rows, the ones .delay() writes, are not in.
-        "DROP INDEX castor_tasks_listing",
-    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -986,7 +986,7 @@ class SQLiteStore(Store):
         page_direction(after, before)
         where, params = _where(query)
         key, order = after or before, "DESC" if before is None else "ASC"
-        if key is not None:  # a row comparison: an index by status reads from the key on
+        if key is not None:  # a row comparison: castor_tasks_listing, read from the key on
             where += (" AND " if where else " WHERE ") + f"(enqueued_at, id) {'<' if after else '>'} (?, ?)"
             params += [float(key[0]), str(key[1])]
         # The dirty ones are few: their index, then a sort. Without statistics the planner
