@@ -90,15 +90,29 @@ def grams(pattern: tuple[str | None, ...], n: int = 8) -> set[str]:
     return {run[k:k + n] for run in literal_runs(pattern) for k in range(len(run) - n + 1)}
 
 
+@cache
+def templates_by_gram() -> dict[str, list[tuple[str | None, ...]]]:
+    """Each 8-character run of literal text -> the templates holding it (built once:
+    the quotes are many, the templates thousands)."""
+    index: dict[str, list[tuple[str | None, ...]]] = {}
+    for template in templates():
+        for gram in grams(template):
+            index.setdefault(gram, []).append(template)
+    return index
+
+
 def fits_the_code(quote: str) -> bool:
     """Some template reads as the quote, its literal text matching most of the quote's."""
     pattern = quote_tokens(quote)
     literal = sum(t is not STAR for t in pattern)
-    wanted = grams(pattern)
-    for template in templates():
-        if wanted & grams(template) and overlap(pattern, template) >= 0.75 * literal:
-            return True
-    return False
+    index = templates_by_gram()
+    # Candidates: the templates sharing a run of text with the quote, most shared first.
+    shared: dict[tuple[str | None, ...], int] = {}
+    for gram in grams(pattern):
+        for template in index.get(gram, ()):
+            shared[template] = shared.get(template, 0) + 1
+    return any(overlap(pattern, template) >= 0.75 * literal
+               for template in sorted(shared, key=shared.__getitem__, reverse=True))
 
 
 def quotes(page: Path = PAGE) -> list[str]:
