@@ -140,6 +140,7 @@ class Worker:
         self._claimer_waiting = False
         self._hot = False  # the last round claimed something: skip the read-first check
         self._unavailable: tuple[float, float] | None = None  # since, last said (monotonic)
+        self._unavailable_lock = threading.Lock()
         self._max_tasks: int | None = None
         # Called (from a timer thread) when a task passes its timeout=; castord's
         # process children replace the default (an exception raised in the task's
@@ -352,20 +353,23 @@ class Worker:
             return []
         self._unwritten = []
         if self._unavailable is not None:
-            log.info("worker.database_available", down_s=round(time.monotonic() - self._unavailable[0], 3))
-            self._unavailable = None
+            with self._unavailable_lock:
+                spell, self._unavailable = self._unavailable, None
+            if spell is not None:
+                log.info("worker.database_available", down_s=round(time.monotonic() - spell[0], 3))
         return claims
 
     def note_unavailable(self, exc: StoreUnavailable, unwritten: int = 0) -> None:
         """Log that the store cannot be used: once when it begins, then at most every
         UNAVAILABLE_REPEAT_SECONDS while it lasts."""
-        now = time.monotonic()
-        since, said = self._unavailable or (now, -math.inf)
-        if now - said >= UNAVAILABLE_REPEAT_SECONDS:
-            log.warning("worker.database_locked", error=str(exc), unwritten=unwritten,
-                        down_s=round(now - since, 3))
-            said = now
-        self._unavailable = (since, said)
+        with self._unavailable_lock:  # the loop and the housekeeping thread both say it
+            now = time.monotonic()
+            since, said = self._unavailable or (now, -math.inf)
+            if now - said >= UNAVAILABLE_REPEAT_SECONDS:
+                log.warning("worker.database_locked", error=str(exc), unwritten=unwritten,
+                            down_s=round(now - since, 3))
+                said = now
+            self._unavailable = (since, said)
 
     # -- the loop ------------------------------------------------------------
 

@@ -486,6 +486,7 @@ class PostgreSQLStore(Store):
         self._listener: Listener | RelayedListener | Polling | None = None
         self._gate = WakeGate(self._send_wake)
         self._ended_watches: list[tuple[str, str]] = []  # deleted by the next watch_task
+        self._outages = 0  # connections that failed for the server's sake (see _session)
         _STORES.add(self)
         try:
             with self._session() as conn:
@@ -614,9 +615,9 @@ class PostgreSQLStore(Store):
             except Exception:  # noqa: BLE001 - a dead connection: nothing more to do with it
                 pass
 
-    def _give_back(self, conn: Any) -> None:
+    def _give_back(self, conn: Any, *, outlived_an_outage: bool = False) -> None:
         healthy = not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        if healthy and self._pid == os.getpid() and not self._closed:
+        if healthy and not outlived_an_outage and self._pid == os.getpid() and not self._closed:
             with self._lock:
                 if len(self._idle) < POOL_IDLE:
                     self._idle.append(conn)
@@ -631,6 +632,7 @@ class PostgreSQLStore(Store):
         thread task's timeout waits until we are out (castor/interrupts.py)."""
         with shielded():
             conn = self._take()
+            outages = self._outages
             try:
                 yield conn
             except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
@@ -638,6 +640,9 @@ class PostgreSQLStore(Store):
                 conn.close()
                 # The idle ones reached the same server: after a restart or a failover they
                 # are dead too, and each would fail once more after the server is back.
+                # So are the ones in use by other threads meanwhile: counted, they are not
+                # pooled again when given back (below).
+                self._outages += 1
                 self._drop_idle()
                 raise StoreUnavailable(f"PostgreSQL cannot answer now ({_first_line(exc)}); "
                                        "a later try may succeed") from exc
@@ -647,7 +652,7 @@ class PostgreSQLStore(Store):
             except psycopg.Error as exc:
                 raise StoreError(f"PostgreSQL refused castor's statement: {_first_line(exc)}") from exc
             finally:
-                self._give_back(conn)
+                self._give_back(conn, outlived_an_outage=self._outages != outages)
 
     def _fetch(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """One autocommit statement; its rows (none for a statement without any)."""

@@ -372,3 +372,22 @@ def test_the_dashboards_counts_read_indexes_not_the_table(opened, location):
     assert store.pending_by_queue() == {"q0": 900, "q1": 900, "q2": 900}
     assert store.counts_by_status()[TaskStatus.FAILED] == 300
     assert store.queue_stats(now=now)["failed_by_name"] == {"n0": 75, "n1": 75, "n2": 75, "n3": 75}
+
+
+@pytest.mark.timeout(60)
+def test_a_connection_in_use_while_another_met_an_outage_is_not_pooled_again(opened, location):
+    """After a server restart every connection to it is dead, the ones other threads were
+    using too: given back, they are closed, not pooled (each would fail once more after
+    the server is back, and a worker would say a second time that it waits)."""
+    store = opened()
+    with store._session() as busy:  # another thread's, in the middle of its work
+        busy.execute("SELECT 1")
+        with store._session() as victim:
+            pid = victim.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(location, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StoreUnavailable):
+            with store._session() as dead:  # the pooled victim, now dead: the outage is seen
+                dead.execute("SELECT 1")
+    assert busy not in store._idle and busy.closed
+    assert store.get("nothing") is None  # the store goes on, on a new connection
