@@ -223,18 +223,18 @@ class Store(ABC):
     # Disabled schedules are castor_pauses rows of kind 'schedule' (the table was
     # made for more kinds than queues): no migration, and claims never read them.
 
-    @abstractmethod
     def disable_schedule(self, name: str) -> bool:
         """Stop every caller of fire_schedule from firing `name`. True if this call
         disabled it, False if it was disabled already."""
+        return self._pause("schedule", name)
 
-    @abstractmethod
     def enable_schedule(self, name: str) -> bool:
         """Let `name` fire again (from its next tick: missed ones stay missed). True
         if it was disabled."""
+        return self._resume("schedule", name)
 
-    @abstractmethod
-    def disabled_schedules(self) -> set[str]: ...
+    def disabled_schedules(self) -> set[str]:
+        return self._paused("schedule")
 
     @abstractmethod
     def schedules(self) -> dict[str, dict[str, Any]]:
@@ -383,29 +383,40 @@ class Store(ABC):
     # Stored as (kind, name) rows, so that pausing a task name can join as another kind.
 
     @abstractmethod
+    def _pause(self, kind: str, name: str) -> bool:
+        """Add the (kind, name) row of castor_pauses; True if this call added it."""
+
+    @abstractmethod
+    def _resume(self, kind: str, name: str) -> bool:
+        """Remove it, and wake the waiters; True if it was there."""
+
+    @abstractmethod
+    def _paused(self, kind: str) -> set[str]: ...
+
     def pause_queue(self, queue: str) -> bool:
         """Stop claims from `queue` (any name: a queue exists when tasks name it).
         True if this call paused it, False if it was paused already."""
+        return self._pause("queue", queue)
 
-    @abstractmethod
     def resume_queue(self, queue: str) -> bool:
         """Let claims take from `queue` again, and wake its workers. True if it was paused."""
+        return self._resume("queue", queue)
 
-    @abstractmethod
-    def paused_queues(self) -> set[str]: ...
+    def paused_queues(self) -> set[str]:
+        return self._paused("queue")
 
     # A task name paused: claims skip its tasks in every queue (kind 'name').
 
-    @abstractmethod
     def pause_name(self, name: str) -> bool:
         """Stop claims of tasks named `name` (any name). True if this call paused it."""
+        return self._pause("name", name)
 
-    @abstractmethod
     def resume_name(self, name: str) -> bool:
         """Let claims take tasks named `name` again, and wake workers. True if it was paused."""
+        return self._resume("name", name)
 
-    @abstractmethod
-    def paused_names(self) -> set[str]: ...
+    def paused_names(self) -> set[str]:
+        return self._paused("name")
 
     @abstractmethod
     def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:

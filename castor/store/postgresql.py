@@ -1120,17 +1120,6 @@ class PostgreSQLStore(Store):
         rows = self._fetch("SELECT name, last_tick, fired_at, task_id FROM castor_schedules")
         return {name: {"last_tick": tick, "fired_at": fired, "task_id": tid} for name, tick, fired, tid in rows}
 
-    def disable_schedule(self, name: str) -> bool:
-        return bool(self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES ('schedule', %s, %s) "
-                                "ON CONFLICT DO NOTHING RETURNING name", (name, time.time())))
-
-    def enable_schedule(self, name: str) -> bool:
-        return bool(self._fetch("DELETE FROM castor_pauses WHERE kind = 'schedule' AND name = %s RETURNING name",
-                                (name,)))
-
-    def disabled_schedules(self) -> set[str]:
-        return {name for (name,) in self._fetch("SELECT name FROM castor_pauses WHERE kind = 'schedule'")}
-
     # -- reading --------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -1205,24 +1194,6 @@ class PostgreSQLStore(Store):
         return min(times) if times else None
 
     # -- pausing --------------------------------------------------------------------
-
-    def pause_queue(self, queue: str) -> bool:
-        return self._pause("queue", queue)
-
-    def resume_queue(self, queue: str) -> bool:
-        return self._resume("queue", queue)
-
-    def paused_queues(self) -> set[str]:
-        return self._paused("queue")
-
-    def pause_name(self, name: str) -> bool:
-        return self._pause("name", name)
-
-    def resume_name(self, name: str) -> bool:
-        return self._resume("name", name)
-
-    def paused_names(self) -> set[str]:
-        return self._paused("name")
 
     def _pause(self, kind: str, name: str) -> bool:
         rows = self._fetch("INSERT INTO castor_pauses (kind, name, paused_at) VALUES (%s, %s, %s) "

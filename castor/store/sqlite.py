@@ -959,17 +959,6 @@ class SQLiteStore(Store):
         return {name: {"last_tick": tick, "fired_at": fired, "task_id": tid}
                 for name, tick, fired, tid in rows}
 
-    def disable_schedule(self, name: str) -> bool:
-        return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
-                                  "VALUES ('schedule', ?, ?) RETURNING name", (name, time.time())))
-
-    def enable_schedule(self, name: str) -> bool:
-        return bool(self._execute("DELETE FROM castor_pauses WHERE kind = 'schedule' AND name = ? RETURNING name",
-                                  (name,)))
-
-    def disabled_schedules(self) -> set[str]:
-        return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = 'schedule'")}
-
     # -- reading -----------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -1049,24 +1038,6 @@ class SQLiteStore(Store):
     # -- pausing -----------------------------------------------------------------
     # Claims read the paused set through their plan (castor/store/ready.py); a
     # resume's commit wakes every waiter, as any change to the file does.
-
-    def pause_queue(self, queue: str) -> bool:
-        return self._pause("queue", queue)
-
-    def resume_queue(self, queue: str) -> bool:
-        return self._resume("queue", queue)
-
-    def paused_queues(self) -> set[str]:
-        return self._paused("queue")
-
-    def pause_name(self, name: str) -> bool:
-        return self._pause("name", name)
-
-    def resume_name(self, name: str) -> bool:
-        return self._resume("name", name)
-
-    def paused_names(self) -> set[str]:
-        return self._paused("name")
 
     def _pause(self, kind: str, name: str) -> bool:
         return bool(self._execute("INSERT OR IGNORE INTO castor_pauses (kind, name, paused_at) "
