@@ -20,6 +20,7 @@ import pytest
 import castor
 from castor.clocks import boot_clock
 from castord import control
+from castord import errors as castord_errors
 from tests.conftest import wait_until
 from tests.process.test_bad_input import foreign_write_lock
 from tests.process.test_castord import daemons, run_cli  # noqa: F401 - fixture
@@ -52,7 +53,9 @@ def test_status_by_pidfile_says_running_after_the_database_was_deleted(daemons, 
     assert warning.startswith((f"database {db_path} is missing: ", f"no heartbeat row for castord pid {d.pid} "))
     assert f"warning: {warning}" in human
     d.signal(signal.SIGTERM)
-    assert d.wait_exit(30) == 0
+    # Either our SIGTERM drains it, or it noticed the deletion first (two heartbeats
+    # while the two status commands ran, on a slow machine) and left on its own.
+    assert d.wait_exit(30) in (0, castord_errors.ExitCode.DATABASE_REPLACED)
 
 
 def test_status_never_creates_the_missing_database(db_path):
