@@ -660,26 +660,22 @@ class PostgreSQLStore(Store):
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description is not None else []
 
-    def _write(self, body: Callable[[Any], T], *, worker_side: bool = False) -> T:
-        """`body(cursor)` in one transaction.
-
-        worker_side: a worker's claim or settle, committed without waiting for the WAL
-        flush (synchronous_commit off, for this transaction only). A server crash may
-        then lose the last of these: a lost claim's task is claimed again, a lost
-        settle's task runs again; at-least-once delivery and the fence make either a
-        re-run, never a wrong outcome. What a producer writes (.delay()) stays durable."""
+    def _write(self, body: Callable[[Any], T]) -> T:
+        """`body(cursor)` in one transaction."""
         with self._session() as conn, conn.transaction():
-            cur = conn.cursor()
-            if worker_side:
-                cur.execute("SET LOCAL synchronous_commit TO OFF")
-            return body(cur)
+            return body(conn.cursor())
 
     def _settle_and_claim(self, settlements: Sequence[Settlement],
                           claim: tuple[str, dict[str, Any]] | None) -> tuple[list[bool], list[Any]]:
         """A worker's hot path in one round trip whatever the batch (psycopg's pipeline):
         BEGIN, the settles, the claim, the notifications the settles owe (_NOTIFY_SETTLED)
-        and COMMIT. Worker-side (see _write): synchronous_commit off. Which settles were
-        accepted, and the claimed rows."""
+        and COMMIT. Which settles were accepted, and the claimed rows.
+
+        Committed without waiting for the WAL flush (synchronous_commit off, for this
+        transaction only). A server crash may then lose the last of these: a lost claim's
+        task is claimed again, a lost settle's task runs again; at-least-once delivery and
+        the fence make either a re-run, never a wrong outcome. What a producer writes
+        (.delay()) stays durable."""
         plan = _SettlePlan(settlements, self.failure_ttl)
         # BEGIN and COMMIT by hand: psycopg's transaction block waits for each of them in
         # a pipeline (four round trips, libpq's trace shows). After an error the server
