@@ -131,7 +131,10 @@ def web_servers(app_dir: Path, webapp: Any) -> Iterator[Callable[..., WebServer]
         server.stop()
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an asyncio loop running in
+# the main thread until it stops, and any later test of the same process that calls
+# asyncio.run() would fail ("cannot be called from a running event loop").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     chromium = require_tool("chromium", "apt-get install chromium (.ci/apt-packages lists it)")
     from playwright.sync_api import sync_playwright
