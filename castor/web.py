@@ -130,6 +130,20 @@ def _strict_loads(body: bytes) -> Any:
 # -- bodies ---------------------------------------------------------------------------
 
 
+def _number_or_iso_instant(value: Any, if_bool: str, if_numeric_string: str) -> Any:
+    """A JSON number or an ISO 8601 string, as sent: true/false and numbers sent as
+    strings are refused with the field's own message (pydantic would coerce both)."""
+    if isinstance(value, bool):
+        raise ValueError(if_bool)
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value  # ISO 8601, checked by AwareDatetime
+        raise ValueError(if_numeric_string)
+    return value
+
+
 class SubmitRequest(BaseModel):
     """POST {prefix}: a call of a registered task, with apply_async's per-call options.
 
@@ -171,34 +185,22 @@ class SubmitRequest(BaseModel):
     @field_validator("eta", mode="before")
     @classmethod
     def _eta_is_an_instant_or_a_number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("eta must be an ISO 8601 instant with a timezone or Unix seconds, not true or false")
-        if isinstance(value, str):
-            try:
-                float(value)
-            except ValueError:
-                return value  # ISO 8601, checked by AwareDatetime
-            # pydantic would read it as a timestamp, in milliseconds past 2e10: say what we take instead.
-            raise ValueError(f"eta {value!r}: a string is ISO 8601 with a timezone (2030-01-01T09:00:00Z); "
-                             "send Unix seconds as a JSON number")
-        return value
+        # pydantic would read a numeric string as a timestamp, in milliseconds past 2e10.
+        return _number_or_iso_instant(
+            value, "eta must be an ISO 8601 instant with a timezone or Unix seconds, not true or false",
+            f"eta {value!r}: a string is ISO 8601 with a timezone (2030-01-01T09:00:00Z); "
+            "send Unix seconds as a JSON number")
 
     @field_validator("expires", mode="before")
     @classmethod
     def _expires_seconds_or_an_instant(cls, value: Any) -> Any:
         # A number is seconds from now, never a Unix time (pydantic would read 0 as 1970).
-        if isinstance(value, bool):
-            raise ValueError("expires must be seconds (a JSON number) or an ISO 8601 instant, not true or false")
-        if isinstance(value, (int, float)) and not value > 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
             raise ValueError(f"expires must be more than 0 seconds, not {value!r}")
-        if isinstance(value, str):
-            try:
-                float(value)
-            except ValueError:
-                return value  # ISO 8601, checked by AwareDatetime
-            raise ValueError(f"expires {value!r}: send seconds as a JSON number, or an ISO 8601 instant "
-                             "with a timezone (2030-01-01T09:00:00Z)")
-        return value
+        return _number_or_iso_instant(
+            value, "expires must be seconds (a JSON number) or an ISO 8601 instant, not true or false",
+            f"expires {value!r}: send seconds as a JSON number, or an ISO 8601 instant "
+            "with a timezone (2030-01-01T09:00:00Z)")
 
     @field_validator("eta")
     @classmethod
