@@ -83,22 +83,13 @@ def test_every_sqlite_plan_statement_still_seeks_the_ready_index_with_a_name_pau
 def test_a_postgresql_claim_skipping_a_paused_name_reads_it_in_an_initplan(opened, location):  # noqa: F811
     """The name filter, like the queue one, is an InitPlan over castor_pauses, and the
     claim's outer UPDATE still finds its rows by primary key only."""
-    import psycopg
-
-    from castor.store.postgresql import _CLAIM_ANY
+    from tests.integration.test_postgresql_store import claim_plan
 
     store = opened()
     now = time.time()
     store.enqueue([new(f"t{i}", now=now, name=f"n{i % 4}") for i in range(200)])
     store.pause_name("n1")
-    with psycopg.connect(location, autocommit=True) as conn:
-        conn.execute("ANALYZE castor_tasks")
-        conn.execute("SET enable_seqscan = off")  # a table this small would be scanned whatever the query
-        conn.execute("BEGIN")
-        plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN " + _CLAIM_ANY, {"owner": "w", "lease": 10.0, "now": now, "mode": "process",
-                                      "isolate": False, "limit": 10, "clock": 0.0}))
-        conn.execute("ROLLBACK")
+    plan = claim_plan(location, now)
     assert "castor_tasks_ready" in plan, plan
     assert plan.count("InitPlan") >= 2 and "kind = 'name'" in plan, plan
     # The outer UPDATE: an index scan of the primary key, by id alone.

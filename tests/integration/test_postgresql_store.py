@@ -257,23 +257,31 @@ def test_a_manager_on_postgresql_has_no_beaver_file_unless_given_one(postgres_db
         both.close()
 
 
+def claim_params(now: float, *, mode: str = "process", limit: int = 10) -> dict:
+    """Bind values for castor.store.postgresql's claim statement, as a worker sends them."""
+    return {"owner": "w", "lease": 10.0, "now": now, "mode": mode, "isolate": False, "limit": limit, "clock": None}
+
+
+def claim_plan(location: str, now: float) -> str:
+    """EXPLAIN of the claim (not run) on fresh statistics, as text. Sequential scans are
+    off: a table as small as a test's would be scanned whatever the query."""
+    from castor.store.postgresql import _CLAIM_ANY
+
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("ANALYZE castor_tasks")
+        conn.execute("SET enable_seqscan = off")
+        with conn.transaction(force_rollback=True):
+            return "\n".join(row[0] for row in conn.execute("EXPLAIN " + _CLAIM_ANY, claim_params(now)))
+
+
 def test_a_claim_skipping_paused_queues_still_walks_the_ready_index(opened, location):
     """The pause filter is an InitPlan (one read of castor_pauses per claim), not a join
     that would make the planner give up castor_tasks_ready."""
-    from castor.store.postgresql import _CLAIM_ANY
-
     store = opened()
     now = time.time()
     store.enqueue([new(f"t{i}", now=now, queue=f"q{i % 5}") for i in range(200)])
     store.pause_queue("q1")
-    with psycopg.connect(location, autocommit=True) as conn:
-        conn.execute("ANALYZE castor_tasks")
-        conn.execute("SET enable_seqscan = off")  # a table this small would be scanned whatever the query
-        conn.execute("BEGIN")
-        plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN " + _CLAIM_ANY, {"owner": "w", "lease": 10.0, "now": now, "mode": "process",
-                                      "isolate": False, "limit": 10, "clock": 0.0}))
-        conn.execute("ROLLBACK")
+    plan = claim_plan(location, now)
     assert "castor_tasks_ready" in plan, plan
     assert "castor_pauses" in plan and "InitPlan" in plan, plan
     claimed = store.claim("w", mode="process", queues=None, limit=200, lease=10.0, now=now)
@@ -307,9 +315,7 @@ def test_a_claim_finds_its_rows_by_primary_key_however_stale_the_statistics(open
         store.claim("w", mode="thread", queues=None, limit=33, lease=10.0, now=now)
     with psycopg.connect(location, autocommit=True) as conn, conn.transaction(force_rollback=True):
         ((plan,),) = conn.execute(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + _CLAIM_ANY,
-            {"owner": "w", "lease": 10.0, "now": now, "mode": "thread", "isolate": False, "limit": 33,
-             "clock": None}).fetchall()
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + _CLAIM_ANY, claim_params(now, mode="thread", limit=33)).fetchall()
     scans = _index_scans(plan[0]["Plan"])
     # The inner SELECT walks castor_tasks_ready in order; the outer finds the ids by key.
     assert any(index == "castor_tasks_pkey" and "id = ANY" in cond for index, cond in scans), scans
