@@ -103,7 +103,7 @@ class DashboardApp:
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self.templates.filters.update(age=age, when=when_text, number=number, page_key=page_key)
+        self.templates.filters.update(age=age, when=when_text, number=number, rate=rate, page_key=page_key)
 
     def routes(self) -> list[BaseRoute]:
         page, act, public = self.endpoint, self.action_endpoint, self.public_endpoint
@@ -345,6 +345,13 @@ def when_text(iso: str | None) -> str:
 
 def number(n: int | float | None) -> str:
     return "—" if n is None else f"{n:,}"
+
+
+def rate(per_second: float | None, cap: int) -> str:
+    """0.35, 12, 1,250 (per second); None: more than `cap` in the last minute."""
+    if per_second is None:
+        return f"> {cap:,}/min"
+    return f"{per_second:.2f}".rstrip("0").rstrip(".") if per_second < 10 else f"{per_second:,.0f}"
 
 
 def dashboard(manager: Manager, *, read_only: bool = False, token: str | None = None) -> Starlette:

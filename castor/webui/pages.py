@@ -34,6 +34,10 @@ FAILED_SCAN = 1000
 # ETA statistics yet).
 QUEUE_SCAN = 1000
 DIRTY_SHOWN = 50
+# A queue's throughput counts the tasks that ended in the last minute, up to this many
+# of each status (each counted row is read: at 1,000 a second a whole count would read
+# 60,000 rows per queue, twice a page).
+THROUGHPUT_CAP = 6_000
 # The Tasks screen counts matches up to this many, then shows "10,000+".
 COUNT_CAP = 10_000
 
@@ -70,10 +74,14 @@ class QueueRow:
     scheduled: int | None = None
     oldest_due_wait_s: float | None = None
     paused: bool = False  # castords do not claim from it (castord tasks pause)
+    # Tasks of this queue that ended in the last RATE_WINDOW seconds, per second; None
+    # when more than THROUGHPUT_CAP did (the page says "more than").
+    succeeded_per_s: float | None = 0.0
+    failed_per_s: float | None = 0.0
 
 
-def queues(manager: Manager) -> dict[str, Any]:
-    now = time.time()
+def queues(manager: Manager, *, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
     store = manager.store
     manager.import_tasks()  # the include= modules' tasks name queues too
     depth = store.pending_by_queue()
@@ -83,17 +91,29 @@ def queues(manager: Manager) -> dict[str, Any]:
     totals = store.queue_stats(now=now)
     oldest = totals["oldest_due"]
     return {"queues": rows, "scheduled": totals["scheduled"], "pending": sum(depth.values()),
-            "oldest_due_wait_s": None if oldest is None else max(0.0, now - oldest), "scan_limit": QUEUE_SCAN}
+            "oldest_due_wait_s": None if oldest is None else max(0.0, now - oldest), "scan_limit": QUEUE_SCAN,
+            "cap": THROUGHPUT_CAP}
 
 
 def _queue_row(manager: Manager, name: str, pending: int, now: float, paused: bool) -> QueueRow:
     running = manager.store.count(Query(status=TaskStatus.RUNNING, queue=name))
+    rates = {"succeeded_per_s": _rate(manager, name, TaskStatus.SUCCESS, now),
+             "failed_per_s": _rate(manager, name, TaskStatus.FAILED, now)}
     if pending > QUEUE_SCAN:
-        return QueueRow(name, pending, running, paused=paused)
+        return QueueRow(name, pending, running, paused=paused, **rates)
     etas = [r.eta for r in manager.store.list(Query(status=TaskStatus.PENDING, queue=name), limit=QUEUE_SCAN)]
     due = [eta for eta in etas if eta <= now]
     return QueueRow(name, pending, running, due=len(due), scheduled=len(etas) - len(due),
-                    oldest_due_wait_s=max(0.0, now - min(due)) if due else None, paused=paused)
+                    oldest_due_wait_s=max(0.0, now - min(due)) if due else None, paused=paused, **rates)
+
+
+def _rate(manager: Manager, queue: str, status: TaskStatus, now: float) -> float | None:
+    """Tasks of `queue` that ended in `status` in the last minute, per second, as the
+    overview's "tasks per second now" counts them (stored rows: a success deleted at
+    once, result_ttl=0, is not counted). None past THROUGHPUT_CAP."""
+    ended = manager.store.count(Query(status=status, queue=queue, finished_after=now - charts.RATE_WINDOW),
+                                limit=THROUGHPUT_CAP + 1)
+    return None if ended > THROUGHPUT_CAP else ended / charts.RATE_WINDOW
 
 
 def tasks(manager: Manager, task_filter: TaskFilter) -> dict[str, Any]:

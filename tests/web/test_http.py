@@ -320,6 +320,35 @@ def test_queues_show_due_and_scheduled_per_queue(app_manager, client, monkeypatc
     assert '<td class="num">—</td>' in client().get("/queues").text
 
 
+def test_queues_show_what_ended_in_the_last_minute_per_second(app_manager, client, monkeypatch):
+    add, fail = app_manager.registry["add"], app_manager.registry["fail"]
+
+    @app_manager.task(mode="thread", name="send", queue="mail")  # the screen lists the tasks' queues
+    def send(to):
+        return to
+
+    for i in range(3):
+        send.delay(f"user{i}")
+    fail.apply_async(("value",), queue="mail")
+    add.delay(1, 2)  # default
+    run_all(app_manager)
+    rows = {q.name: q for q in pages.queues(app_manager)["queues"]}
+    assert (rows["mail"].succeeded_per_s, rows["mail"].failed_per_s) == (3 / 60, 1 / 60)
+    assert (rows["default"].succeeded_per_s, rows["default"].failed_per_s) == (1 / 60, 0)
+    # A minute on, they ended before the window.
+    later = {q.name: q for q in pages.queues(app_manager, now=time.time() + 61)["queues"]}
+    assert (later["mail"].succeeded_per_s, later["mail"].failed_per_s) == (0, 0)
+    page = client().get("/queues").text
+    mail_row = page[page.index('data-queue="mail"'):].split("</tr>")[0]
+    assert '<td class="num queue-succeeded">0.05</td>' in mail_row
+    assert '<td class="num queue-failed">0.02</td>' in mail_row
+    # Past the cap the count stops: the page says "more than", never a wrong rate.
+    monkeypatch.setattr(pages, "THROUGHPUT_CAP", 2)
+    assert pages.queues(app_manager)["queues"][1].succeeded_per_s is None
+    mail_row = client().get("/queues").text.split('data-queue="mail"')[1].split("</tr>")[0]
+    assert '<td class="num queue-succeeded">&gt; 2/min</td>' in mail_row
+
+
 def test_a_castord_that_stopped_beating_is_flagged_stale(app_manager, client):
     store = app_manager.store
     # The store measures heartbeats on its own clock (a documented seam): a beat a minute ago.
