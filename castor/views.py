@@ -96,14 +96,25 @@ def detail(record: TaskRecord) -> dict[str, Any]:
     }
 
 
-def stats(manager: Manager) -> dict[str, Any]:
-    """Counts per status, queue depth, the oldest due task's wait, failures by name."""
+def stats(manager: Manager, *, exact_up_to: int | None = None) -> dict[str, Any]:
+    """Counts per status, queue depth, the oldest due task's wait, failures by name.
+
+    exact_up_to: a screen's leave to show a finished status past that many rows as the
+    store's estimate (listed under "estimated"); None: every count exact."""
     store = manager.store
     now = time.time()
     queues = store.queue_stats(now=now)
     oldest = queues["oldest_due"]
+    extra: dict[str, Any] = {}
+    if exact_up_to is None:
+        counts = store.counts_by_status()
+    else:
+        both = store.estimated_counts_by_status(exact_up_to=exact_up_to)
+        counts = {status: n for status, (n, _) in both.items()}
+        extra["estimated"] = [str(status) for status, (_, guess) in both.items() if guess]
     return {
-        "counts": {str(k): v for k, v in store.counts_by_status().items()},
+        **extra,
+        "counts": {str(k): v for k, v in counts.items()},
         "queue_depth": store.pending_by_queue(),
         "scheduled": queues["scheduled"],
         # Never negative: after a step back of the wall clock a due task's eta may be "ahead".

@@ -374,6 +374,13 @@ class Store(ABC):
     @abstractmethod
     def counts_by_status(self) -> dict[TaskStatus, int]: ...
 
+    def estimated_counts_by_status(self, *, exact_up_to: int) -> dict[TaskStatus, tuple[int, bool]]:
+        """Counts per status for a screen, each with True where it is the store's
+        estimate: pending and running are always exact; a finished status with more
+        than `exact_up_to` rows may be estimated (an exact count of a million finished
+        rows reads a million index entries). This store counts them all."""
+        return {status: (n, False) for status, n in self.counts_by_status().items()}
+
     @abstractmethod
     def queue_stats(self, *, now: float) -> dict[str, Any]:
         """{"scheduled": pending tasks with a future ETA, "oldest_due": the earliest ETA

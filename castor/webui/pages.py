@@ -44,8 +44,8 @@ COUNT_CAP = 10_000
 
 def overview(manager: Manager) -> dict[str, Any]:
     now = time.time()
-    data = views.stats(manager)
-    return {**data, "daemons": [daemon(row, now) for row in manager.store.daemons()],
+    data = views.stats(manager, exact_up_to=COUNT_CAP)
+    return {**data, "count_cap": COUNT_CAP, "daemons": [daemon(row, now) for row in manager.store.daemons()],
             "throughput": charts.last_hour(manager.store, now=now)}
 
 
@@ -97,14 +97,14 @@ def queues(manager: Manager, *, now: float | None = None) -> dict[str, Any]:
 
 def _queue_row(manager: Manager, name: str, pending: int, now: float, paused: bool) -> QueueRow:
     running = manager.store.count(Query(status=TaskStatus.RUNNING, queue=name))
-    rates = {"succeeded_per_s": _rate(manager, name, TaskStatus.SUCCESS, now),
-             "failed_per_s": _rate(manager, name, TaskStatus.FAILED, now)}
+    succeeded, failed = (_rate(manager, name, status, now) for status in (TaskStatus.SUCCESS, TaskStatus.FAILED))
     if pending > QUEUE_SCAN:
-        return QueueRow(name, pending, running, paused=paused, **rates)
+        return QueueRow(name, pending, running, paused=paused, succeeded_per_s=succeeded, failed_per_s=failed)
     etas = [r.eta for r in manager.store.list(Query(status=TaskStatus.PENDING, queue=name), limit=QUEUE_SCAN)]
     due = [eta for eta in etas if eta <= now]
     return QueueRow(name, pending, running, due=len(due), scheduled=len(etas) - len(due),
-                    oldest_due_wait_s=max(0.0, now - min(due)) if due else None, paused=paused, **rates)
+                    oldest_due_wait_s=max(0.0, now - min(due)) if due else None, paused=paused,
+                    succeeded_per_s=succeeded, failed_per_s=failed)
 
 
 def _rate(manager: Manager, queue: str, status: TaskStatus, now: float) -> float | None:

@@ -107,3 +107,18 @@ class TestKeysetPages:
         rest = store.list(Query(queue="a"), after=(first.enqueued_at, first.id))
         assert [first.id] + [r.id for r in rest] == ["a1", "a3", "a5"]
         assert store.list(Query(queue="a"), after=(t - 100, "zzz")) == []
+
+
+def test_estimated_counts_are_exact_where_they_say_so(store, clocks):
+    """A screen's counts: pending and running always exact; a finished status past the
+    limit may be the store's estimate, flagged; every unflagged count is exact."""
+    populate(store, clocks)
+    exact = store.counts_by_status()
+    for limit in (0, 1, 10):
+        counts = store.estimated_counts_by_status(exact_up_to=limit)
+        assert set(counts) == set(TaskStatus)
+        for status, (n, estimated) in counts.items():
+            if not estimated:
+                assert n == exact[status], (limit, status)
+            else:
+                assert status.finished and n > limit, (limit, status)

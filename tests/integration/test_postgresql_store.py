@@ -397,3 +397,57 @@ def test_a_connection_in_use_while_another_met_an_outage_is_not_pooled_again(ope
                 dead.execute("SELECT 1")
     assert busy not in store._idle and busy.closed
     assert store.get("nothing") is None  # the store goes on, on a new connection
+
+
+def test_a_screen_gets_big_finished_counts_from_the_statistics_and_the_rest_exact(opened, location):
+    store = opened()
+    now = time.time()
+    store.enqueue([new(f"t{i:03d}", now=now) for i in range(90)])
+    for record in store.claim("w", mode="process", queues=None, limit=60, lease=30.0, now=now):
+        store.settle_one(Settlement(record.id, "w", record.attempts, TaskStatus.SUCCESS, result="1",
+                                    finished_at=now, fence=record.fence))
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("ALTER TABLE castor_tasks SET (autovacuum_enabled = false)")
+    # Not analyzed yet: the statistics know nothing, so the big count is counted.
+    assert store.estimated_counts_by_status(exact_up_to=10)[TaskStatus.SUCCESS] == (60, False)
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("ANALYZE castor_tasks")  # samples every row of a table this small
+    counts = store.estimated_counts_by_status(exact_up_to=10)
+    assert counts[TaskStatus.SUCCESS] == (60, True)
+    assert counts[TaskStatus.PENDING] == (30, False)  # over the limit, but never estimated
+    assert counts[TaskStatus.FAILED] == (0, False)
+
+
+def test_the_pending_counts_walk_the_ready_index_whatever_the_planner_thinks_it_costs(opened, location,
+                                                                                      monkeypatch):
+    """After a big backlog the ready index keeps its pages and the planner, costing it
+    by them, scanned the whole table for the screens' pending counts. Here the planner
+    is made to think index pages dear (random_page_cost); the reads still take the index."""
+    store = opened()
+    now = time.time()
+    store.enqueue([new(f"t{i:04d}", now=now, queue=f"q{i % 3}") for i in range(2000)])
+    with psycopg.connect(location, autocommit=True) as conn:
+        conn.execute("ANALYZE castor_tasks")
+        dbname = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{dbname}" SET random_page_cost = 1000')
+    store.close()
+    store = opened()  # new connections take the database's setting
+    statements: list[tuple[str, object]] = []
+    by_index = store._fetch_by_index
+
+    def recording(sql, params=None):
+        statements.append((sql, params))
+        return by_index(sql, params)
+
+    monkeypatch.setattr(store, "_fetch_by_index", recording)
+    assert store.pending_by_queue() == {"q0": 667, "q1": 667, "q2": 666}
+    assert store.counts_by_status()[TaskStatus.PENDING] == 2000
+    assert store.queue_stats(now=now)["scheduled"] == 0
+    assert len(statements) == 4  # every read of the three (queue_stats has two)
+    with psycopg.connect(location, autocommit=True) as conn:
+        sql, params = statements[0]
+        plain = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params))
+    assert "Seq Scan" in plain, plain  # what the planner picks by itself here
+    for sql, params in statements:
+        plan = "\n".join(row[0] for row in by_index("EXPLAIN " + sql, params))
+        assert "Seq Scan" not in plan and "castor_tasks_" in plan, plan

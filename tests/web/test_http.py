@@ -478,6 +478,26 @@ def test_every_screen_and_action_on_postgresql(postgres_db_url):
         manager.close()
 
 
+def test_the_overview_shows_a_big_finished_count_as_an_estimate_on_postgresql(postgres_db_url, monkeypatch):
+    import psycopg
+
+    manager = define_tasks(castor.Manager(postgres_db_url))
+    try:
+        manager.registry["add"].map([(i, i) for i in range(30)])
+        manager.registry["fail"].delay("value")
+        run_all(manager)
+        with psycopg.connect(postgres_db_url, autocommit=True) as conn:
+            conn.execute("ANALYZE castor_tasks")
+        monkeypatch.setattr(pages, "COUNT_CAP", 10)
+        with TestClient(dashboard(manager), follow_redirects=False) as web:
+            overview = flat(web.get("/"))
+        assert re.search(r'data-status="success"> <div class="label">success</div><div class="n" '
+                         r'title="the store.s estimate: more than 10, not counted row by row">≈ 30<', overview)
+        assert re.search(r'data-status="failed"> <div class="label">failed</div><div class="n">1<', overview)
+    finally:
+        manager.close()
+
+
 def test_a_damaged_database_is_a_503_that_says_so(db_path):
     from tests.process.test_bad_input import corrupt_middle
 
