@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from castor import task_log
+from castor import rerun, task_log
 from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
 from castor.handle import Task
 from castor.hooks import Hooks, check_event
@@ -287,6 +287,39 @@ class Manager:
             raise ConfigurationError(
                 f"task {task_id} was not retried: an unfinished twin with the same unique key exists")
         return Task(self, task_id)
+
+    def run_now(self, task_id: str) -> Task[Any]:
+        """Make a pending task scheduled for later (an eta= or countdown=, or waiting
+        out a retry's backoff) due now: the same task, id and attempts kept, taken by
+        castord at once. Raises UnknownTaskError if there is none, ConfigurationError
+        if it is not pending for later (due already, running, finished)."""
+        record = self.store.get(task_id)
+        if record is None:
+            raise UnknownTaskError.missing(task_id)
+        if not self.store.run_now(task_id, now=time.time()):
+            record = self.store.get(task_id) or record  # as it is now: it may have changed meanwhile
+            raise ConfigurationError(rerun.why_not_run_now(record))
+        return Task(self, task_id)
+
+    def run_again(self, task_id: str) -> Task[Any]:
+        """Enqueue a new task doing what finished task `task_id` did: same name,
+        arguments, queue, priority and options, a new id, due now (Sidekiq's and
+        Oban's "run again"). The finished task stays as it is (retry() instead sends
+        that same task back); the two are linked by their options rerun_of/rerun_as.
+        A unique task's copy is refused (ConfigurationError) while an unfinished task
+        holds its key; a task not finished is refused too."""
+        record = self.store.get(task_id)
+        if record is None:
+            raise UnknownTaskError.missing(task_id)
+        if not record.status.finished:
+            raise ConfigurationError(rerun.why_not_run_again(record))
+        copy = rerun.copy_of(record, now=time.time())
+        (stored,) = self.producer.submit([copy])
+        if stored != copy.id:
+            raise ConfigurationError(rerun.held_by_twin(record, stored))
+        # A second write, after the copy's: a failure here loses only the source's link.
+        self.store.link_rerun(task_id, copy.id)
+        return Task(self, copy.id)
 
     def retry_failed(self, *, name: str | None = None, queue: str | None = None,
                      status: str = "failed") -> list[Task[Any]]:

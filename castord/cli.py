@@ -215,7 +215,7 @@ class _TasksGroup(click.Group):
 
 @main.group(cls=_TasksGroup)
 def tasks() -> None:
-    """Look at and act on stored tasks: list, show, retry, cancel, purge, pause, resume, stats.
+    """Look at and act on stored tasks: list, show, retry, run-now, run-again, cancel, purge, pause, resume, stats.
 
     Each subcommand takes APP (module:variable naming the Manager) to find the
     database. Tables on a terminal, JSON otherwise (or with --json).
@@ -325,6 +325,45 @@ def tasks_retry(app: str, task_id: str | None, all_failed: bool, name: str | Non
         click.echo(f"retried {task_id}: pending")
     finally:
         manager.close()
+
+
+@tasks.command("run-now")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("task_id")
+def tasks_run_now(app: str, task_id: str) -> None:
+    """Make a pending task scheduled for later (or waiting to retry) due now, under its own id."""
+    manager = _manager(app)
+    try:
+        _refusals(lambda: manager.run_now(task_id))
+    finally:
+        manager.close()
+    click.echo(f"{task_id}: due now (pending)")
+
+
+@tasks.command("run-again")
+@click.argument("app", envvar=_env("APP"))
+@click.argument("task_id")
+def tasks_run_again(app: str, task_id: str) -> None:
+    """Enqueue a new copy of a finished task (same name, arguments, queue, options; a new id).
+    Unlike retry, the finished task stays as it is."""
+    manager = _manager(app)
+    try:
+        copy = _refusals(lambda: manager.run_again(task_id))
+    finally:
+        manager.close()
+    click.echo(f"ran {task_id} again as {copy.id} (pending)")
+
+
+def _refusals(action: Any) -> Any:
+    """An action's answer; an unknown id exits NOT_FOUND, a refusal REFUSED, each with its message."""
+    from castor.errors import ConfigurationError, UnknownTaskError
+
+    try:
+        return action()
+    except UnknownTaskError as exc:
+        _fail(str(exc), ExitCode.NOT_FOUND)
+    except ConfigurationError as exc:
+        _fail(str(exc), ExitCode.REFUSED)
 
 
 @tasks.command("cancel")

@@ -206,6 +206,17 @@ class Store(ABC):
         match `query`, whose status must be failed or cancelled). Returns their ids."""
 
     @abstractmethod
+    def run_now(self, task_id: str, *, now: float) -> bool:
+        """Make a pending task whose ETA is after `now` (scheduled, or waiting out a
+        retry's backoff) due at once: same id, attempts and history; its workers are
+        woken. False if it is not such a task (missing, due already, not pending)."""
+
+    @abstractmethod
+    def link_rerun(self, task_id: str, copy_id: str) -> bool:
+        """Record in task `task_id`'s options ("rerun_as") the id of its latest copy
+        (Manager.run_again); nothing else changes. False if there is no such task."""
+
+    @abstractmethod
     def purge(self, query: Query) -> int:
         """Delete finished tasks matching `query` (never pending or running ones)."""
 

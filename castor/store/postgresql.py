@@ -1066,6 +1066,23 @@ class PostgreSQLStore(Store):
 
         return self._write(body)
 
+    def run_now(self, task_id: str, *, now: float) -> bool:
+        def body(cur: Any) -> bool:
+            cur.execute("UPDATE castor_tasks SET eta = %(now)s, at_once = true "
+                        "WHERE id = %(id)s AND status = 'pending' AND NOT at_once AND eta > %(now)s "
+                        "RETURNING mode", {"now": now, "id": task_id})
+            row = cur.fetchone()
+            if row is not None:
+                self._notify(cur, [work_topic(row[0])])
+            return row is not None
+
+        return self._write(body)
+
+    def link_rerun(self, task_id: str, copy_id: str) -> bool:
+        return bool(self._fetch(
+            "UPDATE castor_tasks SET options = coalesce(options, '{}'::jsonb) || jsonb_build_object('rerun_as', "
+            "%s::text) WHERE id = %s RETURNING 1", (copy_id, task_id)))
+
     def purge(self, query: Query) -> int:
         if query.status is not None and not query.status.finished:
             raise ValueError(f"purge deletes finished tasks only, not {query.status} ones")

@@ -908,6 +908,18 @@ class SQLiteStore(Store):
         where, params = _where(query)
         return [r[0] for r in self._execute(f"{update}{where} RETURNING id", (now, *params))]
 
+    def run_now(self, task_id: str, *, now: float) -> bool:
+        # at_once: due whatever the wall clock says, as a retry by hand is. Any commit
+        # to the file wakes the waiters.
+        return bool(self._execute(
+            "UPDATE castor_tasks SET eta = ?, at_once = 1 "
+            "WHERE id = ? AND status = 'pending' AND at_once = 0 AND eta > ? RETURNING 1", (now, task_id, now)))
+
+    def link_rerun(self, task_id: str, copy_id: str) -> bool:
+        return bool(self._execute(
+            "UPDATE castor_tasks SET options = json_set(coalesce(options, '{}'), '$.rerun_as', ?) "
+            "WHERE id = ? RETURNING 1", (copy_id, task_id)))
+
     def purge(self, query: Query) -> int:
         if query.status is not None and not query.status.finished:
             raise ValueError(f"purge deletes finished tasks only, not {query.status} ones")

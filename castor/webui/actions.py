@@ -1,4 +1,6 @@
-"""Retry, cancel and delete: on chosen tasks, or on every task a filter matches.
+"""Retry, cancel and delete: on chosen tasks, or on every task a filter matches; and on
+one task's page, "run now" (a scheduled task made due) and "run again" (a finished
+task copied: Manager.run_now, Manager.run_again).
 
 Each action goes through the Manager (one task) or one store call (all that match),
 so the dashboard does what `castord tasks retry|cancel|purge` does. An action a
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 log = get_logger("castor.webui")
 
 ACTIONS = ("retry", "cancel", "delete")
+# One task's page has these too (not offered in bulk).
+TASK_ACTIONS = (*ACTIONS, "run-now", "run-again")
+VERBS = {"retry": "retried", "cancel": "cancelled", "delete": "deleted", "run-now": "made due now",
+         "run-again": "ran again"}
 FINISHED = (TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED)
 UNFINISHED = (TaskStatus.PENDING, TaskStatus.RUNNING)
 # "Cancel all matching" cancels one task at a time (a pending one ends at once, a
@@ -43,9 +49,10 @@ class Outcome:
     done: int = 0
     ids: list[str] = field(default_factory=list)  # the tasks acted on, when known
     refused: dict[str, str] = field(default_factory=dict)  # task id -> why not
+    created: list[str] = field(default_factory=list)  # the copies "run again" enqueued
 
     def summary(self) -> str:
-        verb = {"retry": "retried", "cancel": "cancelled", "delete": "deleted"}[self.action]
+        verb = VERBS[self.action]
         text = f"{verb} {self.done} task{'s' if self.done != 1 else ''}"
         if self.refused:
             text += f"; {len(self.refused)} refused"
@@ -56,7 +63,7 @@ def act_on(manager: Manager, action: str, task_ids: list[str]) -> Outcome:
     """`action` on each of these tasks; what a task's state refuses is in .refused."""
     outcome = Outcome(action)
     for task_id in dict.fromkeys(task_ids):  # a repeated id once
-        why = _one(manager, action, task_id)
+        why = _one(manager, action, task_id, outcome.created)
         if why is None:
             outcome.done += 1
             outcome.ids.append(task_id)
@@ -65,12 +72,18 @@ def act_on(manager: Manager, action: str, task_ids: list[str]) -> Outcome:
     return outcome
 
 
-def _one(manager: Manager, action: str, task_id: str) -> str | None:
-    """Do it; None when done, else why not."""
+def _one(manager: Manager, action: str, task_id: str, created: list[str]) -> str | None:
+    """Do it; None when done, else why not. A copy "run again" made goes in `created`."""
     store = manager.store
     try:
         if action == "retry":
             manager.retry(task_id)
+            return None
+        if action == "run-now":
+            manager.run_now(task_id)
+            return None
+        if action == "run-again":
+            created.append(manager.run_again(task_id).id)
             return None
         if action == "cancel":
             before = store.status(task_id)
@@ -138,4 +151,5 @@ def _with_status(query: Query, status: TaskStatus) -> Query:
 def log_action(outcome: Outcome, *, who: dict[str, Any], scope: str, filter_text: str | None = None) -> None:
     """One structured line per action: who (client address, how authenticated), what, on what."""
     log.info("web.action", action=outcome.action, scope=scope, count=outcome.done,
-             task_ids=outcome.ids[:LOGGED_IDS], refused=len(outcome.refused), filter=filter_text, **who)
+             task_ids=outcome.ids[:LOGGED_IDS], refused=len(outcome.refused), filter=filter_text,
+             **({"created": outcome.created[:LOGGED_IDS]} if outcome.created else {}), **who)

@@ -11,6 +11,7 @@ server only: no inline script runs, even one that escaping missed.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +202,7 @@ class DashboardApp:
         record = self.manager.store.get(task_id)
         if record is None:
             raise HTTPProblem(404, f"task {task_id} is not in the database (purged, or never enqueued)")
-        return ctx.render("task.html", nav="tasks", task=pages.task(record))
+        return ctx.render("task.html", nav="tasks", task=pages.task(record, now=time.time()))
 
     def failed(self, ctx: Context) -> Response:
         return ctx.render("failed.html", nav="failed", **pages.failed(self.manager))
@@ -213,10 +214,12 @@ class DashboardApp:
 
     def task_action(self, ctx: Context) -> Response:
         task_id, action = ctx.request.path_params["task_id"], ctx.request.path_params["action"]
-        if action not in actions.ACTIONS:
-            raise HTTPProblem(404, f"no action {action!r}; the actions are {', '.join(actions.ACTIONS)}")
+        if action not in actions.TASK_ACTIONS:
+            raise HTTPProblem(404, f"no action {action!r}; the actions are {', '.join(actions.TASK_ACTIONS)}")
         outcome = actions.act_on(self.manager, action, [task_id])
         actions.log_action(outcome, who=ctx.who, scope="task")
+        if outcome.created:  # run again: show the copy (its page links back to this one)
+            return ctx.redirect(f"/tasks/{quote(outcome.created[0], safe='')}")
         if outcome.done and action != "delete":
             return ctx.redirect(f"/tasks/{quote(task_id, safe='')}")
         return ctx.render("result.html", nav="tasks", outcome=outcome, back=f"/tasks/{task_id}"

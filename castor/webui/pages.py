@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from castor import views
 from castor.periodic import schedule_rows
+from castor.rerun import RERUN_AS, RERUN_OF
 from castor.states import TaskStatus
 from castor.store import Query, TaskRecord
 from castor.webui import charts
@@ -138,7 +139,7 @@ def tasks(manager: Manager, task_filter: TaskFilter) -> dict[str, Any]:
             "total_capped": total > COUNT_CAP, "filter": task_filter, "older": older, "newer": newer}
 
 
-def task(record: TaskRecord) -> dict[str, Any]:
+def task(record: TaskRecord, *, now: float) -> dict[str, Any]:
     """Everything about one task, arguments and result shown without running stored code."""
     return {
         **views.summary(record), "mode": record.mode, "daemon": record.daemon, "serializer": record.serializer,
@@ -147,17 +148,27 @@ def task(record: TaskRecord) -> dict[str, Any]:
         "progress_message": record.progress_message, "cancel_requested": record.cancel_requested,
         "owner": record.owner, "lease_expires": views.when(record.lease_expires),
         "expires_at": views.when(record.expires_at), "unique_key": record.unique_key,
-        "options": record.options, "timeline": timeline(record), "actions": actions_for(record.status),
+        "options": record.options, "timeline": timeline(record), "actions": actions_for(record, now),
+        "rerun_of": record.options.get(RERUN_OF), "rerun_as": record.options.get(RERUN_AS),
     }
 
 
-def actions_for(status: TaskStatus) -> list[str]:
-    """The actions a task in `status` can take."""
-    if status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-        return ["cancel"]
-    if status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-        return ["retry", "delete"]
-    return ["delete"]
+LABELS = {"retry": "Retry", "cancel": "Cancel", "delete": "Delete", "run-now": "Run now", "run-again": "Run again"}
+
+
+def actions_for(record: TaskRecord, now: float) -> list[tuple[str, str]]:
+    """The actions (name, button label) a task in its state can take: run now for one
+    pending but scheduled for later (an ETA, a retry's backoff), run again for a finished one."""
+    status = record.status
+    if status == TaskStatus.PENDING:
+        names = ["run-now", "cancel"] if record.eta > now else ["cancel"]
+    elif status == TaskStatus.RUNNING:
+        names = ["cancel"]
+    elif status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        names = ["retry", "run-again", "delete"]
+    else:
+        names = ["run-again", "delete"]
+    return [(name, LABELS[name]) for name in names]
 
 
 def failed(manager: Manager) -> dict[str, Any]:

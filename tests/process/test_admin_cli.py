@@ -107,3 +107,21 @@ def test_parse_duration():
         90, 90, 900, 43200, 604800, 1209600, 5400]
     with pytest.raises(ValueError, match="not a duration"):
         admin.parse_duration("7 days")
+
+
+def test_run_now_and_run_again(app_dir, stocked):
+    testapp, ok, bad, waiting = stocked
+    made_due = run_cli(app_dir, "tasks", "run-now", "testapp:manager", waiting.id)
+    assert made_due.returncode == 0 and made_due.stdout.strip() == f"{waiting.id}: due now (pending)"
+    again = run_cli(app_dir, "tasks", "run-now", "testapp:manager", waiting.id)
+    assert again.returncode == 6 and "is due already" in again.stderr
+    assert run_cli(app_dir, "tasks", "run-now", "testapp:manager", "nope").returncode == 5
+
+    copied = run_cli(app_dir, "tasks", "run-again", "testapp:manager", ok.id)
+    assert copied.returncode == 0, copied.stderr
+    copy_id = copied.stdout.strip().rsplit(" ", 2)[-2]
+    assert copied.stdout.strip() == f"ran {ok.id} again as {copy_id} (pending)"
+    assert testapp.manager.store.get(copy_id).options["rerun_of"] == ok.id
+    pending = run_cli(app_dir, "tasks", "run-again", "testapp:manager", copy_id)
+    assert pending.returncode == 6 and "only a finished task" in pending.stderr
+    assert run_cli(app_dir, "tasks", "run-again", "testapp:manager", "nope").returncode == 5

@@ -88,6 +88,29 @@ def test_a_failed_task_is_found_read_retried_and_then_succeeds(daemons, web_serv
     assert seen.outside(server.url) == [] and seen.console_errors == []
 
 
+def test_run_now_then_run_again_from_the_task_page(daemons, web_servers, webapp, browse):  # noqa: F811
+    d = daemons().start(app="webapp:manager")
+    d.wait_note("READY=1")
+    task = webapp.echo.apply_async(("hello",), countdown=3600)
+    server = web_servers()
+    seen = browse()
+    page = seen.page
+    page.goto(f"{server.url}/tasks/{task.id}")
+    expect(page.locator("#status")).to_have_text("pending")
+    page.get_by_role("button", name="Run now").click()
+    expect(page.locator("#status")).to_have_text("success", timeout=DONE * 1000)  # the page polls
+    page.reload()
+    page.get_by_role("button", name="Run again").click()
+    expect(page.locator("#rerun-of")).to_contain_text(task.id)
+    copy_id = page.url.rsplit("/", 1)[1]
+    assert copy_id != task.id
+    expect(page.locator("#status")).to_have_text("success", timeout=DONE * 1000)
+    assert webapp.manager.get(copy_id).join(timeout=5) == "hello"
+    assert [(a["action"], a["task_ids"]) for a in server.events("web.action")] == [
+        ("run-now", [task.id]), ("run-again", [task.id])]
+    assert seen.outside(server.url) == [] and seen.console_errors == []
+
+
 def test_bulk_cancel_of_selected_rows_and_of_all_matching_a_filter(web_servers, webapp, browse):
     later = [webapp.echo.apply_async((i,), countdown=3600).id for i in range(5)]
     other = [webapp.boom.apply_async(("not this one",), countdown=3600).id for _ in range(2)]

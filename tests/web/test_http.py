@@ -5,6 +5,7 @@ do the same things through chromium; these pin each answer down one by one."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -626,3 +627,106 @@ def test_the_tasks_screen_searches_arguments_and_filters_by_time(app_manager, cl
     alice.cancel()
     ended = web.get(f"/tasks?finished_from={start}")
     assert alice.id in ended.text and bob.id not in ended.text
+
+
+# -- run now and run again, on a task's page ------------------------------------------
+
+def buttons(web, task_id: str) -> list[str]:
+    page = web.get(f"/tasks/{task_id}").text
+    return [name for name in ("retry", "cancel", "delete", "run-now", "run-again")
+            if f'id="action-{name}"' in page]
+
+
+def web_actions(caplog) -> list[dict]:
+    return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "web.action"]
+
+
+def test_each_state_offers_the_actions_that_fit_it(app_manager, client):
+    add, fail = app_manager.registry["add"], app_manager.registry["fail"]
+    done, failed = add.delay(1, 2), fail.delay("value")
+    run_all(app_manager)
+    later, due = add.apply_async((3, 4), countdown=3600), add.delay(5, 6)
+    web = client()
+    assert buttons(web, later.id) == ["cancel", "run-now"]
+    assert buttons(web, due.id) == ["cancel"]
+    assert buttons(web, done.id) == ["delete", "run-again"]
+    assert buttons(web, failed.id) == ["retry", "delete", "run-again"]
+    assert "Retry sends this same task back to the queue (same id" in flat(web.get(f"/tasks/{failed.id}"))
+    assert "Run now makes this task due at once" in flat(web.get(f"/tasks/{later.id}"))
+
+
+def test_run_now_makes_a_scheduled_task_due_and_logs_it(app_manager, client, caplog):
+    caplog.set_level(logging.INFO, logger="castor.webui")
+    later = app_manager.registry["add"].apply_async((3, 4), countdown=3600)
+    web = client()
+    answer = web.post(f"/tasks/{later.id}/run-now", data={"csrf": csrf_of(web)})
+    assert answer.status_code == 303 and answer.headers["location"] == f"/tasks/{later.id}"
+    assert app_manager.store.get(later.id).eta <= time.time()
+    assert buttons(web, later.id) == ["cancel"]
+    run_all(app_manager)
+    assert later.join(timeout=5) == 7
+    (logged,) = web_actions(caplog)
+    assert (logged["action"], logged["scope"], logged["count"], logged["task_ids"]) == \
+           ("run-now", "task", 1, [later.id])
+
+
+def test_run_again_opens_the_copy_and_links_both_pages(app_manager, client, caplog):
+    caplog.set_level(logging.INFO, logger="castor.webui")
+    done = app_manager.registry["add"].delay(1, 2)
+    run_all(app_manager)
+    web = client()
+    answer = web.post(f"/tasks/{done.id}/run-again", data={"csrf": csrf_of(web)})
+    assert answer.status_code == 303
+    copy_id = answer.headers["location"].removeprefix("/tasks/")
+    assert copy_id != done.id and app_manager.store.get(copy_id).status == "pending"
+    assert f'id="rerun-of"><a href="/tasks/{done.id}">{done.id}</a>' in web.get(f"/tasks/{copy_id}").text
+    assert f'id="rerun-as"><a href="/tasks/{copy_id}">{copy_id}</a>' in web.get(f"/tasks/{done.id}").text
+    (logged,) = web_actions(caplog)
+    assert (logged["action"], logged["task_ids"], logged["created"]) == ("run-again", [done.id], [copy_id])
+
+
+def test_states_that_refuse_them_are_said(app_manager, client):
+    web = client()
+    field = csrf_of(web)
+    due = app_manager.registry["add"].delay(1, 2)
+    refused = web.post(f"/tasks/{due.id}/run-now", data={"csrf": field})
+    assert refused.status_code == 200 and "is due already" in refused.text
+    pending_again = web.post(f"/tasks/{due.id}/run-again", data={"csrf": field})
+    assert "only a finished task (success, failed or cancelled) can be run again" in pending_again.text
+    run_all(app_manager)
+    done_now = web.post(f"/tasks/{due.id}/run-now", data={"csrf": field})
+    assert "is success: run now takes a pending task scheduled for later" in done_now.text
+    missing = web.post("/tasks/no-such-task/run-again", data={"csrf": field})
+    assert "no-such-task" in missing.text and "Ran again 0 tasks; 1 refused." in missing.text
+    assert app_manager.count() == 1
+
+
+def test_a_unique_tasks_copy_is_refused_while_its_key_is_held(app_manager, client):
+    @app_manager.task(mode="thread", name="sync", unique=True)
+    def sync(account):
+        return account
+
+    done = sync.delay("acme")
+    run_all(app_manager)
+    holder = sync.apply_async(("acme",), countdown=3600)
+    web = client()
+    refused = web.post(f"/tasks/{done.id}/run-again", data={"csrf": csrf_of(web)})
+    assert refused.status_code == 200
+    assert f"is held by unfinished task {holder.id}" in flat(refused)
+    assert app_manager.count() == 2
+
+
+def test_read_only_hides_and_refuses_them(app_manager, client):
+    done = app_manager.registry["add"].delay(1, 2)
+    run_all(app_manager)
+    later = app_manager.registry["add"].apply_async((3, 4), countdown=3600)
+    writable = client()
+    field = csrf_of(writable)
+    web = client(read_only=True)
+    set_cookie(web, CSRF_COOKIE, writable.cookies[CSRF_COOKIE])
+    for task, action in ((later, "run-now"), (done, "run-again")):
+        page = web.get(f"/tasks/{task.id}").text
+        assert 'method="post"' not in page and "actions-note" not in page
+        answer = web.post(f"/tasks/{task.id}/{action}", data={"csrf": field})
+        assert answer.status_code == 403 and "read-only" in answer.text
+    assert app_manager.count() == 2 and app_manager.store.get(later.id).eta > time.time()
