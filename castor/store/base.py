@@ -142,6 +142,11 @@ class Query:
     # A literal, case-sensitive substring of the arguments (args or kwargs) as stored.
     # Only text serializers' arguments (json) are searched: pickled ones never match.
     args_contains: str | None = None
+    # With args_contains: search only the newest `scan_limit` tasks the other filters
+    # match (older than a page's key), so that a search costs at most that many rows
+    # whatever the table's size; a screen pages on past them (Store.list's offset gives
+    # the last one searched). None: every matching row.
+    scan_limit: int | None = None
 
 
 def work_topic(mode: str) -> str:

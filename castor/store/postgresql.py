@@ -374,7 +374,11 @@ def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, di
     return _SETTLE, params
 
 
-def _where(query: Query) -> tuple[str, dict[str, Any]]:
+def _where(query: Query, *, scanning: bool = False) -> tuple[str, dict[str, Any]]:
+    if query.scan_limit is not None and not scanning:
+        # A bounded search is for reading pages; a purge or bulk action by filter must
+        # see every row its filter matches.
+        raise ValueError("Query.scan_limit bounds list() and count() only")
     clauses: list[str] = []
     params: dict[str, Any] = {}
     for column, key, value in (("status", "q_status", query.status), ("task_name", "q_name", query.name),
@@ -393,12 +397,24 @@ def _where(query: Query) -> tuple[str, dict[str, Any]]:
             clauses.append(f"{condition} %({key})s")
             params[key] = float(bound)
     if query.args_contains is not None:
-        # position(): literal and case-sensitive, on the bytes stored; *_text says the
-        # serializer gave text (json), so pickled arguments never match.
-        clauses.append("((args_text AND position(convert_to(%(q_args)s, 'UTF8') IN args) > 0)"
-                       " OR (kwargs_text AND position(convert_to(%(q_args)s, 'UTF8') IN kwargs) > 0))")
         params["q_args"] = query.args_contains
+        if query.scan_limit is None:
+            clauses.append(_ARGS_CONTAIN)
+        else:
+            params["q_scan"] = query.scan_limit
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+# position(): literal and case-sensitive, on the bytes stored; *_text says the
+# serializer gave text (json), so pickled arguments never match.
+_ARGS_CONTAIN = ("((args_text AND position(convert_to(%(q_args)s, 'UTF8') IN args) > 0)"
+                 " OR (kwargs_text AND position(convert_to(%(q_args)s, 'UTF8') IN kwargs) > 0))")
+
+
+def _scanned(query: Query) -> bool:
+    """A search bounded to the newest scan_limit rows: the other filters pick (and
+    order) those rows in a subquery, the search reads only them."""
+    return query.args_contains is not None and query.scan_limit is not None
 
 
 def _worker_lost(max_lost: int) -> dict[str, Any]:
@@ -1148,7 +1164,7 @@ class PostgreSQLStore(Store):
              after: tuple[float, str] | None = None,
              before: tuple[float, str] | None = None) -> list[TaskRecord]:
         page_direction(after, before)
-        where, params = _where(query)
+        where, params = _where(query, scanning=True)
         key, order = after or before, "DESC" if before is None else "ASC"
         if key is not None:  # a row comparison: castor_tasks_listing, read from the key on
             where += ((" AND " if where else " WHERE ")
@@ -1156,14 +1172,22 @@ class PostgreSQLStore(Store):
             params.update(key_at=float(key[0]), key_id=str(key[1]))
         params.update(limit=limit, offset=offset)
         clock = self._clock()
-        rows = self._fetch(f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at {order}, id {order} "
-                           "LIMIT %(limit)s OFFSET %(offset)s", params)
+        sql = f"SELECT {_COLUMNS} FROM castor_tasks{where} ORDER BY enqueued_at {order}, id {order}"
+        if _scanned(query):
+            sql = (f"SELECT * FROM ({sql} LIMIT %(q_scan)s) AS scanned WHERE {_ARGS_CONTAIN} "
+                   f"ORDER BY enqueued_at {order}, id {order}")
+        rows = self._fetch(sql + " LIMIT %(limit)s OFFSET %(offset)s", params)
         to_wall = self._to_wall(clock)
         records = [_record(r, to_wall) for r in rows]
         return records if before is None else records[::-1]  # read upwards from the key
 
     def count(self, query: Query, *, limit: int | None = None) -> int:
-        where, params = _where(query)
+        where, params = _where(query, scanning=True)
+        if _scanned(query):
+            return int(self._fetch(
+                f"SELECT count(*) FROM (SELECT args, kwargs, args_text, kwargs_text FROM castor_tasks{where} "
+                f"ORDER BY enqueued_at DESC, id DESC LIMIT %(q_scan)s) AS scanned WHERE {_ARGS_CONTAIN}",
+                params)[0][0])
         if limit is None:
             return int(self._fetch(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0])
         return int(self._fetch(f"SELECT count(*) FROM (SELECT 1 FROM castor_tasks{where} LIMIT %(limit)s) AS m",

@@ -221,7 +221,11 @@ def _insert_params(task: NewTask) -> tuple[Any, ...]:
     )
 
 
-def _where(query: Query) -> tuple[str, list[Any]]:
+def _where(query: Query, *, scanning: bool = False) -> tuple[str, list[Any]]:
+    if query.scan_limit is not None and not scanning:
+        # A bounded search is for reading pages; a purge or bulk action by filter must
+        # see every row its filter matches.
+        raise ValueError("Query.scan_limit bounds list() and count() only")
     clauses: list[str] = []
     params: list[Any] = []
     if query.status == TaskStatus.PENDING:
@@ -242,13 +246,22 @@ def _where(query: Query) -> tuple[str, list[Any]]:
         if bound is not None:
             clauses.append(condition)
             params.append(float(bound))
-    if query.args_contains is not None:
-        # instr, not LIKE: literal (no % or _ wildcards) and case-sensitive, as PostgreSQL's
-        # position(). typeof: a text serializer's arguments are TEXT, pickled ones BLOBs.
-        clauses.append("((typeof(args) = 'text' AND instr(args, ?) > 0)"
-                       " OR (typeof(kwargs) = 'text' AND instr(kwargs, ?) > 0))")
+    if query.args_contains is not None and query.scan_limit is None:
+        clauses.append(_ARGS_CONTAIN)
         params += [query.args_contains, query.args_contains]
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+# instr, not LIKE: literal (no % or _ wildcards) and case-sensitive, as PostgreSQL's
+# position(). typeof: a text serializer's arguments are TEXT, pickled ones BLOBs.
+_ARGS_CONTAIN = ("((typeof(args) = 'text' AND instr(args, ?) > 0)"
+                 " OR (typeof(kwargs) = 'text' AND instr(kwargs, ?) > 0))")
+
+
+def _scanned(query: Query) -> bool:
+    """A search bounded to the newest scan_limit rows: the other filters pick (and
+    order) those rows in a subquery, the search reads only them."""
+    return query.args_contains is not None and query.scan_limit is not None
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -985,7 +998,7 @@ class SQLiteStore(Store):
              after: tuple[float, str] | None = None,
              before: tuple[float, str] | None = None) -> list[TaskRecord]:
         page_direction(after, before)
-        where, params = _where(query)
+        where, params = _where(query, scanning=True)
         key, order = after or before, "DESC" if before is None else "ASC"
         if key is not None:  # a row comparison: castor_tasks_listing, read from the key on
             where += (" AND " if where else " WHERE ") + f"(enqueued_at, id) {'<' if after else '>'} (?, ?)"
@@ -994,6 +1007,10 @@ class SQLiteStore(Store):
         # walked the listing index instead, through every row when none is dirty.
         table = "castor_tasks INDEXED BY castor_tasks_dirty" if query.dirty else "castor_tasks"
         sql = f"SELECT {_COLUMNS} FROM {table}{where} ORDER BY enqueued_at {order}, id {order}"
+        if _scanned(query):
+            sql = (f"SELECT * FROM ({sql} LIMIT ?) WHERE {_ARGS_CONTAIN} "
+                   f"ORDER BY enqueued_at {order}, id {order}")
+            params += [query.scan_limit, query.args_contains, query.args_contains]
         sql += " LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         to_wall = self._to_wall()
@@ -1001,7 +1018,12 @@ class SQLiteStore(Store):
         return records if before is None else records[::-1]  # read upwards from the key
 
     def count(self, query: Query, *, limit: int | None = None) -> int:
-        where, params = _where(query)
+        where, params = _where(query, scanning=True)
+        if _scanned(query):
+            return self._execute(
+                f"SELECT count(*) FROM (SELECT args, kwargs FROM castor_tasks{where} "
+                f"ORDER BY enqueued_at DESC, id DESC LIMIT ?) WHERE {_ARGS_CONTAIN}",
+                [*params, query.scan_limit, query.args_contains, query.args_contains])[0][0]
         if limit is None:
             return self._execute(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0]
         return self._execute(f"SELECT count(*) FROM (SELECT 1 FROM castor_tasks{where} LIMIT ?)",

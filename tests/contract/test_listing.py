@@ -115,3 +115,30 @@ class TestArgumentSearch:
         t = clocks.wall
         store.enqueue([with_args("a", '["x"]', now=t - 2, queue="q"), with_args("b", '["x"]', now=t - 1)])
         assert [r.id for r in store.list(Query(args_contains="x", queue="q"))] == ["a"]
+
+    def test_a_bounded_search_reads_only_the_newest_rows_the_other_filters_pick(self, store, clocks):
+        t = clocks.wall
+        # Newest first: t9 .. t0; "hit" in t8, t5, t1; t7 is in another queue.
+        store.enqueue([with_args(f"t{i}", '["hit"]' if i in (1, 5, 8) else '["miss"]', now=t - 10 + i,
+                                 queue="other" if i == 7 else "default") for i in range(10)])
+        hits = Query(args_contains="hit", scan_limit=3)
+        assert [r.id for r in store.list(hits)] == ["t8"]  # t9, t8, t7 searched
+        assert store.count(hits) == 1
+        in_default = dataclasses.replace(hits, queue="default")
+        assert [r.id for r in store.list(in_default)] == ["t8"]  # t9, t8, t6: t7 is not picked
+        # Paging on from a key searches the next rows after it: t5, t4, t3.
+        assert [r.id for r in store.list(hits, after=(t - 10 + 6, "t6"))] == ["t5"]
+        # The last row searched, for the next page: the offset into the unsearched filter.
+        (last,) = store.list(Query(), limit=1, offset=hits.scan_limit - 1)
+        assert last.id == "t7"
+        assert [r.id for r in store.list(dataclasses.replace(hits, scan_limit=100))] == ["t8", "t5", "t1"]
+        assert [r.id for r in store.list(hits, limit=1, before=(t - 10 + 0, "t0"))] == ["t1"]  # upwards too
+
+    def test_a_bounded_search_is_refused_where_every_row_matters(self, store, clocks):
+        store.enqueue([with_args("a", '["hit"]')])
+        bounded = Query(args_contains="hit", scan_limit=1)
+        with pytest.raises(ValueError, match="scan_limit bounds list"):
+            store.purge(bounded)
+        with pytest.raises(ValueError, match="scan_limit bounds list"):
+            store.retry(dataclasses.replace(bounded, status=TaskStatus.FAILED), now=clocks.wall)
+        assert store.count(Query()) == 1

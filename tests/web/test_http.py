@@ -5,6 +5,7 @@ do the same things through chromium; these pin each answer down one by one."""
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import time
@@ -506,7 +507,7 @@ def test_a_damaged_database_is_a_503_that_says_so(db_path):
     manager = castor.Manager(db_path)
     try:
         with TestClient(dashboard(manager)) as web:
-            # A search reads every row (a plain first page reads only its 51, by the listing index).
+            # A search reads every row of a small file (a plain first page reads only its 51, by the listing index).
             answer = web.get("/tasks?args=never-stored")
         assert answer.status_code == 503
         assert "the database cannot be read:" in answer.text and "malformed" in answer.text
@@ -592,6 +593,35 @@ def test_the_newer_link_walks_back_through_the_same_pages(app_manager, client):
     assert link(page, "next") is not None and link(page, "first") is not None
 
 
+def test_an_argument_search_reads_a_window_per_page_and_pages_on_past_it(app_manager, client, monkeypatch):
+    add = app_manager.registry["add"]
+    # Oldest first: hit0, 4 misses, hit1, 4 misses, hit2 (newest).
+    ids = {}
+    for i in range(11):
+        label = f"hit{i // 5}" if i % 5 == 0 else f"miss{i}"
+        ids[label] = add.apply_async((f"{label}@example.com", i), countdown=3600).id
+    monkeypatch.setattr(pages, "SEARCH_SCAN", 4)
+    web = client()
+    seen, path, pages_read = [], "/tasks?args=hit", 0
+    while path and pages_read < 10:
+        page = web.get(path)
+        assert page.status_code == 200
+        text = flat(page)
+        assert "in the next 4 tasks searched" in text and "searches at most 4 tasks" in text
+        seen += [label for label, task_id in ids.items() if task_id in page.text and label.startswith("hit")]
+        found = re.search(r'href="(/tasks\?[^"]*)" id="next"', page.text)
+        path = html.unescape(found.group(1)) if found else None
+        pages_read += 1
+    # Every match found once, newest first, in windows of 4: [hit2 m9 m8 m7] [m6 hit1 m4 m3] [m2 m1 hit0].
+    assert seen == ["hit2", "hit1", "hit0"] and pages_read == 3
+    # A window that finds more than a page's rows links on from the last one shown.
+    monkeypatch.setattr(pages, "SEARCH_SCAN", 100)
+    first = web.get("/tasks?args=hit&limit=2")
+    assert ids["hit2"] in first.text and ids["hit1"] in first.text and ids["hit0"] not in first.text
+    older = html.unescape(re.search(r'href="(/tasks\?[^"]*)" id="next"', first.text).group(1))
+    assert ids["hit0"] in web.get(older).text
+
+
 def test_a_count_past_the_cap_says_so(app_manager, client, monkeypatch):
     for i in range(5):
         app_manager.registry["add"].apply_async((i, i), countdown=3600)
@@ -609,7 +639,8 @@ def test_the_tasks_screen_searches_arguments_and_filters_by_time(app_manager, cl
     web = client()
     found = web.get("/tasks?args=" + quote("alice@"))
     assert alice.id in found.text and bob.id not in found.text
-    assert "1 task match: arguments containing 'alice@';" in flat(found).replace("&#39;", "'")
+    assert "1 match in the next 50,000 tasks searched: arguments containing 'alice@'." in flat(found).replace(
+        "&#39;", "'")
     assert "pickled arguments are never searched" in found.text
     assert 'name="args" value="alice@"' in found.text  # the form shows what it searched for
     record = app_manager.store.get(bob.id)
