@@ -34,10 +34,6 @@ class RateLimit:
         """Tokens a second."""
         return self.count / self.per
 
-    def __str__(self) -> str:
-        unit = next(u for u, s in _PER.items() if s == self.per)
-        return f"{self.count}/{unit}" + (f" (burst {self.burst})" if self.burst != 1 else "")
-
 
 def parse_rate_limit(value: Any, where: str, burst: Any = None, *, burst_name: str = "rate_burst",
                      limit_name: str = "rate_limit") -> RateLimit | None:
@@ -100,24 +96,26 @@ class Buckets:
             for kind, name, rate, burst, tokens, updated_at in rows}
         self._taken: set[tuple[str, str]] = set()
 
-    def __bool__(self) -> bool:
-        return bool(self.tokens)
-
     def held(self, kind: str) -> frozenset[str]:
         """The names (or queues) without a whole token: a claim skips their tasks."""
         return frozenset(name for (k, name), tokens in self.tokens.items() if k == kind and tokens < 1)
 
-    def room(self, wanted: int) -> int:
-        """How many tasks a claim may take at once: at most `wanted`, and never more than
-        the fewest whole tokens of a bucket that has one (any of them may match them all)."""
-        return min([wanted, *(int(t) for t in self.tokens.values() if t >= 1)])
+    def take(self, name: str, queue: str) -> bool:
+        """A token from each bucket of a task of `name` in `queue`, if each has one:
+        True (the task may start), else False and nothing is taken."""
+        keys = [key for key in (("name", name), ("queue", queue)) if key in self.tokens]
+        if any(self.tokens[key] < 1 for key in keys):
+            return False
+        for key in keys:
+            self.tokens[key] -= 1
+            self._taken.add(key)
+        return True
 
-    def take(self, name: str, queue: str) -> None:
-        """A task of `name` in `queue` was claimed: a token from each of its buckets."""
-        for key in (("name", name), ("queue", queue)):
-            if key in self.tokens:
-                self.tokens[key] -= 1
-                self._taken.add(key)
+    def choose(self, candidates: list[tuple[Any, str, str]]) -> tuple[list[Any], bool]:
+        """Of candidate tasks (id, name, queue), best first, the ids that get tokens, and
+        whether one was refused (a bucket ran dry on the way: look again past it)."""
+        chosen = [task_id for task_id, name, queue in candidates if self.take(name, queue)]
+        return chosen, len(chosen) < len(candidates)
 
     def changed(self) -> list[tuple[float, float, str, str]]:
         """(tokens, updated_at, kind, name) of each bucket taken from."""

@@ -236,10 +236,18 @@ _CLAIM = f"""UPDATE castor_tasks
           RETURNING {_COLUMNS}"""
 _CLAIM_ANY = _CLAIM.format(queues=_NO_BUCKETS)
 _CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES + _NO_BUCKETS)
-# A round of a rate-limited claim: the names and queues without a token are skipped.
+# A rate-limited claim picks (and locks) the best due tasks past the names and queues
+# without a token, then leases those that got their tokens.
 _HELD = " AND queue <> ALL(%(held_queues)s) AND task_name <> ALL(%(held_names)s)"
-_LIMITED_CLAIM_ANY = _CLAIM.format(queues=_HELD)
-_LIMITED_CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES + _HELD)
+_PICK = (f"SELECT id, task_name, queue FROM castor_tasks WHERE {_DUE}{{queues}}{_HELD} "
+         "ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED")
+_PICK_ANY = _PICK.format(queues="")
+_PICK_IN = _PICK.format(queues=_IN_QUEUES)
+_CLAIM_IDS = f"""UPDATE castor_tasks
+                    SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
+                        started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
+                  WHERE id = ANY(%(ids)s)
+              RETURNING {_COLUMNS}"""
 _BUCKETS = "SELECT kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
 _ANY_BUCKET = "SELECT EXISTS (SELECT 1 FROM castor_rate_limits)"
 
@@ -827,8 +835,7 @@ class PostgreSQLStore(Store):
                        now: float, isolated: bool, clock: float | None) -> list[tuple[Any, ...]]:
         """A plain claim took nothing: if rate limits are stored, claim in a transaction
         that locks every bucket (FOR UPDATE: claimers take turns on them), reads the clock
-        once it holds them, and claims in rounds, each skipping the names and queues
-        without a token and taking no more than the fewest tokens left in any bucket."""
+        once it holds them, and leases only the tasks that get a token of each bucket."""
         if not self._fetch(_ANY_BUCKET)[0][0]:
             return []
 
@@ -840,18 +847,23 @@ class PostgreSQLStore(Store):
             at = max([cur.fetchone()[0], *(row[5] for row in rows)])
             buckets = Buckets(rows, at)
             taken: list[tuple[Any, ...]] = []
-            sql = _LIMITED_CLAIM_ANY if queues is None else _LIMITED_CLAIM_IN
+            params = {"owner": owner, "mode": mode, "isolate": isolated, "now": now, "lease": lease,
+                      "clock": clock, "queues": list(queues or [])}
+            # A task refused (its bucket ran dry on the way) means more may lie past it:
+            # pick again, skipping that bucket too (at most one round per bucket, plus one).
             while len(taken) < limit:
-                cur.execute(sql, {"owner": owner, "mode": mode, "isolate": isolated, "now": now,
-                                  "limit": buckets.room(limit - len(taken)), "lease": lease, "clock": clock,
-                                  "queues": list(queues or []), "held_queues": sorted(buckets.held("queue")),
-                                  "held_names": sorted(buckets.held("name"))})
-                got = cur.fetchall()
-                if not got:
+                cur.execute(_PICK_ANY if queues is None else _PICK_IN, {
+                    **params, "limit": limit - len(taken), "held_queues": sorted(buckets.held("queue")),
+                    "held_names": sorted(buckets.held("name"))})
+                found = cur.fetchall()
+                if not found:
                     break
-                for row in got:
-                    buckets.take(row[1], row[2])
-                taken.extend(got)
+                chosen, refused = buckets.choose(found)
+                if chosen:
+                    cur.execute(_CLAIM_IDS, {**params, "ids": chosen})
+                    taken.extend(cur.fetchall())
+                if not refused:
+                    break
             cur.executemany("UPDATE castor_rate_limits SET tokens = %s, updated_at = %s "
                             "WHERE kind = %s AND name = %s", buckets.changed())
             return taken

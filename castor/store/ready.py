@@ -301,9 +301,14 @@ class Plan:
         ids, stale = self.best(conn, now, limit)
         if stale or not ids:
             return [], stale
+        return self.claim_ids(conn, now, ids, owner, lease), False
+
+    def claim_ids(self, conn: sqlite3.Connection, now: float, ids: Sequence[str], owner: str,
+                  lease: float) -> list[tuple[Any, ...]]:
+        """Lease these pending tasks (picked by best(), in this write transaction)."""
         marks = ", ".join(f"?{_FIRST_VALUE + k}" for k in range(len(ids)))
         sql = self._claim_by_id.format(where=f"id IN ({marks}) AND {_PENDING}")
-        return conn.execute(sql, (None, None, now, None, owner, lease, *ids)).fetchall(), False
+        return conn.execute(sql, (None, None, now, None, owner, lease, *ids)).fetchall()
 
 
 def _loose(conn: sqlite3.Connection, first: str, following: str, params: tuple[Any, ...]) -> Iterator[Any]:

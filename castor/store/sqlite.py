@@ -656,29 +656,34 @@ class SQLiteStore(Store):
 
     def _claim_limited(self, conn: sqlite3.Connection, key: PlanKey, owner: str, limit: int, lease_until: float,
                        now: float, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Claim in rounds: each skips the names and queues without a token and takes
-        no more than the fewest tokens left in any bucket, so no bucket can go below
-        zero, whichever tasks the round finds. The clock is read inside the write lock:
-        every writer of the file then sees it move forward."""
+        """Pick the best due tasks past the names and queues without a token, give each
+        a token of its buckets in claim order, and lease those that got one. A task
+        refused (its bucket ran dry on the way) means more may lie past it: pick again,
+        skipping that bucket too (so at most one round more than there are buckets).
+        The clock is read inside the write lock: every writer of the file sees it move
+        forward."""
         buckets = Buckets(rows, self.clock())
         taken: list[tuple[Any, ...]] = []
         while len(taken) < limit:
-            room = buckets.room(limit - len(taken))
-            held_queues, held_names = buckets.held("queue"), buckets.held("name")
+            held = (buckets.held("queue"), buckets.held("name"))
 
-            def ask(p: ready.Plan, q: frozenset[str] = held_queues, n: frozenset[str] = held_names,
-                    room: int = room) -> tuple[list[tuple[Any, ...]], bool]:
-                return p.holding(q, n).claim(conn, now, room, owner, lease_until)
+            def pick(p: ready.Plan, held: tuple[frozenset[str], frozenset[str]] = held,
+                     want: int = limit - len(taken)) -> tuple[list[str], bool]:
+                return p.holding(*held).best(conn, now, want)
 
             plan = self._plans.get(key)
-            got, stale = ask(plan) if plan is not None else ([], True)
+            ids, stale = pick(plan) if plan is not None else ([], True)
             if stale:
-                got = self._afresh(conn, key, ask)
-            if not got:
+                ids = self._afresh(conn, key, pick)
+            if not ids:
                 break
-            for row in got:
-                buckets.take(row[1], row[2])
-            taken.extend(got)
+            found = {row[0]: row for row in conn.execute(
+                f"SELECT id, task_name, queue FROM castor_tasks WHERE id IN ({', '.join('?' * len(ids))})", ids)}
+            chosen, refused = buckets.choose([found[i] for i in ids])
+            if chosen:
+                taken.extend(self._plans[key].claim_ids(conn, now, chosen, owner, lease_until))
+            if not refused:
+                break  # every task found got its tokens: it found all there is, or enough
         conn.executemany("UPDATE castor_rate_limits SET tokens = ?, updated_at = ? WHERE kind = ? AND name = ?",
                          buckets.changed())
         return taken

@@ -149,3 +149,12 @@ def test_a_store_refuses_a_limit_that_could_never_let_a_task_through(store, bad)
         store.set_rate_limit("name", "mail", **bad)
     with pytest.raises(ConfigurationError, match="'name' or 'queue'"):
         store.set_rate_limit("host", "mail", rate=1.0, burst=1)
+
+
+def test_a_bucket_running_dry_mid_claim_leaves_the_rest_of_the_batch_to_others(store, clocks):
+    """The claim meets the limited name's third task with its bucket empty: it skips it
+    and takes the other names' tasks behind it, in the same claim."""
+    store.set_rate_limit("name", "mail", rate=1.0, burst=2)
+    store.enqueue(mail(4, priority=5) + [new(f"o{i}", name="other") for i in range(3)])
+    assert ids(claim(store, clocks, limit=10)) == ["m00", "m01", "o0", "o1", "o2"]
+    assert store.rate_limits()[("name", "mail")]["tokens"] == pytest.approx(0.0)
