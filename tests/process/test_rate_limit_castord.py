@@ -6,6 +6,7 @@ What is asserted is what happened (start times, who ran what), never how fast.""
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -13,7 +14,7 @@ import pytest
 
 from castor.store import Query
 from tests.conftest import wait_until
-from tests.process.test_castord import daemons  # noqa: F401 - fixture
+from tests.process.test_castord import daemons, run_cli  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,8 +38,9 @@ def _drain_at_the_limit(daemons, app_dir):  # noqa: F811
     import rateapp
 
     try:
-        fleet = [daemons(who).start("--workers", "2", "--threads", "0", app="rateapp:manager",
-                                    env={"CASTOR_TEST_WHO": who}) for who in ("east", "west")]
+        fleet = [daemons(who).start("--workers", "2", "--threads", "0", "--pidfile", str(app_dir / f"{who}.pid"),
+                                    app="rateapp:manager", env={"CASTOR_TEST_WHO": who})
+                 for who in ("east", "west")]
         for d in fleet:
             d.wait_note("READY=1", timeout=60)
         handles = [rateapp.paced.delay(i) for i in range(TASKS)]
@@ -52,6 +54,11 @@ def _drain_at_the_limit(daemons, app_dir):  # noqa: F811
         assert busiest <= RATE + BURST, f"{busiest} tasks started within 1 s"
         assert set(results) == {"east", "west"}  # both castords claimed: the limit was shared
         assert rateapp.manager.rate_limits()["name:paced"]["burst"] == BURST
+        pidfile = str(app_dir / "east.pid")
+        report = json.loads(run_cli(app_dir, "status", "--pidfile", pidfile, "--json").stdout)
+        assert report["rate_limits"]["name:paced"]["rate"] == RATE and report["rate_limits"]["name:paced"]["burst"] == BURST
+        human = run_cli(app_dir, "status", "--pidfile", pidfile).stdout
+        assert f"rate limits: name:paced {RATE}/s burst {BURST} (" in human, human
     finally:
         rateapp.manager.close()
         sys.modules.pop("rateapp", None)
