@@ -16,6 +16,7 @@ from castor.hooks import Hooks, check_event
 from castor.instrumentation import Instruments
 from castor.interrupts import shielded
 from castor.producer import Producer
+from castor.rate_limits import parse_rate_limit
 from castor.retention import Retention
 from castor.serialization import get_serializer
 from castor.states import TaskStatus, parse_status
@@ -408,6 +409,34 @@ class Manager:
     def paused_names(self) -> set[str]:
         """The task names paused now."""
         return self.store.paused_names()
+
+    # -- rate limits (castor/rate_limits.py) -----------------------------------
+
+    def rate_limit(self, *, queue: str | None = None, limit: str | None, burst: int | None = None) -> bool:
+        """Limit how fast every castord on this store starts the tasks of `queue`:
+        `manager.rate_limit(queue="emails", limit="10/s", burst=5)` (burst: how many may
+        start at once after an idle spell, default 1). Persisted. limit=None removes it
+        (True if there was one). A task name's limit is the decorator's rate_limit=."""
+        if not isinstance(queue, str) or not queue:
+            raise ConfigurationError("Manager.rate_limit takes queue= (a queue name, a non-empty str), "
+                                     f"not {queue!r}; e.g. manager.rate_limit(queue='emails', limit='10/s')")
+        parsed = parse_rate_limit(limit, "Manager.rate_limit", burst, burst_name="burst", limit_name="limit")
+        if parsed is None:
+            return self.store.remove_rate_limit("queue", queue)
+        self.store.set_rate_limit("queue", queue, rate=parsed.rate, burst=parsed.burst)
+        return True
+
+    def rate_limits(self) -> dict[str, dict[str, Any]]:
+        """Every stored limit, as {"name:<task name>" or "queue:<queue>": {"rate" (tasks a
+        second), "burst", "tokens" (as of now)}}."""
+        return {f"{kind}:{name}": limit for (kind, name), limit in sorted(self.store.rate_limits().items())}
+
+    def sync_rate_limits(self) -> None:
+        """Store this app's task-name limits (rate_limit=) and drop those of its names
+        declared without one: what a worker does as it starts."""
+        limits = {name: (fn.options.rate_limit.rate, fn.options.rate_limit.burst)
+                  for name, fn in self.registry.items() if fn.options.rate_limit is not None}
+        self.store.sync_name_rate_limits(limits, unlimited=[n for n in self.registry if n not in limits])
 
     # -- periodic schedules (castor/periodic.py) ------------------------------
 

@@ -13,6 +13,7 @@ from castor.errors import ConfigurationError
 from castor.expiry import Expiry, parse_expires
 from castor.handle import Task
 from castor.interrupts import shielded
+from castor.rate_limits import RateLimit, parse_rate_limit
 from castor.retries import RETRY_OPTIONS, build_policy
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class TaskOptions:
     validator: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None
     # expires=: each call turns it into an absolute time in its record's options.
     expires: Expiry | None = None
+    # rate_limit= (and rate_burst=): how fast the fleet starts this name's tasks; a
+    # worker stores it as it starts (Store.sync_name_rate_limits).
+    rate_limit: RateLimit | None = None
     # What every task record of this function carries in its options column
     # (timeout, retry policy, TTLs), already validated; shared, never mutated.
     stored: dict[str, Any] = field(default_factory=dict)
@@ -51,7 +55,7 @@ class TaskOptions:
 # Options that live in each task record (the worker reads them from there).
 STORED_OPTIONS = ("timeout", *RETRY_OPTIONS, "result_ttl", "failure_ttl")
 DECORATOR_OPTIONS = ("mode", "daemon", "name", "queue", "priority", *STORED_OPTIONS, "unique",
-                     "cache_ttl", "validate", "expires")
+                     "cache_ttl", "validate", "expires", "rate_limit", "rate_burst")
 CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id", *STORED_OPTIONS, "unique", "cache_ttl",
                 "expires")
 
@@ -91,7 +95,9 @@ def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOption
         timeout=stored.get("timeout"),
         unique=validate_unique(options.get("unique", False), where),
         cache_ttl=validate_ttl(options.get("cache_ttl"), "cache_ttl", where, allow_zero=False),
-        validator=validator, expires=parse_expires(options.get("expires"), where), stored=stored, raw=raw,
+        validator=validator, expires=parse_expires(options.get("expires"), where),
+        rate_limit=parse_rate_limit(options.get("rate_limit"), where, options.get("rate_burst")),
+        stored=stored, raw=raw,
     )
 
 

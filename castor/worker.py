@@ -171,6 +171,7 @@ class Worker:
         self._handed = 0  # pool: claimed tasks given to threads that have not started them yet
         self._average_duration: float | None = None
         self._handback: HandBack | None = None
+        self._limits_synced = False  # the app's rate_limit= options are in the store
 
     @property
     def owner(self) -> str:
@@ -185,6 +186,7 @@ class Worker:
 
     def step(self, now: float | None = None) -> bool:
         """Claim one due task, run it here, settle it. False if nothing was due."""
+        self._sync_rate_limits()
         claims = self._claim(1, now)
         if not claims:
             return False
@@ -196,6 +198,13 @@ class Worker:
             self.owner, mode=self.mode, queues=self.queues, limit=limit, lease=self.lease,
             now=time.time() if now is None else now, isolated=isolated,
         )
+
+    def _sync_rate_limits(self) -> None:
+        """Before its first claim, store the app's rate_limit= options (the fleet shares
+        them through the store). A StoreUnavailable leaves it for the next claim."""
+        if not self._limits_synced:
+            self.manager.sync_rate_limits()
+            self._limits_synced = True
 
     def run_claimed(self, record: TaskRecord) -> Outcome:
         """Run a task this worker has claimed and write its outcome at once.
@@ -315,6 +324,7 @@ class Worker:
         While work is flowing this is one transaction per round; when the last
         round found nothing, a read checks for work before taking the write lock.
         """
+        self._sync_rate_limits()
         now = time.time()
         if time.monotonic() >= self._next_recovery:  # monotonic: a clock step must not pause recovery
             recovered = self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES)

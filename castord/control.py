@@ -244,6 +244,9 @@ def _add_database_details(report: dict[str, Any], target: Target, db_path: str) 
         report["queue_depth"] = store.pending_by_queue()
         report["paused_queues"] = sorted(store.paused_queues())
         report["paused_names"] = sorted(store.paused_names())
+        # Tasks held back by a limit are pending like any other: the buckets tell why.
+        report["rate_limits"] = {f"{kind}:{name}": {**limit, "tokens": round(limit["tokens"], 3)}
+                                 for (kind, name), limit in sorted(store.rate_limits().items())}
         report["counts"] = {str(k): v for k, v in store.counts_by_status().items()}
     finally:
         store.close()
@@ -341,6 +344,10 @@ def render(report: dict[str, Any]) -> str:
             lines.append("paused queues (not claimed from): " + ", ".join(report["paused_queues"]))
         if report.get("paused_names"):
             lines.append("paused task names (not claimed): " + ", ".join(report["paused_names"]))
+        if report.get("rate_limits"):
+            lines.append("rate limits: " + ", ".join(
+                f"{key} {limit['rate']:g}/s burst {limit['burst']} ({limit['tokens']:g} tokens now)"
+                for key, limit in report["rate_limits"].items()))
         lines.append("tasks: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
     for name, sched in (report.get("schedules") or {}).items():
         next_tick = f", next {_when(sched['next_tick'])}" if sched.get("next_tick") is not None else ""

@@ -441,6 +441,34 @@ class Store(ABC):
     def paused_names(self) -> set[str]:
         return self._paused("name")
 
+    # Rate limits (castor/rate_limits.py): a token bucket per (kind, name), kind "name"
+    # (a task name) or "queue", taken from by claims in their own transaction.
+
+    @abstractmethod
+    def set_rate_limit(self, kind: str, name: str, *, rate: float, burst: int) -> None:
+        """Limit the tasks of a name (or queue) to `rate` a second, `burst` at once. The
+        same limit again leaves its bucket as it is; a new one starts full; a changed
+        one keeps its tokens, up to the new burst."""
+
+    @abstractmethod
+    def remove_rate_limit(self, kind: str, name: str) -> bool:
+        """Drop a limit (and wake the waiters); True if there was one."""
+
+    @abstractmethod
+    def rate_limits(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """{(kind, name): {"rate", "burst", "tokens"}}, tokens as of now."""
+
+    def sync_name_rate_limits(self, limits: dict[str, tuple[float, int]], *, unlimited: Sequence[str]) -> None:
+        """What an app declares (a worker says it as it starts): set the task names'
+        limits in `limits` ({name: (rate, burst)}), drop those of the `unlimited` names."""
+        stored = self.rate_limits()
+        for name, (rate, burst) in limits.items():
+            if (row := stored.get(("name", name))) is None or (row["rate"], row["burst"]) != (rate, burst):
+                self.set_rate_limit("name", name, rate=rate, burst=burst)
+        for name in unlimited:
+            if ("name", name) in stored:
+                self.remove_rate_limit("name", name)
+
     @abstractmethod
     def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:
         """The earliest wall-clock time after `now` at which a task of `mode` in `queues`

@@ -175,6 +175,22 @@ MIGRATIONS: list[list[str]] = [
            WHERE status = 'pending'""",
         "CREATE INDEX castor_tasks_failed_names ON castor_tasks (task_name) WHERE status = 'failed'",
     ],
+    [
+        # Rate limits (castor/rate_limits.py): a token bucket per limited task name or
+        # queue. A claim locks them (FOR UPDATE) and writes back those it took from, in
+        # its own transaction; `updated_at` is on the server's clock, as leases are.
+        """
+        CREATE TABLE castor_rate_limits (
+            kind       text COLLATE "C" NOT NULL,
+            name       text COLLATE "C" NOT NULL,
+            rate       float8 NOT NULL,
+            burst      integer NOT NULL,
+            tokens     float8 NOT NULL,
+            updated_at float8 NOT NULL,
+            PRIMARY KEY (kind, name)
+        )
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

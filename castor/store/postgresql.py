@@ -43,6 +43,7 @@ from castor.errors import ConfigurationError, StoreError, StoreUnavailable, Task
 from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import shielded
+from castor.rate_limits import Buckets, check_bucket, next_token, refill
 from castor.states import TaskStatus
 from castor.store import pg_schema
 from castor.store.base import (
@@ -223,6 +224,9 @@ _IN_QUEUES = " AND queue = ANY(%(queues)s)"
 # without fresh statistics (a table just filled: autovacuum analyzes after 10,000
 # changes) read the ids from that index whole rather than from the primary key: a
 # claim of 33 at a backlog of 10,000 took 6 ms instead of 0.3 and grew with the backlog.
+# With a rate limit stored, this claim takes nothing (an InitPlan, read once): its
+# caller then claims again by _LIMITED_CLAIM, which takes from the buckets.
+_NO_BUCKETS = " AND NOT EXISTS (SELECT 1 FROM castor_rate_limits)"
 _CLAIM = f"""UPDATE castor_tasks
                 SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
                     started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
@@ -230,8 +234,22 @@ _CLAIM = f"""UPDATE castor_tasks
                     SELECT id FROM castor_tasks WHERE {_DUE}{{queues}}
                      ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
           RETURNING {_COLUMNS}"""
-_CLAIM_ANY = _CLAIM.format(queues="")
-_CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES)
+_CLAIM_ANY = _CLAIM.format(queues=_NO_BUCKETS)
+_CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES + _NO_BUCKETS)
+# A rate-limited claim picks (and locks) the best due tasks past the names and queues
+# without a token, then leases those that got their tokens.
+_HELD = " AND queue <> ALL(%(held_queues)s) AND task_name <> ALL(%(held_names)s)"
+_PICK = (f"SELECT id, task_name, queue FROM castor_tasks WHERE {_DUE}{{queues}}{_HELD} "
+         "ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED")
+_PICK_ANY = _PICK.format(queues="")
+_PICK_IN = _PICK.format(queues=_IN_QUEUES)
+_CLAIM_IDS = f"""UPDATE castor_tasks
+                    SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
+                        started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
+                  WHERE id = ANY(%(ids)s)
+              RETURNING {_COLUMNS}"""
+_BUCKETS = "SELECT kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
+_ANY_BUCKET = "SELECT EXISTS (SELECT 1 FROM castor_rate_limits)"
 
 # A retry asked by hand drops the expiry (castor/expiry.py): it means "run it now".
 _RETRY_SET = """SET status = 'pending', eta = %(now)s, at_once = true, error = NULL, result = NULL,
@@ -821,7 +839,48 @@ class PostgreSQLStore(Store):
         clock = self._clock()
         with self._session() as conn:
             rows = self._claim_in(conn.cursor(), owner, mode, queues, limit, lease, now, isolated, clock)
+        if not rows:
+            rows = self._claim_limited(owner, mode, queues, limit, lease, now, isolated, clock)
         return _best_first(rows, self._to_wall(clock, now))
+
+    def _claim_limited(self, owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease: float,
+                       now: float, isolated: bool, clock: float | None) -> list[tuple[Any, ...]]:
+        """A plain claim took nothing: if rate limits are stored, claim in a transaction
+        that locks every bucket (FOR UPDATE: claimers take turns on them), reads the clock
+        once it holds them, and leases only the tasks that get a token of each bucket."""
+        if not self._fetch(_ANY_BUCKET)[0][0]:
+            return []
+
+        def body(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(_BUCKETS + " ORDER BY kind, name FOR UPDATE")
+            rows = cur.fetchall()
+            cur.execute(f"SELECT {_CLOCK}", {"clock": clock})
+            # The server's clock stepped back: no refill (never a bucket refilled twice).
+            at = max([cur.fetchone()[0], *(row[5] for row in rows)])
+            buckets = Buckets(rows, at)
+            taken: list[tuple[Any, ...]] = []
+            params = {"owner": owner, "mode": mode, "isolate": isolated, "now": now, "lease": lease,
+                      "clock": clock, "queues": list(queues or [])}
+            # A task refused (its bucket ran dry on the way) means more may lie past it:
+            # pick again, skipping that bucket too (at most one round per bucket, plus one).
+            while len(taken) < limit:
+                cur.execute(_PICK_ANY if queues is None else _PICK_IN, {
+                    **params, "limit": limit - len(taken), "held_queues": sorted(buckets.held("queue")),
+                    "held_names": sorted(buckets.held("name"))})
+                found = cur.fetchall()
+                if not found:
+                    break
+                chosen, refused = buckets.choose(found)
+                if chosen:
+                    cur.execute(_CLAIM_IDS, {**params, "ids": chosen})
+                    taken.extend(cur.fetchall())
+                if not refused:
+                    break
+            cur.executemany("UPDATE castor_rate_limits SET tokens = %s, updated_at = %s "
+                            "WHERE kind = %s AND name = %s", buckets.changed())
+            return taken
+
+        return self._write(body, worker_side=True)
 
     def settle_and_claim(
         self,
@@ -838,6 +897,8 @@ class PostgreSQLStore(Store):
         clock = self._clock()
         claim = self._claim_statement(owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else None
         accepted, claimed = self._settle_and_claim(settlements, claim)
+        if claim is not None and not claimed:
+            claimed = self._claim_limited(owner, mode, queues, limit, lease, now, isolated, clock)
         return accepted, _best_first(claimed, self._to_wall(clock, now))
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
@@ -1269,7 +1330,55 @@ class PostgreSQLStore(Store):
                        (SELECT min(lease_expires) FROM castor_tasks WHERE status = 'running') - {_CLOCK}""",
             {"mode": mode, "now": now, "queues": list(queues or []), "clock": self._clock()})[0]
         times = [t for t in (eta, None if lease_left is None else now + lease_left) if t is not None]
+        # A task held back by a rate limit is due already: look again when a token is.
+        buckets = self._fetch(f"{_BUCKETS.replace('SELECT', f'SELECT {_CLOCK},', 1)}", {"clock": self._clock()})
+        if buckets:
+            clock = buckets[0][0]
+            token = next_token([row[1:] for row in buckets], clock)
+            if token is not None:
+                times.append(now + (token - clock))
         return min(times) if times else None
+
+    # -- rate limits (castor/rate_limits.py) ------------------------------------------
+
+    def set_rate_limit(self, kind: str, name: str, *, rate: float, burst: int) -> None:
+        check_bucket(kind, name, rate, burst)
+
+        def body(cur: Any) -> None:
+            cur.execute(f"SELECT {_CLOCK}", {"clock": self._clock()})
+            clock = cur.fetchone()[0]
+            # The same limit again (every worker's start says it) leaves the bucket; a
+            # new one starts full, a changed one keeps its tokens up to its new burst.
+            cur.execute("INSERT INTO castor_rate_limits (kind, name, rate, burst, tokens, updated_at) "
+                        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (kind, name) DO NOTHING RETURNING 1",
+                        (kind, name, rate, burst, float(burst), clock))
+            if cur.fetchone() is not None:
+                return
+            cur.execute("SELECT rate, burst, tokens, updated_at FROM castor_rate_limits "
+                        "WHERE kind = %s AND name = %s FOR UPDATE", (kind, name))
+            old = cur.fetchone()
+            if (old[0], old[1]) == (rate, burst):
+                return
+            tokens = min(float(burst), refill(old[2], old[3], max(clock, old[3]), old[0], old[1]))
+            cur.execute("UPDATE castor_rate_limits SET rate = %s, burst = %s, tokens = %s, updated_at = %s "
+                        "WHERE kind = %s AND name = %s", (rate, burst, tokens, max(clock, old[3]), kind, name))
+
+        self._write(body)
+
+    def remove_rate_limit(self, kind: str, name: str) -> bool:
+        def body(cur: Any) -> bool:
+            cur.execute("DELETE FROM castor_rate_limits WHERE kind = %s AND name = %s RETURNING 1", (kind, name))
+            if cur.fetchone() is None:
+                return False
+            self._notify(cur)  # the tasks it held may be due for any mode: wake everyone
+            return True
+
+        return self._write(body)
+
+    def rate_limits(self) -> dict[tuple[str, str], dict[str, Any]]:
+        rows = self._fetch(_BUCKETS.replace("SELECT", f"SELECT {_CLOCK},", 1), {"clock": self._clock()})
+        return {(kind, name): {"rate": rate, "burst": burst, "tokens": refill(tokens, at, max(clock, at), rate, burst)}
+                for clock, kind, name, rate, burst, tokens, at in rows}
 
     # -- pausing --------------------------------------------------------------------
 

@@ -143,7 +143,10 @@ class Plan:
 
     def __init__(self, mode: str, isolate: bool, queues: Sequence[str] | None,
                  found_queues: Sequence[str], priorities: Sequence[Sequence[int]], claim_template: str,
-                 paused: Sequence[str] = (), paused_names: Sequence[str] = ()):
+                 paused: Sequence[str] = (), paused_names: Sequence[str] = (),
+                 held_queues: Sequence[str] = (), held_names: Sequence[str] = ()):
+        self.requested = None if queues is None else tuple(queues)
+        self.claim_template = claim_template
         self.queues = tuple(found_queues)
         self.priorities = tuple(tuple(p) for p in priorities)  # per queue, best first
         self.paused = frozenset(paused)
@@ -153,6 +156,10 @@ class Plan:
         name_marks = [self._value(n) for n in sorted(self.paused_names)]
         self._pauses = (f"({_pauses_changed([self._value(q) for q in sorted(self.paused)])}"
                         f" OR {_pauses_changed(name_marks, 'name')})")
+        # Held back by a rate limit for this claim only (no token): skipped as a
+        # paused queue or name is, but not part of the check against castor_pauses.
+        self.held_queues, self.held_names = frozenset(held_queues), frozenset(held_names)
+        name_marks = name_marks + [self._value(n) for n in sorted(self.held_names - self.paused_names)]
         # Only the runs carry it (the gaps look for rows of any name).
         skip_names = f" AND task_name NOT IN ({', '.join(name_marks)})" if name_marks else ""
         self.chunks = [_Chunk(self._pauses)]
@@ -163,7 +170,7 @@ class Plan:
             for low, high in zip(bounds, bounds[1:], strict=False):
                 self._add("gaps", _exists(_SCOPE + _between("queue", low, high)))
         for name, queue, runs in zip(self.queues, queue_marks, self.priorities, strict=True):
-            if name in self.paused:
+            if name in self.paused or name in self.held_queues:
                 continue
             in_queue = f"{_SCOPE} AND queue = {queue}"
             self._add("at_once", f"{in_queue} AND at_once = 1{skip_names}")
@@ -188,6 +195,21 @@ class Plan:
         self._claim_by_id = claim_template
         # A claim is then one statement (a read after it, when it took nothing).
         self.one_statement = self._claim is not None
+        self._held: dict[tuple[frozenset[str], frozenset[str]], Plan] = {}
+
+    def holding(self, queues: frozenset[str], names: frozenset[str]) -> Plan:
+        """This plan, but skipping also `queues` and `names` (out of tokens: held back by
+        a rate limit). Kept per set, since a limited claim asks for the same few."""
+        if not queues and not names:
+            return self
+        held = self._held.get((queues, names))
+        if held is None:
+            if len(self._held) >= 64:
+                self._held.clear()
+            held = self._held[(queues, names)] = Plan(
+                self.mode, bool(self.isolate), self.requested, self.queues, self.priorities, self.claim_template,
+                sorted(self.paused), sorted(self.paused_names), sorted(queues), sorted(names))
+        return held
 
     def statements(self) -> list[tuple[str, str, int]]:
         """Every statement this plan runs: (what for, SQL, how many parameters). To
@@ -279,9 +301,14 @@ class Plan:
         ids, stale = self.best(conn, now, limit)
         if stale or not ids:
             return [], stale
+        return self.claim_ids(conn, now, ids, owner, lease), False
+
+    def claim_ids(self, conn: sqlite3.Connection, now: float, ids: Sequence[str], owner: str,
+                  lease: float) -> list[tuple[Any, ...]]:
+        """Lease these pending tasks (picked by best(), in this write transaction)."""
         marks = ", ".join(f"?{_FIRST_VALUE + k}" for k in range(len(ids)))
         sql = self._claim_by_id.format(where=f"id IN ({marks}) AND {_PENDING}")
-        return conn.execute(sql, (None, None, now, None, owner, lease, *ids)).fetchall(), False
+        return conn.execute(sql, (None, None, now, None, owner, lease, *ids)).fetchall()
 
 
 def _loose(conn: sqlite3.Connection, first: str, following: str, params: tuple[Any, ...]) -> Iterator[Any]:

@@ -188,6 +188,22 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX castor_tasks_finished
            ON castor_tasks (status, finished_at) WHERE finished_at IS NOT NULL""",
     ],
+    [
+        # Rate limits (castor/rate_limits.py): a token bucket per limited task name or
+        # queue. A claim reads them all and writes back those it took from, in its own
+        # write transaction; `updated_at` is on the boot clock, as leases are.
+        """
+        CREATE TABLE castor_rate_limits (
+            kind       TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            rate       REAL NOT NULL,
+            burst      INTEGER NOT NULL,
+            tokens     REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, name)
+        ) WITHOUT ROWID
+        """,
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

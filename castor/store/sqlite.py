@@ -33,6 +33,7 @@ from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
 from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
+from castor.rate_limits import Buckets, check_bucket, next_token, refill
 from castor.states import TaskStatus
 from castor.store import ready, schema
 from castor.store.base import (
@@ -133,6 +134,10 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
                      error = ?, eta = ?, at_once = ?, lease_expires = NULL,
                      progress = NULL, progress_message = NULL, {_HISTORY_APPEND}
                {_FENCE}"""
+
+# Every rate limit's bucket (castor/rate_limits.py: the rows Buckets takes).
+_BUCKETS = "SELECT kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
+_ANY_BUCKET = "SELECT EXISTS (SELECT 1 FROM castor_rate_limits)"
 
 # result_ttl=0 (drop on success): the row goes as the task finishes.
 _SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE}"
@@ -409,6 +414,8 @@ class SQLiteStore(Store):
                    RETURNING 1""", (current,)).fetchall()
             if changed:
                 c.execute(f"UPDATE castor_tasks SET lease_expires = 0 WHERE {_NOT_PENDING} AND status = 'running'")
+                # Buckets are timed on the boot clock too: a new boot starts them full.
+                c.execute("UPDATE castor_rate_limits SET tokens = burst, updated_at = 0")
 
         self._write_txn(conn, body)
 
@@ -646,16 +653,53 @@ class SQLiteStore(Store):
         plan = self._plans[key] = ready.Plan.read(conn, *key, _CLAIM)
         return ask(plan)[0]
 
-    def _claim_in(self, conn: sqlite3.Connection, owner: str, mode: str, queues: Sequence[str] | None,
-                  limit: int, lease_until: float, now: float, isolated: bool) -> list[tuple[Any, ...]]:
-        """Lease the best due tasks; inside a write transaction."""
-        key = _plan_key(mode, isolated, queues)
+    def _claim_in(self, conn: sqlite3.Connection, key: PlanKey, owner: str, limit: int, lease_until: float,
+                  now: float) -> list[tuple[Any, ...]]:
+        """Lease the best due tasks; inside a write transaction. With rate limits
+        stored, only as many as their buckets hold tokens for."""
+        buckets = conn.execute(_BUCKETS).fetchall()
+        if buckets:
+            return self._claim_limited(conn, key, owner, limit, lease_until, now, buckets)
         plan = self._plans.get(key)
         if plan is not None:  # the hot path, spelled out: no closure
             rows, stale = plan.claim(conn, now, limit, owner, lease_until)
             if not stale:
                 return rows
         return self._afresh(conn, key, lambda p: p.claim(conn, now, limit, owner, lease_until))
+
+    def _claim_limited(self, conn: sqlite3.Connection, key: PlanKey, owner: str, limit: int, lease_until: float,
+                       now: float, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Pick the best due tasks past the names and queues without a token, give each
+        a token of its buckets in claim order, and lease those that got one. A task
+        refused (its bucket ran dry on the way) means more may lie past it: pick again,
+        skipping that bucket too (so at most one round more than there are buckets).
+        The clock is read inside the write lock: every writer of the file sees it move
+        forward."""
+        buckets = Buckets(rows, self.clock())
+        taken: list[tuple[Any, ...]] = []
+        while len(taken) < limit:
+            held = (buckets.held("queue"), buckets.held("name"))
+
+            def pick(p: ready.Plan, held: tuple[frozenset[str], frozenset[str]] = held,
+                     want: int = limit - len(taken)) -> tuple[list[str], bool]:
+                return p.holding(*held).best(conn, now, want)
+
+            plan = self._plans.get(key)
+            ids, stale = pick(plan) if plan is not None else ([], True)
+            if stale:
+                ids = self._afresh(conn, key, pick)
+            if not ids:
+                break
+            found = {row[0]: row for row in conn.execute(
+                f"SELECT id, task_name, queue FROM castor_tasks WHERE id IN ({', '.join('?' * len(ids))})", ids)}
+            chosen, refused = buckets.choose([found[i] for i in ids])
+            if chosen:
+                taken.extend(self._plans[key].claim_ids(conn, now, chosen, owner, lease_until))
+            if not refused:
+                break  # every task found got its tokens: it found all there is, or enough
+        conn.executemany("UPDATE castor_rate_limits SET tokens = ?, updated_at = ? WHERE kind = ? AND name = ?",
+                         buckets.changed())
+        return taken
 
     def claim(
         self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float,
@@ -664,15 +708,17 @@ class SQLiteStore(Store):
         if not self.has_due(mode=mode, queues=queues, now=now, isolated=isolated):
             return []
         clock = self.clock()
+        key = _plan_key(mode, isolated, queues)
         with self._locked() as conn:
-            plan = self._plans.get(_plan_key(mode, isolated, queues))
-            if plan is not None and plan.one_statement:
-                # One UPDATE is atomic by itself: no transaction around it.
+            plan = self._plans.get(key)
+            if plan is not None and plan.one_statement and not self._retry(
+                    lambda: conn.execute(_ANY_BUCKET).fetchone()[0]):
+                # One UPDATE is atomic by itself: no transaction around it (a rate limit
+                # needs one: its bucket is read and written with the claim).
                 rows, stale = self._retry(lambda: plan.claim(conn, now, limit, owner, clock + lease))
                 if not stale:
                     return _sorted(rows, now - clock)
-            rows = self._write_txn(
-                conn, lambda c: self._claim_in(c, owner, mode, queues, limit, clock + lease, now, isolated))
+            rows = self._write_txn(conn, lambda c: self._claim_in(c, key, owner, limit, clock + lease, now))
         return _sorted(rows, now - clock)
 
     def settle_and_claim(
@@ -698,12 +744,7 @@ class SQLiteStore(Store):
             accepted = [bool(conn.execute(*statement).fetchall()) for statement in statements]
             if limit <= 0:
                 return accepted, []
-            plan = self._plans.get(key)
-            if plan is not None:  # the hot path, spelled out
-                rows, stale = plan.claim(conn, now, limit, owner, until)
-                if not stale:
-                    return accepted, rows
-            return accepted, self._afresh(conn, key, lambda p: p.claim(conn, now, limit, owner, until))
+            return accepted, self._claim_in(conn, key, owner, limit, until, now)
 
         with self._locked() as conn:
             accepted, rows = self._write_txn(conn, body)
@@ -1064,9 +1105,14 @@ class SQLiteStore(Store):
         lease = self._execute(
             f"SELECT min(lease_expires) FROM castor_tasks WHERE {_NOT_PENDING} AND status = 'running'"
         )[0][0]
+        clock = self.clock()
         if lease is not None:
-            lease = now + (lease - self.clock())  # a boot-clock time, told as a wall-clock one
-        times = [t for t in (eta, lease) if t is not None]
+            lease = now + (lease - clock)  # a boot-clock time, told as a wall-clock one
+        # A task held back by a rate limit is due already: look again when a token is.
+        token = next_token(self._execute(_BUCKETS), clock)
+        if token is not None:
+            token = now + (token - clock)
+        times = [t for t in (eta, lease, token) if t is not None]
         return min(times) if times else None
 
     # -- pausing -----------------------------------------------------------------
@@ -1083,6 +1129,37 @@ class SQLiteStore(Store):
 
     def _paused(self, kind: str) -> set[str]:
         return {name for (name,) in self._execute("SELECT name FROM castor_pauses WHERE kind = ?", (kind,))}
+
+    # -- rate limits (castor/rate_limits.py) --------------------------------------
+
+    def set_rate_limit(self, kind: str, name: str, *, rate: float, burst: int) -> None:
+        check_bucket(kind, name, rate, burst)
+
+        def body(conn: sqlite3.Connection) -> None:
+            clock = self.clock()
+            row = conn.execute("SELECT rate, burst, tokens, updated_at FROM castor_rate_limits "
+                               "WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+            if row is not None and (row[0], row[1]) == (rate, burst):
+                return  # the same limit again (every worker's start says it): tokens stay
+            # A new bucket starts full; a changed one keeps what it holds, up to its new burst.
+            tokens = float(burst) if row is None else min(float(burst), refill(row[2], row[3], clock, row[0], row[1]))
+            conn.execute("INSERT INTO castor_rate_limits (kind, name, rate, burst, tokens, updated_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET rate = excluded.rate, "
+                         "burst = excluded.burst, tokens = excluded.tokens, updated_at = excluded.updated_at",
+                         (kind, name, rate, burst, tokens, clock))
+
+        with self._locked() as conn:
+            self._write_txn(conn, body)
+
+    def remove_rate_limit(self, kind: str, name: str) -> bool:
+        # The commit wakes every waiter, as any change to the file does.
+        return bool(self._execute("DELETE FROM castor_rate_limits WHERE kind = ? AND name = ? RETURNING 1",
+                                  (kind, name)))
+
+    def rate_limits(self) -> dict[tuple[str, str], dict[str, Any]]:
+        clock = self.clock()
+        return {(kind, name): {"rate": rate, "burst": burst, "tokens": refill(tokens, at, clock, rate, burst)}
+                for kind, name, rate, burst, tokens, at in self._execute(_BUCKETS)}
 
     # -- housekeeping ------------------------------------------------------------
 
