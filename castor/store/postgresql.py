@@ -880,7 +880,7 @@ class PostgreSQLStore(Store):
                             "WHERE kind = %s AND name = %s", buckets.changed())
             return taken
 
-        return self._write(body, worker_side=True)
+        return self._write(body)
 
     def settle_and_claim(
         self,
