@@ -250,6 +250,8 @@ _CLAIM_IDS = f"""UPDATE castor_tasks
               RETURNING {_COLUMNS}"""
 _BUCKETS = "SELECT kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
 _ANY_BUCKET = "SELECT EXISTS (SELECT 1 FROM castor_rate_limits)"
+# The same rows, each with the server's clock in front (one read for both).
+_BUCKETS_NOW = f"SELECT {_CLOCK}, kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
 
 # A retry asked by hand drops the expiry (castor/expiry.py): it means "run it now".
 _RETRY_SET = """SET status = 'pending', eta = %(now)s, at_once = true, error = NULL, result = NULL,
@@ -1331,7 +1333,7 @@ class PostgreSQLStore(Store):
             {"mode": mode, "now": now, "queues": list(queues or []), "clock": self._clock()})[0]
         times = [t for t in (eta, None if lease_left is None else now + lease_left) if t is not None]
         # A task held back by a rate limit is due already: look again when a token is.
-        buckets = self._fetch(f"{_BUCKETS.replace('SELECT', f'SELECT {_CLOCK},', 1)}", {"clock": self._clock()})
+        buckets = self._fetch(_BUCKETS_NOW, {"clock": self._clock()})
         if buckets:
             clock = buckets[0][0]
             token = next_token([row[1:] for row in buckets], clock)
@@ -1376,7 +1378,7 @@ class PostgreSQLStore(Store):
         return self._write(body)
 
     def rate_limits(self) -> dict[tuple[str, str], dict[str, Any]]:
-        rows = self._fetch(_BUCKETS.replace("SELECT", f"SELECT {_CLOCK},", 1), {"clock": self._clock()})
+        rows = self._fetch(_BUCKETS_NOW, {"clock": self._clock()})
         return {(kind, name): {"rate": rate, "burst": burst, "tokens": refill(tokens, at, max(clock, at), rate, burst)}
                 for clock, kind, name, rate, burst, tokens, at in rows}
 
