@@ -241,6 +241,18 @@ class Fleet:
         log = self.run_log()
         return [label for label in labels if any(w.startswith(host.name + ":") for w in log.get(label, []))]
 
+    def wait_sessions_gone(self, host: Host, timeout: float = 30.0) -> None:
+        """Wait until the server has no session from `host` left. A killed host's last
+        messages (a settle's COMMIT) may still sit in the server's socket buffer, and its
+        backend runs them before it sees the end of the connection: only once every backend
+        of the host has gone is what the store says the host holds final."""
+        def gone() -> bool:
+            with psycopg.connect(self.net.server.url(), connect_timeout=10) as conn:
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s::inet",
+                                   (host.address,)).fetchone()
+            return row is not None and row[0] == 0
+        wait_until(gone, timeout, f"the server to end every session of host {host.name}")
+
     def held_by(self, host: Host) -> dict[str, TaskRecord]:
         """The tasks the store says `host` holds now (running, its owner token)."""
         running = self.client.store.list(Query(status=castor.TaskStatus.RUNNING))
@@ -354,6 +366,7 @@ def test_a_host_killed_under_load_loses_nothing_and_b_takes_over_within_the_leas
     processes = fleet.net.a.commands()
     fault_at = fleet.client.store.server_clock()
     killed = fleet.net.a.kill_all()
+    fleet.wait_sessions_gone(fleet.net.a)
     held = fleet.held_by(fleet.net.a)
     fleet.release.touch()
     # Every process of host A died at once: master, fork server, every child.
