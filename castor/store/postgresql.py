@@ -827,11 +827,6 @@ class PostgreSQLStore(Store):
             "owner": owner, "mode": mode, "isolate": isolated, "now": now, "limit": limit, "lease": lease,
             "clock": clock, "queues": list(queues or [])}
 
-    def _claim_in(self, cur: Any, owner: str, mode: str, queues: Sequence[str] | None, limit: int,
-                  lease: float, now: float, isolated: bool, clock: float | None) -> list[tuple[Any, ...]]:
-        cur.execute(*self._claim_statement(owner, mode, queues, limit, lease, now, isolated, clock))
-        return cur.fetchall()
-
     def claim(
         self, owner: str, *, mode: str, queues: Sequence[str] | None, limit: int, lease: float, now: float,
         isolated: bool = False,
@@ -839,8 +834,9 @@ class PostgreSQLStore(Store):
         if limit <= 0:
             return []
         clock = self._clock()
-        with self._session() as conn:
-            rows = self._claim_in(conn.cursor(), owner, mode, queues, limit, lease, now, isolated, clock)
+        # A worker's write: committed without waiting for the WAL flush (_settle_and_claim).
+        rows = self._settle_and_claim([], self._claim_statement(owner, mode, queues, limit, lease, now,
+                                                                isolated, clock))[1]
         if not rows:
             rows = self._claim_limited(owner, mode, queues, limit, lease, now, isolated, clock)
         return _best_first(rows, self._to_wall(clock, now))
