@@ -160,6 +160,11 @@ _NOTIFY_SETTLED = """SELECT pg_notify(%(channel)s, topic) FROM (
 # re-check (every 0.5 s they read the next ETA and sleep until it).
 WAKE_AHEAD_SECONDS = 1.0
 
+# A worker's writes (claims, settles, renewals, recovery) do not wait for the WAL flush:
+# a server crash may lose the last of them, and at-least-once delivery with the fence
+# turns any such loss into a re-run, never a wrong outcome. A producer's stay durable.
+_NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
+
 # Every write for a claim names its fencing token: only that claim may write.
 _FENCE = "WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'"
 
@@ -696,10 +701,26 @@ class PostgreSQLStore(Store):
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description is not None else []
 
-    def _write(self, body: Callable[[Any], T]) -> T:
-        """`body(cursor)` in one transaction."""
+    def _write(self, body: Callable[[Any], T], *, durable: bool = True) -> T:
+        """`body(cursor)` in one transaction. durable=False: a worker's write, committed
+        without waiting for the WAL flush (_settle_and_claim says why that is safe)."""
         with self._session() as conn, conn.transaction():
-            return body(conn.cursor())
+            cur = conn.cursor()
+            if not durable:
+                cur.execute(_NOT_DURABLE)
+            return body(cur)
+
+    def _worker_fetch(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One statement of a worker's (a claim, a lease renewal), committed without
+        waiting for the WAL flush: BEGIN, SET LOCAL, the statement and COMMIT pipelined in
+        one round trip. Its rows."""
+        with self._session() as conn:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute(_NOT_DURABLE)
+                cur = conn.execute(sql, params)
+                conn.execute("COMMIT")
+            return cur.fetchall() if cur.description is not None else []
 
     def _settle_and_claim(self, settlements: Sequence[Settlement],
                           claim: tuple[str, dict[str, Any]] | None) -> tuple[list[bool], list[Any]]:
@@ -720,7 +741,7 @@ class PostgreSQLStore(Store):
         with self._session() as conn:
             with conn.pipeline():
                 conn.execute("BEGIN")
-                conn.execute("SET LOCAL synchronous_commit TO OFF")
+                conn.execute(_NOT_DURABLE)
                 settled = [conn.execute(sql, params) for sql, params in plan.statements]
                 claiming = conn.execute(*claim) if claim is not None else None
                 if settlements:
@@ -901,7 +922,7 @@ class PostgreSQLStore(Store):
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
         clock = self._clock()
-        rows = self._fetch(
+        rows = self._worker_fetch(
             f"""UPDATE castor_tasks
                    SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
                        started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
@@ -914,7 +935,7 @@ class PostgreSQLStore(Store):
         if not claims:
             return set()
         # One statement for every claim named.
-        rows = self._fetch(
+        rows = self._worker_fetch(
             f"""UPDATE castor_tasks t SET lease_expires = {_CLOCK} + %(lease)s
                   FROM unnest(%(ids)s::text[], %(fences)s::bigint[]) AS c(id, fence)
                  WHERE t.id = c.id AND t.fence = c.fence AND t.status = 'running'
@@ -948,7 +969,7 @@ class PostgreSQLStore(Store):
                 self._notify(cur)
             return done
 
-        return self._write(body)
+        return self._write(body, durable=False)
 
     def _records(self, cur: Any, ids: list[str], to_wall: float) -> list[TaskRecord]:
         cur.execute(f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = ANY(%s) ORDER BY id", (ids,))
@@ -986,7 +1007,7 @@ class PostgreSQLStore(Store):
             self._notify(cur)
             return self._records(cur, held, to_wall)
 
-        return self._write(body)
+        return self._write(body, durable=False)
 
     def recover_expired(self, *, now: float, max_lost: int) -> list[TaskRecord]:
         clock = self._clock()
@@ -1007,7 +1028,7 @@ class PostgreSQLStore(Store):
             self._notify(cur)
             return self._records(cur, ids, to_wall)
 
-        return self._write(body)
+        return self._write(body, durable=False)
 
     def expire_pending(self, *, now: float, limit: int = 500) -> list[TaskRecord]:
         # No index holds the expiry (it lives in options, to need no migration): this
@@ -1103,7 +1124,7 @@ class PostgreSQLStore(Store):
         return [(r[0], r[1]) for r in rows]
 
     def set_progress(self, task_id: str, fence: int, fraction: float | None, message: str | None) -> bool:
-        return bool(self._fetch(
+        return bool(self._worker_fetch(
             f"UPDATE castor_tasks SET progress = %(fraction)s, progress_message = %(message)s {_FENCE} RETURNING 1",
             {"fraction": fraction, "message": message, "id": task_id, "fence": fence}))
 
@@ -1450,7 +1471,7 @@ class PostgreSQLStore(Store):
             with self._session() as conn:
                 with conn.pipeline():
                     conn.execute("BEGIN")
-                    conn.execute("SET LOCAL synchronous_commit TO OFF")
+                    conn.execute(_NOT_DURABLE)
                     if ended:
                         conn.execute(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher))
                     else:

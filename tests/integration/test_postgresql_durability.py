@@ -1,0 +1,175 @@
+"""Which of the PostgreSQL store's commits wait for the WAL flush (issue 14, section 2).
+
+A worker's writes (claims, settles, lease renewals, hand-backs, recovery, progress) commit
+with `synchronous_commit` off: a server crash may lose the last of them, and at-least-once
+delivery with the fence turns that into a re-run. A producer's (`.delay()`, a cancel, a
+retry) must stay durable on return. Each test records what the store sends, from libpq's
+own trace of every connection it opens, and reads the transactions out of it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from castor.states import TaskStatus
+from castor.store import open_store
+from castor.store.base import Settlement
+from tests.contract.builders import new
+from tests.contract.conftest import postgresql_location
+
+psycopg = pytest.importorskip("psycopg")
+
+NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
+WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE)\b|pg_notify", re.IGNORECASE)
+# A frontend message in libpq's trace: "F <length> Parse "<name>" "<sql>" <n>", or Query.
+MESSAGE = re.compile(r"^(?=[FB]\t\d+\t)", re.MULTILINE)
+
+
+class TracedStore:
+    """A PostgreSQL store whose every connection writes libpq's trace to a file of its own
+    (statements unprepared, so that each one's text is in the trace)."""
+
+    def __init__(self, location: str, trace_dir: Path):
+        self.store = open_store(location + ("&" if "?" in location else "?") + "castor_prepare=off")
+        self._dir = trace_dir
+        self._files: list[Any] = []
+        connect = self.store._connect  # noqa: SLF001 - the seam every connection comes through
+
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            conn = connect(*args, **kwargs)
+            f = open(trace_dir / f"conn{len(self._files)}.trace", "w")  # noqa: SIM115 - closed in close()
+            self._files.append(f)
+            conn.pgconn.trace(f.fileno())
+            conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
+            return conn
+
+        self.store._connect = traced  # type: ignore[method-assign]  # noqa: SLF001
+        self.store._drop_idle()  # noqa: SLF001 - none opened before the trace
+
+    def transactions(self, during: Callable[[], Any]) -> list[list[str]]:
+        """The transactions `during()` ran, each as its statements (an autocommit statement
+        is a transaction of one)."""
+        for f in self._files:
+            f.flush()
+        before = {p: p.stat().st_size for p in self._dir.glob("*.trace")}
+        during()
+        for f in self._files:
+            f.flush()
+        found: list[list[str]] = []
+        for path in sorted(self._dir.glob("*.trace")):
+            text = path.read_text()[before.get(path, 0):]
+            statements = [_statement(m) for m in MESSAGE.split(text)]
+            found.extend(_group([s for s in statements if s is not None]))
+        return found
+
+    def close(self) -> None:
+        self.store.close()
+        for f in self._files:
+            f.close()
+
+
+def _statement(message: str) -> str | None:
+    """The SQL of a Parse or Query message sent to the server."""
+    head = re.match(r'F\t\d+\t(?:Parse\t "[^"]*" "|Query\t ")', message)
+    if head is None:
+        return None
+    return message[head.end():].strip().rsplit('"', 1)[0].strip()
+
+
+def _group(statements: list[str]) -> Iterator[list[str]]:
+    current: list[str] | None = None
+    for sql in statements:
+        word = sql.split(None, 1)[0].upper() if sql else ""
+        if word == "BEGIN":
+            current = []
+        elif word in ("COMMIT", "ROLLBACK") and current is not None:
+            yield current
+            current = None
+        elif current is not None:
+            current.append(sql)
+        else:
+            yield [sql]
+
+
+def writes(transactions: list[list[str]]) -> list[list[str]]:
+    return [t for t in transactions if any(WRITES.search(sql) for sql in t)]
+
+
+@pytest.fixture
+def traced(request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path) -> Iterator[TracedStore]:
+    store = TracedStore(postgresql_location(request), tmp_path)
+    yield store
+    store.close()
+
+
+def claimed(store: Any, task_id: str, owner: str = "w") -> Any:
+    store.enqueue([new(task_id, now=time.time())])
+    (record,) = store.claim(owner, mode="process", queues=None, limit=1, lease=30.0, now=time.time())
+    assert record.id == task_id
+    return record
+
+
+def success(record: Any) -> Settlement:
+    return Settlement(task_id=record.id, owner=record.owner, attempt=record.attempts, status=TaskStatus.SUCCESS,
+                      result="1", finished_at=time.time(), fence=record.fence)
+
+
+def test_the_trace_sees_a_durable_write_as_such(traced: TracedStore) -> None:
+    """The reader itself: an enqueue is seen, as one write without the setting."""
+    found = writes(traced.transactions(lambda: traced.store.enqueue([new("a", now=time.time())])))
+    assert len(found) == 1 and "INSERT INTO castor_tasks" in found[0][0], found
+    assert NOT_DURABLE not in found[0]
+
+
+def test_every_write_of_a_worker_skips_the_wal_flush(traced: TracedStore) -> None:
+    store = traced.store
+    now = time.time
+    record = claimed(store, "held")
+    gone = claimed(store, "gone", owner="dead")
+    lapsed = claimed(store, "lapsed", owner="slow")
+    store.renew([lapsed.claim], lease=0.01)
+    store.enqueue([new("by-id", now=now())])
+    store.enqueue([new(f"next{i}", now=now()) for i in range(2)])
+    operations: dict[str, Callable[[], Any]] = {
+        "claim": lambda: store.claim("w", mode="process", queues=None, limit=1, lease=30.0, now=now()),
+        "claim_task": lambda: store.claim_task("by-id", "w", lease=30.0, now=now()),
+        "renew": lambda: store.renew([record.claim], lease=30.0),
+        "set_progress": lambda: store.set_progress(record.id, record.fence, 0.5, "half"),
+        "settle_and_claim": lambda: store.settle_and_claim(
+            [success(record)], "w", mode="process", queues=None, limit=1, lease=30.0, now=now()),
+        "requeue": lambda: store.requeue("next1", store.get("next1").fence, count_attempt=False),
+        "release_owner": lambda: store.release_owner("dead", count_attempt=True, max_lost=3),
+        "recover_expired": lambda: store.recover_expired(now=now() + 60, max_lost=3),
+    }
+    time.sleep(0.02)  # "lapsed"'s lease is over by the server's clock
+    waiting = {}
+    for name, operation in operations.items():
+        found = writes(traced.transactions(operation))
+        assert found, f"{name} wrote nothing: the test proves nothing"
+        waiting.update({name: t for t in found if NOT_DURABLE not in t})
+    assert not waiting, f"these wait for the WAL flush: {sorted(waiting)}"
+    assert store.get(gone.id).status == TaskStatus.PENDING and store.get(lapsed.id).lost == 1
+
+
+def test_a_producers_writes_stay_durable(traced: TracedStore) -> None:
+    store = traced.store
+    failed = claimed(store, "failed")
+    store.settle_one(Settlement(task_id=failed.id, owner="w", attempt=1, status=TaskStatus.FAILED,
+                                error={"type": "E", "message": "m"}, finished_at=time.time(), fence=failed.fence))
+    operations: dict[str, Callable[[], Any]] = {
+        "enqueue one": lambda: store.enqueue([new("one", now=time.time())]),
+        "enqueue many": lambda: store.enqueue([new(f"many{i}", now=time.time()) for i in range(3)]),
+        "cancel": lambda: store.cancel("one", now=time.time()),
+        "retry": lambda: store.retry(task_id="failed", now=time.time()),
+    }
+    for name, operation in operations.items():
+        found = writes(traced.transactions(operation))
+        assert found, f"{name} wrote nothing: the test proves nothing"
+        for transaction in found:
+            assert NOT_DURABLE not in transaction, f"{name} returns before its commit is durable: {transaction}"
