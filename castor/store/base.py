@@ -92,6 +92,14 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ToldResult:
+    """A success's result as told with its wake-up (Store.told_result)."""
+
+    serializer: str
+    value: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Settlement:
     """A finished attempt's outcome, to be written (fenced by the claim's token)."""
 
@@ -502,6 +510,12 @@ class Store(ABC):
     @abstractmethod
     def watch_async(self, topic: str | None = None) -> AsyncWatcher:
         """A watcher for asyncio; open it before checking what you wait for."""
+
+    def told_result(self, task_id: str) -> ToldResult | None:
+        """Inside watch_task, once task_topic(task_id) moved: the task's result if the
+        store was told it with the wake-up (PostgreSQL, for a small success), so the
+        joiner need not read the task. None: read it."""
+        return None
 
     @contextmanager
     def watch_task(self, task_id: str) -> Iterator[TaskRecord | None]:

@@ -5,6 +5,7 @@ Each notification names whom it is for (castor/store/base.py's topics):
 
 * `work:<mode>`: a task of that mode became due: wakes that mode's idle workers only;
 * `task:<id>`: a task someone joins ended (sent only for tasks in castor_watches: `watch_task`);
+  after a success with a small result, the result follows (`told_result`);
 * `''`: anything else that changed (a recovery, a cancel, a retry): wakes everyone.
 
 A daemon thread holds the listening connection and stamps each notification with a
@@ -24,15 +25,31 @@ commit's WAL flush), so producer threads that each notified would lose group com
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from castor.store.base import ToldResult
+
 RECONNECT_SECONDS = 0.5
 # How long the thread blocks on the socket before looking whether it should stop.
 POLL_SECONDS = 1.0
 TASK_PREFIX = "task:"
+# Between a task topic and what it tells: serializer, "t" (text) or "b", base64 result.
+TOLD = "\x1f"
+
+
+def _told(extra: str) -> ToldResult | None:
+    parts = extra.split(TOLD)
+    if len(parts) != 3 or parts[1] not in ("t", "b"):
+        return None
+    try:
+        raw = base64.b64decode(parts[2], validate=True)
+        return ToldResult(parts[0], raw.decode("utf-8") if parts[1] == "t" else raw)
+    except (ValueError, UnicodeDecodeError):
+        return None  # not ours to trust: the joiner reads the row
 
 
 class Generations:
@@ -45,6 +62,7 @@ class Generations:
         self._everyone = 0  # the stamp of the last notification for everyone
         self._topics: dict[str, int] = {}  # topic -> the stamp of its last notification
         self._tracked: dict[str, int] = {}  # task topics someone waits on -> how many wait
+        self._told: dict[str, ToldResult] = {}  # tracked task topic -> the result its settle told
         self._closed = False
         self._watchers: set[AsyncWatch] = set()
 
@@ -67,15 +85,23 @@ class Generations:
             else:
                 self._tracked.pop(topic, None)
                 self._topics.pop(topic, None)
+                self._told.pop(topic, None)
+
+    def told_result(self, topic: str) -> ToldResult | None:
+        """The result a tracked task's settle told, if it told one."""
+        return self._told.get(topic)
 
     def bump(self, topic: str = "") -> None:
         """A notification of `topic` ('': for everyone) arrived."""
+        topic, _, extra = topic.partition(TOLD)
         with self._cond:
             self._seq += 1
             if not topic:
                 self._everyone = self._seq
             elif not topic.startswith(TASK_PREFIX) or topic in self._tracked:
                 self._topics[topic] = self._seq
+                if extra and topic in self._tracked and (told := _told(extra)) is not None:
+                    self._told[topic] = told
             self._cond.notify_all()
             watchers = list(self._watchers)
         for watcher in watchers:

@@ -57,6 +57,7 @@ from castor.store.base import (
     Store,
     TaskCopy,
     TaskRecord,
+    ToldResult,
     page_direction,
     task_topic,
     work_topic,
@@ -149,12 +150,21 @@ _FORGET_WATCHES = """DELETE FROM castor_watches w
 # joiners of these tasks (a refused settle wakes its task's joiners for nothing: they
 # look and wait again). Last, so that a watch begun while the settles ran is seen too;
 # one that commits between this statement and the COMMIT is missed, and its joiner
-# wakes at its 0.5 s re-check.
-_NOTIFY_SETTLED = """SELECT pg_notify(%(channel)s, topic) FROM (
+# wakes at its 0.5 s re-check. A joiner's notification carries a small success's result
+# (pg_wakeup.told_result), so that join returns without reading the row again; base64
+# without line breaks (castord's relay passes topics line by line).
+TOLD_RESULT_BYTES = 3000  # well within NOTIFY's 8,000-byte payload, in base64
+_NOTIFY_SETTLED = f"""SELECT pg_notify(%(channel)s, topic) FROM (
                          SELECT %(work_prefix)s || mode AS topic FROM castor_tasks
                           WHERE id = ANY(%(retried)s) AND status = 'pending'
-                          UNION SELECT %(task_prefix)s || task_id FROM castor_watches
-                                 WHERE task_id = ANY(%(ids)s)) AS wakes"""
+                          UNION SELECT %(task_prefix)s || w.task_id || coalesce((
+                                   SELECT E'\\x1f' || t.serializer || E'\\x1f'
+                                          || CASE WHEN t.result_text THEN 't' ELSE 'b' END || E'\\x1f'
+                                          || translate(encode(t.result, 'base64'), E'\\n', '')
+                                     FROM castor_tasks t
+                                    WHERE t.id = w.task_id AND t.status = 'success' AND t.result IS NOT NULL
+                                      AND octet_length(t.result) <= {TOLD_RESULT_BYTES}), '')
+                                 FROM castor_watches w WHERE w.task_id = ANY(%(ids)s)) AS wakes"""
 
 # A task due within this many seconds wakes its workers; a later one is found by their
 # re-check (every 0.5 s they read the next ETA and sleep until it).
@@ -1450,6 +1460,9 @@ class PostgreSQLStore(Store):
 
     def watch_async(self, topic: str | None = None) -> AsyncWatch | PollingWatch:
         return self._ensure_listener().watch(topic)
+
+    def told_result(self, task_id: str) -> ToldResult | None:
+        return self._ensure_listener().told_result(task_topic(task_id))
 
     @contextmanager
     def watch_task(self, task_id: str) -> Iterator[TaskRecord | None]:

@@ -232,3 +232,76 @@ def test_a_watch_gives_the_joiner_its_first_look_in_the_same_round_trip(pair, lo
         assert first is not None and (first.id, first.status) == ("a", TaskStatus.PENDING)
     with listening.watch_task("nope") as missing:
         assert missing is None  # the caller looks itself, and finds no task
+
+
+def settle_watched(pair, task_id: str, result: str | bytes | None, status: TaskStatus = TaskStatus.SUCCESS):
+    """Settle `task_id` (claimed by the writing store) while the listening store watches it;
+    what the listening store was told, once the wake-up arrived."""
+    listening, writing = pair
+    writing.enqueue([new(task_id)])
+    record = claim_one(writing)
+    topic = task_topic(task_id)
+    with listening.watch_task(task_id):
+        seen = listening.generation(topic)
+        writing.settle_one(Settlement(record.id, "w1", 1, status, result=result, finished_at=10**9,
+                                      fence=record.fence, error={"type": "E"} if status == TaskStatus.FAILED else None))
+        assert listening.wait_for_change(seen, LONG, topic) != seen
+        return listening.told_result(task_id)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("result", ['{"a": "é ✓"}', b"\x80\x04\x95\x00\n\x1f\x00pickled", "x" * 3000])
+def test_a_joined_success_wakes_its_joiner_with_its_result(pair, result):
+    told = settle_watched(pair, "a", result)
+    assert told is not None and told.serializer == "json" and told.value == result
+
+
+@pytest.mark.timeout(60)
+def test_a_large_result_or_a_failure_is_not_told_the_joiner_reads_it(pair):
+    assert settle_watched(pair, "big", "x" * 3001) is None
+    assert settle_watched(pair, "bad", None, status=TaskStatus.FAILED) is None
+
+
+@pytest.mark.timeout(60)
+def test_what_was_told_is_forgotten_when_the_watch_ends(pair):
+    listening, _ = pair
+    assert settle_watched(pair, "a", "1") is not None
+    assert listening.told_result("a") is None
+
+
+@pytest.mark.timeout(60)
+def test_join_returns_a_told_result_without_reading_the_task_again(location, tmp_path):
+    """The joiner reads the task once, with its watch; the settle's wake-up brings the
+    result, so that join returns without a second read (one round trip less)."""
+    import castor
+    from tests.pg_trace import TracedStore, unprepared
+
+    def double(n: int) -> dict[str, int]:
+        return {"twice": 2 * n}
+
+    joining, working = castor.Manager(unprepared(location)), castor.Manager(location)
+    doubled = joining.task(mode="thread", name="double")(double)
+    working.task(mode="thread", name="double")(double)
+    traced = TracedStore(joining.store, tmp_path)
+    try:
+        task = doubled.delay(21)
+        results = []
+
+        def join() -> None:
+            results.append(task.join(timeout=LONG))
+
+        def run() -> None:
+            joiner = threading.Thread(target=join)
+            joiner.start()
+            wait_until(lambda: working.store._fetch("SELECT count(*) FROM castor_watches")[0][0] == 1,  # noqa: SLF001
+                       LONG, "the joiner to watch its task")
+            assert castor.Worker(working, mode="thread").step()
+            joiner.join(LONG)
+
+        sent = [sql for t in traced.transactions(run) for sql in t]
+        assert results == [{"twice": 42}]
+        reads = [sql for sql in sent if sql.startswith("SELECT") and "FROM castor_tasks WHERE id" in sql]
+        assert len(reads) == 1, reads  # the watch's first look only
+    finally:
+        traced.close()
+        working.close()

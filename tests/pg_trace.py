@@ -1,0 +1,85 @@
+"""libpq's trace of every connection a PostgreSQL store opens: what it sent, as
+transactions of SQL statements (tests of which round trips and commits the store makes)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+# A frontend message in libpq's trace: "F <length> Parse "<name>" "<sql>" <n>", or Query.
+MESSAGE = re.compile(r"^(?=[FB]\t\d+\t)", re.MULTILINE)
+
+
+class TracedStore:
+    """A PostgreSQL store whose every connection writes libpq's trace to a file of its own
+    (statements unprepared, so that each one's text is in the trace)."""
+
+    def __init__(self, store: Any, trace_dir: Path):
+        self.store = store  # opened with castor_prepare=off: each statement's text is in the trace
+        self._dir = trace_dir
+        self._files: list[Any] = []
+        connect = self.store._connect  # noqa: SLF001 - the seam every connection comes through
+
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            conn = connect(*args, **kwargs)
+            f = open(trace_dir / f"conn{len(self._files)}.trace", "w")  # noqa: SIM115 - closed in close()
+            self._files.append(f)
+            conn.pgconn.trace(f.fileno())
+            conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE)
+            return conn
+
+        self.store._connect = traced  # type: ignore[method-assign]  # noqa: SLF001
+        self.store._drop_idle()  # noqa: SLF001 - none opened before the trace
+
+    def transactions(self, during: Callable[[], Any]) -> list[list[str]]:
+        """The transactions `during()` ran, each as its statements (an autocommit statement
+        is a transaction of one)."""
+        for f in self._files:
+            f.flush()
+        before = {p: p.stat().st_size for p in self._dir.glob("*.trace")}
+        during()
+        for f in self._files:
+            f.flush()
+        found: list[list[str]] = []
+        for path in sorted(self._dir.glob("*.trace")):
+            text = path.read_text()[before.get(path, 0):]
+            statements = [_statement(m) for m in MESSAGE.split(text)]
+            found.extend(_group([s for s in statements if s is not None]))
+        return found
+
+    def close(self) -> None:
+        self.store.close()
+        for f in self._files:
+            f.close()
+
+
+def _statement(message: str) -> str | None:
+    """The SQL of a Parse or Query message sent to the server."""
+    head = re.match(r'F\t\d+\t(?:Parse\t "[^"]*" "|Query\t ")', message)
+    if head is None:
+        return None
+    return message[head.end():].strip().rsplit('"', 1)[0].strip()
+
+
+def _group(statements: list[str]) -> Iterator[list[str]]:
+    current: list[str] | None = None
+    for sql in statements:
+        word = sql.split(None, 1)[0].upper() if sql else ""
+        if word == "BEGIN":
+            current = []
+        elif word in ("COMMIT", "ROLLBACK") and current is not None:
+            yield current
+            current = None
+        elif current is not None:
+            current.append(sql)
+        else:
+            yield [sql]
+
+
+def unprepared(url: str) -> str:
+    """The URL with castor's prepared statements off (their text is then in every trace)."""
+    return url + ("&" if "?" in url else "?") + "castor_prepare=off"
