@@ -671,10 +671,9 @@ class SQLiteStore(Store):
         """Lease the best due tasks; inside a write transaction. With rate or concurrency
         limits stored, only as many as their buckets hold tokens for and their groups
         have free slots for."""
-        buckets = conn.execute(_BUCKETS).fetchall()
-        limits = conn.execute(_LIMITS).fetchall()
-        if buckets or limits:
-            return self._claim_limited(conn, key, owner, limit, lease_until, now, buckets, limits)
+        if conn.execute(_ANY_LIMIT).fetchone()[0]:  # one statement on the hot path, as without limits
+            return self._claim_limited(conn, key, owner, limit, lease_until, now, conn.execute(_BUCKETS).fetchall(),
+                                       conn.execute(_LIMITS).fetchall())
         plan = self._plans.get(key)
         if plan is not None:  # the hot path, spelled out: no closure
             rows, stale = plan.claim(conn, now, limit, owner, lease_until)

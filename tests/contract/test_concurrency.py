@@ -187,3 +187,12 @@ def test_two_claimers_together_never_exceed_the_limit(backend, clocks):
     assert len(set(taken)) == len(taken)
     by_group = {g: sum(1 for t in taken if t.startswith(g)) for g in ("s", "ka", "kb")}
     assert by_group == {"s": 3, "ka": 2, "kb": 2}
+
+
+def test_a_long_backlog_of_a_full_key_is_looked_past(store, clocks):
+    store.set_concurrency_limit("scan", 1, per_key=True)
+    store.enqueue(scans(60, "a", priority=5) + scans(3, "b"))
+    assert ids(claim(store, clocks, limit=2)) == ["sa00", "sb00"]
+    assert claim(store, clocks, limit=5) == []  # a and b full; the 59 of a wait
+    store.enqueue(scans(1, "c"))
+    assert ids(claim(store, clocks, limit=5)) == ["sc00"]

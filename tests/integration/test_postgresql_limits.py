@@ -34,12 +34,12 @@ def store(location):
     opened.close()
 
 
-def _claim_in_a_thread(store):
+def _claim_in_a_thread(store, limit=10):
     """Claim from a thread; (the thread, what it claimed once it is done)."""
     got: list[str] = []
 
     def run() -> None:
-        got.extend(r.id for r in store.claim("w1", mode="process", queues=None, limit=10, lease=30.0,
+        got.extend(r.id for r in store.claim("w1", mode="process", queues=None, limit=limit, lease=30.0,
                                              now=time.time()))
 
     thread = threading.Thread(target=run, daemon=True)
@@ -88,3 +88,22 @@ def test_a_group_locked_by_another_claimer_stalls_only_its_own_name(store, locat
         assert not thread.is_alive() and sorted(got) == ["s0", "s1"]
     finally:
         stuck.close()
+
+
+def test_a_claim_holding_a_lock_only_tries_the_next_and_leaves_a_busy_group_for_later(store, location):
+    """Its first pick locks group a and finds a full after one task; its second finds b,
+    whose lock another claimer holds: it does not wait while holding a (two claimers
+    each waiting for the other's would deadlock), it leaves b's task to a later claim."""
+    store.set_concurrency_limit("scan", 1, per_key=True)
+    store.enqueue([new(f"a{i}", name="scan", concurrency_key="a", priority=5, now=time.time()) for i in range(2)]
+                  + [new("b0", name="scan", concurrency_key="b", now=time.time())])
+    stuck = _stuck(location, "SELECT pg_advisory_xact_lock(%s)", (lock_key(("scan", "b")),))
+    try:
+        thread, got = _claim_in_a_thread(store, limit=2)
+        thread.join(timeout=30)
+        assert not thread.is_alive() and got == ["a0"]
+    finally:
+        stuck.close()
+    thread, got = _claim_in_a_thread(store, limit=2)
+    thread.join(timeout=30)
+    assert got == ["b0"]
