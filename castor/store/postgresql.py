@@ -878,7 +878,6 @@ class PostgreSQLStore(Store):
         params = {"owner": owner, "mode": mode, "isolate": isolated, "now": now, "lease": lease,
                   "clock": clock, "queues": list(queues or [])}
         with self._session() as conn, conn.transaction():
-            conn.execute("SET LOCAL synchronous_commit TO OFF")
             return _LimitedClaim(conn, params, _PICK_ANY if queues is None else _PICK_IN).run(limit)
 
     def settle_and_claim(
@@ -1627,12 +1626,16 @@ class _LimitedClaim:
 
     def __init__(self, conn: Any, params: dict[str, Any], pick: str):
         self.conn, self.params, self.pick = conn, params, pick
-        snapshot = conn.execute(_BUCKETS_NOW, {"clock": params["clock"]}).fetchall()
+        with conn.pipeline():  # one round trip
+            conn.execute("SET LOCAL synchronous_commit TO OFF")
+            buckets = conn.execute(_BUCKETS_NOW, {"clock": params["clock"]})
+            limits = conn.execute(_LIMITS)
+            running = conn.execute(_RUNNING_LIMITED)
+        snapshot = buckets.fetchall()
         self.clock = snapshot[0][0] if snapshot else 0.0
         self.buckets = Buckets([row[1:] for row in snapshot], self.clock)
-        self.slots = Slots(conn.execute(_LIMITS).fetchall())
-        if self.slots.limits:
-            self.slots.count(conn.execute(_RUNNING_LIMITED).fetchall())
+        self.slots = Slots(limits.fetchall())
+        self.slots.count(running.fetchall())
         self.locked_buckets: set[tuple[str, str]] = set()
         self.locked_groups: set[Group] = set()
 
