@@ -438,6 +438,20 @@ class Manager:
                   for name, fn in self.registry.items() if fn.options.rate_limit is not None}
         self.store.sync_name_rate_limits(limits, unlimited=[n for n in self.registry if n not in limits])
 
+    # -- concurrency limits (castor/concurrency.py) ------------------------------
+
+    def concurrency_limits(self) -> dict[str, dict[str, Any]]:
+        """Every stored limit, as {task name: {"limit", "per_key" (a limit per
+        concurrency_key value), "running" (its limited tasks running now, every key)}}."""
+        return self.store.concurrency_limits()
+
+    def sync_concurrency_limits(self) -> None:
+        """Store this app's concurrency= limits and drop those of its names declared
+        without one: what a worker does as it starts."""
+        limits = {name: (fn.options.concurrency.limit, fn.options.concurrency.per_key)
+                  for name, fn in self.registry.items() if fn.options.concurrency is not None}
+        self.store.sync_concurrency_limits(limits, unlimited=[n for n in self.registry if n not in limits])
+
     # -- periodic schedules (castor/periodic.py) ------------------------------
 
     def disable_schedule(self, name: str) -> bool:

@@ -46,7 +46,8 @@ class Producer:
         if opts.validator is not None:
             opts.validator(args, kwargs)
         encoded_args, encoded_kwargs = encode_call(self.serializer, fn.name, args, kwargs)
-        if not call and opts.unique is False and opts.cache_ttl is None and opts.expires is None:
+        if (not call and opts.unique is False and opts.cache_ttl is None and opts.expires is None
+                and opts.concurrency is None):
             # .delay() of a plain task: the task's defaults, nothing to validate.
             return NewTask(
                 new_task_id(), fn.name, opts.mode, self.serializer.name, encoded_args, encoded_kwargs,
@@ -86,6 +87,7 @@ class Producer:
             unique_key=_unique_key(fn.name, unique, args, kwargs, where),
             cache_key=call_key(fn.name, args, kwargs) if cache_ttl is not None else None,
             cache_ttl=cache_ttl,
+            concurrency_key=None if opts.concurrency is None else opts.concurrency.key_of(args, kwargs, where),
         )
 
     def submit(self, tasks: list[NewTask]) -> list[str]:

@@ -91,10 +91,25 @@ class Buckets:
 
     def __init__(self, rows: list[tuple[Any, ...]], clock: float):
         self.clock = clock
-        self.tokens: dict[tuple[str, str], float] = {
-            (kind, name): refill(tokens, updated_at, clock, rate, burst)
-            for kind, name, rate, burst, tokens, updated_at in rows}
+        self.tokens: dict[tuple[str, str], float] = {}
+        self._at: dict[tuple[str, str], float] = {}  # the clock each bucket was read at
         self._taken: set[tuple[str, str]] = set()
+        self.add(rows, clock)
+
+    def add(self, rows: list[tuple[Any, ...]], clock: float) -> None:
+        """More buckets, read (locked) later in the claim at `clock`."""
+        for kind, name, rate, burst, tokens, updated_at in rows:
+            self.tokens[(kind, name)] = refill(tokens, updated_at, clock, rate, burst)
+            self._at[(kind, name)] = clock
+
+    def hold(self, key: tuple[str, str]) -> None:
+        """No token of this bucket in this claim (another claimer holds it)."""
+        self.tokens[key] = 0.0
+        self._at[key] = self.clock
+
+    def keys(self, name: str, queue: str) -> list[tuple[str, str]]:
+        """The buckets a task of `name` in `queue` takes from."""
+        return [key for key in (("name", name), ("queue", queue)) if key in self.tokens]
 
     def held(self, kind: str) -> frozenset[str]:
         """The names (or queues) without a whole token: a claim skips their tasks."""
@@ -103,7 +118,7 @@ class Buckets:
     def take(self, name: str, queue: str) -> bool:
         """A token from each bucket of a task of `name` in `queue`, if each has one:
         True (the task may start), else False and nothing is taken."""
-        keys = [key for key in (("name", name), ("queue", queue)) if key in self.tokens]
+        keys = self.keys(name, queue)
         if any(self.tokens[key] < 1 for key in keys):
             return False
         for key in keys:
@@ -119,7 +134,7 @@ class Buckets:
 
     def changed(self) -> list[tuple[float, float, str, str]]:
         """(tokens, updated_at, kind, name) of each bucket taken from."""
-        return [(self.tokens[key], self.clock, *key) for key in sorted(self._taken)]
+        return [(self.tokens[key], self._at[key], *key) for key in sorted(self._taken)]
 
 
 def next_token(rows: list[tuple[Any, ...]], clock: float) -> float | None:

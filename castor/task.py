@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from castor.concurrency import ConcurrencyLimit, parse_concurrency
 from castor.durations import to_seconds
 from castor.errors import ConfigurationError
 from castor.expiry import Expiry, parse_expires
@@ -45,6 +46,9 @@ class TaskOptions:
     # rate_limit= (and rate_burst=): how fast the fleet starts this name's tasks; a
     # worker stores it as it starts (Store.sync_name_rate_limits).
     rate_limit: RateLimit | None = None
+    # concurrency= (and concurrency_key=): how many of this name's tasks (per key) the
+    # fleet runs at once; the producer stores each call's key, a worker the limit.
+    concurrency: ConcurrencyLimit | None = None
     # What every task record of this function carries in its options column
     # (timeout, retry policy, TTLs), already validated; shared, never mutated.
     stored: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +59,7 @@ class TaskOptions:
 # Options that live in each task record (the worker reads them from there).
 STORED_OPTIONS = ("timeout", *RETRY_OPTIONS, "result_ttl", "failure_ttl")
 DECORATOR_OPTIONS = ("mode", "daemon", "name", "queue", "priority", *STORED_OPTIONS, "unique",
-                     "cache_ttl", "validate", "expires", "rate_limit", "rate_burst")
+                     "cache_ttl", "validate", "expires", "rate_limit", "rate_burst", "concurrency", "concurrency_key")
 CALL_OPTIONS = ("countdown", "eta", "priority", "queue", "task_id", *STORED_OPTIONS, "unique", "cache_ttl",
                 "expires")
 
@@ -97,6 +101,7 @@ def build_options(fn: Callable[..., Any], options: dict[str, Any]) -> TaskOption
         cache_ttl=validate_ttl(options.get("cache_ttl"), "cache_ttl", where, allow_zero=False),
         validator=validator, expires=parse_expires(options.get("expires"), where),
         rate_limit=parse_rate_limit(options.get("rate_limit"), where, options.get("rate_burst")),
+        concurrency=parse_concurrency(fn, options.get("concurrency"), options.get("concurrency_key"), where),
         stored=stored, raw=raw,
     )
 

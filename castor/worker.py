@@ -171,7 +171,7 @@ class Worker:
         self._handed = 0  # pool: claimed tasks given to threads that have not started them yet
         self._average_duration: float | None = None
         self._handback: HandBack | None = None
-        self._limits_synced = False  # the app's rate_limit= options are in the store
+        self._limits_synced = False  # the app's rate_limit= and concurrency= options are in the store
 
     @property
     def owner(self) -> str:
@@ -200,10 +200,12 @@ class Worker:
         )
 
     def _sync_rate_limits(self) -> None:
-        """Before its first claim, store the app's rate_limit= options (the fleet shares
-        them through the store). A StoreUnavailable leaves it for the next claim."""
+        """Before its first claim, store the app's rate_limit= and concurrency= options
+        (the fleet shares them through the store). A StoreUnavailable leaves it for the
+        next claim."""
         if not self._limits_synced:
             self.manager.sync_rate_limits()
+            self.manager.sync_concurrency_limits()
             self._limits_synced = True
 
     def run_claimed(self, record: TaskRecord) -> Outcome:

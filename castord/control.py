@@ -247,6 +247,7 @@ def _add_database_details(report: dict[str, Any], target: Target, db_path: str) 
         # Tasks held back by a limit are pending like any other: the buckets tell why.
         report["rate_limits"] = {f"{kind}:{name}": {**limit, "tokens": round(limit["tokens"], 3)}
                                  for (kind, name), limit in sorted(store.rate_limits().items())}
+        report["concurrency_limits"] = store.concurrency_limits()
         report["counts"] = {str(k): v for k, v in store.counts_by_status().items()}
     finally:
         store.close()
@@ -348,6 +349,11 @@ def render(report: dict[str, Any]) -> str:
             lines.append("rate limits: " + ", ".join(
                 f"{key} {limit['rate']:g}/s burst {limit['burst']} ({limit['tokens']:g} tokens now)"
                 for key, limit in report["rate_limits"].items()))
+        if report.get("concurrency_limits"):
+            lines.append("concurrency limits: " + ", ".join(
+                f"{name} {limit['running']} running (at most {limit['limit']} per key)" if limit["per_key"]
+                else f"{name} {limit['running']}/{limit['limit']} running"
+                for name, limit in report["concurrency_limits"].items()))
         lines.append("tasks: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
     for name, sched in (report.get("schedules") or {}).items():
         next_tick = f", next {_when(sched['next_tick'])}" if sched.get("next_tick") is not None else ""

@@ -42,6 +42,9 @@ class NewTask:
     cache_key: str | None = None
     # Not stored: how old a success with cache_key may be to answer instead.
     cache_ttl: float | None = None
+    # concurrency=: the task's group key ("" for a name limited as a whole); None: not
+    # limited (castor/concurrency.py).
+    concurrency_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -476,6 +479,32 @@ class Store(ABC):
         for name in unlimited:
             if ("name", name) in stored:
                 self.remove_rate_limit("name", name)
+
+    # -- concurrency limits (castor/concurrency.py) ------------------------------------
+
+    @abstractmethod
+    def set_concurrency_limit(self, name: str, limit: int, *, per_key: bool = False) -> None:
+        """At most `limit` tasks of `name` running at once (per_key: per value of their
+        concurrency_key), counted and enforced by every claim of the store."""
+
+    @abstractmethod
+    def remove_concurrency_limit(self, name: str) -> bool:
+        """Drop `name`'s limit; False if it had none."""
+
+    @abstractmethod
+    def concurrency_limits(self) -> dict[str, dict[str, Any]]:
+        """{name: {"limit", "per_key", "running" (its limited tasks running now, every key)}}."""
+
+    def sync_concurrency_limits(self, limits: dict[str, tuple[int, bool]], *, unlimited: Sequence[str]) -> None:
+        """What an app declares (a worker says it as it starts): set the names' limits in
+        `limits` ({name: (limit, per_key)}), drop those of the `unlimited` names."""
+        stored = self.concurrency_limits()
+        for name, (limit, per_key) in limits.items():
+            if (row := stored.get(name)) is None or (row["limit"], row["per_key"]) != (limit, per_key):
+                self.set_concurrency_limit(name, limit, per_key=per_key)
+        for name in unlimited:
+            if name in stored:
+                self.remove_concurrency_limit(name)
 
     @abstractmethod
     def next_due(self, *, mode: str, now: float, queues: Sequence[str] | None = None) -> float | None:

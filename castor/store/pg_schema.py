@@ -191,6 +191,24 @@ MIGRATIONS: list[list[str]] = [
         )
         """,
     ],
+    [
+        # Concurrency limits (castor/concurrency.py): a limited task's key (set at
+        # enqueue; '' for a name limited as a whole, NULL for a task not limited), a row
+        # per limited name, and the running limited tasks by (name, key), which a claim
+        # counts under a transaction-level advisory lock per (name, key). Partial: only a
+        # limited task's claim and end write an entry. A nullable column without a
+        # default: no table rewrite.
+        "ALTER TABLE castor_tasks ADD COLUMN concurrency_key text COLLATE \"C\"",
+        """
+        CREATE TABLE castor_concurrency_limits (
+            name        text COLLATE "C" PRIMARY KEY,
+            max_running integer NOT NULL,
+            per_key     boolean NOT NULL
+        )
+        """,
+        """CREATE INDEX castor_tasks_limited ON castor_tasks (task_name, concurrency_key)
+           WHERE status = 'running' AND concurrency_key IS NOT NULL""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from castor.concurrency import Group, Slots, check_limit, choose, concurrency_report, lock_key
 from castor.errors import ConfigurationError, StoreError, StoreUnavailable, TaskIdConflict
 from castor.expiry import expired_error
 from castor.failures import describe_message
@@ -108,10 +109,10 @@ _COLUMNS = (
 
 _INSERT = (
     "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, args, "
-    "kwargs, args_text, kwargs_text, enqueued_at, eta, at_once, options, unique_key, cache_key) "
+    "kwargs, args_text, kwargs_text, enqueued_at, eta, at_once, options, unique_key, cache_key, concurrency_key) "
     "VALUES (%(id)s, %(name)s, %(queue)s, %(mode)s, %(daemon)s, 'pending', %(priority)s, %(serializer)s, "
     "%(args)s, %(kwargs)s, %(args_text)s, %(kwargs_text)s, %(enqueued_at)s, %(eta)s, %(at_once)s, "
-    "%(options)s, %(unique_key)s, %(cache_key)s)"
+    "%(options)s, %(unique_key)s, %(cache_key)s, %(concurrency_key)s)"
 )
 _INSERT_UNIQUE = _INSERT + (
     " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')"
@@ -119,9 +120,10 @@ _INSERT_UNIQUE = _INSERT + (
 )
 # A batch without unique keys (.map) goes in by COPY: one stream, no statement per row.
 _COPY_COLUMNS = ("id", "task_name", "queue", "mode", "daemon", "status", "priority", "serializer", "args", "kwargs",
-                 "args_text", "kwargs_text", "enqueued_at", "eta", "at_once", "options", "unique_key", "cache_key")
+                 "args_text", "kwargs_text", "enqueued_at", "eta", "at_once", "options", "unique_key", "cache_key",
+                 "concurrency_key")
 _COPY_TYPES = ("text", "text", "text", "text", "bool", "text", "int4", "text", "bytea", "bytea",
-               "bool", "bool", "float8", "float8", "bool", "jsonb", "text", "text")
+               "bool", "bool", "float8", "float8", "bool", "jsonb", "text", "text", "text")
 _COPY = f"COPY castor_tasks ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _UNFINISHED_TWIN = "SELECT id FROM castor_tasks WHERE unique_key = %s AND status IN ('pending', 'running')"
 # .delay()'s path: the row and the wake-up in one autocommit statement, one round trip
@@ -239,9 +241,10 @@ _IN_QUEUES = " AND queue = ANY(%(queues)s)"
 # without fresh statistics (a table just filled: autovacuum analyzes after 10,000
 # changes) read the ids from that index whole rather than from the primary key: a
 # claim of 33 at a backlog of 10,000 took 6 ms instead of 0.3 and grew with the backlog.
-# With a rate limit stored, this claim takes nothing (an InitPlan, read once): its
-# caller then claims again by _LIMITED_CLAIM, which takes from the buckets.
-_NO_BUCKETS = " AND NOT EXISTS (SELECT 1 FROM castor_rate_limits)"
+# With a rate or concurrency limit stored, this claim takes nothing (InitPlans, read
+# once): its caller then claims again by _claim_limited, which keeps to the limits.
+_NO_LIMITS = (" AND NOT EXISTS (SELECT 1 FROM castor_rate_limits)"
+              " AND NOT EXISTS (SELECT 1 FROM castor_concurrency_limits)")
 _CLAIM = f"""UPDATE castor_tasks
                 SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
                     started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
@@ -249,12 +252,15 @@ _CLAIM = f"""UPDATE castor_tasks
                     SELECT id FROM castor_tasks WHERE {_DUE}{{queues}}
                      ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
           RETURNING {_COLUMNS}"""
-_CLAIM_ANY = _CLAIM.format(queues=_NO_BUCKETS)
-_CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES + _NO_BUCKETS)
-# A rate-limited claim picks (and locks) the best due tasks past the names and queues
-# without a token, then leases those that got their tokens.
-_HELD = " AND queue <> ALL(%(held_queues)s) AND task_name <> ALL(%(held_names)s)"
-_PICK = (f"SELECT id, task_name, queue FROM castor_tasks WHERE {_DUE}{{queues}}{_HELD} "
+_CLAIM_ANY = _CLAIM.format(queues=_NO_LIMITS)
+_CLAIM_IN = _CLAIM.format(queues=_IN_QUEUES + _NO_LIMITS)
+# A limited claim picks (and locks) the best due tasks past the names and queues
+# without a token, the names limited as a whole with no free slot and the full keys,
+# then leases those that got their tokens and slots.
+_HELD = (" AND queue <> ALL(%(held_queues)s) AND task_name <> ALL(%(held_names)s)"
+         " AND NOT EXISTS (SELECT 1 FROM unnest(%(full_names)s::text[], %(full_keys)s::text[]) AS f(n, k)"
+         " WHERE f.n = task_name AND f.k = concurrency_key)")
+_PICK = (f"SELECT id, task_name, queue, concurrency_key FROM castor_tasks WHERE {_DUE}{{queues}}{_HELD} "
          "ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED")
 _PICK_ANY = _PICK.format(queues="")
 _PICK_IN = _PICK.format(queues=_IN_QUEUES)
@@ -264,9 +270,30 @@ _CLAIM_IDS = f"""UPDATE castor_tasks
                   WHERE id = ANY(%(ids)s)
               RETURNING {_COLUMNS}"""
 _BUCKETS = "SELECT kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
-_ANY_BUCKET = "SELECT EXISTS (SELECT 1 FROM castor_rate_limits)"
+_ANY_LIMIT = ("SELECT EXISTS (SELECT 1 FROM castor_rate_limits) "
+              "OR EXISTS (SELECT 1 FROM castor_concurrency_limits)")
 # The same rows, each with the server's clock in front (one read for both).
 _BUCKETS_NOW = f"SELECT {_CLOCK}, kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
+# The buckets the picked tasks take from, locked (in one order: claimers queue on them,
+# never deadlock); SKIP LOCKED once the claim holds a lock (it never waits holding one).
+_LOCK_BUCKETS = ("SELECT r.kind, r.name, r.rate, r.burst, r.tokens, r.updated_at FROM castor_rate_limits r "
+                 "JOIN unnest(%(kinds)s::text[], %(names)s::text[]) AS b(kind, name) "
+                 "ON r.kind = b.kind AND r.name = b.name ORDER BY r.kind, r.name FOR UPDATE OF r")
+# Concurrency limits (castor/concurrency.py: the rows Slots takes), and the running
+# limited tasks by group (the partial index castor_tasks_limited).
+_LIMITS = "SELECT name, max_running, per_key FROM castor_concurrency_limits"
+_RUNNING_LIMITED = ("SELECT task_name, concurrency_key, count(*) FROM castor_tasks "
+                    "WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY task_name, concurrency_key")
+# A transaction-level lock per group (its number: concurrency.lock_key), taken in
+# ascending order, or tried once the claim holds a lock; released at COMMIT, after
+# which a claimer that waited counts afresh and sees this claim's tasks running.
+_LOCK_GROUPS = "SELECT pg_advisory_xact_lock(k) FROM unnest(%(keys)s::int8[]) WITH ORDINALITY AS g(k, i) ORDER BY i"
+_TRY_GROUPS = ("SELECT k, pg_try_advisory_xact_lock(k) FROM unnest(%(keys)s::int8[]) WITH ORDINALITY AS g(k, i) "
+               "ORDER BY i")
+_COUNT_GROUPS = """SELECT g.n, g.k, (SELECT count(*) FROM castor_tasks
+                                     WHERE status = 'running' AND concurrency_key IS NOT NULL AND task_name = g.n
+                                       AND (g.whole OR concurrency_key = g.k))
+                     FROM unnest(%(names)s::text[], %(keys)s::text[], %(whole)s::bool[]) AS g(n, k, whole)"""
 
 # A retry asked by hand drops the expiry (castor/expiry.py): it means "run it now".
 _RETRY_SET = """SET status = 'pending', eta = %(now)s, at_once = true, error = NULL, result = NULL,
@@ -301,7 +328,7 @@ def _insert_params(task: NewTask) -> dict[str, Any]:
         "priority": task.priority, "serializer": task.serializer, "args": args, "kwargs": kwargs,
         "args_text": args_text, "kwargs_text": kwargs_text, "enqueued_at": task.enqueued_at, "eta": task.eta,
         "at_once": task.eta <= task.enqueued_at, "options": _jsonb(task.options or None),
-        "unique_key": task.unique_key, "cache_key": task.cache_key,
+        "unique_key": task.unique_key, "cache_key": task.cache_key, "concurrency_key": task.concurrency_key,
     }
 
 
@@ -874,42 +901,15 @@ class PostgreSQLStore(Store):
 
     def _claim_limited(self, owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease: float,
                        now: float, isolated: bool, clock: float | None) -> list[tuple[Any, ...]]:
-        """A plain claim took nothing: if rate limits are stored, claim in a transaction
-        that locks every bucket (FOR UPDATE: claimers take turns on them), reads the clock
-        once it holds them, and leases only the tasks that get a token of each bucket."""
-        if not self._fetch(_ANY_BUCKET)[0][0]:
+        """A plain claim took nothing: if rate or concurrency limits are stored, claim in
+        a transaction that keeps to them (_LimitedClaim). Committed without waiting for
+        the WAL flush, as every worker-side claim is (_settle_and_claim)."""
+        if not self._fetch(_ANY_LIMIT)[0][0]:
             return []
-
-        def body(cur: Any) -> list[tuple[Any, ...]]:
-            cur.execute(_BUCKETS + " ORDER BY kind, name FOR UPDATE")
-            rows = cur.fetchall()
-            cur.execute(f"SELECT {_CLOCK}", {"clock": clock})
-            # The server's clock stepped back: no refill (never a bucket refilled twice).
-            at = max([cur.fetchone()[0], *(row[5] for row in rows)])
-            buckets = Buckets(rows, at)
-            taken: list[tuple[Any, ...]] = []
-            params = {"owner": owner, "mode": mode, "isolate": isolated, "now": now, "lease": lease,
-                      "clock": clock, "queues": list(queues or [])}
-            # A task refused (its bucket ran dry on the way) means more may lie past it:
-            # pick again, skipping that bucket too (at most one round per bucket, plus one).
-            while len(taken) < limit:
-                cur.execute(_PICK_ANY if queues is None else _PICK_IN, {
-                    **params, "limit": limit - len(taken), "held_queues": sorted(buckets.held("queue")),
-                    "held_names": sorted(buckets.held("name"))})
-                found = cur.fetchall()
-                if not found:
-                    break
-                chosen, refused = buckets.choose(found)
-                if chosen:
-                    cur.execute(_CLAIM_IDS, {**params, "ids": chosen})
-                    taken.extend(cur.fetchall())
-                if not refused:
-                    break
-            cur.executemany("UPDATE castor_rate_limits SET tokens = %s, updated_at = %s "
-                            "WHERE kind = %s AND name = %s", buckets.changed())
-            return taken
-
-        return self._write(body)
+        params = {"owner": owner, "mode": mode, "isolate": isolated, "now": now, "lease": lease,
+                  "clock": clock, "queues": list(queues or [])}
+        with self._session() as conn, conn.transaction():
+            return _LimitedClaim(conn, params, _PICK_ANY if queues is None else _PICK_IN).run(limit)
 
     def settle_and_claim(
         self,
@@ -1409,6 +1409,40 @@ class PostgreSQLStore(Store):
         return {(kind, name): {"rate": rate, "burst": burst, "tokens": refill(tokens, at, max(clock, at), rate, burst)}
                 for clock, kind, name, rate, burst, tokens, at in rows}
 
+
+    # -- concurrency limits (castor/concurrency.py) -------------------------------------
+
+    def set_concurrency_limit(self, name: str, limit: int, *, per_key: bool = False) -> None:
+        check_limit(name, limit)
+
+        # The same limit again (every worker's start says it) writes nothing. A changed
+        # one wakes the idle workers: a raised limit may let them start more now.
+        def body(cur: Any) -> None:
+            cur.execute("INSERT INTO castor_concurrency_limits AS c (name, max_running, per_key) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET max_running = excluded.max_running, "
+                        "per_key = excluded.per_key WHERE (c.max_running, c.per_key) "
+                        "IS DISTINCT FROM (excluded.max_running, excluded.per_key) RETURNING 1", (name, limit, per_key))
+            if cur.fetchone() is not None:
+                self._notify(cur)
+
+        self._write(body)
+
+    def remove_concurrency_limit(self, name: str) -> bool:
+        def body(cur: Any) -> bool:
+            cur.execute("DELETE FROM castor_concurrency_limits WHERE name = %s RETURNING 1", (name,))
+            removed = cur.fetchone() is not None
+            if removed:
+                self._notify(cur)
+            return removed
+
+        return self._write(body)
+
+    def concurrency_limits(self) -> dict[str, dict[str, Any]]:
+        def body(cur: Any) -> dict[str, dict[str, Any]]:
+            limits = cur.execute(_LIMITS).fetchall()
+            return concurrency_report(limits, cur.execute(_RUNNING_LIMITED).fetchall() if limits else [])
+
+        return self._write(body)
     # -- pausing --------------------------------------------------------------------
 
     def _pause(self, kind: str, name: str) -> bool:
@@ -1609,3 +1643,98 @@ def _copy_params(task: TaskCopy) -> dict[str, Any]:
     return {**_insert_params(task.as_new()), "at_once": bool(task.at_once), "started_at": r.started_at,
             "error": _jsonb(r.error), "attempts": r.attempts, "lost": r.lost, "history": _jsonb(r.history or None),
             "fence": r.fence, "isolate": bool(r.isolate)}
+
+
+class _LimitedClaim:
+    """One claim's transaction under rate and concurrency limits.
+
+    It reads the buckets and the limits without locks (a first guess of what holds
+    tasks back), picks the best due tasks past those, then locks only what the picked
+    tasks need: their buckets (rows, FOR UPDATE) and their groups (advisory locks), and
+    reads the clock and counts the groups' running tasks once it holds them. So two
+    claimers of unrelated names never wait for each other, and two of one name take
+    turns: the second counts after the first committed. Locks are taken in one order
+    (buckets by kind and name, then groups by number) while the claim holds none, and
+    only tried after that (a bucket or group it cannot get is skipped for this claim):
+    a claim never waits while it holds a lock, so claimers never deadlock."""
+
+    def __init__(self, conn: Any, params: dict[str, Any], pick: str):
+        self.conn, self.params, self.pick = conn, params, pick
+        with conn.pipeline():  # one round trip
+            conn.execute("SET LOCAL synchronous_commit TO OFF")
+            buckets = conn.execute(_BUCKETS_NOW, {"clock": params["clock"]})
+            limits = conn.execute(_LIMITS)
+            running = conn.execute(_RUNNING_LIMITED)
+        snapshot = buckets.fetchall()
+        self.clock = snapshot[0][0] if snapshot else 0.0
+        self.buckets = Buckets([row[1:] for row in snapshot], self.clock)
+        self.slots = Slots(limits.fetchall())
+        self.slots.count(running.fetchall())
+        self.locked_buckets: set[tuple[str, str]] = set()
+        self.locked_groups: set[Group] = set()
+
+    def run(self, limit: int) -> list[tuple[Any, ...]]:
+        taken: list[tuple[Any, ...]] = []
+        # A task refused means more may lie past it: pick again, past what refused it
+        # (a dry bucket, a full group: each round skips one more, so rounds are few).
+        while len(taken) < limit:
+            full = self.slots.full_keys()
+            found = self.conn.execute(self.pick, {
+                **self.params, "limit": limit - len(taken), "held_queues": sorted(self.buckets.held("queue")),
+                "held_names": sorted(self.buckets.held("name") | self.slots.full_names()),
+                "full_names": [n for n, _ in full], "full_keys": [k for _, k in full]}).fetchall()
+            if not found:
+                break
+            self._lock_for(found)
+            chosen, refused = choose(found, self.slots, self.buckets.take, limit - len(taken))
+            if chosen:
+                taken.extend(self.conn.execute(_CLAIM_IDS, {**self.params, "ids": chosen}).fetchall())
+            if not refused:
+                break
+        self.conn.cursor().executemany("UPDATE castor_rate_limits SET tokens = %s, updated_at = %s "
+                                       "WHERE kind = %s AND name = %s", self.buckets.changed())
+        return taken
+
+    def _lock_for(self, found: list[tuple[Any, ...]]) -> None:
+        """Lock the buckets and groups of the picked tasks not locked yet; then read the
+        buckets and count the groups afresh (under their locks)."""
+        buckets = sorted({key for _, name, queue, _ in found for key in self.buckets.keys(name, queue)}
+                         - self.locked_buckets)
+        groups = sorted({g for _, name, _, key in found if (g := self.slots.group(name, key)) is not None}
+                        - self.locked_groups, key=lock_key)
+        if not buckets and not groups:
+            return
+        wait = not self.locked_buckets and not self.locked_groups  # holding nothing yet: may wait
+        conn = self.conn
+        with conn.pipeline():
+            bucket_rows = conn.execute(_LOCK_BUCKETS + ("" if wait else " SKIP LOCKED"), {
+                "kinds": [k for k, _ in buckets], "names": [n for _, n in buckets]}) if buckets else None
+            group_locks = conn.execute(_LOCK_GROUPS if wait else _TRY_GROUPS,
+                                       {"keys": [lock_key(g) for g in groups]}) if groups else None
+            now = conn.execute(f"SELECT {_CLOCK}", {"clock": self.params["clock"]})
+        rows = bucket_rows.fetchall() if bucket_rows is not None else []
+        got = {(row[0], row[1]) for row in rows}
+        for key in buckets:
+            if key in got:
+                self.locked_buckets.add(key)
+            elif wait:
+                del self.buckets.tokens[key]  # removed since the first read: no limit
+            else:
+                self.buckets.hold(key)  # another claimer holds it
+        # The server's clock stepped back: no refill (never a bucket refilled twice).
+        self.buckets.add(rows, max([now.fetchone()[0], *(row[5] for row in rows)]))
+        if groups:
+            assert group_locks is not None
+            held = groups if wait else [g for g, (_, ok) in zip(groups, group_locks.fetchall(), strict=True) if ok]
+            for group in set(groups) - set(held):
+                self.slots.hold(group)
+            self._count(held)
+
+    def _count(self, groups: list[Group]) -> None:
+        self.locked_groups.update(groups)
+        if not groups:
+            return
+        whole = [not self.slots.limits[name][1] for name, _ in groups]
+        counts = self.conn.execute(_COUNT_GROUPS, {"names": [n for n, _ in groups], "keys": [k for _, k in groups],
+                                                   "whole": whole}).fetchall()
+        self.slots.recount({(name, key): n for name, key, n in counts})

@@ -213,6 +213,22 @@ MIGRATIONS: list[list[str]] = [
         # column the query names (its WHERE too).
         "CREATE INDEX castor_tasks_failed_names ON castor_tasks (task_name, status) WHERE status = 'failed'",
     ],
+    [
+        # Concurrency limits (castor/concurrency.py): a limited task's key (set at
+        # enqueue; '' for a name limited as a whole, NULL for a task not limited), a row
+        # per limited name, and the running limited tasks by (name, key), which a claim
+        # counts. Partial: only a limited task's claim and end write an entry.
+        "ALTER TABLE castor_tasks ADD COLUMN concurrency_key TEXT",
+        """
+        CREATE TABLE castor_concurrency_limits (
+            name        TEXT PRIMARY KEY,
+            max_running INTEGER NOT NULL,
+            per_key     INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """,
+        """CREATE INDEX castor_tasks_limited ON castor_tasks (task_name, concurrency_key)
+           WHERE status = 'running' AND concurrency_key IS NOT NULL""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from castor.clocks import boot_id
+from castor.concurrency import Slots, check_limit, choose, concurrency_report
 from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
 from castor.expiry import expired_error
 from castor.failures import describe_message
@@ -80,8 +81,8 @@ _COLUMNS = _CLAIM_COLUMNS + ", progress, progress_message, history, expires_at, 
 
 _INSERT = (
     "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
-    "args, kwargs, enqueued_at, eta, options, unique_key, cache_key, at_once) "
-    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "args, kwargs, enqueued_at, eta, options, unique_key, cache_key, concurrency_key, at_once) "
+    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # An enqueue with a unique key whose unfinished twin exists stores nothing
 # (the conflict target names the partial unique index).
@@ -142,7 +143,14 @@ _FAILED_BY_NAME = ("SELECT task_name, count(*) FROM castor_tasks INDEXED BY cast
 
 # Every rate limit's bucket (castor/rate_limits.py: the rows Buckets takes).
 _BUCKETS = "SELECT kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
-_ANY_BUCKET = "SELECT EXISTS (SELECT 1 FROM castor_rate_limits)"
+# A limit of either kind stored: claims take the limited path (_claim_limited).
+_ANY_LIMIT = ("SELECT EXISTS (SELECT 1 FROM castor_rate_limits) "
+              "OR EXISTS (SELECT 1 FROM castor_concurrency_limits)")
+# Concurrency limits (castor/concurrency.py: the rows Slots takes), and the running
+# limited tasks by group, read from the partial index alone.
+_LIMITS = "SELECT name, max_running, per_key FROM castor_concurrency_limits"
+_RUNNING_LIMITED = ("SELECT task_name, concurrency_key, count(*) FROM castor_tasks INDEXED BY castor_tasks_limited "
+                    "WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY task_name, concurrency_key")
 
 # result_ttl=0 (drop on success): the row goes as the task finishes.
 _SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE}"
@@ -227,7 +235,7 @@ def _insert_params(task: NewTask) -> tuple[Any, ...]:
         task.id, task.name, task.queue, task.mode, int(task.daemon), task.priority,
         task.serializer, task.args, task.kwargs, task.enqueued_at, task.eta,
         json.dumps(task.options) if task.options else None, task.unique_key, task.cache_key,
-        int(task.eta <= task.enqueued_at),
+        task.concurrency_key, int(task.eta <= task.enqueued_at),
     )
 
 
@@ -660,11 +668,12 @@ class SQLiteStore(Store):
 
     def _claim_in(self, conn: sqlite3.Connection, key: PlanKey, owner: str, limit: int, lease_until: float,
                   now: float) -> list[tuple[Any, ...]]:
-        """Lease the best due tasks; inside a write transaction. With rate limits
-        stored, only as many as their buckets hold tokens for."""
-        buckets = conn.execute(_BUCKETS).fetchall()
-        if buckets:
-            return self._claim_limited(conn, key, owner, limit, lease_until, now, buckets)
+        """Lease the best due tasks; inside a write transaction. With rate or concurrency
+        limits stored, only as many as their buckets hold tokens for and their groups
+        have free slots for."""
+        if conn.execute(_ANY_LIMIT).fetchone()[0]:  # one statement on the hot path, as without limits
+            return self._claim_limited(conn, key, owner, limit, lease_until, now, conn.execute(_BUCKETS).fetchall(),
+                                       conn.execute(_LIMITS).fetchall())
         plan = self._plans.get(key)
         if plan is not None:  # the hot path, spelled out: no closure
             rows, stale = plan.claim(conn, now, limit, owner, lease_until)
@@ -673,35 +682,44 @@ class SQLiteStore(Store):
         return self._afresh(conn, key, lambda p: p.claim(conn, now, limit, owner, lease_until))
 
     def _claim_limited(self, conn: sqlite3.Connection, key: PlanKey, owner: str, limit: int, lease_until: float,
-                       now: float, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Pick the best due tasks past the names and queues without a token, give each
-        a token of its buckets in claim order, and lease those that got one. A task
-        refused (its bucket ran dry on the way) means more may lie past it: pick again,
-        skipping that bucket too (so at most one round more than there are buckets).
-        The clock is read inside the write lock: every writer of the file sees it move
-        forward."""
+                       now: float, rows: list[tuple[Any, ...]],
+                       limits: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Pick the best due tasks past the names and queues without a token and the
+        names limited as a whole with no free slot; give each a slot of its group and a
+        token of its buckets in claim order, and lease those that got them. A task
+        refused means more may lie past it: pick again, skipping a dry bucket's name or
+        queue, and looking past the tasks of a full key (the plan cannot skip a key: the
+        window grows, doubling what it looked past). The write lock makes the counts
+        exact; the clock is read inside it: every writer of the file sees it move forward."""
         buckets = Buckets(rows, self.clock())
+        slots = Slots(limits)
+        if limits:
+            slots.count(conn.execute(_RUNNING_LIMITED).fetchall())
         taken: list[tuple[Any, ...]] = []
+        passed: set[str] = set()  # refused: looked past in the next round
         while len(taken) < limit:
-            held = (buckets.held("queue"), buckets.held("name"))
+            held = (buckets.held("queue"), buckets.held("name") | slots.full_names())
 
             def pick(p: ready.Plan, held: tuple[frozenset[str], frozenset[str]] = held,
-                     want: int = limit - len(taken)) -> tuple[list[str], bool]:
+                     want: int = limit - len(taken) + 2 * len(passed)) -> tuple[list[str], bool]:
                 return p.holding(*held).best(conn, now, want)
 
             plan = self._plans.get(key)
             ids, stale = pick(plan) if plan is not None else ([], True)
             if stale:
                 ids = self._afresh(conn, key, pick)
-            if not ids:
+            fresh = [i for i in ids if i not in passed]
+            if not fresh:
                 break
             found = {row[0]: row for row in conn.execute(
-                f"SELECT id, task_name, queue FROM castor_tasks WHERE id IN ({', '.join('?' * len(ids))})", ids)}
-            chosen, refused = buckets.choose([found[i] for i in ids])
+                "SELECT id, task_name, queue, concurrency_key FROM castor_tasks "
+                f"WHERE id IN ({', '.join('?' * len(fresh))})", fresh)}
+            chosen, refused = choose([found[i] for i in fresh], slots, buckets.take, limit - len(taken))
             if chosen:
                 taken.extend(self._plans[key].claim_ids(conn, now, chosen, owner, lease_until))
             if not refused:
-                break  # every task found got its tokens: it found all there is, or enough
+                break  # every task found got what it needs: it found all there is, or enough
+            passed.update(set(fresh) - set(chosen))
         conn.executemany("UPDATE castor_rate_limits SET tokens = ?, updated_at = ? WHERE kind = ? AND name = ?",
                          buckets.changed())
         return taken
@@ -717,9 +735,9 @@ class SQLiteStore(Store):
         with self._locked() as conn:
             plan = self._plans.get(key)
             if plan is not None and plan.one_statement and not self._retry(
-                    lambda: conn.execute(_ANY_BUCKET).fetchone()[0]):
-                # One UPDATE is atomic by itself: no transaction around it (a rate limit
-                # needs one: its bucket is read and written with the claim).
+                    lambda: conn.execute(_ANY_LIMIT).fetchone()[0]):
+                # One UPDATE is atomic by itself: no transaction around it (a limit needs
+                # one: its bucket or its running count is read with the claim).
                 rows, stale = self._retry(lambda: plan.claim(conn, now, limit, owner, clock + lease))
                 if not stale:
                     return _sorted(rows, now - clock)
@@ -1164,6 +1182,24 @@ class SQLiteStore(Store):
         return {(kind, name): {"rate": rate, "burst": burst, "tokens": refill(tokens, at, clock, rate, burst)}
                 for kind, name, rate, burst, tokens, at in self._execute(_BUCKETS)}
 
+    # -- concurrency limits (castor/concurrency.py) --------------------------------
+
+    def set_concurrency_limit(self, name: str, limit: int, *, per_key: bool = False) -> None:
+        check_limit(name, limit)
+        # The commit wakes every waiter: a raised limit frees slots at once.
+        self._execute("INSERT INTO castor_concurrency_limits (name, max_running, per_key) VALUES (?, ?, ?) "
+                      "ON CONFLICT (name) DO UPDATE SET max_running = excluded.max_running, per_key = excluded.per_key",
+                      (name, limit, int(per_key)))
+
+    def remove_concurrency_limit(self, name: str) -> bool:
+        return bool(self._execute("DELETE FROM castor_concurrency_limits WHERE name = ? RETURNING 1", (name,)))
+
+    def concurrency_limits(self) -> dict[str, dict[str, Any]]:
+        with self._locked() as conn:
+            limits, running = self._retry(lambda: self._snapshot(conn, lambda c: (
+                c.execute(_LIMITS).fetchall(), c.execute(_RUNNING_LIMITED).fetchall())))
+        return concurrency_report(limits, running)
+
     # -- housekeeping ------------------------------------------------------------
 
     def verify(self) -> None:
@@ -1429,9 +1465,9 @@ def _io_error_hint(path: str) -> str:
 # claim's owner and lease stay behind (they were on the other store's clock).
 _INSERT_COPY = (
     "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
-    "args, kwargs, enqueued_at, eta, options, unique_key, cache_key, at_once, "
+    "args, kwargs, enqueued_at, eta, options, unique_key, cache_key, concurrency_key, at_once, "
     "started_at, error, attempts, lost, history, fence, isolate) "
-    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
 
@@ -1442,3 +1478,4 @@ def _copy_params(task: TaskCopy) -> tuple[Any, ...]:
     return (*_insert_params(task.as_new())[:-1], int(task.at_once), r.started_at,
             json.dumps(r.error) if r.error else None, r.attempts, r.lost,
             json.dumps(r.history) if r.history else None, r.fence, int(r.isolate))
+

@@ -56,10 +56,12 @@ class Backend:
 
 def new(task_id: str, *, now: float = WALL_START, eta: float | None = None, mode: str = "process",
         queue: str = "default", priority: int = 0, name: str = "t", unique_key: str | None = None,
-        cache_key: str | None = None, options: dict[str, Any] | None = None) -> NewTask:
+        cache_key: str | None = None, options: dict[str, Any] | None = None,
+        concurrency_key: str | None = None) -> NewTask:
     return NewTask(id=task_id, name=name, mode=mode, serializer="json", args="[1]", kwargs="{}",
                    enqueued_at=now, eta=now if eta is None else eta, queue=queue, priority=priority,
-                   options=options or {}, unique_key=unique_key, cache_key=cache_key)
+                   options=options or {}, unique_key=unique_key, cache_key=cache_key,
+                   concurrency_key=concurrency_key)
 
 
 def claim(store: Store, clocks: Clocks, owner: str = "w1", *, limit: int = 1, lease: float = 10.0,
