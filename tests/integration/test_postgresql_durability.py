@@ -67,6 +67,12 @@ def test_every_write_of_a_worker_skips_the_wal_flush(traced: TracedStore) -> Non
     store.renew([lapsed.claim], lease=0.01)
     store.enqueue([new("by-id", now=now())])
     store.enqueue([new(f"next{i}", now=now()) for i in range(2)])
+    store.enqueue([new("paced", now=now(), name="paced", mode="thread")])
+
+    def limited_claim() -> Any:
+        (got,) = store.claim("w", mode="thread", queues=None, limit=1, lease=30.0, now=now())
+        return got
+
     operations: dict[str, Callable[[], Any]] = {
         "claim": lambda: store.claim("w", mode="process", queues=None, limit=1, lease=30.0, now=now()),
         "claim_task": lambda: store.claim_task("by-id", "w", lease=30.0, now=now()),
@@ -77,10 +83,13 @@ def test_every_write_of_a_worker_skips_the_wal_flush(traced: TracedStore) -> Non
         "requeue": lambda: store.requeue("next1", store.get("next1").fence, count_attempt=False),
         "release_owner": lambda: store.release_owner("dead", count_attempt=True, max_lost=3),
         "recover_expired": lambda: store.recover_expired(now=now() + 60, max_lost=3),
+        "a rate-limited claim": limited_claim,
     }
     time.sleep(0.02)  # "lapsed"'s lease is over by the server's clock
     waiting = {}
     for name, operation in operations.items():
+        if operation is limited_claim:  # last: the claims before it take the plain path
+            store.set_rate_limit("name", "paced", rate=100.0, burst=1)  # an operator's write: durable
         found = writes(traced.transactions(operation))
         assert found, f"{name} wrote nothing: the test proves nothing"
         if any(NOT_DURABLE not in t for t in found):
