@@ -164,24 +164,29 @@ class Slots:
         return [(name, key) for name, key in self.full() if self.limits[name][1]]
 
 
-def choose(candidates: Iterable[tuple[Any, str, str, str | None]], slots: Slots, take_token: Callable[[str, str], bool],
-           want: int) -> tuple[list[Any], bool]:
-    """Of candidate tasks (id, name, queue, key), best first, the ids (at most `want`)
+def choose(candidates: Iterable[tuple[Any, str, str, str | None]], slots: Slots,
+           take_token: Callable[[str, str], float | None], want: int) -> tuple[list[tuple[Any, float]], bool]:
+    """Of candidate tasks (id, name, queue, key), best first, those (at most `want`)
     that get a slot of their group and the tokens of their rate limits
-    (`take_token(name, queue)`, which takes them), and whether one was refused (look
-    again past it). A task refused takes neither."""
-    chosen: list[Any] = []
+    (`take_token(name, queue)`, which takes them and says in how many seconds the task
+    may start, None if it may not), as (id, seconds until it may start), and whether
+    one was refused (look again past it). A task refused takes neither."""
+    chosen: list[tuple[Any, float]] = []
     refused = False
     for task_id, name, queue, key in candidates:
         if len(chosen) >= want:
             break
         group = slots.group(name, key)
-        if (group is not None and not slots.free(group)) or not take_token(name, queue):
+        if group is not None and not slots.free(group):
+            refused = True
+            continue
+        wait = take_token(name, queue)
+        if wait is None:
             refused = True
             continue
         if group is not None:
             slots.take(group)
-        chosen.append(task_id)
+        chosen.append((task_id, wait))
     return chosen, refused
 
 

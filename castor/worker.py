@@ -29,6 +29,7 @@ from castor.errors import ConfigurationError, LeaseLost, StoreUnavailable, TaskC
 from castor.execution import EventLoopThread, Outcome, execute, failure_outcome, settlement_for
 from castor.expiry import expired_message, expires_at
 from castor.logs import get_logger
+from castor.rate_limits import BOOK_AHEAD_SECONDS
 from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord, work_topic
 from castor.task import MODES
@@ -225,6 +226,7 @@ class Worker:
         return outcome
 
     def _execute(self, record: TaskRecord) -> tuple[Outcome, Settlement]:
+        _await_start(record)
         key = record.claim
         pid = os.getpid()
         with self._running_lock:
@@ -511,13 +513,20 @@ class Worker:
             finished, self._finished = self._finished, []
         return finished
 
-    def hand_back(self, *, write_finished: bool = True) -> int:
+    def hand_back(self, *, write_finished: bool = True, keep_booked: bool = False) -> int:
         """Return the claimed tasks not started yet to the queue (the attempt not
         counted) and, with write_finished, write the batch's finished outcomes
         now. Safe from any thread (castord calls it before a child leaves)."""
         with self._running_lock:
-            back = list(self.waiting)
+            # keep_booked (a long task holds the batch up, the worker goes on): a task
+            # whose start was booked (a rate limit's token, castor/rate_limits.py) stays,
+            # since it waits for its moment, not behind the long task, and handed back
+            # its token would be lost.
+            now = time.time()
+            booked = [r for r in self.waiting if keep_booked and r.started_at is not None and r.started_at > now]
+            back = [r for r in self.waiting if r not in booked]
             self.waiting.clear()
+            self.waiting.extend(booked)
         finished = self._take_finished() if write_finished else []
         if finished:
             try:
@@ -575,7 +584,7 @@ class Worker:
                 unwritten += more
                 now = time.monotonic()
                 if self.waiting and now - self._waiting_since >= HANDBACK_SECONDS:
-                    self.hand_back(write_finished=False)  # every thread is busy with a longer task
+                    self.hand_back(write_finished=False, keep_booked=True)  # every thread is busy with a longer task
                 overdue = bool(unwritten) and now - unwritten_since >= HANDBACK_SECONDS
                 if not got_slot:
                     if overdue or not self.waiting:
@@ -782,6 +791,14 @@ class Worker:
             self.store.wait_for_change(seen, timeout, self._wake_topic)
 
 
+def _await_start(record: TaskRecord) -> None:
+    """A task claimed with a token booked ahead (castor/rate_limits.py) has its start a
+    moment after the claim: wait for it (never longer than the booking allows, whatever
+    a clock did), so that the limit holds for when tasks really start."""
+    if record.started_at is not None and (wait := record.started_at - time.time()) > 0:
+        time.sleep(min(wait, BOOK_AHEAD_SECONDS))
+
+
 def _debug_enabled() -> bool:
     # structlog's level filter runs after the call is built; on the hot path
     # the stdlib check (cached by logging) is much cheaper.
@@ -883,7 +900,7 @@ class HandBack:
                     continue
                 if worker.waiting or worker._finished:  # noqa: SLF001
                     try:
-                        worker.hand_back()
+                        worker.hand_back(keep_booked=True)
                     except Exception:  # noqa: BLE001 - try again next round
                         log.exception("worker.hand_back_failed")
                 time.sleep(HANDBACK_SECONDS)

@@ -264,10 +264,12 @@ _PICK = (f"SELECT id, task_name, queue, concurrency_key FROM castor_tasks WHERE 
          "ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED")
 _PICK_ANY = _PICK.format(queues="")
 _PICK_IN = _PICK.format(queues=_IN_QUEUES)
+# Each with its start: the claim's `now`, or later for a token booked ahead (rate_limits.py).
 _CLAIM_IDS = f"""UPDATE castor_tasks
                     SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
-                        started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
-                  WHERE id = ANY(%(ids)s)
+                        started_at = c.claim_start, attempts = attempts + 1, fence = fence + 1
+                   FROM unnest(%(ids)s::text[], %(starts)s::float8[]) AS c(claim_id, claim_start)
+                  WHERE id = c.claim_id
               RETURNING {_COLUMNS}"""
 _BUCKETS = "SELECT kind, name, rate, burst, tokens, updated_at FROM castor_rate_limits"
 _ANY_LIMIT = ("SELECT EXISTS (SELECT 1 FROM castor_rate_limits) "
@@ -1406,7 +1408,9 @@ class PostgreSQLStore(Store):
 
     def rate_limits(self) -> dict[tuple[str, str], dict[str, Any]]:
         rows = self._fetch(_BUCKETS_NOW, {"clock": self._clock()})
-        return {(kind, name): {"rate": rate, "burst": burst, "tokens": refill(tokens, at, max(clock, at), rate, burst)}
+        # Booked ahead (rate_limits.BOOK_AHEAD_SECONDS), a bucket holds less than none: none to tell.
+        return {(kind, name): {"rate": rate, "burst": burst,
+                               "tokens": max(0.0, refill(tokens, at, max(clock, at), rate, burst))}
                 for clock, kind, name, rate, burst, tokens, at in rows}
 
 
@@ -1688,7 +1692,10 @@ class _LimitedClaim:
             self._lock_for(found)
             chosen, refused = choose(found, self.slots, self.buckets.take, limit - len(taken))
             if chosen:
-                taken.extend(self.conn.execute(_CLAIM_IDS, {**self.params, "ids": chosen}).fetchall())
+                now = self.params["now"]
+                taken.extend(self.conn.execute(_CLAIM_IDS, {
+                    **self.params, "ids": [task_id for task_id, _ in chosen],
+                    "starts": [now + wait for _, wait in chosen]}).fetchall())
             if not refused:
                 break
         self.conn.cursor().executemany("UPDATE castor_rate_limits SET tokens = %s, updated_at = %s "

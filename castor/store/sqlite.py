@@ -715,8 +715,12 @@ class SQLiteStore(Store):
                 "SELECT id, task_name, queue, concurrency_key FROM castor_tasks "
                 f"WHERE id IN ({', '.join('?' * len(fresh))})", fresh)}
             chosen, refused = choose([found[i] for i in fresh], slots, buckets.take, limit - len(taken))
-            if chosen:
-                taken.extend(self._plans[key].claim_ids(conn, now, chosen, owner, lease_until))
+            plan = self._plans[key]
+            if at_once := [task_id for task_id, wait in chosen if wait == 0]:
+                taken.extend(plan.claim_ids(conn, now, at_once, owner, lease_until))
+            for task_id, wait in chosen:
+                if wait > 0:  # a booked token: the task starts when it comes (rate_limits.py)
+                    taken.extend(plan.claim_ids(conn, now + wait, [task_id], owner, lease_until))
             if not refused:
                 break  # every task found got what it needs: it found all there is, or enough
             passed.update(set(fresh) - set(chosen))
@@ -1179,7 +1183,8 @@ class SQLiteStore(Store):
 
     def rate_limits(self) -> dict[tuple[str, str], dict[str, Any]]:
         clock = self.clock()
-        return {(kind, name): {"rate": rate, "burst": burst, "tokens": refill(tokens, at, clock, rate, burst)}
+        # Booked ahead (rate_limits.BOOK_AHEAD_SECONDS), a bucket holds less than none: none to tell.
+        return {(kind, name): {"rate": rate, "burst": burst, "tokens": max(0.0, refill(tokens, at, clock, rate, burst))}
                 for kind, name, rate, burst, tokens, at in self._execute(_BUCKETS)}
 
     # -- concurrency limits (castor/concurrency.py) --------------------------------

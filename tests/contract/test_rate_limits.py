@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from castor.errors import ConfigurationError
+from castor.rate_limits import BOOK_AHEAD_SECONDS
 from castor.states import TaskStatus
 from tests.contract.builders import claim, new, outcome
 
@@ -80,12 +81,24 @@ def test_settle_and_claim_takes_tokens_too(store, clocks):
     assert accepted == [True] and ids(more) == ["m01"]
 
 
-def test_next_due_is_when_a_held_back_task_gets_its_token(store, clocks):
+def test_next_due_is_when_a_held_back_tasks_token_can_be_booked(store, clocks):
     store.set_rate_limit("name", "mail", rate=4.0, burst=1)
     store.enqueue(mail(2))
     assert len(claim(store, clocks, limit=10)) == 1
     due = store.next_due(mode="process", now=clocks.wall)
-    assert due is not None and due == pytest.approx(clocks.wall + 0.25, abs=0.01)
+    assert due is not None and due == pytest.approx(clocks.wall + 0.25 - BOOK_AHEAD_SECONDS, abs=0.01)
+
+
+def test_a_claim_books_the_tokens_that_come_soon_each_task_starting_when_its_token_does(store, clocks):
+    store.set_rate_limit("name", "mail", rate=100.0, burst=1)  # a token every 10 ms
+    store.enqueue(mail(20))
+    taken = sorted(claim(store, clocks, limit=20), key=lambda r: r.started_at or 0)
+    booked = int(BOOK_AHEAD_SECONDS * 100)
+    assert len(taken) == 1 + booked  # the token there is, and those due within the booking time
+    starts = [r.started_at - clocks.wall for r in taken]
+    assert starts == pytest.approx([k / 100 for k in range(1 + booked)], abs=0.002)
+    assert claim(store, clocks, limit=20) == []  # the next is too far to book
+    assert store.rate_limits()[("name", "mail")]["tokens"] == 0.0  # booked ahead: none to tell
 
 
 def test_a_removed_limit_holds_nothing_back(store, clocks):

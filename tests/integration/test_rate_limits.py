@@ -151,3 +151,31 @@ def test_a_limited_worker_sleeps_until_the_next_token_rather_than_spinning(manag
     assert claims < 6 * 10
     # It waited for the next token (0.2 s at most at 5/s), not for the 0.5 s safety net.
     assert waits and max(waits) <= 0.21, waits
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_task_with_a_booked_token_never_runs_before_its_start(manager, mode):
+    """A fast limit's claim books the tokens that come within BOOK_AHEAD_SECONDS, each
+    task starting when its token comes (its started_at): the worker waits for that
+    moment, so that the limit holds for when the functions really run."""
+    ran: dict[int, float] = {}
+
+    @manager.task(mode=mode, name="booked", rate_limit="100/s")
+    def booked(n):
+        ran[n] = time.time()
+        return n
+
+    handles = [booked.delay(n) for n in range(30)]
+    worker = castor.Worker(manager, mode=mode, threads=4)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: len(ran) == 30, 30, "the booked tasks to run")
+    finally:
+        worker.stop()
+        runner.join(30)
+    starts = {h.join(timeout=10): h.info().started_at for h in handles}
+    assert len(set(starts.values())) == 30  # every task its own start, 10 ms apart
+    early = {n: round(starts[n] - ran[n], 4) for n in ran if ran[n] < starts[n]}
+    assert not early, f"ran before their booked start (s early): {early}"

@@ -31,7 +31,7 @@ def test_choose_gives_slots_in_claim_order_and_refuses_the_rest():
     buckets = Buckets([], 0.0)
     found = [("t1", "charge", "q", "ada"), ("t2", "charge", "q", "ada"), ("t3", "charge", "q", "bob"),
              ("t4", "free", "q", None)]
-    assert choose(found, slots, buckets.take, want=10) == (["t1", "t3", "t4"], True)
+    assert choose(found, slots, buckets.take, want=10) == ([("t1", 0.0), ("t3", 0.0), ("t4", 0.0)], True)
     assert choose([("t5", "free", "q", None)], slots, buckets.take, want=0) == ([], False)
 
 
@@ -69,7 +69,7 @@ def test_the_report_sums_every_key_of_a_name():
 def test_a_bucket_another_claimer_holds_gives_no_token_and_is_not_written():
     buckets = Buckets([("name", "mail", 1.0, 5, 5.0, 0.0)], 10.0)
     buckets.hold(("name", "mail"))
-    assert buckets.take("mail", "q") is False and buckets.changed() == []
+    assert buckets.take("mail", "q") is None and buckets.changed() == []
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.0, None])
