@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from castor import rerun, task_log
-from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
+from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError, WorkflowMemberRetry
 from castor.handle import Task
 from castor.hooks import Hooks, check_event
 from castor.instrumentation import Instruments
@@ -21,12 +21,14 @@ from castor.retention import Retention
 from castor.serialization import get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, database_path, display_url, is_server_url, open_store
+from castor.store.base import NewWorkflow
 from castor.task import (
     Signature,
     TaskFunction,
     build_options,
     validate_ttl,
 )
+from castor.workflow import Workflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -239,6 +241,22 @@ class Manager:
     def _submit(self, tasks: list[NewTask]) -> list[Task[Any]]:
         return [Task(self, task_id) for task_id in self.producer.submit(tasks)]
 
+    def _submit_workflow(self, workflow: NewWorkflow, tasks: list[NewTask]) -> None:
+        """Write a workflow and its members (castor/workflow.py), all or none. Eager mode
+        then runs its members as they become pending, through the same store calls."""
+        self.store.enqueue_workflow(workflow, tasks)
+        if self.hooks.listeners:
+            self.hooks.enqueued(tasks, [t.id for t in tasks])
+        runner = self.producer.eager_runner
+        while runner is not None:
+            record = self.store.workflow(workflow.id)
+            due = [task_id for task_id, _step, _index in (record.members if record else ())
+                   if self.store.status(task_id) == TaskStatus.PENDING]
+            if not due:
+                break
+            for task_id in due:
+                runner(task_id)
+
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[Task[Any]]:
         """Enqueue many calls (`add.s(1, 2)`, ...) in one transaction: all or none."""
         with shielded():
@@ -247,9 +265,13 @@ class Manager:
 
     # -- finding tasks -------------------------------------------------------
 
-    def get(self, task_id: str) -> Task[Any] | None:
-        """A handle on a stored task, or None if there is no such task."""
-        return Task(self, task_id) if self.store.status(task_id) is not None else None
+    def get(self, task_id: str) -> Task[Any] | Workflow | None:
+        """A handle on a stored task, or on a workflow by its id (castor.chain(...).delay().id),
+        or None if there is neither."""
+        if self.store.status(task_id) is not None:
+            return Task(self, task_id)
+        record = self.store.workflow(task_id)
+        return Workflow(self, task_id, record.kind) if record is not None else None
 
     get_task_by_id = get
 
@@ -279,9 +301,15 @@ class Manager:
 
     def retry(self, task_id: str) -> Task[Any]:
         """Send one failed or cancelled task back to the queue, to run again now."""
-        status = self.store.status(task_id)
-        if status is None:
+        record = self.store.get(task_id)
+        if record is None:
             raise UnknownTaskError.missing(task_id)
+        status = record.status
+        if record.workflow_id is not None:
+            raise WorkflowMemberRetry(
+                f"task {task_id} is a member of workflow {record.workflow_id}, and a member is not retried by "
+                "hand: the tasks after it would run without its result, and its workflow has ended. Enqueue "
+                "the workflow again instead")
         if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise ConfigurationError(f"task {task_id} is {status}; only failed or cancelled tasks can be retried")
         if not self.store.retry(task_id=task_id, now=time.time()):
