@@ -77,7 +77,8 @@ def enqueue_link(head: Signature, link: Signature | Sequence[Signature] | None,
                  link_error: Signature | None) -> Task[Any]:
     """`task.apply_async(..., link=, link_error=)`: the task, its link(s) after it, and the
     handler of its failure; returns the task's own handle (Celery's)."""
-    links = [] if link is None else [link] if isinstance(link, Signature) else list(link)
+    links = [] if link is None else [link] if isinstance(link, Signature) else \
+        list(link) if isinstance(link, (list, tuple)) else [link]
     for item in links:
         if not isinstance(item, Signature):
             raise ConfigurationError(f"{head.task.name}.apply_async: link= takes a signature (task.s(...)) or a "

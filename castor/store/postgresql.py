@@ -711,7 +711,7 @@ class PostgreSQLStore(Store):
     def _settle_and_claim(self, settlements: Sequence[Settlement],
                           claim: tuple[str, dict[str, Any]] | None) -> tuple[list[bool], list[Any]]:
         """A worker's hot path in one round trip whatever the batch (psycopg's pipeline):
-        BEGIN, the settles, the claim, the notifications the settles owe (_NOTIFY_SETTLED)
+        BEGIN, the settles, the workflows' advance (if a member ended), the claim, the notifications the settles owe (_NOTIFY_SETTLED)
         and COMMIT. Which settles were accepted, and the claimed rows.
 
         Committed without waiting for the WAL flush (synchronous_commit off, for this
@@ -729,10 +729,14 @@ class PostgreSQLStore(Store):
                 conn.execute("BEGIN")
                 conn.execute("SET LOCAL synchronous_commit TO OFF")
                 settled = [conn.execute(sql, params) for sql, params in plan.statements]
-                claiming = conn.execute(*claim) if claim is not None else None
                 members = [s for s in settlements if s.workflow_id is not None]
-                if members:  # after the claim: the workflow rows' locks are held for the server's work only
+                if members:
+                    # Before the claim (the design had it after): the claim then sees the
+                    # successors this advance released, so the worker that ended a chain's
+                    # link takes the next one in the same round trip, as on SQLite. The
+                    # workflow rows' locks are still held for the server's work only.
                     self._advance(conn, [s.task_id for s in members], max(s.finished_at for s in members))
+                claiming = conn.execute(*claim) if claim is not None else None
                 if settlements:
                     conn.execute(_NOTIFY_SETTLED, {
                         "channel": self._channel, "work_prefix": work_topic(""), "task_prefix": task_topic(""),
