@@ -77,12 +77,12 @@ def enqueue_link(head: Signature, link: Signature | Sequence[Signature] | None,
                  link_error: Signature | None) -> Task[Any]:
     """`task.apply_async(..., link=, link_error=)`: the task, its link(s) after it, and the
     handler of its failure; returns the task's own handle (Celery's)."""
-    links = [] if link is None else [link] if isinstance(link, Signature) else \
-        list(link) if isinstance(link, (list, tuple)) else [link]
-    for item in links:
+    given: list[Any] = [] if link is None else list(link) if isinstance(link, (list, tuple)) else [link]
+    for item in given:
         if not isinstance(item, Signature):
             raise ConfigurationError(f"{head.task.name}.apply_async: link= takes a signature (task.s(...)) or a "
                                      f"list of them, not {item!r}")
+    links: list[Signature] = given
     steps = [[head], links] if links else [[head]]
     workflow = _enqueue("link", steps, link_error, handler_step=0)
     return Task(workflow._manager, str(workflow.first_id))  # noqa: SLF001 - built just above
