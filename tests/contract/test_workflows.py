@@ -411,3 +411,29 @@ def test_move_sees_unfinished_workflows_and_copies_no_member(store: Store, clock
     run(store, clocks)  # the handler (or plain) ...
     run(store, clocks)
     assert store.unfinished_workflows() == 0
+
+
+def test_a_batch_of_plain_settles_moves_each_members_workflow(store: Store, clocks: Clocks) -> None:
+    """Several successes in one batch (PostgreSQL writes them in one statement over arrays)."""
+    for workflow in ("w1", "w2"):
+        store.enqueue_workflow(NewWorkflow(workflow, "chain", (1, 1), clocks.wall), [
+            member(f"{workflow}a", 0, workflow=workflow), member(f"{workflow}b", 1, workflow=workflow,
+                                                                 wf_input=INPUT_RESULT)])
+    store.enqueue([new("plain")])
+    claimed = claim(store, clocks, limit=3)
+    accepted, _ = store.settle_and_claim([ended(r, S, clocks) for r in claimed], "w1", mode="process",
+                                         queues=None, limit=0, lease=10.0, now=clocks.wall)
+    assert accepted == [True, True, True]
+    assert statuses(store, "w1b", "w2b") == [P, P]
+    assert [store.workflow(w).step for w in ("w1", "w2")] == [1, 1]  # type: ignore[union-attr]
+
+
+def test_a_crashed_owner_holding_several_tasks_ends_a_cancelled_member(store: Store, clocks: Clocks) -> None:
+    """Held beside another task: nobody is blamed, but a cancel asked meanwhile ends it."""
+    linked(store, clocks)
+    store.enqueue([new("plain")])
+    assert len(claim(store, clocks, "w1", limit=2)) == 2
+    store.cancel("a", now=clocks.wall)
+    store.release_owner("w1", count_attempt=True, max_lost=3)
+    assert statuses(store, "a", "b", "e", "plain") == [C, C, C, P]
+    assert state(store)[0] == WorkflowStatus.CANCELLED
