@@ -21,7 +21,7 @@ from castor.retention import Retention
 from castor.serialization import get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, database_path, display_url, is_server_url, open_store
-from castor.store.base import NewWorkflow
+from castor.store.base import NewWorkflow, TaskRecord
 from castor.task import (
     Signature,
     TaskFunction,
@@ -305,11 +305,7 @@ class Manager:
         if record is None:
             raise UnknownTaskError.missing(task_id)
         status = record.status
-        if record.workflow_id is not None:
-            raise WorkflowMemberRetry(
-                f"task {task_id} is a member of workflow {record.workflow_id}, and a member is not retried by "
-                "hand: the tasks after it would run without its result, and its workflow has ended. Enqueue "
-                "the workflow again instead")
+        _refuse_member(record, "retried")
         if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise ConfigurationError(f"task {task_id} is {status}; only failed or cancelled tasks can be retried")
         if not self.store.retry(task_id=task_id, now=time.time()):
@@ -342,6 +338,7 @@ class Manager:
             raise UnknownTaskError.missing(task_id)
         if not record.status.finished:
             raise ConfigurationError(rerun.why_not_run_again(record))
+        _refuse_member(record, "run again")
         copy = rerun.copy_of(record, now=time.time())
         (stored,) = self.producer.submit([copy])
         if stored != copy.id:
@@ -509,6 +506,16 @@ class Manager:
 
     def __repr__(self) -> str:
         return f"<castor.Manager {display_url(self.store.url)} tasks={len(self.registry)}>"
+
+
+def _refuse_member(record: TaskRecord, what: str) -> None:
+    """A workflow member is not retried or run again by hand: without its predecessors'
+    results it would run with the wrong arguments, and its workflow has ended."""
+    if record.workflow_id is not None:
+        raise WorkflowMemberRetry(
+            f"task {record.id} is a member of workflow {record.workflow_id}, and a member is not {what} by "
+            "hand: it would run without the results of the tasks before it, and its workflow has ended. "
+            "Enqueue the workflow again instead")
 
 
 def _query(status: str | None, name: str | None, queue: str | None) -> Query:

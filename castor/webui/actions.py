@@ -31,7 +31,7 @@ TASK_ACTIONS = (*ACTIONS, "run-now", "run-again")
 VERBS = {"retry": "retried", "cancel": "cancelled", "delete": "deleted", "run-now": "made due now",
          "run-again": "ran again"}
 FINISHED = (TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED)
-UNFINISHED = (TaskStatus.PENDING, TaskStatus.RUNNING)
+UNFINISHED = (TaskStatus.PENDING, TaskStatus.WAITING, TaskStatus.RUNNING)
 # "Cancel all matching" cancels one task at a time (a pending one ends at once, a
 # running one is asked to stop): at most this many per confirmation.
 CANCEL_LIMIT = 100_000

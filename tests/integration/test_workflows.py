@@ -181,8 +181,24 @@ def test_a_member_is_not_retried_by_hand(app) -> None:
         failed.retry()
     with pytest.raises(castor.ConfigurationError, match="Enqueue the workflow again"):
         app.retry(workflow.tasks[1].id)
+    with pytest.raises(castor.WorkflowMemberRetry, match="not run again by hand"):
+        app.run_again(failed.id)
     assert [t.id for t in app.retry_failed()] == [plain.id]
     assert failed.status() == "failed"
+
+
+def test_the_dashboard_offers_no_retry_for_a_member(app) -> None:
+    from castor.webui.pages import actions_for
+
+    boom = task(app, "boom")
+    workflow = castor.chain(boom.s(), boom.s()).delay()
+    plain = boom.delay()
+    drain(app)
+    assert [name for name, _ in actions_for(workflow.tasks[0].info(), 0)] == ["delete"]
+    assert [name for name, _ in actions_for(workflow.tasks[1].info(), 0)] == ["delete"]
+    assert "retry" in [name for name, _ in actions_for(plain.info(), 0)]
+    waiting = castor.chain(boom.s(), boom.s()).delay().tasks[1]
+    assert [name for name, _ in actions_for(waiting.info(), 0)] == ["cancel"]
 
 
 def test_eager_mode_runs_a_workflow_inline(url: str) -> None:
