@@ -139,7 +139,8 @@ def _statuses(action: str, query: Query) -> tuple[TaskStatus, ...]:
             raise RefusedAction("retry on all matching needs the status filter failed or cancelled")
         return allowed
     if query.status not in allowed:
-        names = " or ".join(str(s) for s in allowed)
+        *first, last = (str(s) for s in allowed)
+        names = f"{', '.join(first)} or {last}"
         raise RefusedAction(f"{action} applies to {names} tasks, and the filter is status {query.status}")
     return (query.status,)
 
