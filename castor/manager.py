@@ -291,7 +291,7 @@ class Manager:
                                    expires_at=self.expires_at(record.options, TaskStatus.CANCELLED, now))
         if status is None:
             raise UnknownTaskError.missing(task_id)
-        if status == TaskStatus.CANCELLED and record.status == TaskStatus.PENDING:
+        if status == TaskStatus.CANCELLED and record.status in (TaskStatus.PENDING, TaskStatus.WAITING):
             task_log.cancelled_pending(record)  # its end: no worker will see it
             if self.hooks.listeners:
                 self.hooks.cancelled_pending(record, now)
