@@ -282,11 +282,16 @@ class Manager:
     # -- acting on tasks -----------------------------------------------------
 
     def cancel(self, task_id: str) -> TaskStatus:
-        """Cancel a task by id (see Task.cancel); raises UnknownTaskError if there is none."""
+        """Cancel a task by id (see Task.cancel), or a workflow by its id (Workflow.cancel:
+        the status returned is the workflow's state, spelled as a task's); raises
+        UnknownTaskError if there is neither."""
         record = self.store.get(task_id)
-        if record is None:
-            raise UnknownTaskError.missing(task_id)
         now = time.time()
+        if record is None:
+            state = self.store.cancel_workflow(task_id, now=now)
+            if state is None:
+                raise UnknownTaskError.missing(task_id)
+            return TaskStatus(str(state))
         status = self.store.cancel(task_id, now=now,
                                    expires_at=self.expires_at(record.options, TaskStatus.CANCELLED, now))
         if status is None:

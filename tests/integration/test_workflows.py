@@ -122,6 +122,15 @@ def test_cancelling_mid_chain(app) -> None:
     assert workflow.cancel() == "cancelled"  # left as it is
 
 
+def test_manager_cancel_takes_a_workflow_id(app) -> None:
+    add = task(app, "add")
+    workflow = castor.chain(add.s(1, 2), add.s(1)).delay()
+    assert app.cancel(workflow.id) == castor.TaskStatus.CANCELLED
+    assert workflow.status() == "cancelled"
+    with pytest.raises(castor.UnknownTaskError):
+        app.cancel("no-such-id")
+
+
 def test_join_times_out_and_resolve_awaits(app) -> None:
     add = task(app, "add")
     workflow = castor.chain(add.s(1, 2), add.s(1)).delay()

@@ -114,3 +114,12 @@ def test_move_refuses_while_the_file_holds_unfinished_workflows(app_dir, db_path
     workflow.cancel()
     moved = run_cli(app_dir, "move", "--from", db_path, "--to", postgres_db_url)
     assert moved.returncode == 0, moved
+
+
+def test_the_cli_cancels_a_workflow_by_its_id(app_dir):
+    import testapp
+
+    workflow = castor.chain(testapp.add.s(1, 2), testapp.add.s(1)).delay()
+    out = run_cli(app_dir, "tasks", "cancel", APP, workflow.id)
+    assert out.returncode == 0 and f"{workflow.id}: cancelled" in out.stdout, out
+    assert [t.status() for t in workflow.tasks] == ["cancelled", "cancelled"]
