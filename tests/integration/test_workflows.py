@@ -255,3 +255,13 @@ def test_a_members_missing_input_fails_it_without_a_retry(db_path: str) -> None:
         assert workflow.status() == "failed"
     finally:
         manager.close()
+
+
+def test_the_testing_drain_runs_a_whole_chain(app) -> None:
+    from castor.testing import drain as run_all
+
+    add = task(app, "add")
+    workflow = castor.chain(add.s(1, 2), add.s(3), add.s(4)).delay()
+    ran = run_all(app)
+    assert [t.id for t in ran] == [t.id for t in workflow.tasks]
+    assert workflow.join(timeout=1) == 10
