@@ -32,17 +32,24 @@ from castor.errors import (
     TaskTimeout,
     UnknownTaskError,
     WorkerLost,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowInputMissing,
+    WorkflowMemberRetry,
+    WorkflowStopped,
 )
 from castor.handle import Progress, Task
 from castor.manager import Manager
-from castor.states import TaskStatus
+from castor.states import TaskStatus, WorkflowStatus
 from castor.task import Signature, TaskFunction
 from castor.worker import Worker
+from castor.workflow import Chain, Workflow, chain
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CastorError",
+    "Chain",
     "ConfigurationError",
     "DatabaseLockedError",
     "DuplicateTaskError",
@@ -66,6 +73,14 @@ __all__ = [
     "UnknownTaskError",
     "Worker",
     "WorkerLost",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowFailed",
+    "WorkflowInputMissing",
+    "WorkflowMemberRetry",
+    "WorkflowStatus",
+    "WorkflowStopped",
     "cancelled",
+    "chain",
     "progress",
 ]

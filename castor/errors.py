@@ -110,3 +110,40 @@ class InvalidArguments(CastorError, TypeError):
 
 class TaskIdConflict(CastorError, ValueError):
     """`apply_async(task_id=...)` named an id that is already in the database."""
+
+
+class WorkflowFailed(CastorError):
+    """A workflow stopped because one of its members failed for good.
+
+    `.workflow_id`; `.member_id`: the member whose failure stopped it. Raised by
+    Workflow.join() when no member's own exception can be rebuilt instead.
+    """
+
+    def __init__(self, message: str, *, workflow_id: str = "", member_id: str | None = None):
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.member_id = member_id
+
+
+class WorkflowCancelled(TaskCancelled):
+    """A workflow was cancelled (by hand, or by the cancel of one of its members)."""
+
+    def __init__(self, message: str, *, workflow_id: str = ""):
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
+class WorkflowStopped(TaskCancelled):
+    """Stored as the error of a workflow member that never ran: its workflow stopped
+    first (a member before it failed or was cancelled), or it was not needed (a
+    link_error handler whose task succeeded)."""
+
+
+class WorkflowInputMissing(CastorError):
+    """A workflow member's input (its predecessor's row) is gone: deleted by hand. The
+    member fails without retrying, and its workflow fails with it."""
+
+
+class WorkflowMemberRetry(ConfigurationError):
+    """A retry by hand of a workflow member: refused (its successors would run without
+    their inputs, and its workflow has ended already)."""

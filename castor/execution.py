@@ -75,21 +75,23 @@ class EventLoopThread:
 def execute(
     registry: Mapping[str, TaskFunction[..., Any]], record: TaskRecord,
     get_loop: Callable[[], EventLoopThread] | None = None, instruments: Instruments | None = None,
+    inputs: tuple[Any, ...] = (),
 ) -> Outcome:
     """Run the task's function (looked up in `registry`); never raises for anything
     the task itself did.
 
     `async def` tasks run on the loop `get_loop()` returns (a thread worker's
     shared loop), else on a fresh loop of their own. `instruments`: tracing, error
-    reporting around the attempt (castor/instrumentation.py).
+    reporting around the attempt (castor/instrumentation.py). `inputs`: what a workflow
+    member gets before its own arguments (castor/workflow_inputs.py).
     """
     if instruments is not None:
-        return instruments.run(record, lambda: _attempt(registry, record, get_loop))
-    return _attempt(registry, record, get_loop)
+        return instruments.run(record, lambda: _attempt(registry, record, get_loop, inputs))
+    return _attempt(registry, record, get_loop, inputs)
 
 
 def _attempt(registry: Mapping[str, TaskFunction[..., Any]], record: TaskRecord,
-             get_loop: Callable[[], EventLoopThread] | None) -> Outcome:
+             get_loop: Callable[[], EventLoopThread] | None, inputs: tuple[Any, ...] = ()) -> Outcome:
     started = time.perf_counter()
     task_fn = registry.get(record.name)
     if task_fn is None:
@@ -103,7 +105,7 @@ def _attempt(registry: Mapping[str, TaskFunction[..., Any]], record: TaskRecord,
             exception=UnknownTaskError(message))
     serializer = get_serializer(record.serializer)
     try:
-        args = serializer.loads(record.args)
+        args = (*inputs, *serializer.loads(record.args)) if inputs else serializer.loads(record.args)
         kwargs = serializer.loads(record.kwargs)
         value = task_fn.fn(*args, **kwargs)
         if inspect.isawaitable(value):
@@ -143,13 +145,16 @@ def settlement_for(retention: Retention, record: TaskRecord, outcome: Outcome, o
     status = outcome.status
     if status == TaskStatus.PENDING:
         return Settlement(record.id, owner, record.attempts, status, error=outcome.error,
-                          finished_at=now, eta=now + (outcome.retry_in or 0.0), fence=record.fence)
+                          finished_at=now, eta=now + (outcome.retry_in or 0.0), fence=record.fence,
+                          workflow_id=record.workflow_id)
     expires_at = retention.expires_at(record.options, status, now)
     return Settlement(
         record.id, owner, record.attempts, status, result=outcome.result, error=outcome.error,
         finished_at=now, expires_at=expires_at,
-        drop=expires_at == now and status == TaskStatus.SUCCESS,  # result_ttl=0
-        fence=record.fence,
+        # result_ttl=0; never a workflow member's row, which its successor reads (its
+        # expires_at deletes it later, once its workflow has ended: the purge skips it before)
+        drop=expires_at == now and status == TaskStatus.SUCCESS and record.workflow_id is None,
+        fence=record.fence, workflow_id=record.workflow_id,
     )
 
 

@@ -16,6 +16,7 @@ from castor.store.base import Query, TaskRecord, ToldResult, task_topic
 
 if TYPE_CHECKING:
     from castor.manager import Manager
+    from castor.workflow import Workflow
 
 R = TypeVar("R")
 
@@ -43,7 +44,8 @@ class Task(Generic[R]):
         return record
 
     def status(self) -> TaskStatus:
-        """"pending" | "running" | "success" | "failed" | "cancelled" (a str enum)."""
+        """"pending" | "waiting" | "running" | "success" | "failed" | "cancelled" (a str enum);
+        "waiting": a workflow member whose step has not come."""
         status = self._manager.store.status(self.id)
         if status is None:
             raise UnknownTaskError.missing(self.id)
@@ -95,6 +97,16 @@ class Task(Generic[R]):
     def lost(self) -> int:
         """How many times the worker running this task vanished (a "dirty" task if > 0)."""
         return self.info().lost
+
+    @property
+    def workflow(self) -> Workflow | None:
+        """The workflow this task is a member of (a chain, or link=/link_error=), if any."""
+        workflow_id = self.info().workflow_id
+        if workflow_id is None:
+            return None
+        from castor.workflow import Workflow
+
+        return Workflow(self._manager, workflow_id)
 
     @property
     def progress(self) -> Progress | None:
@@ -223,6 +235,7 @@ class Progress(NamedTuple):
 _CELERY_STATES = {
     TaskStatus.PENDING: "PENDING", TaskStatus.RUNNING: "STARTED", TaskStatus.SUCCESS: "SUCCESS",
     TaskStatus.FAILED: "FAILURE", TaskStatus.CANCELLED: "REVOKED",
+    TaskStatus.WAITING: "PENDING",  # Celery's chain links are PENDING until their turn too
 }
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from castor import rerun, task_log
-from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError
+from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError, WorkflowMemberRetry
 from castor.handle import Task
 from castor.hooks import Hooks, check_event
 from castor.instrumentation import Instruments
@@ -21,12 +21,14 @@ from castor.retention import Retention
 from castor.serialization import get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, database_path, display_url, is_server_url, open_store
+from castor.store.base import NewWorkflow, TaskRecord
 from castor.task import (
     Signature,
     TaskFunction,
     build_options,
     validate_ttl,
 )
+from castor.workflow import Workflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -239,6 +241,22 @@ class Manager:
     def _submit(self, tasks: list[NewTask]) -> list[Task[Any]]:
         return [Task(self, task_id) for task_id in self.producer.submit(tasks)]
 
+    def _submit_workflow(self, workflow: NewWorkflow, tasks: list[NewTask]) -> None:
+        """Write a workflow and its members (castor/workflow.py), all or none. Eager mode
+        then runs its members as they become pending, through the same store calls."""
+        self.store.enqueue_workflow(workflow, tasks)
+        if self.hooks.listeners:
+            self.hooks.enqueued(tasks, [t.id for t in tasks])
+        runner = self.producer.eager_runner
+        while runner is not None:
+            record = self.store.workflow(workflow.id)
+            due = [task_id for task_id, _step, _index in (record.members if record else ())
+                   if self.store.status(task_id) == TaskStatus.PENDING]
+            if not due:
+                break
+            for task_id in due:
+                runner(task_id)
+
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[Task[Any]]:
         """Enqueue many calls (`add.s(1, 2)`, ...) in one transaction: all or none."""
         with shielded():
@@ -247,9 +265,13 @@ class Manager:
 
     # -- finding tasks -------------------------------------------------------
 
-    def get(self, task_id: str) -> Task[Any] | None:
-        """A handle on a stored task, or None if there is no such task."""
-        return Task(self, task_id) if self.store.status(task_id) is not None else None
+    def get(self, task_id: str) -> Task[Any] | Workflow | None:
+        """A handle on a stored task, or on a workflow by its id (castor.chain(...).delay().id),
+        or None if there is neither."""
+        if self.store.status(task_id) is not None:
+            return Task(self, task_id)
+        record = self.store.workflow(task_id)
+        return Workflow(self, task_id, record.kind) if record is not None else None
 
     get_task_by_id = get
 
@@ -260,16 +282,21 @@ class Manager:
     # -- acting on tasks -----------------------------------------------------
 
     def cancel(self, task_id: str) -> TaskStatus:
-        """Cancel a task by id (see Task.cancel); raises UnknownTaskError if there is none."""
+        """Cancel a task by id (see Task.cancel), or a workflow by its id (Workflow.cancel:
+        the status returned is the workflow's state, spelled as a task's); raises
+        UnknownTaskError if there is neither."""
         record = self.store.get(task_id)
-        if record is None:
-            raise UnknownTaskError.missing(task_id)
         now = time.time()
+        if record is None:
+            state = self.store.cancel_workflow(task_id, now=now)
+            if state is None:
+                raise UnknownTaskError.missing(task_id)
+            return TaskStatus(str(state))
         status = self.store.cancel(task_id, now=now,
                                    expires_at=self.expires_at(record.options, TaskStatus.CANCELLED, now))
         if status is None:
             raise UnknownTaskError.missing(task_id)
-        if status == TaskStatus.CANCELLED and record.status == TaskStatus.PENDING:
+        if status == TaskStatus.CANCELLED and record.status in (TaskStatus.PENDING, TaskStatus.WAITING):
             task_log.cancelled_pending(record)  # its end: no worker will see it
             if self.hooks.listeners:
                 self.hooks.cancelled_pending(record, now)
@@ -279,9 +306,11 @@ class Manager:
 
     def retry(self, task_id: str) -> Task[Any]:
         """Send one failed or cancelled task back to the queue, to run again now."""
-        status = self.store.status(task_id)
-        if status is None:
+        record = self.store.get(task_id)
+        if record is None:
             raise UnknownTaskError.missing(task_id)
+        status = record.status
+        _refuse_member(record, "retried")
         if status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise ConfigurationError(f"task {task_id} is {status}; only failed or cancelled tasks can be retried")
         if not self.store.retry(task_id=task_id, now=time.time()):
@@ -314,6 +343,7 @@ class Manager:
             raise UnknownTaskError.missing(task_id)
         if not record.status.finished:
             raise ConfigurationError(rerun.why_not_run_again(record))
+        _refuse_member(record, "run again")
         copy = rerun.copy_of(record, now=time.time())
         (stored,) = self.producer.submit([copy])
         if stored != copy.id:
@@ -495,6 +525,16 @@ class Manager:
 
     def __repr__(self) -> str:
         return f"<castor.Manager {display_url(self.store.url)} tasks={len(self.registry)}>"
+
+
+def _refuse_member(record: TaskRecord, what: str) -> None:
+    """A workflow member is not retried or run again by hand: without its predecessors'
+    results it would run with the wrong arguments, and its workflow has ended."""
+    if record.workflow_id is not None:
+        raise WorkflowMemberRetry(
+            f"task {record.id} is a member of workflow {record.workflow_id}, and a member is not {what} by "
+            "hand: it would run without the results of the tasks before it, and its workflow has ended. "
+            "Enqueue the workflow again instead")
 
 
 def _query(status: str | None, name: str | None, queue: str | None) -> Query:

@@ -11,6 +11,9 @@ class TaskStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A workflow member whose turn has not come (docs/workflows.md): stored, never
+    # claimed (claims read pending rows only), released to pending by its workflow.
+    WAITING = "waiting"
 
     @property
     def finished(self) -> bool:
@@ -32,7 +35,22 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.SUCCESS: frozenset(),
     TaskStatus.FAILED: frozenset({TaskStatus.PENDING}),
     TaskStatus.CANCELLED: frozenset({TaskStatus.PENDING}),
+    # Released when its step comes; cancelled when its workflow stops (or by hand).
+    TaskStatus.WAITING: frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED}),
 }
+
+
+class WorkflowStatus(StrEnum):
+    """A workflow's state (its castor_workflows row): running until a member decides it."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self is not WorkflowStatus.RUNNING
 
 
 def can_transition(old: TaskStatus | str, new: TaskStatus | str) -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from castor.concurrency import ConcurrencyLimit, parse_concurrency
 from castor.durations import to_seconds
@@ -19,6 +19,7 @@ from castor.retries import RETRY_OPTIONS, build_policy
 
 if TYPE_CHECKING:
     from castor.manager import Manager
+    from castor.workflow import Chain
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -202,19 +203,35 @@ class TaskFunction(Generic[P, R]):
         return self.manager._submit([new])[0]
 
     def apply_async(
-        self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+        self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, *,
+        link: Signature | Sequence[Signature] | None = None, link_error: Signature | None = None,
+        **options: Any,
     ) -> Task[R]:
         """Enqueue with per-call options (Celery's spelling): countdown, eta, priority,
         queue, task_id, timeout, retries (and retry_*), result_ttl, failure_ttl, unique,
-        cache_ttl, expires."""
+        cache_ttl, expires.
+
+        link=: signature(s) enqueued waiting, run with this task's result as their first
+        argument once it succeeds; link_error=: one run with (task id, error dict) if it
+        fails for good. Both make a workflow of it (docs/workflows.md): `.workflow`."""
         check_call_options(f"{self.name}.apply_async", options)
+        if link is not None or link_error is not None:
+            from castor.workflow import enqueue_link
+
+            return cast("Task[R]", enqueue_link(Signature(self, tuple(args), dict(kwargs or {}), options),
+                                                link, link_error))
         with shielded():
             new = self._new(tuple(args), dict(kwargs or {}), options)
         return self.manager._submit([new])[0]
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
-        """A frozen call, to enqueue later or in a batch with manager.enqueue_many()."""
+        """A frozen call, to enqueue later or in a batch with manager.enqueue_many(). In a
+        chain (or as a link) it gets the previous step's result before these arguments."""
         return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable frozen call: in a chain (or as a link) it gets only these arguments."""
+        return Signature(self, args, kwargs, immutable=True)
 
     def map(self, calls: Iterable[Iterable[Any]]) -> list[Task[R]]:
         """Enqueue one task per argument tuple, in one transaction."""
@@ -237,14 +254,24 @@ class Signature:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    # .si(): a workflow member that gets nothing from the step before it.
+    immutable: bool = False
 
     def set(self, **options: Any) -> Signature:
         check_call_options("Signature.set", options)
-        return Signature(self.task, self.args, self.kwargs, {**self.options, **options})
+        return Signature(self.task, self.args, self.kwargs, {**self.options, **options}, self.immutable)
 
     def delay(self) -> Task[Any]:
         return self.apply_async()
 
-    def apply_async(self, **options: Any) -> Task[Any]:
+    def apply_async(self, *, link: Signature | Sequence[Signature] | None = None,
+                    link_error: Signature | None = None, **options: Any) -> Task[Any]:
         merged = self.set(**options) if options else self
-        return merged.task.apply_async(merged.args, merged.kwargs, **merged.options)
+        return merged.task.apply_async(merged.args, merged.kwargs, link=link, link_error=link_error,
+                                       **merged.options)
+
+    def __or__(self, other: Signature | Chain) -> Chain:
+        """`a.s(1) | b.s()`: the chain of the two (castor.chain)."""
+        from castor.workflow import chain
+
+        return chain(self, other)

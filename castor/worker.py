@@ -25,14 +25,24 @@ import structlog
 from castor import context, task_log
 from castor.context import TaskContext, baked
 from castor.durations import to_seconds
-from castor.errors import ConfigurationError, LeaseLost, StoreUnavailable, TaskCancelled, TaskExpired, TaskTimeout
+from castor.errors import (
+    ConfigurationError,
+    LeaseLost,
+    StoreUnavailable,
+    TaskCancelled,
+    TaskExpired,
+    TaskTimeout,
+    WorkflowInputMissing,
+)
 from castor.execution import EventLoopThread, Outcome, execute, failure_outcome, settlement_for
 from castor.expiry import expired_message, expires_at
+from castor.failures import describe
 from castor.logs import get_logger
 from castor.rate_limits import BOOK_AHEAD_SECONDS
 from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord, work_topic
 from castor.task import MODES
+from castor.workflow_inputs import compose_inputs
 
 if TYPE_CHECKING:
     from castor.manager import Manager
@@ -252,12 +262,15 @@ class Worker:
                 assert expiry is not None
                 ctx.cancel_requested = True  # castor's own cancel: the outcome stays cancelled
                 raise TaskExpired(expired_message(expiry))
+            inputs = compose_inputs(self.store, record) if record.wf_input is not None else ()
             outcome = execute(self.registry, record, self._event_loop if self.mode == "thread" else None,
-                              self.manager.instruments)
+                              self.manager.instruments, inputs)
             if os.getpid() != pid:
                 _leave_as_stranger(outcome)
         except TaskCancelled as exc:  # delivered before the function began
             outcome = failure_outcome(record, exc)
+        except WorkflowInputMissing as exc:  # never retried: the input will not come back
+            outcome = Outcome(TaskStatus.FAILED, error=describe(exc), exception=exc)
         finally:
             if os.getpid() != pid:
                 _leave_as_stranger(None)

@@ -251,7 +251,7 @@ def _fail(message: str, code: ExitCode) -> NoReturn:
     sys.exit(code)
 
 
-_STATUSES = click.Choice(["pending", "running", "success", "failed", "cancelled"])
+_STATUSES = click.Choice(["pending", "waiting", "running", "success", "failed", "cancelled"])
 _FINISHED = click.Choice(["success", "failed", "cancelled"])
 
 

@@ -174,6 +174,11 @@ def move(source: str, target: str, *, dry_run: bool = False) -> MoveReport:
         if running:
             raise MoveRefused(f"castord runs on {path}: {', '.join(running)}. Stop it first (castord stop "
                               "APP): it would go on claiming the tasks being moved")
+        workflows = src.unfinished_workflows()
+        if workflows:
+            # Members are copied one by one, so a workflow would be split between the stores.
+            raise MoveRefused(f"{path} holds {workflows} unfinished workflow(s) (chains, links): moving would "
+                              "split them between the two stores. Let them finish (or cancel them) first")
         _return_lost(src, report)
         dst = _open(target, f"cannot use {display_url(target)}")
         try:

@@ -73,6 +73,7 @@ _STATUSES = {
     TaskStatus.SUCCESS: TaskResultStatus.SUCCESSFUL,
     TaskStatus.FAILED: TaskResultStatus.FAILED,
     TaskStatus.CANCELLED: TaskResultStatus.FAILED,  # Django has no "cancelled"; errors say TaskCancelled
+    TaskStatus.WAITING: TaskResultStatus.READY,  # a workflow member whose turn has not come
 }
 
 

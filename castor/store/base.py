@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from castor.clocks import boot_clock
-from castor.states import TaskStatus
+from castor.states import TaskStatus, WorkflowStatus
 
 
 @dataclass(slots=True)
@@ -45,6 +45,17 @@ class NewTask:
     # concurrency=: the task's group key ("" for a name limited as a whole); None: not
     # limited (castor/concurrency.py).
     concurrency_key: str | None = None
+    # A workflow member (Store.enqueue_workflow): its workflow, step (-1: the link_error
+    # handler), place in the step, and what its worker puts before its own arguments.
+    workflow_id: str | None = None
+    wf_step: int | None = None
+    wf_index: int | None = None
+    wf_input: str | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """Stored waiting (not pending): a member whose step is not the first."""
+        return self.wf_step is not None and self.wf_step != 0
 
 
 @dataclass(slots=True)
@@ -87,6 +98,11 @@ class TaskRecord:
     fence: int = 0
     # Ran beside a thread-host crash: runs alone until blame is clear.
     isolate: bool = False
+    # A workflow member: as NewTask's (None for a plain task).
+    workflow_id: str | None = None
+    wf_step: int | None = None
+    wf_index: int | None = None
+    wf_input: str | None = None
 
     @property
     def claim(self) -> tuple[str, int]:
@@ -119,10 +135,60 @@ class Settlement:
     expires_at: float | None = None
     drop: bool = False
     fence: int = 0  # the claim's fencing token (TaskRecord.fence)
+    # The task's workflow (TaskRecord.workflow_id): its end moves that workflow, in the
+    # settle's own transaction. None for a plain task, which then costs nothing more.
+    workflow_id: str | None = None
 
     @property
     def claim(self) -> tuple[str, int]:
         return (self.task_id, self.fence)
+
+
+# What a workflow member's worker puts before its own arguments (TaskRecord.wf_input).
+INPUT_RESULT = "result"  # the previous step's one result
+INPUT_RESULTS = "results"  # the previous step's results, in order
+INPUT_ERROR = "error"  # (failed task id, its error dict): the link_error handler
+
+
+@dataclass(frozen=True, slots=True)
+class NewWorkflow:
+    """A workflow as enqueued (its members are NewTasks with its id)."""
+
+    id: str
+    kind: str  # "link" | "chain"
+    sizes: tuple[int, ...]  # members per step
+    created_at: float
+    handler_id: str | None = None  # the link_error task, waiting at step -1
+    handler_step: int | None = None  # the last step it covers (None: all)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """A stored workflow's row, and its members (id, step, index) in step order."""
+
+    id: str
+    kind: str
+    state: WorkflowStatus
+    step: int
+    remaining: int
+    sizes: tuple[int, ...]
+    first_bad: str | None
+    handler_id: str | None
+    handler_step: int | None
+    created_at: float
+    finished_at: float | None
+    members: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One member of a step, as its successor's worker reads it (Store.step_results)."""
+
+    id: str
+    status: TaskStatus
+    serializer: str
+    result: str | bytes | None
+    error: dict[str, Any] | None
 
 
 # Why an attempt lost its worker, as each store writes it into the task's history
@@ -198,6 +264,29 @@ class Store(ABC):
         Returns each task's id, or for a task with a unique_key whose unfinished
         twin is already stored, the twin's id (nothing is stored for it).
         """
+
+    @abstractmethod
+    def enqueue_workflow(self, workflow: NewWorkflow, tasks: Sequence[NewTask]) -> str:
+        """Store a workflow's row and every member in one transaction (all or none): the
+        first step pending, the rest (and the handler) waiting. Returns its id."""
+
+    @abstractmethod
+    def workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        """The workflow's row and its members, or None if there is no such workflow."""
+
+    @abstractmethod
+    def step_results(self, workflow_id: str, step: int) -> list[StepResult]:
+        """The members of one step of a workflow, in their order (a successor's inputs)."""
+
+    @abstractmethod
+    def cancel_workflow(self, workflow_id: str, *, now: float) -> WorkflowStatus | None:
+        """Stop a running workflow: its waiting and pending members end cancelled, its
+        running ones are asked to cancel, its row ends cancelled; one transaction. A
+        finished workflow is left as it is. Its state after the call (None: no such)."""
+
+    @abstractmethod
+    def unfinished_workflows(self) -> int:
+        """How many workflows are still running (castord move refuses while any are)."""
 
     @abstractmethod
     def find_cached(self, cache_key: str, *, since: float) -> str | None:

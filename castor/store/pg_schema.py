@@ -209,6 +209,41 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX castor_tasks_limited ON castor_tasks (task_name, concurrency_key)
            WHERE status = 'running' AND concurrency_key IS NOT NULL""",
     ],
+    [
+        # Workflows (docs/workflows.md): every member is a row from the start, those whose
+        # step has not come `waiting`; the workflow's row counts the running step's members
+        # left, moved in the transaction that ends them. NULL in a plain task's row (no
+        # rewrite: ADD COLUMN without a default). wf_xact: the transaction that ended the
+        # member, so that the advance counts only the ends its own transaction wrote.
+        "ALTER TABLE castor_tasks ADD COLUMN workflow_id text COLLATE \"C\"",
+        "ALTER TABLE castor_tasks ADD COLUMN wf_step int4",
+        "ALTER TABLE castor_tasks ADD COLUMN wf_index int4",
+        "ALTER TABLE castor_tasks ADD COLUMN wf_input text",
+        "ALTER TABLE castor_tasks ADD COLUMN wf_xact int8",
+        """CREATE INDEX castor_tasks_waiting
+           ON castor_tasks (workflow_id, wf_step) WHERE status = 'waiting'""",
+        """CREATE INDEX castor_tasks_members
+           ON castor_tasks (workflow_id, wf_step, wf_index) WHERE workflow_id IS NOT NULL""",
+        # fillfactor 50: a chord's counter is updated once per settling batch; room on
+        # its page keeps those updates HOT.
+        """
+        CREATE TABLE castor_workflows (
+            id           text COLLATE "C" PRIMARY KEY,
+            kind         text NOT NULL,
+            state        text NOT NULL,
+            step         int4 NOT NULL,
+            remaining    int4 NOT NULL,
+            sizes        int4[] NOT NULL,
+            first_bad    text,
+            handler_id   text,
+            handler_step int4,
+            moved_at     float8 NOT NULL,
+            created_at   float8 NOT NULL,
+            finished_at  float8
+        ) WITH (fillfactor = 50)
+        """,
+        "CREATE INDEX castor_workflows_running ON castor_workflows (created_at) WHERE state = 'running'",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -229,6 +229,38 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX castor_tasks_limited ON castor_tasks (task_name, concurrency_key)
            WHERE status = 'running' AND concurrency_key IS NOT NULL""",
     ],
+    [
+        # Workflows (docs/workflows.md): every member is a row from the start, those whose
+        # step has not come `waiting`; the workflow's row counts the running step's members
+        # left, moved in the transaction that ends them. NULL in a plain task's row.
+        "ALTER TABLE castor_tasks ADD COLUMN workflow_id TEXT",
+        "ALTER TABLE castor_tasks ADD COLUMN wf_step INTEGER",  # 0, 1, ...; -1: the link_error handler
+        "ALTER TABLE castor_tasks ADD COLUMN wf_index INTEGER",  # position in its step (result order)
+        "ALTER TABLE castor_tasks ADD COLUMN wf_input TEXT",  # 'result' | 'results' | 'error' | NULL
+        # Partial on waiting: a release looks at the step's waiting rows only, not at every
+        # member of the running step (measured in the design: 7.0 s against 2.6 for 5,000).
+        """CREATE INDEX castor_tasks_waiting
+           ON castor_tasks (workflow_id, wf_step) WHERE status = 'waiting'""",
+        """CREATE INDEX castor_tasks_members
+           ON castor_tasks (workflow_id, wf_step, wf_index) WHERE workflow_id IS NOT NULL""",
+        """
+        CREATE TABLE castor_workflows (
+            id           TEXT PRIMARY KEY,
+            kind         TEXT NOT NULL,
+            state        TEXT NOT NULL,
+            step         INTEGER NOT NULL,
+            remaining    INTEGER NOT NULL,
+            sizes        TEXT NOT NULL,
+            first_bad    TEXT,
+            handler_id   TEXT,
+            handler_step INTEGER,
+            moved_at     REAL NOT NULL,
+            created_at   REAL NOT NULL,
+            finished_at  REAL
+        )
+        """,
+        "CREATE INDEX castor_workflows_running ON castor_workflows (created_at) WHERE state = 'running'",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

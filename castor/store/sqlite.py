@@ -35,19 +35,23 @@ from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
 from castor.rate_limits import Buckets, check_bucket, next_token, refill
-from castor.states import TaskStatus
+from castor.states import TaskStatus, WorkflowStatus
 from castor.store import ready, schema
+from castor.store import sqlite_workflows as workflows
 from castor.store.base import (
     LOST_BESIDE,
     LOST_DIED,
     LOST_LEASE,
     CopyOutcome,
     NewTask,
+    NewWorkflow,
     Query,
     Settlement,
+    StepResult,
     Store,
     TaskCopy,
     TaskRecord,
+    WorkflowRecord,
     page_direction,
 )
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
@@ -74,9 +78,9 @@ _SQLITE_LOCKED = 6
 _CLAIM_COLUMNS = (
     "id, task_name, queue, mode, daemon, status, priority, serializer, args, kwargs, "
     "enqueued_at, eta, started_at, finished_at, result, error, attempts, lost, owner, "
-    "lease_expires, options, cancel_requested, fence, isolate"
+    "lease_expires, options, cancel_requested, fence, isolate, workflow_id, wf_step, wf_index, wf_input"
 )
-_N_CLAIM_COLUMNS = 24
+_N_CLAIM_COLUMNS = 28
 _COLUMNS = _CLAIM_COLUMNS + ", progress, progress_message, history, expires_at, unique_key"
 
 _INSERT = (
@@ -99,12 +103,14 @@ _UNFINISHED_TWIN = (
 # token is bumped by every claim, so even the same owner's earlier claim of the
 # same task (a stalled worker whose lease expired) is refused.
 _FENCE = "WHERE id = ? AND fence = ? AND status = 'running' RETURNING 1"
+# A settle's fence returns what the advance needs to know of the task it ended.
+_FENCE_END = f"WHERE id = ? AND fence = ? AND status = 'running' {workflows.ENDED}"
 
 # The hot path: a success (or a failure without history to keep).
 _SETTLE = f"""UPDATE castor_tasks
                  SET status = ?, result = ?, error = ?, finished_at = ?, lease_expires = NULL,
                      expires_at = ?
-               {_FENCE}"""
+               {_FENCE_END}"""
 
 # A failed attempt's history entry: the worker's (attempt, type, message, at), with
 # the attempt's start and owner read from the row in the same UPDATE (SET sees the
@@ -119,7 +125,7 @@ _HISTORY_APPEND = ("history = json_insert(coalesce(history, '[]'), '$[#]', "
 _SETTLE_FAILED = f"""UPDATE castor_tasks
                  SET status = ?, error = ?, finished_at = ?, lease_expires = NULL, expires_at = ?,
                      {_HISTORY_APPEND}
-               {_FENCE}"""
+               {_FENCE_END}"""
 
 # When a task the store itself ends failed or cancelled (a lost worker, a cancel
 # met on the way back to the queue) is deleted: its own failure_ttl, else the
@@ -134,7 +140,7 @@ _SETTLE_RETRY = f"""UPDATE castor_tasks
                      expires_at = CASE cancel_requested WHEN 1 THEN {_FAILURE_EXPIRY} END,
                      error = ?, eta = ?, at_once = ?, lease_expires = NULL,
                      progress = NULL, progress_message = NULL, {_HISTORY_APPEND}
-               {_FENCE}"""
+               {_FENCE_END}"""
 
 # Named: without statistics the planner took the status index (status = ?) and looked
 # every failed row up for its name.
@@ -153,7 +159,7 @@ _RUNNING_LIMITED = ("SELECT task_name, concurrency_key, count(*) FROM castor_tas
                     "WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY task_name, concurrency_key")
 
 # result_ttl=0 (drop on success): the row goes as the task finishes.
-_SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE}"
+_SETTLE_DROP = f"DELETE FROM castor_tasks {_FENCE_END}"
 
 
 def _history_entry(s: Settlement) -> str:
@@ -210,13 +216,14 @@ def _claimed_record(row: tuple[Any, ...], to_wall: float) -> TaskRecord:
     `to_wall` turns the boot-clock lease into an epoch time."""
     (id_, name, queue, mode, daemon, status, priority, serializer, args, kwargs, enqueued_at, eta,
      started_at, finished_at, result, error, attempts, lost, owner, lease_expires, options,
-     cancel_requested, fence, isolate) = row
+     cancel_requested, fence, isolate, workflow_id, wf_step, wf_index, wf_input) = row
     return TaskRecord(
         id_, name, queue, mode, bool(daemon), TaskStatus(status), priority, serializer, args, kwargs,
         enqueued_at, eta, started_at, finished_at, result, json.loads(error) if error else None,
         attempts, lost, owner, None if lease_expires is None else lease_expires + to_wall,
         json.loads(options) if options else {}, cancel_requested=bool(cancel_requested),
-        fence=fence, isolate=bool(isolate),
+        fence=fence, isolate=bool(isolate), workflow_id=workflow_id, wf_step=wf_step, wf_index=wf_index,
+        wf_input=wf_input,
     )
 
 
@@ -637,6 +644,32 @@ class SQLiteStore(Store):
             "ORDER BY finished_at DESC LIMIT 1", (cache_key, since))
         return rows[0][0] if rows else None
 
+    # -- workflows (castor/store/sqlite_workflows.py) ------------------------------
+
+    def enqueue_workflow(self, workflow: NewWorkflow, tasks: Sequence[NewTask]) -> str:
+        with self._locked() as conn:
+            try:
+                self._write_txn(conn, lambda c: workflows.insert_workflow(c, workflow, tasks))
+            except sqlite3.IntegrityError as exc:
+                raise _integrity_error(self.path, exc) from exc
+        return workflow.id
+
+    def workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        with self._locked() as conn:
+            return self._retry(lambda: self._snapshot(conn, lambda c: workflows.read_workflow(c, workflow_id)))
+
+    def step_results(self, workflow_id: str, step: int) -> list[StepResult]:
+        with self._locked() as conn:
+            return self._retry(lambda: workflows.read_step(conn, workflow_id, step))
+
+    def cancel_workflow(self, workflow_id: str, *, now: float) -> WorkflowStatus | None:
+        with self._locked() as conn:
+            return self._write_txn(conn, lambda c: workflows.cancel_workflow(
+                c, workflow_id, now=now, failure_ttl=self.failure_ttl))
+
+    def unfinished_workflows(self) -> int:
+        return int(self._execute("SELECT count(*) FROM castor_workflows WHERE state = 'running'")[0][0])
+
     # -- consuming ---------------------------------------------------------------
 
     def has_due(self, *, mode: str, queues: Sequence[str] | None, now: float, isolated: bool = False) -> bool:
@@ -768,7 +801,7 @@ class SQLiteStore(Store):
         key = _plan_key(mode, isolated, queues)
 
         def body(conn: sqlite3.Connection) -> tuple[list[bool], list[tuple[Any, ...]]]:
-            accepted = [bool(conn.execute(*statement).fetchall()) for statement in statements]
+            accepted = self._settle_in(conn, statements, now)
             if limit <= 0:
                 return accepted, []
             return accepted, self._claim_in(conn, key, owner, limit, until, now)
@@ -802,11 +835,36 @@ class SQLiteStore(Store):
             return self._write_txn(conn, body)
 
     def settle_one(self, settlement: Settlement) -> bool:
-        return bool(self._execute(*_settle_statement(settlement, self.failure_ttl)))
+        statement = _settle_statement(settlement, self.failure_ttl)
+        if settlement.workflow_id is None:  # a plain task: one autocommit statement
+            return bool(self._execute(*statement))
+        with self._locked() as conn:
+            return self._write_txn(conn, lambda c: self._settle_in(c, [statement], settlement.finished_at))[0]
+
+    def _settle_in(self, conn: sqlite3.Connection, statements: Sequence[tuple[str, tuple[Any, ...]]],
+                   now: float) -> list[bool]:
+        """Run settles inside a write transaction; the workflows of the members they ended
+        move before it commits. Whether each was accepted."""
+        accepted = []
+        ended: list[tuple[Any, ...]] = []
+        for statement in statements:
+            rows = conn.execute(*statement).fetchall()
+            accepted.append(bool(rows))
+            if rows and rows[0][1] is not None:
+                ended += rows
+        if ended:
+            self._advance(conn, ended, now)
+        return accepted
+
+    def _advance(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]], now: float) -> None:
+        """Every ending path's last step before COMMIT (see sqlite_workflows)."""
+        ended = workflows.members_ended(rows)
+        if ended:
+            workflows.advance(conn, ended, now=now, failure_ttl=self.failure_ttl)
 
     def requeue(self, task_id: str, fence: int, *, count_attempt: bool) -> bool:
         now = time.time()
-        rows = self._execute(
+        statement = (
             f"""UPDATE castor_tasks
                   SET status = CASE cancel_requested WHEN 1 THEN 'cancelled' ELSE 'pending' END,
                       finished_at = CASE cancel_requested WHEN 1 THEN ? END,
@@ -817,10 +875,17 @@ class SQLiteStore(Store):
                       progress = CASE cancel_requested WHEN 1 THEN progress END,
                       progress_message = CASE cancel_requested WHEN 1 THEN progress_message END,
                       attempts = attempts - CASE cancel_requested WHEN 1 THEN 0 ELSE ? END
-                {_FENCE}""",
+                {_FENCE_END}""",
             (now, now, self.failure_ttl, 0 if count_attempt else 1, task_id, fence),
         )
-        return bool(rows)
+
+        def body(conn: sqlite3.Connection) -> bool:
+            rows = conn.execute(*statement).fetchall()
+            self._advance(conn, rows, now)  # a cancel met on the way back ends a member
+            return bool(rows)
+
+        with self._locked() as conn:
+            return self._write_txn(conn, body)
 
     def release_owner(self, owner: str, *, count_attempt: bool, max_lost: int) -> list[TaskRecord]:
         now = time.time()
@@ -839,17 +904,19 @@ class SQLiteStore(Store):
                 # running, the rest claimed with it). Any one may have killed it.
                 # None is blamed; each runs alone next, so that a repeat of the
                 # crash names the culprit.
-                _finish_cancelled(conn, "owner = ?", (owner,), now=now, failure_ttl=self.failure_ttl)
+                self._advance(conn, _finish_cancelled(conn, "owner = ?", (owner,), now=now,
+                                                      failure_ttl=self.failure_ttl), now)
                 conn.execute(
                     f"""UPDATE castor_tasks
                           SET status = 'pending', lease_expires = NULL, isolate = 1,
                               progress = NULL, progress_message = NULL, {_LOST_ENTRY}
                         WHERE {_NOT_PENDING} AND status = 'running' AND owner = ?""", (LOST_BESIDE, now, owner))
             elif count_attempt:
-                _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl,
-                      why=LOST_DIED)
+                self._advance(conn, _lose(conn, "owner = ?", (owner,), max_lost=max_lost, now=now,
+                                          failure_ttl=self.failure_ttl, why=LOST_DIED), now)
             else:
-                _finish_cancelled(conn, "owner = ?", (owner,), now=now, failure_ttl=self.failure_ttl)
+                self._advance(conn, _finish_cancelled(conn, "owner = ?", (owner,), now=now,
+                                                      failure_ttl=self.failure_ttl), now)
                 conn.execute(
                     f"""UPDATE castor_tasks
                           SET status = 'pending', lease_expires = NULL, attempts = attempts - 1,
@@ -904,8 +971,8 @@ class SQLiteStore(Store):
                 "AND lease_expires < ?", (clock,)).fetchall()]
             if not expired:
                 return []
-            _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now, failure_ttl=self.failure_ttl,
-                  why=LOST_LEASE)
+            self._advance(conn, _lose(conn, "lease_expires < ?", (clock,), max_lost=max_lost, now=now,
+                                      failure_ttl=self.failure_ttl, why=LOST_LEASE), now)
             marks = ", ".join("?" * len(expired))
             return [_row_to_record(r, to_wall) for r in conn.execute(
                 f"SELECT {_COLUMNS} FROM castor_tasks WHERE id IN ({marks})", expired).fetchall()]
@@ -934,7 +1001,9 @@ class SQLiteStore(Store):
                     f"UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, error = ?, "
                     f"expires_at = {_FAILURE_EXPIRY} WHERE id = ? AND status = 'pending' RETURNING {_COLUMNS}",
                     (now, json.dumps(expired_error(at)), now, self.failure_ttl, task_id)).fetchall()
-            return [_row_to_record(r, to_wall) for r in ended]
+            records = [_row_to_record(r, to_wall) for r in ended]
+            self._advance(conn, [(r.id, r.workflow_id, r.status, r.wf_step) for r in records], now)
+            return records
 
         with self._locked() as conn:
             return self._write_txn(conn, body)
@@ -947,10 +1016,10 @@ class SQLiteStore(Store):
             if row is None:
                 return None
             status = TaskStatus(row[0])
-            if status == TaskStatus.PENDING:
-                conn.execute(
+            if status in (TaskStatus.PENDING, TaskStatus.WAITING):
+                self._advance(conn, conn.execute(
                     "UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, expires_at = ? "
-                    "WHERE id = ?", (now, expires_at, task_id))
+                    f"WHERE id = ? {workflows.ENDED}", (now, expires_at, task_id)).fetchall(), now)
                 return TaskStatus.CANCELLED
             if status == TaskStatus.RUNNING:
                 conn.execute("UPDATE castor_tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
@@ -980,13 +1049,16 @@ class SQLiteStore(Store):
                            finished_at = NULL, started_at = NULL, expires_at = NULL, lost = 0, isolate = 0,
                            cancel_requested = 0, progress = NULL, progress_message = NULL,
                            options = json_remove(options, '$.expires')"""
+        # Never a workflow member: it would run without its inputs (Manager.retry says so).
         if task_id is not None:
-            sql = f"{update} WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING id"
+            sql = (f"{update} WHERE id = ? AND status IN ('failed', 'cancelled') AND workflow_id IS NULL "
+                   "RETURNING id")
             return [r[0] for r in self._execute(sql, (now, task_id))]
         query = query or Query(status=TaskStatus.FAILED)
         if query.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise ValueError("retry takes failed or cancelled tasks only")
         where, params = _where(query)
+        where += (" AND " if where else " WHERE ") + "workflow_id IS NULL"
         return [r[0] for r in self._execute(f"{update}{where} RETURNING id", (now, *params))]
 
     def run_now(self, task_id: str, *, now: float) -> bool:
@@ -1006,7 +1078,8 @@ class SQLiteStore(Store):
             raise ValueError(f"purge deletes finished tasks only, not {query.status} ones")
         where, params = _where(query)
         where += (" AND " if where else " WHERE ") + (
-            f"{_NOT_PENDING} AND status IN ('success', 'failed', 'cancelled')")
+            f"{_NOT_PENDING} AND status IN ('success', 'failed', 'cancelled') "
+            f"AND {workflows.NOT_IN_RUNNING_WORKFLOW}")
         # In batches, so that a large purge never holds the write lock for long.
         total = 0
         while True:
@@ -1018,7 +1091,8 @@ class SQLiteStore(Store):
                 return total
 
     def purge_expired(self, *, now: float, limit: int = 1000) -> int:
-        expired = "FROM castor_tasks WHERE expires_at IS NOT NULL AND expires_at < ?"
+        expired = ("FROM castor_tasks WHERE expires_at IS NOT NULL AND expires_at < ? "
+                   f"AND {workflows.NOT_IN_RUNNING_WORKFLOW}")
         if not self._execute(f"SELECT 1 {expired} LIMIT 1", (now,)):
             return 0
         return len(self._execute(
@@ -1300,6 +1374,7 @@ class SQLiteStore(Store):
     def pending_copies(self, *, after: str | None = None, limit: int = 500) -> Sequence[TaskCopy]:
         rows = self._execute(
             f"SELECT {_COLUMNS}, at_once, cache_key FROM castor_tasks WHERE status = 'pending' AND id > ? "
+            "AND workflow_id IS NULL "
             "ORDER BY id LIMIT ?", (after or "", limit))
         to_wall = self._to_wall()
         return [TaskCopy(_row_to_record(r[:-2], to_wall), bool(r[-2]), r[-1]) for r in rows]
@@ -1378,38 +1453,40 @@ _LOST_ENTRY = ("history = json_insert(coalesce(history, '[]'), '$[#]', json_obje
 
 
 def _lose(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, max_lost: int, now: float,
-          failure_ttl: float | None, why: str) -> int:
+          failure_ttl: float | None, why: str) -> list[tuple[Any, ...]]:
     """The running tasks matching `where` lost their worker (`why`, kept in each one's
     history): fail those lost `max_lost` times (WorkerLost), return the rest to
-    pending. Inside a write txn."""
+    pending. Inside a write txn. The ended ones' rows, for the advance (ENDED)."""
     running = f"{_NOT_PENDING} AND status = 'running' AND {where}"
     cancelled = _finish_cancelled(conn, where, params, now=now, failure_ttl=failure_ttl)
     failed = conn.execute(
         f"""UPDATE castor_tasks
                SET status = 'failed', error = ?, finished_at = ?, lease_expires = NULL, lost = lost + 1,
                    expires_at = {_FAILURE_EXPIRY}, {_LOST_ENTRY}
-             WHERE {running} AND lost + 1 >= ?""",
+             WHERE {running} AND lost + 1 >= ? {workflows.ENDED}""",
         (json.dumps(_worker_lost(max_lost)), now, now, failure_ttl, why, now, *params, max_lost),
-    ).rowcount
-    requeued = conn.execute(
+    ).fetchall()
+    conn.execute(
         f"""UPDATE castor_tasks SET status = 'pending', lease_expires = NULL, lost = lost + 1,
                                     progress = NULL, progress_message = NULL, {_LOST_ENTRY}
              WHERE {running}""",
         (why, now, *params),
-    ).rowcount
-    return cancelled + failed + requeued
+    )
+    return cancelled + failed
 
 
 def _finish_cancelled(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, now: float,
-                      failure_ttl: float | None) -> int:
+                      failure_ttl: float | None) -> list[tuple[Any, ...]]:
     """Running tasks matching `where` that were asked to cancel and lost (or left)
-    their worker end cancelled, not back in the queue. Inside a write txn."""
+    their worker end cancelled, not back in the queue. Inside a write txn. Their rows,
+    for the advance (ENDED)."""
     return conn.execute(
         f"""UPDATE castor_tasks
                SET status = 'cancelled', finished_at = ?, lease_expires = NULL, expires_at = {_FAILURE_EXPIRY}
-             WHERE {_NOT_PENDING} AND status = 'running' AND cancel_requested = 1 AND {where}""",
+             WHERE {_NOT_PENDING} AND status = 'running' AND cancel_requested = 1 AND {where}
+             {workflows.ENDED}""",
         (now, now, failure_ttl, *params),
-    ).rowcount
+    ).fetchall()
 
 
 def _worker_lost(max_lost: int) -> dict[str, Any]:

@@ -31,7 +31,7 @@ TASK_ACTIONS = (*ACTIONS, "run-now", "run-again")
 VERBS = {"retry": "retried", "cancel": "cancelled", "delete": "deleted", "run-now": "made due now",
          "run-again": "ran again"}
 FINISHED = (TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED)
-UNFINISHED = (TaskStatus.PENDING, TaskStatus.RUNNING)
+UNFINISHED = (TaskStatus.PENDING, TaskStatus.WAITING, TaskStatus.RUNNING)
 # "Cancel all matching" cancels one task at a time (a pending one ends at once, a
 # running one is asked to stop): at most this many per confirmation.
 CANCEL_LIMIT = 100_000
@@ -139,7 +139,8 @@ def _statuses(action: str, query: Query) -> tuple[TaskStatus, ...]:
             raise RefusedAction("retry on all matching needs the status filter failed or cancelled")
         return allowed
     if query.status not in allowed:
-        names = " or ".join(str(s) for s in allowed)
+        *first, last = (str(s) for s in allowed)
+        names = f"{', '.join(first)} or {last}"
         raise RefusedAction(f"{action} applies to {names} tasks, and the filter is status {query.status}")
     return (query.status,)
 

@@ -194,12 +194,13 @@ def actions_for(record: TaskRecord, now: float) -> list[tuple[str, str]]:
     status = record.status
     if status == TaskStatus.PENDING:
         names = ["run-now", "cancel"] if record.eta > now else ["cancel"]
-    elif status == TaskStatus.RUNNING:
+    elif status in (TaskStatus.RUNNING, TaskStatus.WAITING):
         names = ["cancel"]
     elif status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-        names = ["retry", "run-again", "delete"]
+        # A workflow member is not retried or run again by hand (Manager.retry says why).
+        names = ["retry", "run-again", "delete"] if record.workflow_id is None else ["delete"]
     else:
-        names = ["run-again", "delete"]
+        names = ["run-again", "delete"] if record.workflow_id is None else ["delete"]
     return [(name, LABELS[name]) for name in names]
 
 

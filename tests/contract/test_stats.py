@@ -58,7 +58,7 @@ def test_counts_by_status_names_every_status(store, clocks):
     assert store.counts_by_status() == dict.fromkeys(TaskStatus, 0)
     populate(store, clocks)
     assert store.counts_by_status() == {TaskStatus.PENDING: 2, TaskStatus.RUNNING: 1, TaskStatus.SUCCESS: 1,
-                                        TaskStatus.FAILED: 2, TaskStatus.CANCELLED: 1}
+                                        TaskStatus.FAILED: 2, TaskStatus.CANCELLED: 1, TaskStatus.WAITING: 0}
 
 
 def test_pending_by_queue(store, clocks):

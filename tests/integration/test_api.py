@@ -180,7 +180,7 @@ def test_listing_and_counting(app):
     assert manager.count() == 3
     assert manager.count("pending") == 1 and manager.count("failed") == 1
     assert manager.count(queue="mail") == 1 and manager.count(name=fail.name) == 1
-    assert manager.counts() == {"pending": 1, "running": 0, "success": 1, "failed": 1, "cancelled": 0}
+    assert manager.counts() == {"pending": 1, "running": 0, "success": 1, "failed": 1, "cancelled": 0, "waiting": 0}
     assert [t.status() for t in manager.tasks("failed")] == ["failed"]
     assert len(manager.tasks(limit=2)) == 2
     with pytest.raises(ValueError, match="unknown task status 'done'"):

@@ -278,7 +278,7 @@ def test_a_v4_files_pending_tasks_are_claimed_in_the_same_order_after_the_migrat
         version = check.execute("SELECT value FROM castor_meta WHERE key = 'schema_version'").fetchone()[0]
         indexes = dict(check.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL"))
         check.close()
-        assert int(version) == SCHEMA_VERSION == 10  # v5 (ready index), v6 (pauses), v7 (listing), v8 (rate limits), v9 (failed names), v10 (concurrency limits)
+        assert int(version) == SCHEMA_VERSION == 11  # v5 ready index, v6 pauses, v7 listing, v8 rate limits, v9 failed names, v10 concurrency limits, v11 workflows
         assert "queue, at_once, priority DESC, eta, status" in indexes["castor_tasks_ready"]
         assert "castor_tasks_dirty" in indexes and "castor_tasks_listing" in indexes
         assert store.pending_by_queue() == {"default": 4, "other": 1}

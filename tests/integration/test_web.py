@@ -454,7 +454,8 @@ def test_health(client, manager):
     assert response.status_code == 200
     health = response.json()
     assert health["status"] == "ok" and health["error"] is None and health["castords"] == 0
-    assert health["counts"] == {"pending": 1, "running": 0, "success": 2, "failed": 1, "cancelled": 0}
+    assert health["counts"] == {"pending": 1, "running": 0, "success": 2, "failed": 1, "cancelled": 0,
+                                 "waiting": 0}
     assert health["queue_depth"] == {"default": 1} and health["oldest_due_wait_s"] >= 0
 
 

@@ -45,7 +45,7 @@ def test_overview_counts_match_the_store_and_show_the_castord(daemons, web_serve
 
     for status, n in counts(webapp.manager).items():
         expect(seen.page.locator(f'#counts [data-status="{status}"] .n')).to_have_text(f"{n:,}")
-    assert counts(webapp.manager) == {"pending": 1, "running": 0, "success": 3, "failed": 2, "cancelled": 0}
+    assert counts(webapp.manager) == {"pending": 1, "running": 0, "success": 3, "failed": 2, "cancelled": 0, "waiting": 0}
     row = seen.page.locator("#daemons tbody tr").filter(has_text=str(d.pid))
     expect(row).to_have_count(1)
     expect(row).not_to_contain_text("stale")

@@ -222,7 +222,7 @@ def test_errors_a_user_can_meet(app_manager, client):
     assert every_retry.status_code == 400 and "needs the status filter failed or cancelled" in every_retry.text
     wrong_status = web.post("/tasks/bulk", data={"csrf": field, "action": "cancel", "scope": "all",
                                                  "status": "success"})
-    assert wrong_status.status_code == 400 and "cancel applies to pending or running tasks" in wrong_status.text
+    assert wrong_status.status_code == 400 and "cancel applies to pending, waiting or running tasks" in wrong_status.text
     as_json = web.post(f"/tasks/{task.id}/cancel", json={"csrf": field})
     assert as_json.status_code == 415
     huge = web.post(f"/tasks/{task.id}/cancel", content=b"csrf=" + b"a" * 1_100_000,
@@ -268,7 +268,7 @@ def test_all_matching_asks_with_a_count_then_acts(app_manager, client):
     run_all(app_manager)
     delete = {"csrf": field, "action": "delete", "scope": "all", "name": "fail", "confirm": "yes"}
     assert "Deleted 3 tasks." in web.post("/tasks/bulk", data=delete).text
-    assert app_manager.counts() == {"pending": 0, "running": 0, "success": 1, "failed": 0, "cancelled": 0}
+    assert app_manager.counts() == {"pending": 0, "running": 0, "success": 1, "failed": 0, "cancelled": 0, "waiting": 0}
     nothing = web.post("/tasks/bulk", data={**form})
     assert "No task matching status failed, name fail can be retried now." in flat(nothing)
 

@@ -1,0 +1,156 @@
+"""Workflows in the SQLite store: the members' rows, and the advance (docs/workflows.md).
+
+Everything here runs on the store's connection, inside the write transaction of its
+caller (BEGIN IMMEDIATE: the one writer), so reading the workflow's row and writing it
+back cannot race. Every transaction that ends members calls `advance` with the rows
+its ending statements returned (`ENDED`) before it commits: the end and the move are
+committed together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from castor.failures import describe_message
+from castor.states import TaskStatus, WorkflowStatus
+from castor.store.base import NewTask, NewWorkflow, StepResult, WorkflowRecord
+from castor.workflow_rules import Move, WorkflowRow, next_move
+
+# What an ending statement returns, for `advance`: the row a plain task returns too (so
+# "accepted" stays "a row came back"), its workflow NULL.
+ENDED = "RETURNING id, workflow_id, status, wf_step"
+
+STOPPED_TYPE = "castor.errors.WorkflowStopped"
+
+_INSERT_MEMBER = (
+    "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, "
+    "args, kwargs, enqueued_at, eta, options, at_once, workflow_id, wf_step, wf_index, wf_input) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_EXPIRY = "(? + coalesce(json_extract(options, '$.failure_ttl'), ?))"
+
+
+def members_ended(rows: Iterable[Sequence[Any]]) -> list[tuple[str, str, TaskStatus]]:
+    """Of the rows ending statements returned (ENDED), the workflow members whose end
+    counts: (workflow id, task id, status), finished, not the handler (step -1)."""
+    return [(workflow_id, task_id, TaskStatus(status)) for task_id, workflow_id, status, step in rows
+            if workflow_id is not None and step is not None and step >= 0 and TaskStatus(status).finished]
+
+
+def advance(conn: sqlite3.Connection, ended: Sequence[tuple[str, str, TaskStatus]], *, now: float,
+            failure_ttl: float | None) -> None:
+    """Move each workflow whose members `ended` in this transaction."""
+    by_workflow: dict[str, list[tuple[str, TaskStatus]]] = {}
+    for workflow_id, task_id, status in ended:
+        by_workflow.setdefault(workflow_id, []).append((task_id, status))
+    for workflow_id in sorted(by_workflow):
+        row = conn.execute(
+            "SELECT step, remaining, sizes, handler_id, handler_step FROM castor_workflows "
+            "WHERE id = ? AND state = 'running'", (workflow_id,)).fetchone()
+        if row is None:
+            continue  # ended already: a late sibling (or a cancelled workflow's member) moves nothing
+        step, remaining, sizes, handler_id, handler_step = row
+        move = next_move(WorkflowRow(step, remaining, tuple(json.loads(sizes)), handler_step,
+                                     handler_id is not None), by_workflow[workflow_id])
+        _write_move(conn, workflow_id, handler_id, move, now=now, failure_ttl=failure_ttl)
+
+
+def _write_move(conn: sqlite3.Connection, workflow_id: str, handler_id: str | None, move: Move, *, now: float,
+                failure_ttl: float | None) -> None:
+    conn.execute(
+        "UPDATE castor_workflows SET state = ?, step = ?, remaining = ?, first_bad = ?, moved_at = ?, "
+        "finished_at = ? WHERE id = ?",
+        (str(move.state), move.step, move.remaining, move.first_bad, now, now if move.finished else None,
+         workflow_id))
+    if move.release_step is not None:
+        conn.execute("UPDATE castor_tasks SET status = 'pending', eta = ?, at_once = 1 "
+                     "WHERE workflow_id = ? AND wf_step = ? AND status = 'waiting'",
+                     (now, workflow_id, move.release_step))
+    if move.release_handler:
+        conn.execute("UPDATE castor_tasks SET status = 'pending', eta = ?, at_once = 1 "
+                     "WHERE id = ? AND status = 'waiting'", (now, handler_id))
+    if move.stop_waiting:
+        _stop(conn, "workflow_id = ?", (workflow_id,), stopped_message(workflow_id, move.state, move.first_bad),
+              now=now, failure_ttl=failure_ttl)
+    elif move.cancel_handler:
+        _stop(conn, "id = ?", (handler_id,), NOT_NEEDED, now=now, failure_ttl=failure_ttl)
+
+
+NOT_NEEDED = "not needed: no member of the steps it covers failed"
+
+
+def stopped_message(workflow_id: str, state: WorkflowStatus, first_bad: str | None) -> str:
+    """Why a waiting member ends cancelled as its workflow ends (PostgreSQL's says the same)."""
+    if state is WorkflowStatus.SUCCESS:
+        return NOT_NEEDED
+    return f"workflow {workflow_id} stopped: member {first_bad} ended {state}"
+
+
+def _stop(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], message: str, *, now: float,
+          failure_ttl: float | None) -> None:
+    """Waiting members matching `where` end cancelled, WorkflowStopped saying why."""
+    conn.execute(
+        f"UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, error = ?, expires_at = {_EXPIRY} "
+        f"WHERE {where} AND status = 'waiting'",
+        (now, json.dumps(describe_message(STOPPED_TYPE, message)), now, failure_ttl, *params))
+
+
+def insert_workflow(conn: sqlite3.Connection, workflow: NewWorkflow, tasks: Sequence[NewTask]) -> None:
+    conn.execute(
+        "INSERT INTO castor_workflows (id, kind, state, step, remaining, sizes, handler_id, handler_step, "
+        "moved_at, created_at) VALUES (?, ?, 'running', 0, ?, ?, ?, ?, ?, ?)",
+        (workflow.id, workflow.kind, workflow.sizes[0], json.dumps(list(workflow.sizes)), workflow.handler_id,
+         workflow.handler_step, workflow.created_at, workflow.created_at))
+    conn.executemany(_INSERT_MEMBER, [(
+        t.id, t.name, t.queue, t.mode, int(t.daemon), "waiting" if t.waiting else "pending", t.priority,
+        t.serializer, t.args, t.kwargs, t.enqueued_at, t.eta, json.dumps(t.options) if t.options else None,
+        int(t.eta <= t.enqueued_at), t.workflow_id, t.wf_step, t.wf_index, t.wf_input) for t in tasks])
+
+
+def read_workflow(conn: sqlite3.Connection, workflow_id: str) -> WorkflowRecord | None:
+    row = conn.execute(
+        "SELECT id, kind, state, step, remaining, sizes, first_bad, handler_id, handler_step, created_at, "
+        "finished_at FROM castor_workflows WHERE id = ?", (workflow_id,)).fetchone()
+    if row is None:
+        return None
+    members = conn.execute(
+        "SELECT id, wf_step, wf_index FROM castor_tasks WHERE workflow_id = ? ORDER BY wf_step, wf_index",
+        (workflow_id,)).fetchall()
+    (id_, kind, state, step, remaining, sizes, first_bad, handler_id, handler_step, created_at, finished_at) = row
+    return WorkflowRecord(id_, kind, WorkflowStatus(state), step, remaining, tuple(json.loads(sizes)), first_bad,
+                          handler_id, handler_step, created_at, finished_at, tuple(map(tuple, members)))
+
+
+def read_step(conn: sqlite3.Connection, workflow_id: str, step: int) -> list[StepResult]:
+    return [StepResult(id_, TaskStatus(status), serializer, result, json.loads(error) if error else None)
+            for id_, status, serializer, result, error in conn.execute(
+                "SELECT id, status, serializer, result, error FROM castor_tasks "
+                "WHERE workflow_id = ? AND wf_step = ? ORDER BY wf_index", (workflow_id, step))]
+
+
+def cancel_workflow(conn: sqlite3.Connection, workflow_id: str, *, now: float,
+                    failure_ttl: float | None) -> WorkflowStatus | None:
+    """Inside a write transaction: see Store.cancel_workflow."""
+    row = conn.execute("SELECT state FROM castor_workflows WHERE id = ?", (workflow_id,)).fetchone()
+    if row is None:
+        return None
+    if row[0] != WorkflowStatus.RUNNING:
+        return WorkflowStatus(row[0])
+    error = json.dumps(describe_message(STOPPED_TYPE, f"workflow {workflow_id} was cancelled"))
+    conn.execute(
+        f"UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, error = ?, expires_at = {_EXPIRY} "
+        "WHERE workflow_id = ? AND status IN ('waiting', 'pending')", (now, error, now, failure_ttl, workflow_id))
+    conn.execute("UPDATE castor_tasks SET cancel_requested = 1 WHERE workflow_id = ? AND status = 'running'",
+                 (workflow_id,))
+    conn.execute("UPDATE castor_workflows SET state = 'cancelled', finished_at = ?, moved_at = ? WHERE id = ?",
+                 (now, now, workflow_id))
+    return WorkflowStatus.CANCELLED
+
+
+# Members of a running workflow stay while it runs: a successor reads their results.
+NOT_IN_RUNNING_WORKFLOW = ("(workflow_id IS NULL OR workflow_id NOT IN "
+                           "(SELECT id FROM castor_workflows WHERE state = 'running'))")
