@@ -152,7 +152,8 @@ _FORGET_WATCHES = """DELETE FROM castor_watches w
                                          WHERE t.id = w.task_id AND t.status IN ('pending', 'running'))"""
 # What a transaction's settles wake, sent after them and last before its COMMIT (in the
 # same round trip, so it cannot wait for what they returned): the workers of retries
-# due soon that are pending now (so written by this transaction, as a rule), and the
+# due soon that are pending now (so written by this transaction, as a rule), those of
+# a concurrency-limited task's mode once it is no longer running (its slot is free), and the
 # joiners of these tasks (a refused settle wakes its task's joiners for nothing: they
 # look and wait again). Last, so that a watch begun while the settles ran is seen too;
 # one that commits between this statement and the COMMIT is missed, and its joiner
@@ -163,6 +164,9 @@ TOLD_RESULT_BYTES = 3000  # well within NOTIFY's 8,000-byte payload, in base64
 _NOTIFY_SETTLED = f"""SELECT pg_notify(%(channel)s, topic) FROM (
                          SELECT %(work_prefix)s || mode AS topic FROM castor_tasks
                           WHERE id = ANY(%(retried)s) AND status = 'pending'
+                          -- a concurrency limit's slot freed: the next of its name may start
+                          UNION SELECT %(work_prefix)s || mode FROM castor_tasks
+                                 WHERE id = ANY(%(ids)s) AND concurrency_key IS NOT NULL AND status <> 'running'
                           UNION SELECT %(task_prefix)s || w.task_id || coalesce((
                                    SELECT E'\\x1f' || t.serializer || E'\\x1f'
                                           || CASE WHEN t.result_text THEN 't' ELSE 'b' END || E'\\x1f'

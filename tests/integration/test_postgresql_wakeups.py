@@ -305,3 +305,22 @@ def test_join_returns_a_told_result_without_reading_the_task_again(location, tmp
     finally:
         traced.close()
         working.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_end_of_a_concurrency_limited_task_wakes_its_modes_workers(pair):
+    """A freed slot lets the next task of a limited name start: the end of a limited
+    task wakes the idle workers of its mode (not only their 0.5 s re-check)."""
+    listening, writing = pair
+    writing.set_concurrency_limit("one", 1)
+    # As the producer stores them: '' is the key of a name limited as a whole.
+    writing.enqueue([new("a", name="one", concurrency_key=""), new("b", name="one", concurrency_key="")])
+    record = claim_one(writing)
+    assert writing.claim("w2", mode="process", queues=None, limit=1, lease=30.0, now=10.0**9) == []  # full
+    work = work_topic("process")
+    seen = listening.generation(work)
+    writing.settle_one(Settlement(record.id, "w1", 1, TaskStatus.SUCCESS, result="1", finished_at=10**9,
+                                  fence=record.fence))
+    assert listening.wait_for_change(seen, LONG, work) != seen
+    (freed,) = writing.claim("w2", mode="process", queues=None, limit=1, lease=30.0, now=10.0**9)
+    assert freed.id == "b"
