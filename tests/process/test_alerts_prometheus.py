@@ -178,6 +178,8 @@ def test_a_real_prometheus_sees_first_failures_drains_and_a_dead_castord(daemons
     d.signal(signal.SIGTERM)  # a second TERM stops fast: castord exits
     assert d.wait_exit(30) == 0
     wait_until(lambda: prom.firing("CastordDown", instance=f"127.0.0.1:{port}"), 30, "CastordDown to fire")
+    down = prom.now()  # every rule group evaluated on the failed scrape, not only CastordDown's
+    wait_until(lambda: prom.evaluated_since(down), 30, "Prometheus to evaluate its rules after the failed scrape")
     assert prom.query("castor_daemon_up") == []  # a dead castord leaves no castor_* series
     assert prom.query('up{job="castord"}')[0]["value"][1] == "0"
     assert not prom.firing("CastordDrainingLong")  # its series went with it
