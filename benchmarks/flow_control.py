@@ -11,6 +11,8 @@ PostgreSQL, fsync on), each run drains --n no-op thread tasks queued before
 * rate-limited, not binding: the same task under `rate_limit="1000000/s"`, far above what
   the host can start, so the figure is what the limited claim itself costs (the token
   buckets read and taken inside every claim's transaction);
+* concurrency-limited, not binding: the same task under `concurrency=100` (8 threads run
+  at most 8): what counting the running tasks in every claim costs;
 * rate-limited, binding: `rate_limit="500/s"` (burst 1), over --n / 2 tasks: spawn to last
   as above (start-up included), and the rate the fleet really kept: the tasks' recorded
   starts, (n - 1) / (last start - first start), against 500/s.
@@ -59,6 +61,10 @@ APP = textwrap.dedent(f'''
 
     @manager.task(mode="thread", name="tight", rate_limit="{BINDING_RATE}/s", rate_burst=1)
     def tight(i):
+        return i
+
+    @manager.task(mode="thread", name="capped", concurrency=100)
+    def capped(i):
         return i
 ''')
 
@@ -158,6 +164,7 @@ def one_run(url: str, n: int) -> dict[str, float]:
     try:
         figures = {"plain tasks/s": run.drain("plain", n),
                    "rate-limited, not binding: tasks/s": run.drain("loose", n),
+                   "concurrency-limited, not binding: tasks/s": run.drain("capped", n),
                    f"rate-limited {BINDING_RATE}/s: tasks/s": run.drain("tight", max(2, n // 2))}
         figures[f"rate-limited {BINDING_RATE}/s: starts/s kept"] = run.kept_rate("tight")
         return figures
