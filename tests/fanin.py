@@ -50,7 +50,11 @@ def main(url: str, directory: str, number: str) -> int:
 
     def stop_when_ended() -> None:
         while time.monotonic() < deadline:
-            record = manager.store.workflow(workflow_id)
+            try:
+                record = manager.store.workflow(workflow_id)
+            except Exception as exc:  # noqa: BLE001 - e.g. locked by the other writers: look again
+                print(f"fanin {number}: reading the workflow: {exc!r}", file=sys.stderr, flush=True)
+                record = None
             if record is not None and record.state.finished:
                 break
             time.sleep(0.1)
