@@ -328,6 +328,17 @@ def test_a_group_fails_at_once_naming_its_failed_members_and_its_siblings_keep_r
     assert workflow.status() == "failed"
 
 
+def test_group_failed_carries_the_first_hundred_failed_members_and_counts_the_rest(app) -> None:
+    boom = task(app, "boom")
+    workflow = castor.group(boom.s(i) for i in range(103)).delay()
+    drain(app)
+    with pytest.raises(castor.GroupFailed) as failed:
+        workflow.join(timeout=5)
+    assert [m.id for m in failed.value.failed] == [t.id for t in workflow.tasks[:100]]
+    assert failed.value.more_failed == 3
+    assert "103 of its 103 members failed so far" in str(failed.value) and "and 93 more" in str(failed.value)
+
+
 def test_a_cancelled_member_cancels_its_group(app) -> None:
     add = task(app, "add")
     workflow = castor.group(add.s(1, 1), add.s(2, 2)).delay()
