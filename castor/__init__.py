@@ -13,12 +13,16 @@
     task.join(timeout=5)   # 3, once a worker (castord) has run it
 """
 
+from castor.canvas import Chain, Chord, Group, chain, chord, group
 from castor.context import cancelled, progress
 from castor.errors import (
     CastorError,
+    ChordFailed,
     ConfigurationError,
     DatabaseLockedError,
     DuplicateTaskError,
+    FailedMember,
+    GroupFailed,
     InvalidArguments,
     JoinTimeout,
     Retry,
@@ -43,16 +47,21 @@ from castor.manager import Manager
 from castor.states import TaskStatus, WorkflowStatus
 from castor.task import Signature, TaskFunction
 from castor.worker import Worker
-from castor.workflow import Chain, Workflow, chain
+from castor.workflow import Workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CastorError",
     "Chain",
+    "Chord",
+    "ChordFailed",
     "ConfigurationError",
     "DatabaseLockedError",
     "DuplicateTaskError",
+    "FailedMember",
+    "Group",
+    "GroupFailed",
     "InvalidArguments",
     "JoinTimeout",
     "Manager",
@@ -82,5 +91,7 @@ __all__ = [
     "WorkflowStopped",
     "cancelled",
     "chain",
+    "chord",
+    "group",
     "progress",
 ]

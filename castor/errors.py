@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 
 class CastorError(Exception):
     """Root of every error castor raises on purpose."""
@@ -112,25 +115,60 @@ class TaskIdConflict(CastorError, ValueError):
     """`apply_async(task_id=...)` named an id that is already in the database."""
 
 
+@dataclass(frozen=True, slots=True)
+class FailedMember:
+    """A workflow member that failed for good, as GroupFailed names it."""
+
+    id: str
+    name: str
+    status: str
+    error: dict[str, Any] | None
+
+    @property
+    def error_type(self) -> str:
+        return str((self.error or {}).get("type", "unknown"))
+
+
 class WorkflowFailed(CastorError):
     """A workflow stopped because one of its members failed for good.
 
-    `.workflow_id`; `.member_id`: the member whose failure stopped it. Raised by
-    Workflow.join() when no member's own exception can be rebuilt instead.
+    `.workflow_id`; `.member_id`: the member whose failure stopped it; `.failed`: the
+    members of its step that had failed when this was raised (a GroupFailed names them).
+    Raised by Workflow.join() when no member's own exception can be rebuilt instead.
     """
+
+    def __init__(self, message: str, *, workflow_id: str = "", member_id: str | None = None,
+                 failed: list[FailedMember] | None = None):
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.member_id = member_id
+        self.failed = list(failed or [])
+
+
+class GroupFailed(WorkflowFailed):
+    """A member of a group failed for good: the group ended `failed` at once (its other
+    members keep running). `.failed` names the members failed by then, in the group's
+    order (the first 100; `.more_failed`: how many others)."""
+
+    def __init__(self, message: str, *, workflow_id: str = "", member_id: str | None = None,
+                 failed: list[FailedMember] | None = None, more_failed: int = 0):
+        super().__init__(message, workflow_id=workflow_id, member_id=member_id, failed=failed)
+        self.more_failed = more_failed
+
+
+class ChordFailed(GroupFailed):
+    """A member of a chord's group failed for good: the callback never runs (it ends
+    cancelled, WorkflowStopped). `.failed` names the failed members, as GroupFailed."""
+
+
+class WorkflowCancelled(TaskCancelled):
+    """A workflow was cancelled (by hand, or by the cancel of one of its members:
+    `.member_id`, None for a cancel of the whole workflow)."""
 
     def __init__(self, message: str, *, workflow_id: str = "", member_id: str | None = None):
         super().__init__(message)
         self.workflow_id = workflow_id
         self.member_id = member_id
-
-
-class WorkflowCancelled(TaskCancelled):
-    """A workflow was cancelled (by hand, or by the cancel of one of its members)."""
-
-    def __init__(self, message: str, *, workflow_id: str = ""):
-        super().__init__(message)
-        self.workflow_id = workflow_id
 
 
 class WorkflowStopped(TaskCancelled):

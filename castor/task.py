@@ -18,8 +18,8 @@ from castor.rate_limits import RateLimit, parse_rate_limit
 from castor.retries import RETRY_OPTIONS, build_policy
 
 if TYPE_CHECKING:
+    from castor.canvas import Chain, Chord, Group
     from castor.manager import Manager
-    from castor.workflow import Chain
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -216,7 +216,7 @@ class TaskFunction(Generic[P, R]):
         fails for good. Both make a workflow of it (docs/workflows.md): `.workflow`."""
         check_call_options(f"{self.name}.apply_async", options)
         if link is not None or link_error is not None:
-            from castor.workflow import enqueue_link
+            from castor.canvas import enqueue_link
 
             return cast("Task[R]", enqueue_link(Signature(self, tuple(args), dict(kwargs or {}), options),
                                                 link, link_error))
@@ -270,8 +270,8 @@ class Signature:
         return merged.task.apply_async(merged.args, merged.kwargs, link=link, link_error=link_error,
                                        **merged.options)
 
-    def __or__(self, other: Signature | Chain) -> Chain:
+    def __or__(self, other: Signature | Chain | Group | Chord) -> Chain:
         """`a.s(1) | b.s()`: the chain of the two (castor.chain)."""
-        from castor.workflow import chain
+        from castor.canvas import chain
 
         return chain(self, other)

@@ -1,135 +1,36 @@
-"""Workflows: tasks that run in steps, each step's result the next one's input.
+"""The handle on a stored workflow (castor.Workflow): its state, members, join and cancel.
 
-    castor.chain(a.s(1), b.s(), c.s()).delay()   # a(1), then b(a's result), then c(b's)
-    a.s(1) | b.s() | c.s()                        # the same chain
-    a.apply_async((1,), link=b.s(), link_error=e.s())
-
-Every member is stored at once, in one transaction with the workflow's row: the first
-step pending, the rest `waiting`. The store moves the workflow on in the transaction
-that ends a member (docs/workflows.md has the rules and why they hold through crashes).
+Workflows are built and enqueued by castor/canvas.py (chain, group, chord, link). The
+store moves a workflow on in the transaction that ends a member (docs/workflows.md has
+the rules and why they hold through crashes); join() reads the outcome those moves left.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from castor.durations import to_seconds
-from castor.errors import ConfigurationError, JoinTimeout, UnknownTaskError, WorkflowCancelled, WorkflowFailed
+from castor.errors import (
+    ChordFailed,
+    GroupFailed,
+    JoinTimeout,
+    UnknownTaskError,
+    WorkflowCancelled,
+    WorkflowFailed,
+)
 from castor.handle import Task
-from castor.ids import new_task_id
-from castor.interrupts import shielded
 from castor.states import TaskStatus, WorkflowStatus
-from castor.store.base import INPUT_ERROR, INPUT_RESULT, NewTask, NewWorkflow, WorkflowRecord, task_topic
-from castor.task import Signature
+from castor.store.base import WorkflowRecord, task_topic
 
 if TYPE_CHECKING:
     from castor.manager import Manager
 
 # join()/resolve() look again at least this often, whatever the notifications say.
 _RECHECK_SECONDS = 0.5
-
-
-class Chain:
-    """Signatures run one after the other (castor.chain): not enqueued until .delay()."""
-
-    __slots__ = ("signatures",)
-
-    def __init__(self, signatures: Sequence[Signature]):
-        self.signatures = tuple(signatures)
-
-    def __or__(self, other: Signature | Chain) -> Chain:
-        return chain(self, other)
-
-    def delay(self) -> Workflow:
-        return self.apply_async()
-
-    def apply_async(self, *, link_error: Signature | None = None) -> Workflow:
-        """Enqueue every link at once (one transaction). link_error=: run with (task id,
-        error dict) if any link fails for good."""
-        steps = [[sig] for sig in self.signatures]
-        return _enqueue("chain", steps, link_error, handler_step=None)
-
-    def __repr__(self) -> str:
-        return f"<castor.chain {' | '.join(s.task.name for s in self.signatures)}>"
-
-
-def chain(*links: Signature | Chain) -> Chain:
-    """`castor.chain(a.s(1), b.s(), c.s())`: each link gets the one before's result as its
-    first argument (`.si()` for a link that takes none); a chain inside is flattened."""
-    signatures: list[Signature] = []
-    for link in links:
-        if isinstance(link, Chain):
-            signatures.extend(link.signatures)
-        elif isinstance(link, Signature):
-            signatures.append(link)
-        else:
-            raise ConfigurationError(
-                f"castor.chain takes signatures (task.s(...), task.si(...)) or chains, not {link!r}; "
-                "write task.s(args) rather than task(args)")
-    if not signatures:
-        raise ConfigurationError("castor.chain needs at least one signature: castor.chain(a.s(1), b.s())")
-    return Chain(signatures)
-
-
-def enqueue_link(head: Signature, link: Signature | Sequence[Signature] | None,
-                 link_error: Signature | None) -> Task[Any]:
-    """`task.apply_async(..., link=, link_error=)`: the task, its link(s) after it, and the
-    handler of its failure; returns the task's own handle (Celery's)."""
-    given: list[Any] = [] if link is None else list(link) if isinstance(link, (list, tuple)) else [link]
-    for item in given:
-        if not isinstance(item, Signature):
-            raise ConfigurationError(f"{head.task.name}.apply_async: link= takes a signature (task.s(...)) or a "
-                                     f"list of them, not {item!r}")
-    links: list[Signature] = given
-    steps = [[head], links] if links else [[head]]
-    workflow = _enqueue("link", steps, link_error, handler_step=0)
-    return Task(workflow._manager, str(workflow.first_id))  # noqa: SLF001 - built just above
-
-
-def _enqueue(kind: str, steps: list[list[Signature]], handler: Signature | None, *,
-             handler_step: int | None) -> Workflow:
-    if handler is not None and not isinstance(handler, Signature):
-        raise ConfigurationError(f"link_error= takes a signature (task.s(...)), not {handler!r}")
-    manager = steps[0][0].task.manager
-    now = time.time()
-    workflow_id = new_task_id()
-    with shielded():  # serialization, like the store, is never interrupted halfway
-        members = [_member(manager, sig, workflow_id, k, i, None if k == 0 or sig.immutable else INPUT_RESULT)
-                   for k, step in enumerate(steps) for i, sig in enumerate(step)]
-        if handler is not None:
-            members.append(_member(manager, handler, workflow_id, -1, 0,
-                                   None if handler.immutable else INPUT_ERROR))
-    new = NewWorkflow(workflow_id, kind, tuple(len(step) for step in steps), now,
-                      handler_id=members[-1].id if handler is not None else None,
-                      handler_step=handler_step if handler is not None else None)
-    manager._submit_workflow(new, members)  # noqa: SLF001 - the Manager's own write path
-    return Workflow(manager, workflow_id, kind, first_id=members[0].id)
-
-
-def _member(manager: Manager, sig: Signature, workflow_id: str, step: int, index: int,
-            wf_input: str | None) -> NewTask:
-    """The row of one member: the task's own call, placed in the workflow."""
-    where = f"{sig.task.name} in a workflow"
-    if sig.task.manager.store.url != manager.store.url:
-        raise ConfigurationError(f"{where}: its Manager keeps tasks in another store ({sig.task.manager.store.url}) "
-                                 f"than the workflow's ({manager.store.url}); a workflow lives in one store")
-    options = sig.options
-    # A waiting row is outside the unique index: its release could then break the index
-    # inside a worker's settle. A cached answer would skip the run its successor waits on.
-    if sig.task.options.unique is not False or options.get("unique") not in (None, False):
-        raise ConfigurationError(f"{where}: unique= is not allowed on a workflow member; drop it for this call "
-                                 "(.s(...).set(unique=False)) or enqueue the task on its own")
-    if sig.task.options.cache_ttl is not None or options.get("cache_ttl") is not None:
-        raise ConfigurationError(f"{where}: cache_ttl= is not allowed on a workflow member; enqueue the task on "
-                                 "its own to use a cached result")
-    if step != 0 and ("countdown" in options or "eta" in options):
-        raise ConfigurationError(f"{where}: countdown=/eta= apply to the first step only; a later member starts "
-                                 "when the step before it has ended")
-    task = sig.task.manager.producer.new_task(sig.task, sig.args, sig.kwargs, options)
-    task.workflow_id, task.wf_step, task.wf_index, task.wf_input = workflow_id, step, index, wf_input
-    return task
+# A GroupFailed carries this many failed members (and counts the rest), its message fewer.
+_NAMED = 100
+_IN_MESSAGE = 10
 
 
 class Workflow:
@@ -153,7 +54,7 @@ class Workflow:
 
     @property
     def kind(self) -> str:
-        """"chain" or "link"."""
+        """"chain", "group", "chord" or "link"."""
         if self._kind is None:
             self._kind = self.info().kind
         return self._kind
@@ -180,7 +81,8 @@ class Workflow:
 
     @property
     def last(self) -> Task[Any]:
-        """The chain's last link (for a link workflow: its last link, or the task itself)."""
+        """The chain's last link, the chord's callback, a group's last member (for a link
+        workflow: its last link, or the task itself)."""
         return self.steps[-1][-1]
 
     @property
@@ -242,7 +144,11 @@ class Workflow:
     def _outcome(self, record: WorkflowRecord) -> Any:
         if record.state is WorkflowStatus.SUCCESS:
             last: list[Task[Any]] = [Task(self._manager, task_id) for task_id, step, _ in record.members if step == record.step]
-            return last[0].join(0) if len(last) == 1 else [task.join(0) for task in last]
+            if record.kind == "group" or len(last) > 1:  # a group's results, in order (a list even of one)
+                return [task.join(0) for task in last]
+            return last[0].join(0)
+        if _is_group_step(record):
+            raise self._group_stopped(record)
         if record.first_bad is not None:
             member: Task[Any] = Task(self._manager, record.first_bad)
             member_record = self._manager.store.get(record.first_bad)
@@ -253,6 +159,22 @@ class Workflow:
             raise WorkflowCancelled(f"workflow {self.id} ({record.kind}) was cancelled", workflow_id=self.id)
         raise WorkflowFailed(f"workflow {self.id} ({record.kind}) failed: member {record.first_bad}",
                              workflow_id=self.id, member_id=record.first_bad)
+
+    def _group_stopped(self, record: WorkflowRecord) -> Exception:
+        """Why a group's step stopped: the members failed by now (GroupFailed, ChordFailed
+        for a chord's), or the member whose cancel stopped it (WorkflowCancelled)."""
+        if record.state is WorkflowStatus.CANCELLED:
+            why = f": member {record.first_bad} was cancelled" if record.first_bad else ""
+            return WorkflowCancelled(f"workflow {self.id} ({record.kind}) was cancelled{why}",
+                                     workflow_id=self.id, member_id=record.first_bad)
+        failed, total = self._manager.store.failed_members(self.id, record.step, limit=_NAMED)
+        named = ", ".join(f"{m.id} ({m.name}: {m.error_type})" for m in failed[:_IN_MESSAGE])
+        more = f" and {total - _IN_MESSAGE} more" if total > _IN_MESSAGE else ""
+        error = ChordFailed if record.kind == "chord" else GroupFailed
+        return error(f"{record.kind} {self.id} failed: {total} of its {record.sizes[record.step]} members failed"
+                     f"{' so far' if total else ''}: {named or record.first_bad}{more}",
+                     workflow_id=self.id, member_id=record.first_bad, failed=failed,
+                     more_failed=max(0, total - len(failed)))
 
     def __repr__(self) -> str:
         return f"<castor.Workflow {self.id}>"
@@ -267,3 +189,11 @@ class Workflow:
 def _deadline(timeout: float | None) -> float | None:
     seconds = to_seconds(timeout, "timeout", limit=None)
     return None if seconds is None else time.monotonic() + seconds
+
+
+def _is_group_step(record: WorkflowRecord) -> bool:
+    """Whether the step that stopped `record` is a group: a group's, a chord's members,
+    or several members of a chain's step (a group inside it; a group of one is its member)."""
+    if record.kind == "link":
+        return False
+    return record.kind == "group" or (record.kind == "chord" and record.step == 0) or record.sizes[record.step] > 1

@@ -177,7 +177,7 @@ def move(source: str, target: str, *, dry_run: bool = False) -> MoveReport:
         workflows = src.unfinished_workflows()
         if workflows:
             # Members are copied one by one, so a workflow would be split between the stores.
-            raise MoveRefused(f"{path} holds {workflows} unfinished workflow(s) (chains, links): moving would "
+            raise MoveRefused(f"{path} holds {workflows} unfinished workflow(s) (chains, groups, chords, links): moving would "
                               "split them between the two stores. Let them finish (or cancel them) first")
         _return_lost(src, report)
         dst = _open(target, f"cannot use {display_url(target)}")

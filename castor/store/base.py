@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from castor.clocks import boot_clock
+from castor.errors import FailedMember
 from castor.states import TaskStatus, WorkflowStatus
 
 
@@ -155,7 +156,7 @@ class NewWorkflow:
     """A workflow as enqueued (its members are NewTasks with its id)."""
 
     id: str
-    kind: str  # "link" | "chain"
+    kind: str  # "link" | "chain" | "group" | "chord"
     sizes: tuple[int, ...]  # members per step
     created_at: float
     handler_id: str | None = None  # the link_error task, waiting at step -1
@@ -277,6 +278,11 @@ class Store(ABC):
     @abstractmethod
     def step_results(self, workflow_id: str, step: int) -> list[StepResult]:
         """The members of one step of a workflow, in their order (a successor's inputs)."""
+
+    @abstractmethod
+    def failed_members(self, workflow_id: str, step: int, *, limit: int = 100) -> tuple[list[FailedMember], int]:
+        """The members of one step that failed, in their order (the first `limit`), and
+        how many failed in all (what GroupFailed names)."""
 
     @abstractmethod
     def cancel_workflow(self, workflow_id: str, *, now: float) -> WorkflowStatus | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from castor.states import TaskStatus, WorkflowStatus
 from castor.store.base import NewTask, NewWorkflow, StepResult, WorkflowRecord
-from castor.store.sqlite_workflows import NOT_NEEDED, STOPPED_TYPE
+from castor.store.sqlite_workflows import FAILED_MEMBERS, NOT_NEEDED, STOPPED_TYPE  # noqa: F401 - FAILED_MEMBERS: the store reads it here
 
 try:
     from psycopg.types.json import Jsonb

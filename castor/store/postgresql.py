@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from castor.concurrency import Group, Slots, check_limit, choose, concurrency_report, lock_key
-from castor.errors import ConfigurationError, StoreError, StoreUnavailable, TaskIdConflict
+from castor.errors import ConfigurationError, FailedMember, StoreError, StoreUnavailable, TaskIdConflict
 from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import shielded
@@ -909,6 +909,11 @@ class PostgreSQLStore(Store):
 
     def step_results(self, workflow_id: str, step: int) -> list[StepResult]:
         return workflows.read_step(self._fetch(workflows.STEP_RESULTS, (workflow_id, step)))
+
+    def failed_members(self, workflow_id: str, step: int, *, limit: int = 100) -> tuple[list[FailedMember], int]:
+        rows = self._fetch(workflows.FAILED_MEMBERS, (workflow_id, step, limit))
+        return [FailedMember(id_, name, status, error) for id_, name, status, error, _ in rows], \
+            (rows[0][4] if rows else 0)
 
     def cancel_workflow(self, workflow_id: str, *, now: float) -> WorkflowStatus | None:
         def body(cur: Any) -> WorkflowStatus | None:

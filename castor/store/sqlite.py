@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from castor.clocks import boot_id
 from castor.concurrency import Slots, check_limit, choose, concurrency_report
-from castor.errors import DatabaseLockedError, StoreError, TaskIdConflict
+from castor.errors import DatabaseLockedError, FailedMember, StoreError, TaskIdConflict
 from castor.expiry import expired_error
 from castor.failures import describe_message
 from castor.interrupts import raise_deferred, shielded
@@ -661,6 +661,10 @@ class SQLiteStore(Store):
     def step_results(self, workflow_id: str, step: int) -> list[StepResult]:
         with self._locked() as conn:
             return self._retry(lambda: workflows.read_step(conn, workflow_id, step))
+
+    def failed_members(self, workflow_id: str, step: int, *, limit: int = 100) -> tuple[list[FailedMember], int]:
+        with self._locked() as conn:
+            return self._retry(lambda: workflows.read_failed(conn, workflow_id, step, limit))
 
     def cancel_workflow(self, workflow_id: str, *, now: float) -> WorkflowStatus | None:
         with self._locked() as conn:

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from castor.errors import FailedMember
 from castor.failures import describe_message
 from castor.states import TaskStatus, WorkflowStatus
 from castor.store.base import NewTask, NewWorkflow, StepResult, WorkflowRecord
@@ -130,6 +131,17 @@ def read_step(conn: sqlite3.Connection, workflow_id: str, step: int) -> list[Ste
             for id_, status, serializer, result, error in conn.execute(
                 "SELECT id, status, serializer, result, error FROM castor_tasks "
                 "WHERE workflow_id = ? AND wf_step = ? ORDER BY wf_index", (workflow_id, step))]
+
+
+def read_failed(conn: sqlite3.Connection, workflow_id: str, step: int, limit: int) -> tuple[list[FailedMember], int]:
+    rows = conn.execute(FAILED_MEMBERS.replace("%s", "?"), (workflow_id, step, limit)).fetchall()
+    return ([FailedMember(id_, name, status, json.loads(error) if error else None) for id_, name, status, error, _ in rows],
+            rows[0][4] if rows else 0)
+
+
+# Both stores' (PostgreSQL's placeholders): the count is taken before the LIMIT.
+FAILED_MEMBERS = ("SELECT id, task_name, status, error, count(*) OVER () FROM castor_tasks "
+                  "WHERE workflow_id = %s AND wf_step = %s AND status = 'failed' ORDER BY wf_index LIMIT %s")
 
 
 def cancel_workflow(conn: sqlite3.Connection, workflow_id: str, *, now: float,

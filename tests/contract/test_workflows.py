@@ -13,7 +13,7 @@ import pytest
 
 from castor.states import TaskStatus, WorkflowStatus
 from castor.store import Query, Store, TaskRecord
-from castor.store.base import INPUT_ERROR, INPUT_RESULT, NewTask, NewWorkflow, Settlement
+from castor.store.base import INPUT_ERROR, INPUT_RESULT, INPUT_RESULTS, NewTask, NewWorkflow, Settlement
 from tests.contract.builders import Clocks, claim, claim_one, new, outcome
 
 P, W, R, S, F, C = (TaskStatus.PENDING, TaskStatus.WAITING, TaskStatus.RUNNING, TaskStatus.SUCCESS,
@@ -437,3 +437,180 @@ def test_a_crashed_owner_holding_several_tasks_ends_a_cancelled_member(store: St
     store.release_owner("w1", count_attempt=True, max_lost=3)
     assert statuses(store, "a", "b", "e", "plain") == [C, C, C, P]
     assert state(store)[0] == WorkflowStatus.CANCELLED
+
+
+# -- groups and chords ------------------------------------------------------------------
+
+
+def grouped(store: Store, clocks: Clocks, n: int = 3, *, callback: bool = False) -> list[str]:
+    """`group(m0, m1, ...)`, or with `callback` `chord([m0, ...], cb)`: steps [m0 m1 ...] ([cb])."""
+    ids = [f"m{i}" for i in range(n)]
+    tasks = [member(task_id, 0, index=i, name=f"n{i}") for i, task_id in enumerate(ids)]
+    if callback:
+        tasks.append(member("cb", 1, wf_input=INPUT_RESULTS))
+    store.enqueue_workflow(NewWorkflow("wf", "chord" if callback else "group", (n, 1) if callback else (n,),
+                                       clocks.wall), tasks)
+    return ids
+
+
+def claim_all(store: Store, clocks: Clocks, n: int) -> dict[str, TaskRecord]:
+    claimed = {r.id: r for r in claim(store, clocks, limit=n)}
+    assert len(claimed) == n
+    return claimed
+
+
+def test_a_group_ends_success_when_its_last_member_does_in_any_order(store: Store, clocks: Clocks) -> None:
+    ids = grouped(store, clocks, 4)
+    claimed = claim_all(store, clocks, 4)
+    for count, task_id in enumerate(["m2", "m0", "m3", "m1"], start=1):
+        assert state(store) == (WorkflowStatus.RUNNING, 0, 5 - count)
+        assert store.settle_one(ended(claimed[task_id], S, clocks, result=f'"{task_id}!"'))
+    assert state(store) == (WorkflowStatus.SUCCESS, 0, 0)
+    assert [(r.id, r.result) for r in store.step_results("wf", 0)] == [(i, f'"{i}!"') for i in ids]
+
+
+def test_a_groups_members_settled_in_one_batch_count_once_each(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 3)
+    claimed = claim_all(store, clocks, 3)
+    accepted, _ = store.settle_and_claim([ended(r, S, clocks) for r in claimed.values()], "w1", mode="process",
+                                         queues=None, limit=0, lease=10.0, now=clocks.wall)
+    assert accepted == [True, True, True]
+    assert state(store) == (WorkflowStatus.SUCCESS, 0, 0)
+
+
+def test_a_group_fails_at_once_and_its_siblings_keep_running(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 3)
+    claimed = claim_all(store, clocks, 2)  # m0 and m1 running, m2 still pending
+    assert store.settle_one(ended(claimed["m1"], F, clocks))
+    record = store.workflow("wf")
+    assert record is not None and (record.state, record.first_bad) == (WorkflowStatus.FAILED, "m1")
+    assert record.finished_at == clocks.wall
+    assert statuses(store, "m0", "m1", "m2") == [R, F, P]  # left to finish
+    assert store.settle_one(ended(claimed["m0"], S, clocks))
+    assert run(store, clocks, F).id == "m2"  # a later failure moves nothing either
+    record = store.workflow("wf")
+    assert record is not None and (record.state, record.remaining, record.first_bad) == (
+        WorkflowStatus.FAILED, 2, "m1")
+    assert statuses(store, "m0", "m1", "m2") == [S, F, F]
+
+
+def test_failed_members_names_every_failed_member_of_a_step_in_order(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 4)
+    claimed = claim_all(store, clocks, 4)
+    for task_id in ("m3", "m0", "m1"):
+        assert store.settle_one(ended(claimed[task_id], F, clocks))
+    assert store.settle_one(ended(claimed["m2"], S, clocks))
+    failed, total = store.failed_members("wf", 0)
+    assert total == 3
+    assert [(m.id, m.name, m.status) for m in failed] == [("m0", "n0", F), ("m1", "n1", F), ("m3", "n3", F)]
+    assert failed[0].error is not None and failed[0].error["type"] == "builtins.ValueError"
+    first_two, total = store.failed_members("wf", 0, limit=2)
+    assert [m.id for m in first_two] == ["m0", "m1"] and total == 3
+    assert store.failed_members("wf", 1) == ([], 0)
+    assert store.failed_members("nope", 0) == ([], 0)
+
+
+def test_a_failure_and_a_success_in_one_batch_fail_the_group(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 2)
+    claimed = claim_all(store, clocks, 2)
+    accepted, _ = store.settle_and_claim([ended(claimed["m0"], S, clocks), ended(claimed["m1"], F, clocks)], "w1",
+                                         mode="process", queues=None, limit=0, lease=10.0, now=clocks.wall)
+    assert accepted == [True, True]
+    record = store.workflow("wf")
+    assert record is not None and (record.state, record.first_bad) == (WorkflowStatus.FAILED, "m1")
+
+
+def test_a_cancelled_member_cancels_its_group_and_leaves_the_others(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 3)
+    assert store.cancel("m1", now=clocks.wall) == C
+    record = store.workflow("wf")
+    assert record is not None and (record.state, record.first_bad) == (WorkflowStatus.CANCELLED, "m1")
+    assert statuses(store, "m0", "m1", "m2") == [P, C, P]
+
+
+def test_a_chord_releases_its_callback_once_after_the_last_member(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 3, callback=True)
+    claimed = claim_all(store, clocks, 3)
+    for task_id in ("m1", "m2"):
+        assert store.settle_one(ended(claimed[task_id], S, clocks))
+        assert store.status("cb") == W
+    assert store.settle_one(ended(claimed["m0"], S, clocks))
+    assert not store.settle_one(ended(claimed["m0"], S, clocks))  # a resend counts nothing
+    assert store.status("cb") == P and state(store) == (WorkflowStatus.RUNNING, 1, 1)
+    assert [r.id for r in claim(store, clocks, limit=10)] == ["cb"]
+    assert claim(store, clocks, limit=10) == []
+    callback = store.get("cb")
+    assert callback is not None and callback.wf_input == INPUT_RESULTS
+    assert store.settle_one(ended(callback, S, clocks))
+    assert state(store) == (WorkflowStatus.SUCCESS, 1, 0)
+
+
+def test_a_chord_member_failing_cancels_the_callback_at_once(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 3, callback=True)
+    claimed = claim_all(store, clocks, 3)
+    assert store.settle_one(ended(claimed["m2"], F, clocks))
+    assert statuses(store, "m0", "m1", "m2", "cb") == [R, R, F, C]
+    assert stopped_reason(store, "cb") == "workflow wf stopped: member m2 ended failed"
+    assert store.settle_one(ended(claimed["m0"], F, clocks))  # a sibling fails later: named too
+    assert store.settle_one(ended(claimed["m1"], S, clocks))
+    record = store.workflow("wf")
+    assert record is not None and (record.state, record.step, record.first_bad) == (WorkflowStatus.FAILED, 0, "m2")
+    assert [m.id for m in store.failed_members("wf", 0)[0]] == ["m0", "m2"]
+    assert claim(store, clocks, limit=10) == []  # the callback never runs
+
+
+def test_a_chord_member_cancelled_cancels_the_chord_and_its_callback(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 2, callback=True)
+    assert store.cancel("m0", now=clocks.wall) == C
+    assert statuses(store, "m0", "m1", "cb") == [C, P, C]
+    assert state(store)[0] == WorkflowStatus.CANCELLED
+
+
+def test_a_chord_whose_callback_fails_fails(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 2, callback=True)
+    run(store, clocks)
+    run(store, clocks)
+    assert run(store, clocks, F).id == "cb"
+    record = store.workflow("wf")
+    assert record is not None and (record.state, record.step, record.first_bad) == (WorkflowStatus.FAILED, 1, "cb")
+
+
+def test_a_member_lost_for_good_fails_the_chord(store: Store, clocks: Clocks) -> None:
+    grouped(store, clocks, 2, callback=True)
+    claim_one(store, clocks, "w1", lease=10.0)
+    (lost,) = store.release_owner("w1", count_attempt=True, max_lost=1)
+    assert lost.status == F
+    assert state(store)[0] == WorkflowStatus.FAILED
+    assert store.status("cb") == C
+
+
+def test_a_group_inside_a_chain_feeds_the_next_link_its_results(store: Store, clocks: Clocks) -> None:
+    """chain(a, group(b, c), d): steps [a] [b c] [d]."""
+    tasks = [member("a", 0), member("b", 1, wf_input=INPUT_RESULT), member("c", 1, index=1, wf_input=INPUT_RESULT),
+             member("d", 2, wf_input=INPUT_RESULTS)]
+    store.enqueue_workflow(NewWorkflow("wf", "chain", (1, 2, 1), clocks.wall), tasks)
+    run(store, clocks)
+    assert statuses(store, "b", "c", "d") == [P, P, W]
+    claimed = claim_all(store, clocks, 2)
+    assert store.settle_one(ended(claimed["c"], S, clocks))
+    assert store.status("d") == W
+    assert store.settle_one(ended(claimed["b"], S, clocks))
+    assert store.status("d") == P and state(store) == (WorkflowStatus.RUNNING, 2, 1)
+    run(store, clocks)
+    assert state(store) == (WorkflowStatus.SUCCESS, 2, 0)
+
+
+def test_cancelling_ten_thousand_members_is_one_call(store: Store, clocks: Clocks) -> None:
+    n = 10_000
+    tasks = [member(f"m{i:05}", 0, index=i) for i in range(n)] + [member("cb", 1, wf_input=INPUT_RESULTS)]
+    store.enqueue_workflow(NewWorkflow("wf", "chord", (n, 1), clocks.wall), tasks)
+    assert store.counts_by_status()[P] == n
+    running = claim_all(store, clocks, 3)
+    assert store.cancel_workflow("wf", now=clocks.wall) == WorkflowStatus.CANCELLED
+    counts = store.counts_by_status()
+    assert (counts[C], counts[R], counts[P], counts[W]) == (n - 3 + 1, 3, 0, 0)
+    assert sorted(store.cancel_requests("w1")) == sorted(r.claim for r in running.values())
+    for rec in running.values():  # stopped, they end cancelled and move nothing
+        assert store.settle_one(ended(rec, C, clocks))
+    assert store.counts_by_status()[C] == n + 1
+    assert state(store) == (WorkflowStatus.CANCELLED, 0, n)

@@ -1,8 +1,11 @@
 """Workflows under a real castord (docs/workflows.md): a chain of process and thread tasks,
 with a JSON link feeding a pickle link, run to its end; a chain that fails raises its
-failing link's own exception; and the commands that refuse workflow members.
+failing link's own exception; a chord of process and thread members calls back with their
+results in order, and one with failing members raises ChordFailed naming them; and the
+commands that refuse workflow members.
 
-The chain tests run on the beaver file and on PostgreSQL (pg_testapp points testapp there).
+The chain and chord tests run on the beaver file and on PostgreSQL (pg_testapp points
+testapp there).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import pytest
 
 import castor
+from tests.conftest import wait_until
 from tests.process.test_castord import daemons, run_cli  # noqa: F401 - fixture
 from tests.process.test_postgresql_castord import pg_testapp  # noqa: F401 - fixture
 
@@ -69,6 +73,40 @@ def _join_raises_the_failing_links_exception(daemons):  # noqa: F811
     linked = testapp.add.apply_async((2, 3), link=testapp.tadd.s(10))
     assert linked.join(timeout=60) == 5
     assert linked.workflow is not None and linked.workflow.join(timeout=60) == 15
+
+
+def _a_mixed_chord_calls_back(daemons):  # noqa: F811
+    import testapp
+
+    d = daemons().start("--workers", "2", "--threads", "2")
+    d.wait_note("READY=1", timeout=30)
+    # members: process, thread, process, thread; the callback a thread task: tadd(results, [99])
+    header = [testapp.add.s([i], [i]) if i % 2 == 0 else testapp.tadd.s([i], [i]) for i in range(20)]
+    workflow = castor.chord(header, testapp.tadd.s([99])).delay()
+    assert workflow.join(timeout=90) == [[i, i] for i in range(20)] + [99]
+    assert {t.info().mode for t in workflow.steps[0]} == {"process", "thread"}
+    assert workflow.last.info().attempts == 1 and workflow.status() == "success"
+    grouped = castor.group(testapp.add.s(1, 2), testapp.tadd.s(3, 4)).delay()
+    assert grouped.join(timeout=60) == [3, 7]
+
+    failing = castor.chord([testapp.boom.s("first"), testapp.tadd.s(1, 2), testapp.boom.s("second")],
+                           testapp.tadd.s([0])).delay()
+    wait_until(lambda: failing.tasks[0].status() == failing.tasks[2].status() == "failed", 60,
+               "both failing members to fail")
+    with pytest.raises(castor.ChordFailed) as failed:
+        failing.join(timeout=60)
+    assert [(m.id, m.name, m.error_type) for m in failed.value.failed] == [
+        (failing.tasks[0].id, "boom", "builtins.ValueError"), (failing.tasks[2].id, "boom", "builtins.ValueError")]
+    assert failing.last.status() == "cancelled" and failing.last.info().started_at is None
+    assert failing.tasks[1].join(timeout=60) == 3  # a sibling keeps running
+
+
+def test_a_chord_of_process_and_thread_tasks_runs_under_castord(daemons):  # noqa: F811
+    _a_mixed_chord_calls_back(daemons)
+
+
+def test_a_chord_of_process_and_thread_tasks_runs_under_castord_on_postgresql(pg_testapp, daemons):  # noqa: F811
+    _a_mixed_chord_calls_back(daemons)
 
 
 def test_a_chain_of_process_and_thread_tasks_runs_under_castord(daemons):  # noqa: F811

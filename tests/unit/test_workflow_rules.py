@@ -18,6 +18,11 @@ LINK_AT_B = WorkflowRow(step=1, remaining=1, sizes=(1, 1), handler_step=0, has_h
 CHAIN = WorkflowRow(step=1, remaining=1, sizes=(1, 1, 1))
 CHAIN_LAST = WorkflowRow(step=2, remaining=1, sizes=(1, 1, 1))
 TWO_LINKS = WorkflowRow(step=1, remaining=2, sizes=(1, 2))
+GROUP = WorkflowRow(step=0, remaining=3, sizes=(3,))
+CHORD = WorkflowRow(step=0, remaining=3, sizes=(3, 1))
+CHORD_AT_CALLBACK = WorkflowRow(step=1, remaining=1, sizes=(3, 1))
+# chain(a, group(b, c), d): [a] [b c] [d], at the group.
+GROUP_IN_CHAIN = WorkflowRow(step=1, remaining=2, sizes=(1, 2, 1))
 
 
 def move(state: WorkflowStatus, step: int, remaining: int, first_bad: str | None = None, *,
@@ -26,7 +31,7 @@ def move(state: WorkflowStatus, step: int, remaining: int, first_bad: str | None
     return Move(state, step, remaining, first_bad, release_step, release_handler, stop, cancel_handler)
 
 
-# (row, ended members, the move): one line per row of the failure table slices 1-2 cover.
+# (row, ended members, the move): one line per row of the failure table slices 1-4 cover.
 TABLE = {
     "link: the task succeeds -> link released, handler cancelled":
         (LINK, [("a", S)], move(RUNNING, 1, 1, release_step=1, cancel_handler=True)),
@@ -63,6 +68,26 @@ TABLE = {
         (TWO_LINKS, [("b", C), ("b1", F)], move(FAILED, 1, 0, "b1", stop=True)),
     "two links: two cancels -> cancelled, the first by id":
         (TWO_LINKS, [("b1", C), ("b", C)], move(CANCELLED, 1, 0, "b", stop=True)),
+    "group: a member succeeds -> the group waits for the others":
+        (GROUP, [("m1", S)], move(RUNNING, 0, 2)),
+    "group: the last members succeed in one batch -> success":
+        (WorkflowRow(0, 2, (3,)), [("m2", S), ("m0", S)], move(SUCCESS, 0, 0, stop=True)),
+    "group: a member fails for good -> failed at once, the others left running":
+        (GROUP, [("m1", F)], move(FAILED, 0, 2, "m1", stop=True)),
+    "group: a member cancelled -> cancelled at once":
+        (GROUP, [("m2", C)], move(CANCELLED, 0, 2, "m2", stop=True)),
+    "chord: a member succeeds -> the callback keeps waiting":
+        (CHORD, [("m0", S)], move(RUNNING, 0, 2)),
+    "chord: the last member succeeds -> the callback released":
+        (WorkflowRow(0, 1, (3, 1)), [("m1", S)], move(RUNNING, 1, 1, release_step=1)),
+    "chord: a member fails for good -> failed, the callback stopped":
+        (CHORD, [("m2", F), ("m0", S)], move(FAILED, 0, 1, "m2", stop=True)),
+    "chord: the callback fails -> failed":
+        (CHORD_AT_CALLBACK, [("cb", F)], move(FAILED, 1, 0, "cb", stop=True)),
+    "chord: the callback succeeds -> success":
+        (CHORD_AT_CALLBACK, [("cb", S)], move(SUCCESS, 1, 0, stop=True)),
+    "group in a chain: both members succeed -> the link after it released":
+        (GROUP_IN_CHAIN, [("c", S), ("b", S)], move(RUNNING, 2, 1, release_step=2)),
 }
 
 
