@@ -18,11 +18,31 @@ from pathlib import Path
 import castor
 
 DEADLINE_SECONDS = 240.0
+MEET_DIR = "CASTOR_FANIN_DIR"  # where the workers' first members meet (set by main)
+
+
+def _meet_another_process() -> None:
+    """A process's first member waits until a member runs in another process too, so
+    that members are surely settled by several processes (however the scheduler favours
+    one): the others meanwhile claim what is left. Once met, no member waits."""
+    directory = os.environ.get(MEET_DIR)
+    if not directory:
+        return  # not a worker of this test (the test process only defines the tasks)
+    here = Path(directory)
+    mine = here / f"member-{os.getpid()}"
+    if (here / "met").exists():
+        return
+    mine.touch()
+    deadline = time.monotonic() + 60
+    while len(list(here.glob("member-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (here / "met").touch()
 
 
 def define(manager: castor.Manager) -> tuple[castor.TaskFunction, castor.TaskFunction]:
     @manager.task(mode="thread", name="fanin.member")
     def member(index):
+        _meet_another_process()
         return [index, os.getpid()]
 
     @manager.task(mode="thread", name="fanin.callback")
@@ -36,6 +56,7 @@ def define(manager: castor.Manager) -> tuple[castor.TaskFunction, castor.TaskFun
 
 
 def main(url: str, directory: str, number: str) -> int:
+    os.environ[MEET_DIR] = directory
     manager = castor.Manager(url)
     define(manager)
     here = Path(directory)
