@@ -1,6 +1,7 @@
 """What a chain link costs (issue 16), measured from outside through castord, on both stores.
 
-    .venv/bin/python benchmarks/workflows.py [--runs 3] [--links 1000] [--stores sqlite,postgresql]
+    .venv/bin/python benchmarks/workflows.py [--runs 3] [--links 1000] [--members 10000]
+        [--stores sqlite,postgresql]
 
 For each store (a beaver-db file in a temp dir; a fresh database on a private throwaway
 PostgreSQL, fsync on) and each run, with one `castord start APP --workers 2 --threads 4`
@@ -11,10 +12,16 @@ already running (READY), in the same run:
 * its peer, what users do without chains: the same --links calls driven by the client,
   `x = inc.delay(x).join()` in a loop;
 
-both with process tasks and with thread tasks. On PostgreSQL also the rows written per
+both with process tasks and with thread tasks; then
+
+* chord: `castor.chord([inc.s(i) for i in range(--members)], total.s())` (the callback
+  sums the members' results), from `.delay()` to `join()` returning the sum;
+* its peer: the same --members plain tasks by `.map`, the client joins each, then sums.
+
+On PostgreSQL also the rows written per
 task: the difference in `pg_stat_user_tables` (n_tup_ins + n_tup_upd + n_tup_del of castor_tasks,
-castor_workflows and castor_watches) over the workload, divided by its tasks (each backend reports its counts
-within about a second: read until two reads a second apart agree, `_tuple_writes`).
+castor_workflows and castor_watches) over the workload, divided by its tasks (read once
+the counts stayed the same for 11 s: every backend has reported, `_tuple_writes`).
 
 Prints every run, then the medians and the chain's ratio to its peer. castord is stopped
 by its pid in a `finally`.
@@ -57,6 +64,10 @@ APP = textwrap.dedent('''
     @manager.task(mode="thread", name="tinc")
     def tinc(x):
         return x + 1
+
+    @manager.task(mode="thread", name="total")
+    def total(results):
+        return sum(results)
 ''')
 
 
@@ -102,6 +113,20 @@ class Run:
         assert x == links
         return time.perf_counter() - started
 
+    def chord(self, members: int) -> float:
+        import castor  # noqa: PLC0415 - after sys.path has the repo
+
+        started = time.perf_counter()
+        workflow = castor.chord([self.app.inc.s(i) for i in range(members)], self.app.total.s()).delay()
+        assert workflow.join(timeout=600) == sum(range(1, members + 1))
+        return time.perf_counter() - started
+
+    def mapped(self, members: int) -> float:
+        started = time.perf_counter()
+        handles = self.app.inc.map((i,) for i in range(members))
+        assert sum(h.join(timeout=600) for h in handles) == sum(range(1, members + 1))
+        return time.perf_counter() - started
+
     def close(self) -> None:
         stop_by_pid(self.proc)
         self.log.close()
@@ -126,13 +151,15 @@ def _tuple_writes(url: str) -> int:
                                "WHERE relname IN ('castor_tasks', 'castor_workflows', 'castor_watches')").fetchone()
             return int(row[0]) if row else 0
 
-    last = read()
-    while True:
-        time.sleep(1.2)
+    # A busy backend reports at its transaction's end (at most once a second), an idle one
+    # within 10 s (PostgreSQL 15's PGSTAT_IDLE_INTERVAL): unchanged for 11 s is all of it.
+    last, since = read(), time.monotonic()
+    while time.monotonic() - since < 11:
+        time.sleep(1.0)
         now = read()
-        if now == last:
-            return now
-        last = now
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 @contextmanager
@@ -172,7 +199,7 @@ def locations(store: str) -> Iterator[Iterator[str]]:
         server.stop()
 
 
-def one_run(store: str, url: str, links: int) -> dict[str, float]:
+def one_run(store: str, url: str, links: int, members: int) -> dict[str, float]:
     run = Run(url)
     figures: dict[str, float] = {}
     try:
@@ -187,6 +214,11 @@ def one_run(store: str, url: str, links: int) -> dict[str, float]:
             if store == "postgresql":
                 figures[f"client-driven {links}, {label}: rows written per task"] = (
                     (_tuple_writes(url) - before) / links)
+        for label, measure in (("chord", run.chord), ("map and join each", run.mapped)):
+            before = _tuple_writes(url) if store == "postgresql" else 0
+            figures[f"{label} of {members}: s"] = measure(members)
+            if store == "postgresql":
+                figures[f"{label} of {members}: rows written per task"] = (_tuple_writes(url) - before) / members
         return figures
     finally:
         run.close()
@@ -196,13 +228,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--links", type=int, default=1000)
+    parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--stores", default="sqlite,postgresql")
     args = parser.parse_args()
     for store in args.stores.split(","):
         runs = []
         with locations(store) as fresh:
             for k in range(args.runs):
-                figures = one_run(store, next(fresh), args.links)
+                figures = one_run(store, next(fresh), args.links, args.members)
                 runs.append(figures)
                 print(f"{store} run {k + 1}: " + "; ".join(f"{name} {v:,.2f}" for name, v in figures.items()),
                       flush=True)
@@ -213,6 +246,8 @@ def main() -> None:
         for label in ("process", "thread"):
             chain, driven = medians[f"chain of {args.links}, {label}: s"], medians[f"client-driven {args.links}, {label}: s"]
             print(f"  {label}: the chain takes {chain / driven:.2f}x the client-driven loop's time")
+        chord, mapped = medians[f"chord of {args.members}: s"], medians[f"map and join each of {args.members}: s"]
+        print(f"  the chord takes {chord / mapped:.2f}x the time of .map and a join each")
         print()
 
 
