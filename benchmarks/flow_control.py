@@ -32,13 +32,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import stop_by_pid  # noqa: E402
+from fresh_stores import locations  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -120,45 +119,6 @@ class Run:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@contextmanager
-def locations(store: str) -> Iterator[Iterator[str]]:
-    """Fresh, empty store locations, one per call of next()."""
-    if store == "sqlite":
-        root = Path(tempfile.mkdtemp(prefix="castor-flow-db-"))
-
-        def files() -> Iterator[str]:
-            k = 0
-            while True:
-                k += 1
-                yield str(root / f"flow{k}.db")
-
-        try:
-            yield files()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        return
-    from tests.postgres import TestPostgres, ThrowawayServer
-
-    server = ThrowawayServer(fsync=True)
-    server.start()
-    pg = TestPostgres(server.url(), server)
-    opened: list[Any] = []
-
-    def databases() -> Iterator[str]:
-        while True:
-            cm = pg.database()
-            opened.append(cm)
-            yield cm.__enter__()
-
-    try:
-        yield databases()
-    finally:
-        for cm in reversed(opened):
-            cm.__exit__(None, None, None)
-        server.stop()
-
-
-
 def one_run(url: str, n: int) -> dict[str, float]:
     run = Run(url)
     try:
@@ -180,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     for store in args.stores.split(","):
         runs = []
-        with locations(store) as fresh:
+        with locations(store, "flow") as fresh:
             for k in range(args.runs):
                 figures = one_run(next(fresh), args.n)
                 runs.append(figures)

@@ -39,13 +39,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import stop_by_pid  # noqa: E402
+from fresh_stores import locations  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -162,43 +161,6 @@ def _tuple_writes(url: str) -> int:
     return last
 
 
-@contextmanager
-def locations(store: str) -> Iterator[Iterator[str]]:
-    if store == "sqlite":
-        root = Path(tempfile.mkdtemp(prefix="castor-wf-db-"))
-
-        def files() -> Iterator[str]:
-            k = 0
-            while True:
-                k += 1
-                yield str(root / f"wf{k}.db")
-
-        try:
-            yield files()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        return
-    from tests.postgres import TestPostgres, ThrowawayServer
-
-    server = ThrowawayServer(fsync=True)
-    server.start()
-    pg = TestPostgres(server.url(), server)
-    opened: list[Any] = []
-
-    def databases() -> Iterator[str]:
-        while True:
-            cm = pg.database()
-            opened.append(cm)
-            yield cm.__enter__()
-
-    try:
-        yield databases()
-    finally:
-        for cm in reversed(opened):
-            cm.__exit__(None, None, None)
-        server.stop()
-
-
 def one_run(store: str, url: str, links: int, members: int) -> dict[str, float]:
     run = Run(url)
     figures: dict[str, float] = {}
@@ -233,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     for store in args.stores.split(","):
         runs = []
-        with locations(store) as fresh:
+        with locations(store, "wf") as fresh:
             for k in range(args.runs):
                 figures = one_run(store, next(fresh), args.links, args.members)
                 runs.append(figures)
