@@ -21,14 +21,16 @@ Instead:
    file descriptor but its own): the copy is as clean as a new interpreter, and
    it already holds all of SHARED. The fork server is still multiprocess's own
    (its main loop and protocol); only how it is launched differs.
-2. The fork server then waits for one word from the master about beaver-db
-   (~0.15 s to import, and numpy's first thread with it). If loading APP
-   imports beaver (APP built its Manager on a BeaverDB, as most do), the
-   master's import says so at once, and the fork server imports it too, beside
-   the master, so that no child imports it again. If APP loads without it (a
-   Manager given a path), the master says so when APP is loaded, and the fork
-   server serves at once, without it: the master never needs beaver to
-   supervise, and nor do those children.
+2. The fork server then waits for word from the master about what APP needs
+   beyond SHARED (HINTED): beaver-db (~0.15 s to import, and numpy's first
+   thread with it) and the PostgreSQL store (psycopg and libpq, ~0.1 s). If
+   loading APP imports one (APP built its Manager on a BeaverDB, as most do, or
+   on a postgresql:// URL), the master's import says so at once, and the fork
+   server imports it too, beside the master, so that no child imports it again
+   (nor does each replacement of a crashed child). Once APP is loaded the
+   master closes the pipe, and the fork server serves with what it was told:
+   the master never needs beaver to supervise, and nor do children of an APP
+   without it.
 
 Where the master has a thread before the fork (something imported at start-up
 started one), castord falls back to multiprocess's new interpreter, with
@@ -74,14 +76,16 @@ SHARED = [
     "castord.logging",
     "structlog",
 ]
-# Imported by the fork server when APP needs it (see above); a new interpreter
-# (the fallback) always imports it.
+# Imported by the fork server when APP needs them (see above), each named by one
+# byte on the hint pipe; a new interpreter (the fallback) always imports beaver.
 BEAVER = "beaver"
+POSTGRESQL_STORE = "castor.store.postgresql"
+HINTED = {BEAVER: b"b", POSTGRESQL_STORE: b"p"}
 PRELOAD = [*SHARED, BEAVER]
 
 TITLE = "castord: fork server"
 
-_hint: _BeaverHint | None = None
+_hint: _ImportHint | None = None
 
 
 def context() -> Any:
@@ -111,16 +115,16 @@ def start() -> None:
             raise
         finally:
             os.close(hint_r)
-        _hint = _BeaverHint(hint_w)
+        _hint = _ImportHint(hint_w)
         sys.meta_path.insert(0, _hint)
     multiprocess.forkserver.ensure_running()  # the fork server we forked, or a new interpreter
 
 
 def app_loaded() -> None:
-    """APP is loaded: if it did not import beaver-db, the fork server need not."""
+    """APP is loaded: what it did not import, the fork server need not."""
     global _hint
     if _hint is not None:
-        _hint.send(b"")
+        _hint.close()
         _hint = None
 
 
@@ -144,32 +148,31 @@ def stop() -> None:
         pass
 
 
-class _BeaverHint(importlib.abc.MetaPathFinder):
+class _ImportHint(importlib.abc.MetaPathFinder):
     """First on sys.meta_path in the master until APP is loaded: the moment anything
-    imports beaver, it tells the fork server to import it too. It finds nothing
-    itself: the import goes on as usual."""
+    imports a module of HINTED, it tells the fork server to import it too. It finds
+    nothing itself: the import goes on as usual."""
 
     def __init__(self, fd: int):
         self.fd: int | None = fd
+        self.told: set[str] = set()
 
     def find_spec(self, fullname: str, path: Sequence[str] | None = None, target: Any = None) -> None:
-        if fullname == BEAVER:
-            self.send(b"b")
+        word = HINTED.get(fullname)
+        if word is not None and fullname not in self.told and self.fd is not None:
+            self.told.add(fullname)
+            try:
+                os.write(self.fd, word)
+            except OSError:  # the fork server is gone: the first child's start says so
+                self.close()
         return None
 
-    def send(self, word: bytes) -> None:
-        """Say it once, then close the pipe (end of file alone: "not needed")."""
+    def close(self) -> None:
+        """APP is loaded: end of file tells the fork server to serve."""
         if self in sys.meta_path:
             sys.meta_path.remove(self)
         fd, self.fd = self.fd, None
-        if fd is None:
-            return
-        try:
-            if word:
-                os.write(fd, word)
-        except OSError:  # the fork server is gone: the first child's start says so
-            pass
-        finally:
+        if fd is not None:
             os.close(fd)
 
 
@@ -223,11 +226,33 @@ def _launch(server: Any, hint_r: int) -> None:
     server._forkserver_pid = pid  # noqa: SLF001
 
 
+def _take_hints(hint_r: int, listener_fd: int, alive_r: int) -> None:
+    """Import each module the master names, until end of file (APP is loaded). A fork
+    request or the master's exit also ends the wait: a child that needs what was
+    not imported yet imports it itself."""
+    modules = {word: name for name, word in HINTED.items()}
+    while True:
+        ready, _, _ = select.select([hint_r, listener_fd, alive_r], [], [])
+        if hint_r not in ready:
+            return
+        words = os.read(hint_r, 16)
+        if not words:
+            return
+        for word in words:
+            name = modules.get(bytes([word]))
+            if name is None:
+                continue
+            try:
+                importlib.import_module(name)
+            except ImportError:  # as multiprocess's own preload: the child will say why
+                pass
+
+
 def _serve(listener_fd: int, alive_r: int, hint_r: int) -> None:
     """In the forked fork server: keep only its socket, its ends of the master's
     "alive" and hint pipes and the standard streams (a copy of the master's end
     of a pipe would keep it open forever: of "alive", this process itself; of
-    `start --detach`'s, that command), wait for the word about beaver-db, then
+    `start --detach`'s, that command), take the master's word about what APP imports (HINTED), then
     run multiprocess's fork server loop."""
     code = 0
     try:
@@ -244,15 +269,7 @@ def _serve(listener_fd: int, alive_r: int, hint_r: int) -> None:
         from setproctitle import setproctitle
 
         setproctitle(TITLE)
-        # The word, or end of file once APP loaded without it; a fork request or
-        # the master's exit also ends the wait (then without beaver: a child that
-        # needs it imports it).
-        ready, _, _ = select.select([hint_r, listener_fd, alive_r], [], [])
-        if hint_r in ready and os.read(hint_r, 1) == b"b":
-            try:
-                importlib.import_module(BEAVER)
-            except ImportError:  # as multiprocess's own preload: the child will say why
-                pass
+        _take_hints(hint_r, listener_fd, alive_r)
         os.close(hint_r)
         multiprocess.forkserver.main(listener_fd, alive_r, SHARED, sys_path=list(sys.path))
     except SystemExit as exc:  # the master is gone: main() ends so

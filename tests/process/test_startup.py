@@ -97,6 +97,11 @@ def _maps_numpy(pid: int) -> bool:
     return "_multiarray_umath" in Path(f"/proc/{pid}/maps").read_text()
 
 
+def _maps_libpq(pid: int) -> bool:
+    """Whether libpq (imported with castor's PostgreSQL store, through psycopg) is loaded."""
+    return "libpq" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def _run(d: Castord, app_dir: Path, app: str = "testapp:manager", env: dict[str, str] | None = None,
          module: str = "testapp") -> int:
     """Start castord, wait for READY and one process and one thread task; the fork server's pid."""
@@ -109,9 +114,11 @@ def _run(d: Castord, app_dir: Path, app: str = "testapp:manager", env: dict[str,
         assert mod.add.delay(1, 2).join(timeout=30) == 3
         assert mod.tadd.delay(2, 3).join(timeout=30) == 5
     finally:
-        db = mod.manager.db
+        on_file = not mod.manager.store.url.startswith("postgresql")
+        db = mod.manager.db if on_file else None  # PostgreSQL: no beaver-db file
         mod.manager.close()
-        db.close()  # the app's BeaverDB (or the one .db opened for a path)
+        if db is not None:
+            db.close()  # the app's BeaverDB (or the one .db opened for a path)
         sys.modules.pop(module, None)
     return server
 
@@ -123,6 +130,7 @@ def test_the_fork_server_is_castords_own_fork_and_skips_beaver_for_a_path_app(da
     line = _cmdline(server)
     assert line.startswith("castord: fork server"), line
     assert not _maps_numpy(server), "a Manager on a path needs no beaver-db in the children"
+    assert not _maps_libpq(server), "nor the PostgreSQL store"
     assert len(os.listdir(f"/proc/{server}/task")) == 1  # it forks the children: no thread
     assert not _maps_numpy(d.pid)
     d.signal(signal.SIGTERM)
@@ -137,6 +145,22 @@ def test_the_fork_server_preloads_beaver_for_an_app_on_a_beaverdb(daemons, app_d
     server = _run(d, app_dir, app="beaverapp:manager", module="beaverapp")
     assert _cmdline(server).startswith("castord: fork server")
     assert _maps_numpy(server), "the fork server should have imported beaver-db beside the master"
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    assert in_session(d.pid) == []
+
+
+@pytest.mark.timeout(60)
+def test_the_fork_server_preloads_the_postgresql_store_for_an_app_on_a_url(daemons, app_dir, postgres_db_url,  # noqa: F811 - the fixture
+                                                                            monkeypatch):
+    """So that no child (nor a crashed child's replacement) imports psycopg again."""
+    monkeypatch.setenv("CASTOR_TEST_DB", postgres_db_url)  # testapp's Manager, here and in castord
+    d = daemons()
+    server = _run(d, app_dir, env={"CASTOR_TEST_DB": postgres_db_url})
+    assert _cmdline(server).startswith("castord: fork server")
+    assert _maps_libpq(server), "the fork server should have imported the PostgreSQL store beside the master"
+    assert not _maps_numpy(server), "an APP on a URL needs no beaver-db in the children"
+    assert len(os.listdir(f"/proc/{server}/task")) == 1  # it forks the children: no thread
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0
     assert in_session(d.pid) == []
