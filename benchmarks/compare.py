@@ -111,6 +111,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_core  # noqa: E402
 from bench_castord import Daemon  # noqa: E402
 from bench_core import Bench, enqueue_batch, enqueue_delay, raw_sqlite  # noqa: E402
+from installed import compile_castor  # noqa: E402
 from procfs import cpu_seconds  # noqa: E402
 
 HUEY_CONSUMER = str(Path(sys.executable).parent / "huey_consumer")
@@ -664,6 +665,7 @@ def main() -> None:
     only = set(args.only.split(","))
     if unknown := only - set(names):
         parser.error(f"unknown workload(s) {sorted(unknown)}; choose from {names}")
+    compile_castor()  # as an installed castor (benchmarks/installed.py)
     cfg = Config(args.delay_n, args.batch_n, args.drain_n, args.latency_n, args.burn_n, args.burn_ms,
                  args.idle_seconds, args.huey_quiet, args.castor_durable)
 

@@ -67,6 +67,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import POLL, stop_by_pid  # noqa: E402
+from installed import compile_castor  # noqa: E402
 
 from tests.postgres import TestPostgres, ThrowawayServer  # noqa: E402
 
@@ -420,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
 
+    compile_castor()  # as an installed castor (benchmarks/installed.py)
     server = None
     if args.url is None:
         server = ThrowawayServer(fsync=True)
