@@ -51,6 +51,21 @@ class TracedStore:
             found.extend(_group([s for s in statements if s is not None]))
         return found
 
+    def round_trips(self, during: Callable[[], Any]) -> int:
+        """How many times `during()` waited for the server: each Sync (the end of an
+        extended-protocol exchange or of a pipeline's batch) and each simple Query."""
+        for f in self._files:
+            f.flush()
+        before = {p: p.stat().st_size for p in self._dir.glob("*.trace")}
+        during()
+        for f in self._files:
+            f.flush()
+        count = 0
+        for path in sorted(self._dir.glob("*.trace")):
+            text = path.read_text()[before.get(path, 0):]
+            count += len(re.findall(r"^F\t\d+\t(?:Sync|Query)\b", text, re.MULTILINE))
+        return count
+
     def close(self) -> None:
         self.store.close()
         for f in self._files:

@@ -773,10 +773,12 @@ class PostgreSQLStore(Store):
             return cur.fetchall() if cur.description is not None else []
 
     def _settle_and_claim(self, settlements: Sequence[Settlement],
-                          claim: tuple[str, dict[str, Any]] | None) -> tuple[list[bool], list[Any]]:
+                          claim: tuple[str, dict[str, Any]] | None) -> tuple[list[bool], list[Any], bool]:
         """A worker's hot path in one round trip whatever the batch (psycopg's pipeline):
         BEGIN, the settles, the workflows' advance (if a member ended), the claim, the notifications the settles owe (_NOTIFY_SETTLED)
-        and COMMIT. Which settles were accepted, and the claimed rows.
+        and COMMIT. Which settles were accepted, the claimed rows, and (with a claim)
+        whether rate or concurrency limits are stored: a plain claim that took nothing
+        then goes on to the limited one (_claim_limited) without a round trip to ask.
 
         Committed without waiting for the WAL flush (synchronous_commit off, for this
         transaction only). A server crash may then lose the last of these: a lost claim's
@@ -801,6 +803,7 @@ class PostgreSQLStore(Store):
                     # workflow rows' locks are still held for the server's work only.
                     self._advance(conn, [s.task_id for s in members], max(s.finished_at for s in members))
                 claiming = conn.execute(*claim) if claim is not None else None
+                limits = conn.execute(_ANY_LIMIT) if claim is not None else None
                 if settlements:
                     conn.execute(_NOTIFY_SETTLED, {
                         "channel": self._channel, "work_prefix": work_topic(""), "task_prefix": task_topic(""),
@@ -808,7 +811,8 @@ class PostgreSQLStore(Store):
                 conn.execute("COMMIT")
             rows = plan.rows(settled)
             claimed = claiming.fetchall() if claiming is not None else []
-        return [row is not None for row in rows], claimed
+            limited = bool(limits.fetchone()[0]) if limits is not None else False
+        return [row is not None for row in rows], claimed, limited
 
     def _advance(self, cur: Any, ids: Sequence[str], now: float) -> None:
         """Every ending path's last write before COMMIT (castor/store/pg_workflows.py):
@@ -955,19 +959,17 @@ class PostgreSQLStore(Store):
             return []
         clock = self._clock()
         # A worker's write: committed without waiting for the WAL flush (_settle_and_claim).
-        rows = self._settle_and_claim([], self._claim_statement(owner, mode, queues, limit, lease, now,
-                                                                isolated, clock))[1]
-        if not rows:
+        _, rows, limited = self._settle_and_claim([], self._claim_statement(owner, mode, queues, limit, lease, now,
+                                                                             isolated, clock))
+        if not rows and limited:
             rows = self._claim_limited(owner, mode, queues, limit, lease, now, isolated, clock)
         return _best_first(rows, self._to_wall(clock, now))
 
     def _claim_limited(self, owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease: float,
                        now: float, isolated: bool, clock: float | None) -> list[tuple[Any, ...]]:
-        """A plain claim took nothing: if rate or concurrency limits are stored, claim in
+        """A plain claim took nothing and rate or concurrency limits are stored: claim in
         a transaction that keeps to them (_LimitedClaim). Committed without waiting for
         the WAL flush, as every worker-side claim is (_settle_and_claim)."""
-        if not self._fetch(_ANY_LIMIT)[0][0]:
-            return []
         params = {"owner": owner, "mode": mode, "isolate": isolated, "now": now, "lease": lease,
                   "clock": clock, "queues": list(queues or [])}
         with self._session() as conn, conn.transaction():
@@ -987,8 +989,8 @@ class PostgreSQLStore(Store):
     ) -> tuple[list[bool], list[TaskRecord]]:
         clock = self._clock()
         claim = self._claim_statement(owner, mode, queues, limit, lease, now, isolated, clock) if limit > 0 else None
-        accepted, claimed = self._settle_and_claim(settlements, claim)
-        if claim is not None and not claimed:
+        accepted, claimed, limited = self._settle_and_claim(settlements, claim)
+        if claim is not None and not claimed and limited:
             claimed = self._claim_limited(owner, mode, queues, limit, lease, now, isolated, clock)
         return accepted, _best_first(claimed, self._to_wall(clock, now))
 
