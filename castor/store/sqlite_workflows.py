@@ -167,7 +167,8 @@ def replayed(members: Sequence[tuple[str, TaskStatus]]) -> tuple[list[tuple[str,
     the workflow: each is replayed. With none and every member ended, the step's last
     success is, so that the step moves on as its last settle would have moved it."""
     unended = sum(1 for _, status in members if not status.finished)
-    bad = [(task_id, status) for task_id, status in members if status.finished and status != TaskStatus.SUCCESS]
+    bad: list[tuple[str, TaskStatus]] = [(task_id, status) for task_id, status in members
+                                         if status.finished and status != TaskStatus.SUCCESS]
     if bad:
         return bad, unended
     if unended == 0 and members:
