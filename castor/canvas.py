@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from castor.errors import ConfigurationError
+from castor.expiry import from_release, parse_expires
 from castor.handle import Task
 from castor.ids import new_task_id
 from castor.interrupts import shielded
@@ -245,6 +246,10 @@ def _member(manager: Manager, sig: Signature, workflow_id: str, step: int, index
                                  "when the step before it has ended")
     task = sig.task.manager.producer.new_task(sig.task, sig.args, sig.kwargs, options)
     task.workflow_id, task.wf_step, task.wf_index, task.wf_input = workflow_id, step, index, wf_input
+    if task.waiting:  # expires= seconds count from its release, not from now
+        given = options.get("expires")
+        task.options = from_release(task.options, sig.task.options.expires if given is None
+                                    else parse_expires(given, where))
     return task
 
 

@@ -161,6 +161,16 @@ class ChordFailed(GroupFailed):
     cancelled, WorkflowStopped). `.failed` names the failed members, as GroupFailed."""
 
 
+class MembersMissing(WorkflowFailed):
+    """Members of a running workflow's step are gone (their rows deleted by hand): the
+    step could never end, so castord's sweep ended the workflow `failed` (its waiting
+    members cancelled, WorkflowStopped). `.missing`: how many rows were missing."""
+
+    def __init__(self, message: str, *, workflow_id: str = "", missing: int = 0):
+        super().__init__(message, workflow_id=workflow_id)
+        self.missing = missing
+
+
 class WorkflowCancelled(TaskCancelled):
     """A workflow was cancelled (by hand, or by the cancel of one of its members:
     `.member_id`, None for a cancel of the whole workflow)."""

@@ -5,6 +5,11 @@ so no migration was needed and every attempt (a retry, a task back from a lost
 worker) is checked against the same instant: a worker that claims it later ends it
 cancelled with castor.TaskExpired instead of running it, and the store's sweep
 (Store.expire_pending) ends those nobody claims (a paused queue, no worker).
+
+A workflow member stored waiting (a later link, a chord's callback) cannot start
+before its predecessors end, so expires= in seconds counts from its release: it
+carries the seconds instead (key "expires_after"), and the store's release statement
+turns them into its "expires" then. A datetime is a fixed instant either way.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from castor.failures import describe_message
 
 # The options key of a task record: its expiry as a Unix time.
 EXPIRES_KEY = "expires"
+# The options key of a waiting workflow member: expires= seconds, counted from its release.
+EXPIRES_AFTER_KEY = "expires_after"
 EXPIRED_TYPE = "castor.errors.TaskExpired"
 
 
@@ -54,6 +61,16 @@ def parse_expires(value: Any, where: str) -> Expiry | None:
     if not seconds:
         raise ConfigurationError(f"{where}: expires must be more than 0 seconds, not {value!r}")
     return Expiry(seconds=seconds)
+
+
+def from_release(options: dict[str, Any], expiry: Expiry | None) -> dict[str, Any]:
+    """The stored options of a member that waits for its release: an expiry in seconds
+    waits there too (EXPIRES_AFTER_KEY) instead of running from the enqueue."""
+    if expiry is None or expiry.seconds is None:
+        return options
+    waiting = {k: v for k, v in options.items() if k != EXPIRES_KEY}
+    waiting[EXPIRES_AFTER_KEY] = expiry.seconds
+    return waiting
 
 
 def expires_at(options: dict[str, Any]) -> float | None:

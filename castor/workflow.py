@@ -15,13 +15,14 @@ from castor.errors import (
     ChordFailed,
     GroupFailed,
     JoinTimeout,
+    MembersMissing,
     UnknownTaskError,
     WorkflowCancelled,
     WorkflowFailed,
 )
 from castor.handle import Task
 from castor.states import TaskStatus, WorkflowStatus
-from castor.store.base import WorkflowRecord, task_topic
+from castor.store.base import WorkflowRecord, members_missing_message, task_topic
 
 if TYPE_CHECKING:
     from castor.manager import Manager
@@ -147,6 +148,10 @@ class Workflow:
             if record.kind == "group" or len(last) > 1:  # a group's results, in order (a list even of one)
                 return [task.join(0) for task in last]
             return last[0].join(0)
+        if record.missing:  # the sweep ended it: rows of its step were deleted (no member to blame)
+            raise MembersMissing(members_missing_message(self.id, record.step, record.missing,
+                                                         record.sizes[record.step]),
+                                 workflow_id=self.id, missing=record.missing)
         if _is_group_step(record):
             raise self._group_stopped(record)
         if record.first_bad is not None:

@@ -51,6 +51,13 @@ STATUS_SECONDS = 5.0
 # How often a castord looks for the rows of castords long dead (views.DAEMON_FORGET_SECONDS).
 FORGET_EVERY_SECONDS = 300.0
 RECORD_LOCK_SECONDS = 0.2  # longest wait for the database lock to write the status row
+# The workflow sweep (Store.sweep_workflows, docs/workflows.md): how often a castord runs
+# it (its first at the first status row), how long a running workflow must have stood
+# still to be looked at, how many one round looks at, and its longest wait for a lock.
+WORKFLOW_SWEEP_SECONDS = 30.0
+WORKFLOW_STALE_SECONDS = 60.0
+WORKFLOW_SWEEP_LIMIT = 100
+WORKFLOW_SWEEP_LOCK_SECONDS = 1.0
 # Heartbeats in a row that find the database file missing or another file at its
 # path before castord gives up on it (one could catch a restore mid-rename).
 DATABASE_STRIKES = 2
@@ -121,6 +128,7 @@ class Supervisor:
         self._next_record = 0.0
         self._record_locked = False
         self._next_forget = 0.0  # monotonic: when to look for dead castords' rows again
+        self._next_sweep = 0.0  # monotonic: when to sweep the workflows again
         self._next_status = 0.0
         self._watchdog = watchdog_interval()
         self._next_watchdog = 0.0
@@ -625,6 +633,9 @@ class Supervisor:
             if time.monotonic() >= self._next_forget:
                 self._next_forget = time.monotonic() + FORGET_EVERY_SECONDS
                 self._forget_dead_daemons()
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + WORKFLOW_SWEEP_SECONDS
+                self._sweep_workflows()
         except StoreUnavailable as exc:
             if not self._record_locked:  # once per spell, not every heartbeat
                 log.warning("castord.heartbeat_record_skipped", error=str(exc))
@@ -642,6 +653,24 @@ class Supervisor:
                 store.remove_daemon(row["id"])
                 log.info("castord.daemon_forgotten", host=row["host"], pid=row["pid"], app=row["app"],
                          heartbeat_age_s=round(row["heartbeat_age"], 1))
+
+    def _sweep_workflows(self) -> None:
+        """End or move on the running workflows whose advance was missed (a bug, or member
+        rows deleted by hand): nothing should ever be found, so each fix is a warning."""
+        try:
+            fixed = self.manager.store.sweep_workflows(
+                stale_after=WORKFLOW_STALE_SECONDS, now=time.time(), limit=WORKFLOW_SWEEP_LIMIT,
+                lock_timeout=WORKFLOW_SWEEP_LOCK_SECONDS)
+        except StoreUnavailable as exc:  # busy or away: the next round tries again
+            log.warning("castord.workflow_sweep_skipped", error=str(exc))
+            return
+        except Exception:  # noqa: BLE001 - a sweep that fails must not stop supervision
+            log.exception("castord.workflow_sweep_failed")
+            return
+        for fix in fixed:
+            found = {"missing": fix.missing} if fix.missing else {"remaining_now": fix.remaining_now}
+            log.warning("workflow.advance_missed", workflow_id=fix.workflow_id, kind=fix.kind, step=fix.step,
+                        state=str(fix.state), remaining_was=fix.remaining_was, **found)
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -1,7 +1,8 @@
 """Check that the workflow contract tests see every ending path's advance (minutes).
 
 For each call of the advance in the stores (and each wf_xact stamp on PostgreSQL), take
-that one out of the source, run tests/contract/test_workflows.py on that store, and
+that one out of the source, run tests/contract/test_workflows.py (and the sweep's,
+which replays ends through the advance) on that store, and
 report the first test that fails; the file is restored after each run. A path whose
 removal fails no test is one the tests do not cover: exit status 1.
 
@@ -34,7 +35,7 @@ def mutants() -> list[tuple[Path, str, int, str, str]]:
 
 def first_failure(store: str) -> str | None:
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-q", "-x",
-                          "tests/contract/test_workflows.py", "-k", store],
+                          "tests/contract/test_workflows.py", "tests/contract/test_workflow_sweep.py", "-k", store],
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     failed = re.findall(r"^FAILED (\S+)", out.stdout, re.MULTILINE)
     return failed[0] if failed else None

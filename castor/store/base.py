@@ -180,6 +180,38 @@ class WorkflowRecord:
     finished_at: float | None
     members: tuple[tuple[str, int, int], ...] = ()
 
+    @property
+    def missing(self) -> int:
+        """How many members of its step the sweep found gone when it ended the workflow
+        (castor.MembersMissing); 0 for any other workflow. Every other failure names the
+        member that caused it (first_bad)."""
+        if self.state is not WorkflowStatus.FAILED or self.first_bad is not None:
+            return 0
+        present = sum(1 for _, step, _ in self.members if step == self.step)
+        return max(0, self.sizes[self.step] - present)
+
+
+def members_missing_message(workflow_id: str, step: int, missing: int, size: int) -> str:
+    """Why the sweep ended a workflow whose step lost member rows (castor.MembersMissing)."""
+    return (f"workflow {workflow_id} failed: {missing} of the {size} members of its step {step} are missing "
+            "(their rows were deleted while it ran), so that step could never end")
+
+
+@dataclass(frozen=True, slots=True)
+class SweptWorkflow:
+    """One fix of Store.sweep_workflows: a running workflow whose advance was missed.
+
+    `remaining_now` is the recounted value the counter was set to (None when members
+    were missing: the workflow ended failed, MembersMissing, `missing` of them gone)."""
+
+    workflow_id: str
+    kind: str
+    step: int
+    state: WorkflowStatus  # after the fix
+    remaining_was: int
+    remaining_now: int | None
+    missing: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
@@ -289,6 +321,19 @@ class Store(ABC):
         """Stop a running workflow: its waiting and pending members end cancelled, its
         running ones are asked to cancel, its row ends cancelled; one transaction. A
         finished workflow is left as it is. Its state after the call (None: no such)."""
+
+    @abstractmethod
+    def sweep_workflows(self, *, stale_after: float, now: float, limit: int = 100,
+                        lock_timeout: float | None = None) -> list[SweptWorkflow]:
+        """Look at up to `limit` running workflows that have not moved for `stale_after`
+        seconds before `now` (oldest first), each under its row's lock (PostgreSQL: the
+        ones another castord holds are skipped): recount its step's members that have not
+        ended. A counter that disagrees is set right and the workflow advanced as a settle
+        would have; a step with members gone ends it failed (castor.MembersMissing), its
+        waiting members cancelled. A healthy one is only marked looked at (moved_at), so
+        that the next call reaches others. The fixes made; [] when all were healthy.
+        `lock_timeout`: the longest wait for a lock (default: the store's), so that
+        castord's loop is never held long by another program's write."""
 
     @abstractmethod
     def unfinished_workflows(self) -> int:

@@ -10,16 +10,18 @@ tests run the failure table on both stores.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from castor.states import TaskStatus, WorkflowStatus
-from castor.store.base import NewTask, NewWorkflow, StepResult, WorkflowRecord
-from castor.store.sqlite_workflows import FAILED_MEMBERS, NOT_NEEDED, STOPPED_TYPE  # noqa: F401 - FAILED_MEMBERS: the store reads it here
+from castor.store.base import NewTask, NewWorkflow, StepResult, SweptWorkflow, WorkflowRecord, members_missing_message
+from castor.store.sqlite_workflows import FAILED_MEMBERS, NOT_NEEDED, STOPPED_TYPE, replayed  # noqa: F401 - FAILED_MEMBERS: the store reads it here
 
 try:
+    import psycopg
     from psycopg.types.json import Jsonb
 except ImportError:  # pragma: no cover - the extra is not installed
+    psycopg = None  # type: ignore[assignment]
     Jsonb = None  # type: ignore[assignment,misc]
 
 # In the SET list of every UPDATE that ends a task: which transaction ended the member.
@@ -31,6 +33,12 @@ _STOPPED_ERROR = (
 _STOPPED_MESSAGE = ("CASE WHEN m.state IN ('failed', 'cancelled') THEN 'workflow ' || m.id || ' stopped: member ' "
                     "|| m.first_bad || ' ended ' || m.state ELSE '" + NOT_NEEDED + "' END")
 _EXPIRY = "(%(now)s + coalesce((t.options->>'failure_ttl')::float8, %(failure_ttl)s::float8))"
+# A released member becomes pending; its expires= in seconds (castor/expiry.py,
+# EXPIRES_AFTER_KEY) becomes its deadline, counted from now.
+_RELEASE = ("status = 'pending', eta = %(now)s, at_once = true, options = "
+            "CASE WHEN jsonb_typeof(t.options->'expires_after') = 'number' "
+            "THEN (t.options - 'expires_after') || jsonb_build_object('expires', "
+            "%(now)s::float8 + (t.options->>'expires_after')::float8) ELSE t.options END")
 
 # Parameters: ids (the tasks this transaction may have ended), now, failure_ttl, and the
 # channel and topic prefixes of the notifications (work:<mode>, task:<workflow id>).
@@ -64,12 +72,12 @@ moved AS (           -- concurrent enders of one workflow queue on its lock
      WHERE w.id = e.workflow_id AND w.state = 'running'
  RETURNING w.id, w.state, w.step, w.first_bad, w.handler_id, w.handler_step),
 released AS (        -- the next step's tasks become claimable
-    UPDATE castor_tasks t SET status = 'pending', eta = %(now)s, at_once = true
+    UPDATE castor_tasks t SET {_RELEASE}
       FROM moved m
      WHERE t.workflow_id = m.id AND t.wf_step = m.step AND t.status = 'waiting' AND m.state = 'running'
  RETURNING t.mode),
 handled AS (         -- a failure in the steps it covers releases the link_error handler
-    UPDATE castor_tasks t SET status = 'pending', eta = %(now)s, at_once = true
+    UPDATE castor_tasks t SET {_RELEASE}
       FROM moved m
      WHERE t.id = m.handler_id AND t.status = 'waiting' AND m.state = 'failed'
        AND (m.handler_step IS NULL OR m.step <= m.handler_step)
@@ -122,6 +130,74 @@ def insert_workflow(cur: Any, workflow: NewWorkflow, tasks: Sequence[NewTask]) -
                             t.priority, t.serializer, args, kwargs, args_text, kwargs_text, t.enqueued_at, t.eta,
                             t.eta <= t.enqueued_at, Jsonb(t.options) if t.options else None, t.workflow_id,
                             t.wf_step, t.wf_index, t.wf_input])
+
+
+# -- the sweep (castord's master; docs/workflows.md, "The sweep") ----------------------
+
+# Running workflows that have not moved since `before`, oldest first (castor_workflows_running).
+STALE = ("SELECT id FROM castor_workflows WHERE state = 'running' AND moved_at < %(before)s "
+         "ORDER BY created_at LIMIT %(limit)s")
+
+
+def sweep_one(cur: Any, workflow_id: str, *, before: float, now: float, failure_ttl: float | None,
+              advance: Callable[[Sequence[str]], None]) -> SweptWorkflow | None:
+    """Inside its own transaction: Store.sweep_workflows for one workflow. `advance(ids)`
+    is the store's advance of the members among `ids` this transaction ended. None: it
+    was healthy, moved meanwhile, or is another castord's (or an ender's) right now."""
+    # SKIP LOCKED: castords sweeping at once share the workflows, and one that a settle
+    # is moving now is not stale.
+    cur.execute("SELECT kind, step, remaining, sizes[step + 1] FROM castor_workflows "
+                "WHERE id = %s AND state = 'running' AND moved_at < %s FOR UPDATE SKIP LOCKED", (workflow_id, before))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    kind, step, remaining, size = row
+    if not _waiting_locked(cur, workflow_id):
+        return None
+    cur.execute("SELECT id, status FROM castor_tasks WHERE workflow_id = %s AND wf_step = %s ORDER BY wf_index",
+                (workflow_id, step))
+    members = [(task_id, TaskStatus(status)) for task_id, status in cur.fetchall()]
+    if len(members) < size:
+        missing = size - len(members)
+        message = members_missing_message(workflow_id, step, missing, size)
+        params = {"id": workflow_id, "now": now, "failure_ttl": failure_ttl,
+                  "error": Jsonb({"type": STOPPED_TYPE, "message": message, "traceback": "", "args": [message]})}
+        cur.execute(f"""UPDATE castor_tasks t SET status = 'cancelled', finished_at = %(now)s, error = %(error)s,
+                               expires_at = {_EXPIRY}
+                         WHERE workflow_id = %(id)s AND status = 'waiting'""", params)
+        cur.execute("UPDATE castor_workflows SET state = 'failed', first_bad = NULL, moved_at = %(now)s, "
+                    "finished_at = %(now)s WHERE id = %(id)s", params)
+        return SweptWorkflow(workflow_id, kind, step, WorkflowStatus.FAILED, remaining, None, missing)
+    replay, unended = replayed(members)
+    if not replay and remaining == unended:
+        # Healthy (a long member): marked looked at, so that the next sweep reaches others.
+        cur.execute("UPDATE castor_workflows SET moved_at = %s WHERE id = %s", (now, workflow_id))
+        return None
+    # The counter as it would stand before the replayed ends, and those ends stamped as
+    # this transaction's: the advance then moves the workflow as their settle would have.
+    cur.execute("UPDATE castor_workflows SET remaining = %s, moved_at = %s WHERE id = %s",
+                (unended + len(replay), now, workflow_id))
+    if replay:
+        ids = [task_id for task_id, _ in replay]
+        cur.execute(f"UPDATE castor_tasks SET {STAMP} WHERE id = ANY(%s)", (ids,))
+        advance(ids)
+    state = read_state(cur, workflow_id)
+    assert state is not None  # its row is locked: it cannot have gone
+    return SweptWorkflow(workflow_id, kind, step, state, remaining, unended)
+
+
+def _waiting_locked(cur: Any, workflow_id: str) -> bool:
+    """Lock the workflow's waiting members, which the sweep may write after the
+    workflow's row: the reverse of the enders' order (members, then the row). NOWAIT
+    waits on no ender (a cancel holding them waits on our row), so no cycle can form;
+    False if one holds them: the sweep leaves this workflow to its next round."""
+    try:
+        with cur.connection.transaction():  # a savepoint: the refusal leaves the transaction usable
+            cur.execute("SELECT 1 FROM castor_tasks WHERE workflow_id = %s AND status = 'waiting' FOR UPDATE NOWAIT",
+                        (workflow_id,))
+    except psycopg.errors.LockNotAvailable:
+        return False
+    return True
 
 
 def read_workflow(cur: Any, workflow_id: str) -> WorkflowRecord | None:

@@ -59,6 +59,7 @@ from castor.store.base import (
     Settlement,
     StepResult,
     Store,
+    SweptWorkflow,
     TaskCopy,
     TaskRecord,
     ToldResult,
@@ -927,6 +928,26 @@ class PostgreSQLStore(Store):
             return state
 
         return self._write(body)
+
+    def sweep_workflows(self, *, stale_after: float, now: float, limit: int = 100,
+                        lock_timeout: float | None = None) -> list[SweptWorkflow]:
+        before = now - stale_after
+        fixed = []
+        # Each workflow in its own short transaction: its row's lock is held for its own fix only.
+        for (workflow_id,) in self._fetch(workflows.STALE, {"before": before, "limit": limit}):
+            def body(cur: Any, workflow_id: str = workflow_id) -> SweptWorkflow | None:
+                if lock_timeout is not None:
+                    cur.execute("SELECT set_config('lock_timeout', %s, true)",
+                                (f"{max(1, int(lock_timeout * 1000))}ms",))
+                fix = workflows.sweep_one(cur, workflow_id, before=before, now=now, failure_ttl=self.failure_ttl,
+                                          advance=lambda ids: self._advance(cur, ids, now))
+                if fix is not None and fix.missing:
+                    self._notify(cur)  # its join wakes, as for a cancel
+                return fix
+
+            if (fix := self._write(body)) is not None:
+                fixed.append(fix)
+        return fixed
 
     def unfinished_workflows(self) -> int:
         return int(self._fetch("SELECT count(*) FROM castor_workflows WHERE state = 'running'")[0][0])

@@ -49,6 +49,7 @@ from castor.store.base import (
     Settlement,
     StepResult,
     Store,
+    SweptWorkflow,
     TaskCopy,
     TaskRecord,
     WorkflowRecord,
@@ -554,7 +555,8 @@ class SQLiteStore(Store):
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 0.005)
 
-    def _write_txn(self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    def _write_txn(self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T],
+                   lock_timeout: float | None = None) -> T:
         def attempt() -> T:
             try:  # BEGIN inside: whatever fails or lands after it, the transaction ends here
                 conn.execute("BEGIN IMMEDIATE")
@@ -565,7 +567,7 @@ class SQLiteStore(Store):
                 raise
             return out
 
-        return self._retry(attempt)
+        return self._retry(attempt, lock_timeout)
 
     def _snapshot(self, conn: sqlite3.Connection, read: Callable[[sqlite3.Connection], T]) -> T:
         """Several reads in one snapshot (a read transaction, unless the caller's write
@@ -670,6 +672,15 @@ class SQLiteStore(Store):
         with self._locked() as conn:
             return self._write_txn(conn, lambda c: workflows.cancel_workflow(
                 c, workflow_id, now=now, failure_ttl=self.failure_ttl))
+
+    def sweep_workflows(self, *, stale_after: float, now: float, limit: int = 100,
+                        lock_timeout: float | None = None) -> list[SweptWorkflow]:
+        before = now - stale_after
+        if not self._execute(workflows.STALE, (before, 1), lock_timeout):  # the usual answer: no write lock
+            return []
+        with self._locked() as conn:
+            return self._write_txn(conn, lambda c: workflows.sweep(c, before=before, now=now, limit=limit,
+                                                                   failure_ttl=self.failure_ttl), lock_timeout)
 
     def unfinished_workflows(self) -> int:
         return int(self._execute("SELECT count(*) FROM castor_workflows WHERE state = 'running'")[0][0])

@@ -17,7 +17,14 @@ from typing import Any
 from castor.errors import FailedMember
 from castor.failures import describe_message
 from castor.states import TaskStatus, WorkflowStatus
-from castor.store.base import NewTask, NewWorkflow, StepResult, WorkflowRecord
+from castor.store.base import (
+    NewTask,
+    NewWorkflow,
+    StepResult,
+    SweptWorkflow,
+    WorkflowRecord,
+    members_missing_message,
+)
 from castor.workflow_rules import Move, WorkflowRow, next_move
 
 # What an ending statement returns, for `advance`: the row a plain task returns too (so
@@ -33,6 +40,13 @@ _INSERT_MEMBER = (
 )
 
 _EXPIRY = "(? + coalesce(json_extract(options, '$.failure_ttl'), ?))"
+
+# A released member becomes pending; its expires= in seconds (castor/expiry.py,
+# EXPIRES_AFTER_KEY) becomes its deadline, counted from now. Parameters: now, now.
+_RELEASE = ("UPDATE castor_tasks SET status = 'pending', eta = ?, at_once = 1, options = "
+            "CASE WHEN json_type(options, '$.expires_after') IN ('integer', 'real') "
+            "THEN json_set(json_remove(options, '$.expires_after'), '$.expires', "
+            "? + json_extract(options, '$.expires_after')) ELSE options END ")
 
 
 def members_ended(rows: Iterable[Sequence[Any]]) -> list[tuple[str, str, TaskStatus]]:
@@ -68,12 +82,10 @@ def _write_move(conn: sqlite3.Connection, workflow_id: str, handler_id: str | No
         (str(move.state), move.step, move.remaining, move.first_bad, now, now if move.finished else None,
          workflow_id))
     if move.release_step is not None:
-        conn.execute("UPDATE castor_tasks SET status = 'pending', eta = ?, at_once = 1 "
-                     "WHERE workflow_id = ? AND wf_step = ? AND status = 'waiting'",
-                     (now, workflow_id, move.release_step))
+        conn.execute(_RELEASE + "WHERE workflow_id = ? AND wf_step = ? AND status = 'waiting'",
+                     (now, now, workflow_id, move.release_step))
     if move.release_handler:
-        conn.execute("UPDATE castor_tasks SET status = 'pending', eta = ?, at_once = 1 "
-                     "WHERE id = ? AND status = 'waiting'", (now, handler_id))
+        conn.execute(_RELEASE + "WHERE id = ? AND status = 'waiting'", (now, now, handler_id))
     if move.stop_waiting:
         _stop(conn, "workflow_id = ?", (workflow_id,), stopped_message(workflow_id, move.state, move.first_bad),
               now=now, failure_ttl=failure_ttl)
@@ -98,6 +110,70 @@ def _stop(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], message
         f"UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, error = ?, expires_at = {_EXPIRY} "
         f"WHERE {where} AND status = 'waiting'",
         (now, json.dumps(describe_message(STOPPED_TYPE, message)), now, failure_ttl, *params))
+
+
+# -- the sweep (castord's master; docs/workflows.md, "The sweep") ----------------------
+
+# Running workflows that have not moved since `before`, oldest first (castor_workflows_running).
+STALE = ("SELECT id FROM castor_workflows WHERE state = 'running' AND moved_at < ? "
+         "ORDER BY created_at LIMIT ?")
+
+
+def sweep(conn: sqlite3.Connection, *, before: float, now: float, limit: int,
+          failure_ttl: float | None) -> list[SweptWorkflow]:
+    """Inside the write transaction: see Store.sweep_workflows."""
+    fixed = []
+    for (workflow_id,) in conn.execute(STALE, (before, limit)).fetchall():
+        fix = _sweep_one(conn, workflow_id, now=now, failure_ttl=failure_ttl)
+        if fix is not None:
+            fixed.append(fix)
+    return fixed
+
+
+def _sweep_one(conn: sqlite3.Connection, workflow_id: str, *, now: float,
+               failure_ttl: float | None) -> SweptWorkflow | None:
+    kind, step, remaining, sizes = conn.execute(
+        "SELECT kind, step, remaining, sizes FROM castor_workflows WHERE id = ?", (workflow_id,)).fetchone()
+    size = json.loads(sizes)[step]
+    members = [(task_id, TaskStatus(status)) for task_id, status in conn.execute(
+        "SELECT id, status FROM castor_tasks WHERE workflow_id = ? AND wf_step = ? ORDER BY wf_index",
+        (workflow_id, step))]
+    if len(members) < size:
+        missing = size - len(members)
+        message = members_missing_message(workflow_id, step, missing, size)
+        conn.execute("UPDATE castor_workflows SET state = 'failed', first_bad = NULL, moved_at = ?, "
+                     "finished_at = ? WHERE id = ?", (now, now, workflow_id))
+        _stop(conn, "workflow_id = ?", (workflow_id,), message, now=now, failure_ttl=failure_ttl)
+        return SweptWorkflow(workflow_id, kind, step, WorkflowStatus.FAILED, remaining, None, missing)
+    replay, unended = replayed(members)
+    if not replay and remaining == unended:
+        # Healthy (a long member): marked looked at, so that the next sweep reaches others.
+        conn.execute("UPDATE castor_workflows SET moved_at = ? WHERE id = ?", (now, workflow_id))
+        return None
+    # The counter as it would stand before the replayed ends, then the advance of a settle
+    # that ended them: the same code, so the same rules.
+    conn.execute("UPDATE castor_workflows SET remaining = ?, moved_at = ? WHERE id = ?",
+                 (unended + len(replay), now, workflow_id))
+    if replay:
+        advance(conn, [(workflow_id, task_id, status) for task_id, status in replay], now=now,
+                failure_ttl=failure_ttl)
+    state = conn.execute("SELECT state FROM castor_workflows WHERE id = ?", (workflow_id,)).fetchone()[0]
+    return SweptWorkflow(workflow_id, kind, step, WorkflowStatus(state), remaining, unended)
+
+
+def replayed(members: Sequence[tuple[str, TaskStatus]]) -> tuple[list[tuple[str, TaskStatus]], int]:
+    """Of a running step's members (both stores): the ends the sweep replays through the
+    advance, and how many have not ended. A member that ended badly would have stopped
+    the workflow: each is replayed. With none and every member ended, the step's last
+    success is, so that the step moves on as its last settle would have moved it."""
+    unended = sum(1 for _, status in members if not status.finished)
+    bad: list[tuple[str, TaskStatus]] = [(task_id, status) for task_id, status in members
+                                         if status.finished and status != TaskStatus.SUCCESS]
+    if bad:
+        return bad, unended
+    if unended == 0 and members:
+        return [members[-1]], 0
+    return [], unended
 
 
 def insert_workflow(conn: sqlite3.Connection, workflow: NewWorkflow, tasks: Sequence[NewTask]) -> None:
