@@ -668,7 +668,10 @@ class Supervisor:
             log.exception("castord.workflow_sweep_failed")
             return
         for fix in fixed:
-            found = {"missing": fix.missing} if fix.missing else {"remaining_now": fix.remaining_now}
+            found: dict[str, int | None] = (
+                {"missing": fix.missing} if fix.missing else {"remaining_now": fix.remaining_now})
+            if fix.released:
+                found["released"] = fix.released
             log.warning("workflow.advance_missed", workflow_id=fix.workflow_id, kind=fix.kind, step=fix.step,
                         state=str(fix.state), remaining_was=fix.remaining_was, **found)
 

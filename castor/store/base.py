@@ -202,7 +202,9 @@ class SweptWorkflow:
     """One fix of Store.sweep_workflows: a running workflow whose advance was missed.
 
     `remaining_now` is the recounted value the counter was set to (None when members
-    were missing: the workflow ended failed, MembersMissing, `missing` of them gone)."""
+    were missing: the workflow ended failed, MembersMissing, `missing` of them gone);
+    `released`, how many of the running step's members were still waiting (their
+    release was missed) and were released."""
 
     workflow_id: str
     kind: str
@@ -211,6 +213,7 @@ class SweptWorkflow:
     remaining_was: int
     remaining_now: int | None
     missing: int = 0
+    released: int = 0
 
 
 @dataclass(frozen=True, slots=True)

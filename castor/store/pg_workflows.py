@@ -170,8 +170,16 @@ def sweep_one(cur: Any, workflow_id: str, *, before: float, now: float, failure_
         return SweptWorkflow(workflow_id, kind, step, WorkflowStatus.FAILED, remaining, None, missing)
     replay, unended = replayed(members)
     if not replay and remaining == unended:
-        # Healthy (a long member): marked looked at, so that the next sweep reaches others.
+        # The running step's members are released as the step begins: any still waiting
+        # missed it (a step whose release was lost would wait forever).
+        cur.execute(f"UPDATE castor_tasks t SET {_RELEASE} "
+                    "WHERE t.workflow_id = %(id)s AND t.wf_step = %(step)s AND t.status = 'waiting'",
+                    {"now": now, "id": workflow_id, "step": step})
+        released = cur.rowcount
+        # Healthy (a long member), or set right: marked looked at, so that the next sweep reaches others.
         cur.execute("UPDATE castor_workflows SET moved_at = %s WHERE id = %s", (now, workflow_id))
+        if released:
+            return SweptWorkflow(workflow_id, kind, step, WorkflowStatus.RUNNING, remaining, unended, 0, released)
         return None
     # The counter as it would stand before the replayed ends, and those ends stamped as
     # this transaction's: the advance then moves the workflow as their settle would have.

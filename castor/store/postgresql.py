@@ -941,8 +941,8 @@ class PostgreSQLStore(Store):
                                 (f"{max(1, int(lock_timeout * 1000))}ms",))
                 fix = workflows.sweep_one(cur, workflow_id, before=before, now=now, failure_ttl=self.failure_ttl,
                                           advance=lambda ids: self._advance(cur, ids, now))
-                if fix is not None and fix.missing:
-                    self._notify(cur)  # its join wakes, as for a cancel
+                if fix is not None and (fix.missing or fix.released):
+                    self._notify(cur)  # its join wakes, as for a cancel; released members' workers too
                 return fix
 
             if (fix := self._write(body)) is not None:

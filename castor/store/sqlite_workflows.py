@@ -147,8 +147,14 @@ def _sweep_one(conn: sqlite3.Connection, workflow_id: str, *, now: float,
         return SweptWorkflow(workflow_id, kind, step, WorkflowStatus.FAILED, remaining, None, missing)
     replay, unended = replayed(members)
     if not replay and remaining == unended:
-        # Healthy (a long member): marked looked at, so that the next sweep reaches others.
+        # The running step's members are released as the step begins: any still waiting
+        # missed it (a step whose release was lost would wait forever).
+        released = conn.execute(_RELEASE + "WHERE workflow_id = ? AND wf_step = ? AND status = 'waiting'",
+                                (now, now, workflow_id, step)).rowcount
+        # Healthy (a long member), or set right: marked looked at, so that the next sweep reaches others.
         conn.execute("UPDATE castor_workflows SET moved_at = ? WHERE id = ?", (now, workflow_id))
+        if released:
+            return SweptWorkflow(workflow_id, kind, step, WorkflowStatus.RUNNING, remaining, unended, 0, released)
         return None
     # The counter as it would stand before the replayed ends, then the advance of a settle
     # that ended them: the same code, so the same rules.

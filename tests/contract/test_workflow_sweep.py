@@ -105,6 +105,20 @@ def test_a_missed_chain_advance_releases_the_next_link(store: Store, backend: Ba
     assert state(store) == (WorkflowStatus.SUCCESS, 2, 0)
 
 
+def test_a_missed_release_is_made(store: Store, backend: Backend, clocks: Clocks) -> None:
+    """The workflow moved on to the next step, but its member stayed waiting."""
+    chained(store, clocks)
+    run(store, clocks)  # a ends: the chain moves to b, released
+    corrupt(backend, "UPDATE castor_tasks SET status = 'waiting' WHERE id = 'b'")
+    assert state(store) == (RUNNING, 1, 1) and claim(store, clocks, limit=10) == []  # stuck
+    assert sweep(store, clocks) == [SweptWorkflow("wf", "chain", 1, RUNNING, 1, 1, 0, 1)]
+    assert statuses(store, "a", "b", "c") == [S, P, W]
+    run(store, clocks)
+    run(store, clocks)
+    assert state(store) == (WorkflowStatus.SUCCESS, 2, 0)
+    assert sweep(store, clocks, after=10 * STALE) == []
+
+
 def test_a_member_that_failed_unseen_stops_the_workflow(store: Store, backend: Backend, clocks: Clocks) -> None:
     grouped(store, clocks, 3, callback=True)
     claim_all(store, clocks, 3)
