@@ -1245,6 +1245,12 @@ class PostgreSQLStore(Store):
 
         return self._write(body)
 
+    def count_workflow_members(self, query: Query) -> int:
+        """How many tasks `query` matches that are workflow members: what a bulk retry leaves."""
+        where, params = _where(query)
+        where += (" AND " if where else " WHERE ") + "workflow_id IS NOT NULL"
+        return int(self._fetch(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0])
+
     def run_now(self, task_id: str, *, now: float) -> bool:
         def body(cur: Any) -> bool:
             cur.execute("UPDATE castor_tasks SET eta = %(now)s, at_once = true "

@@ -1065,6 +1065,12 @@ class SQLiteStore(Store):
         where += (" AND " if where else " WHERE ") + "workflow_id IS NULL"
         return [r[0] for r in self._execute(f"{update}{where} RETURNING id", (now, *params))]
 
+    def count_workflow_members(self, query: Query) -> int:
+        """How many tasks `query` matches that are workflow members: what a bulk retry leaves."""
+        where, params = _where(query)
+        where += (" AND " if where else " WHERE ") + "workflow_id IS NOT NULL"
+        return int(self._execute(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0])
+
     def run_now(self, task_id: str, *, now: float) -> bool:
         # at_once: due whatever the wall clock says, as a retry by hand is. Any commit
         # to the file wakes the waiters.
