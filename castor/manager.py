@@ -329,7 +329,7 @@ class Manager:
         if not record.status.finished:
             raise ConfigurationError(rerun.why_not_run_again(record))
         _refuse_member(record, "run again")
-        copy = rerun.copy_of(record, now=time.time())
+        copy = rerun.copy_of(record, now=time.time(), concurrency_key=rerun.concurrency_key(self.store, task_id))
         (stored,) = self.producer.submit([copy])
         if stored != copy.id:
             raise ConfigurationError(rerun.held_by_twin(record, stored))
@@ -345,7 +345,7 @@ class Manager:
         query = _query(status, name, queue)
         if query.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise ConfigurationError(f"retry_failed takes status 'failed' or 'cancelled', not {status!r}")
-        retried = [Task(self, i) for i in self.store.retry(query, now=time.time())]
+        retried: list[Task[Any]] = [Task(self, i) for i in self.store.retry(query, now=time.time())]
         return RetriedTasks(retried, skipped_members=members_left(self.store, query), status=str(query.status))
 
     def purge(self, *, older_than: float | timedelta | None = None, status: str | None = None,

@@ -54,6 +54,7 @@ from castor.store.base import (
     WorkflowRecord,
     page_direction,
 )
+from castor.store.keyed_copy import KeyedCopy
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
 T = TypeVar("T")
@@ -1383,11 +1384,17 @@ class SQLiteStore(Store):
 
     def pending_copies(self, *, after: str | None = None, limit: int = 500) -> Sequence[TaskCopy]:
         rows = self._execute(
-            f"SELECT {_COLUMNS}, at_once, cache_key FROM castor_tasks WHERE status = 'pending' AND id > ? "
+            f"SELECT {_COLUMNS}, at_once, cache_key, concurrency_key FROM castor_tasks "
+            "WHERE status = 'pending' AND id > ? "
             "AND workflow_id IS NULL "
             "ORDER BY id LIMIT ?", (after or "", limit))
         to_wall = self._to_wall()
-        return [TaskCopy(_row_to_record(r[:-2], to_wall), bool(r[-2]), r[-1]) for r in rows]
+        return [KeyedCopy(_row_to_record(r[:-3], to_wall), bool(r[-3]), r[-2], r[-1]) for r in rows]
+
+    def concurrency_key_of(self, task_id: str) -> str | None:
+        """The task's stored concurrency key (None: not limited, or no such task), for its copy."""
+        rows = self._execute("SELECT concurrency_key FROM castor_tasks WHERE id = ?", (task_id,))
+        return rows[0][0] if rows else None
 
     def insert_copies(self, tasks: Sequence[TaskCopy]) -> CopyOutcome:
         def body(conn: sqlite3.Connection) -> CopyOutcome:

@@ -16,9 +16,18 @@ import castor
 from castor import instrumentation
 from castor.integrations import otel
 from castor.store import NewTask
-from tests.integration.test_workflows import _define, app, drain, task, url  # noqa: F401 - fixtures
+from tests.integration.test_workflows import _define, drain, task
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def app(request: pytest.FixtureRequest, db_path: str):
+    url = db_path if request.param == "sqlite" else str(request.getfixturevalue("postgres_db_url"))
+    manager = castor.Manager(url)
+    _define(manager)  # test_workflows.py's tasks
+    yield manager
+    manager.close()
 
 
 # -- 1. a chord inside a chain ------------------------------------------------------------
