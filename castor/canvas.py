@@ -214,7 +214,7 @@ def _enqueue(kind: str, steps: list[Step], handler: Signature | None, *,
     new = NewWorkflow(workflow_id, kind, tuple(len(step.members) for step in steps), now,
                       handler_id=members[-1].id if handler is not None else None,
                       handler_step=handler_step if handler is not None else None)
-    manager._submit_workflow(new, members)  # noqa: SLF001 - the Manager's own write path
+    manager.producer.submit_workflow(new, members)  # instruments and hooks, as .delay()'s submit
     return Workflow(manager, workflow_id, kind, first_id=members[0].id)
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from castor.durations import from_epoch, to_seconds
-from castor.errors import JoinTimeout, TaskCancelled, TaskExpired, UnknownTaskError
+from castor.errors import ConfigurationError, JoinTimeout, TaskCancelled, TaskExpired, UnknownTaskError
 from castor.expiry import EXPIRED_TYPE
 from castor.failures import rebuild
 from castor.serialization import get_serializer
@@ -134,8 +134,18 @@ class Task(Generic[R]):
         return self
 
     def forget(self) -> None:
-        """Delete the finished task's record (Celery's AsyncResult.forget)."""
-        self._manager.store.purge(Query(task_id=self.id))
+        """Delete the finished task's record (Celery's AsyncResult.forget). A task gone
+        already is left so; one not finished, or a member of a workflow still running
+        (its successors read its result), is refused: castor.ConfigurationError says why."""
+        store = self._manager.store
+        for _ in range(2):  # once more if it changed between the purge and the look
+            if store.purge(Query(task_id=self.id)):
+                return
+            record = store.get(self.id)
+            if record is None:
+                return
+            if (why := _why_kept(self._manager, record)) is not None:
+                raise ConfigurationError(why)
 
     # -- Celery's AsyncResult spellings ------------------------------------------
 
@@ -225,6 +235,19 @@ class Task(Generic[R]):
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+def _why_kept(manager: Manager, record: TaskRecord) -> str | None:
+    """Why the store keeps `record` from a purge, as it is now (None: it would not)."""
+    workflow = None if record.workflow_id is None else manager.store.workflow(record.workflow_id)
+    if workflow is not None and not workflow.state.finished:
+        return (f"task {record.id} ({record.name}) is {record.status}, a member of workflow {workflow.id}, which is "
+                f"still running ({workflow.kind}): its record is kept until the workflow ends (the tasks after it "
+                "read its result); cancel the workflow, or forget the task once it has ended")
+    if not record.status.finished:
+        return (f"task {record.id} is {record.status}: forget() deletes the record of a finished task; "
+                "cancel it first, or wait for it to finish")
+    return None
 
 
 class Progress(NamedTuple):

@@ -168,13 +168,15 @@ def _name(fn: Any) -> str:
 
 
 def _record_of(task: NewTask) -> TaskRecord:
-    """The record a just-written task has in the store (pending, never run)."""
+    """The record a just-written task has in the store (pending, or waiting: a workflow
+    member whose step has not come; never run)."""
     return TaskRecord(
         id=task.id, name=task.name, queue=task.queue, mode=task.mode, daemon=task.daemon,
-        status=TaskStatus.PENDING, priority=task.priority, serializer=task.serializer,
+        status=TaskStatus.WAITING if task.waiting else TaskStatus.PENDING, priority=task.priority, serializer=task.serializer,
         args=task.args, kwargs=task.kwargs, enqueued_at=task.enqueued_at, eta=task.eta,
         started_at=None, finished_at=None, result=None, error=None, attempts=0, lost=0, owner=None,
-        lease_expires=None, options=task.options, unique_key=task.unique_key)
+        lease_expires=None, options=task.options, unique_key=task.unique_key, workflow_id=task.workflow_id,
+        wf_step=task.wf_step, wf_index=task.wf_index, wf_input=task.wf_input)
 
 
 __all__ = ["EVENTS", "Hooks", "TaskEvent"]

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from castor import rerun, task_log
+from castor.bulk_retry import RetriedTasks, members_left
 from castor.errors import ConfigurationError, DuplicateTaskError, UnknownTaskError, WorkflowMemberRetry
 from castor.handle import Task
 from castor.hooks import Hooks, check_event
@@ -21,7 +22,7 @@ from castor.retention import Retention
 from castor.serialization import get_serializer
 from castor.states import TaskStatus, parse_status
 from castor.store import NewTask, Query, Store, database_path, display_url, is_server_url, open_store
-from castor.store.base import NewWorkflow, TaskRecord
+from castor.store.base import TaskRecord
 from castor.task import (
     Signature,
     TaskFunction,
@@ -241,22 +242,6 @@ class Manager:
     def _submit(self, tasks: list[NewTask]) -> list[Task[Any]]:
         return [Task(self, task_id) for task_id in self.producer.submit(tasks)]
 
-    def _submit_workflow(self, workflow: NewWorkflow, tasks: list[NewTask]) -> None:
-        """Write a workflow and its members (castor/workflow.py), all or none. Eager mode
-        then runs its members as they become pending, through the same store calls."""
-        self.store.enqueue_workflow(workflow, tasks)
-        if self.hooks.listeners:
-            self.hooks.enqueued(tasks, [t.id for t in tasks])
-        runner = self.producer.eager_runner
-        while runner is not None:
-            record = self.store.workflow(workflow.id)
-            due = [task_id for task_id, _step, _index in (record.members if record else ())
-                   if self.store.status(task_id) == TaskStatus.PENDING]
-            if not due:
-                break
-            for task_id in due:
-                runner(task_id)
-
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[Task[Any]]:
         """Enqueue many calls (`add.s(1, 2)`, ...) in one transaction: all or none."""
         with shielded():
@@ -344,7 +329,7 @@ class Manager:
         if not record.status.finished:
             raise ConfigurationError(rerun.why_not_run_again(record))
         _refuse_member(record, "run again")
-        copy = rerun.copy_of(record, now=time.time())
+        copy = rerun.copy_of(record, now=time.time(), concurrency_key=rerun.concurrency_key(self.store, task_id))
         (stored,) = self.producer.submit([copy])
         if stored != copy.id:
             raise ConfigurationError(rerun.held_by_twin(record, stored))
@@ -353,12 +338,15 @@ class Manager:
         return Task(self, copy.id)
 
     def retry_failed(self, *, name: str | None = None, queue: str | None = None,
-                     status: str = "failed") -> list[Task[Any]]:
-        """Send every failed (or cancelled) task, optionally of one name or queue, back to the queue."""
+                     status: str = "failed") -> RetriedTasks:
+        """Send every failed (or cancelled) task, optionally of one name or queue, back to the
+        queue. Returns their handles, a list whose `.skipped_members` counts the workflow
+        members the filter matched and that stay as they are (not retried by hand)."""
         query = _query(status, name, queue)
         if query.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise ConfigurationError(f"retry_failed takes status 'failed' or 'cancelled', not {status!r}")
-        return [Task(self, i) for i in self.store.retry(query, now=time.time())]
+        retried: list[Task[Any]] = [Task(self, i) for i in self.store.retry(query, now=time.time())]
+        return RetriedTasks(retried, skipped_members=members_left(self.store, query), status=str(query.status))
 
     def purge(self, *, older_than: float | timedelta | None = None, status: str | None = None,
               name: str | None = None, queue: str | None = None) -> int:

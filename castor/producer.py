@@ -18,7 +18,9 @@ from castor.hooks import Hooks
 from castor.ids import new_task_id
 from castor.keys import call_key
 from castor.serialization import Serializer, encode_call
+from castor.states import TaskStatus
 from castor.store import NewTask, Store
+from castor.store.base import NewWorkflow
 from castor.task import STORED_OPTIONS, stored_options, validate_priority, validate_queue, validate_ttl
 
 if TYPE_CHECKING:
@@ -102,6 +104,28 @@ class Producer:
                 if task.id == task_id:  # not a unique twin's or a cached task's id
                     self.eager_runner(task.id)
         return ids
+
+    def submit_workflow(self, workflow: NewWorkflow, tasks: list[NewTask]) -> None:
+        """Write a workflow and its members (all or none), through the same instruments
+        and task.enqueued hooks as submit(): each member is an enqueued task."""
+
+        def write(members: list[NewTask]) -> list[str]:
+            self.store.enqueue_workflow(workflow, members)
+            return [t.id for t in members]
+
+        instruments = self.instruments
+        ids = write(tasks) if instruments is None else instruments.enqueue(tasks, write)
+        if self.hooks.listeners:
+            self.hooks.enqueued(tasks, ids)
+        runner = self.eager_runner
+        while runner is not None:  # eager mode: each member as it becomes pending, through the same store calls
+            record = self.store.workflow(workflow.id)
+            due = [task_id for task_id, _step, _index in (record.members if record else ())
+                   if self.store.status(task_id) == TaskStatus.PENDING]
+            if not due:
+                break
+            for task_id in due:
+                runner(task_id)
 
     def _write(self, tasks: list[NewTask]) -> list[str]:
         if len(tasks) == 1 and tasks[0].cache_ttl is None:

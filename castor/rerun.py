@@ -10,26 +10,39 @@ linked through their options: the copy's "rerun_of" names its source, the source
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 from castor.expiry import EXPIRES_KEY
 from castor.ids import new_task_id
 from castor.states import TaskStatus
-from castor.store import NewTask, TaskRecord
+from castor.store import NewTask, Store, TaskRecord
 
 RERUN_OF = "rerun_of"
 RERUN_AS = "rerun_as"
 
 
-def copy_of(record: TaskRecord, *, now: float) -> NewTask:
+class _KeyReader(Protocol):
+    # Both stores have it (castor/store/sqlite.py, postgresql.py); Store does not declare it yet.
+    def concurrency_key_of(self, task_id: str) -> str | None: ...
+
+
+def concurrency_key(store: Store, task_id: str) -> str | None:
+    """The task's stored concurrency key, for its copy (the record does not carry it)."""
+    return cast(_KeyReader, store).concurrency_key_of(task_id)
+
+
+def copy_of(record: TaskRecord, *, now: float, concurrency_key: str | None = None) -> NewTask:
     """A new task doing what `record` did, due now. Its arguments are copied as stored
     (never decoded: a pickled argument's code does not run here). Its expiry is dropped,
     as a retry by hand drops it: the copy is asked for now. It keeps the unique key, so
     the store refuses it while an unfinished twin holds that key; it has no cache key
-    (the store does not keep the source's), so it is run, not answered from a cache."""
+    (the store does not keep the source's), so it is run, not answered from a cache. It
+    keeps the concurrency key given (the source's, as stored): it is limited as the source was."""
     options = {k: v for k, v in record.options.items() if k not in (EXPIRES_KEY, RERUN_AS)}
     options[RERUN_OF] = record.id
     return NewTask(new_task_id(), record.name, record.mode, record.serializer, record.args, record.kwargs,
                    enqueued_at=now, eta=now, queue=record.queue, priority=record.priority, daemon=record.daemon,
-                   options=options, unique_key=record.unique_key)
+                   options=options, unique_key=record.unique_key, concurrency_key=concurrency_key)
 
 
 def why_not_run_now(record: TaskRecord) -> str:

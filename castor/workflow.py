@@ -175,7 +175,7 @@ class Workflow:
         failed, total = self._manager.store.failed_members(self.id, record.step, limit=_NAMED)
         named = ", ".join(f"{m.id} ({m.name}: {m.error_type})" for m in failed[:_IN_MESSAGE])
         more = f" and {total - _IN_MESSAGE} more" if total > _IN_MESSAGE else ""
-        error = ChordFailed if record.kind == "chord" else GroupFailed
+        error = ChordFailed if _is_chord_header(record) else GroupFailed
         return error(f"{record.kind} {self.id} failed: {total} of its {record.sizes[record.step]} members failed"
                      f"{' so far' if total else ''}: {named or record.first_bad}{more}",
                      workflow_id=self.id, member_id=record.first_bad, failed=failed,
@@ -194,6 +194,15 @@ class Workflow:
 def _deadline(timeout: float | None) -> float | None:
     seconds = to_seconds(timeout, "timeout", limit=None)
     return None if seconds is None else time.monotonic() + seconds
+
+
+def _is_chord_header(record: WorkflowRecord) -> bool:
+    """Whether the group step that stopped `record` is a chord's: a chord's members, or a
+    group followed by a step in a chain (a chord inside it, flattened into its steps; a
+    group piped into a task is a chord too, as Celery makes it one): what follows never runs."""
+    if record.kind == "chord":
+        return record.step == 0
+    return record.kind == "chain" and record.step + 1 < len(record.sizes)
 
 
 def _is_group_step(record: WorkflowRecord) -> bool:

@@ -313,8 +313,7 @@ def tasks_retry(app: str, task_id: str | None, all_failed: bool, name: str | Non
     manager = _manager(app)
     try:
         if all_failed:
-            retried = manager.retry_failed(name=name)
-            click.echo(f"retried {len(retried)} failed task{'s' if len(retried) != 1 else ''}")
+            click.echo(manager.retry_failed(name=name).summary())  # and the workflow members it left
             return
         try:
             manager.retry(task_id)

@@ -68,6 +68,7 @@ from castor.store.base import (
     task_topic,
     work_topic,
 )
+from castor.store.keyed_copy import KeyedCopy
 from castor.store.pg_relay import RelayedListener
 from castor.store.pg_url import parse_store_url
 from castor.store.pg_wakeup import AsyncWatch, Listener, WakeGate
@@ -1268,6 +1269,12 @@ class PostgreSQLStore(Store):
 
         return self._write(body)
 
+    def count_workflow_members(self, query: Query) -> int:
+        """How many tasks `query` matches that are workflow members: what a bulk retry leaves."""
+        where, params = _where(query)
+        where += (" AND " if where else " WHERE ") + "workflow_id IS NOT NULL"
+        return int(self._fetch(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0])
+
     def run_now(self, task_id: str, *, now: float) -> bool:
         def body(cur: Any) -> bool:
             cur.execute("UPDATE castor_tasks SET eta = %(now)s, at_once = true "
@@ -1659,10 +1666,16 @@ class PostgreSQLStore(Store):
     def pending_copies(self, *, after: str | None = None, limit: int = 500) -> Sequence[TaskCopy]:
         clock = self._clock()
         rows = self._fetch(
-            f"SELECT {_COLUMNS}, at_once, cache_key FROM castor_tasks WHERE status = 'pending' AND id > %s "
+            f"SELECT {_COLUMNS}, at_once, cache_key, concurrency_key FROM castor_tasks "
+            "WHERE status = 'pending' AND id > %s "
             "AND workflow_id IS NULL ORDER BY id LIMIT %s", (after or "", limit))
         to_wall = self._to_wall(clock)
-        return [TaskCopy(_record(r[:-2], to_wall), r[-2], r[-1]) for r in rows]
+        return [KeyedCopy(_record(r[:-3], to_wall), r[-3], r[-2], r[-1]) for r in rows]
+
+    def concurrency_key_of(self, task_id: str) -> str | None:
+        """The task's stored concurrency key (None: not limited, or no such task), for its copy."""
+        rows = self._fetch("SELECT concurrency_key FROM castor_tasks WHERE id = %s", (task_id,))
+        return rows[0][0] if rows else None
 
     def insert_copies(self, tasks: Sequence[TaskCopy]) -> CopyOutcome:
         def body(cur: Any) -> CopyOutcome:
@@ -1729,11 +1742,11 @@ def _first_line(exc: BaseException) -> str:
 _INSERT_COPY = (
     "INSERT INTO castor_tasks (id, task_name, queue, mode, daemon, status, priority, serializer, args, kwargs, "
     "args_text, kwargs_text, enqueued_at, eta, at_once, started_at, error, attempts, lost, options, history, "
-    "unique_key, cache_key, fence, isolate) "
+    "unique_key, cache_key, concurrency_key, fence, isolate) "
     "VALUES (%(id)s, %(name)s, %(queue)s, %(mode)s, %(daemon)s, 'pending', %(priority)s, %(serializer)s, "
     "%(args)s, %(kwargs)s, %(args_text)s, %(kwargs_text)s, %(enqueued_at)s, %(eta)s, %(at_once)s, "
     "%(started_at)s, %(error)s, %(attempts)s, %(lost)s, %(options)s, %(history)s, %(unique_key)s, "
-    "%(cache_key)s, %(fence)s, %(isolate)s) ON CONFLICT DO NOTHING RETURNING id"
+    "%(cache_key)s, %(concurrency_key)s, %(fence)s, %(isolate)s) ON CONFLICT DO NOTHING RETURNING id"
 )
 
 

@@ -55,6 +55,7 @@ from castor.store.base import (
     WorkflowRecord,
     page_direction,
 )
+from castor.store.keyed_copy import KeyedCopy
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
 T = TypeVar("T")
@@ -1076,6 +1077,12 @@ class SQLiteStore(Store):
         where += (" AND " if where else " WHERE ") + "workflow_id IS NULL"
         return [r[0] for r in self._execute(f"{update}{where} RETURNING id", (now, *params))]
 
+    def count_workflow_members(self, query: Query) -> int:
+        """How many tasks `query` matches that are workflow members: what a bulk retry leaves."""
+        where, params = _where(query)
+        where += (" AND " if where else " WHERE ") + "workflow_id IS NOT NULL"
+        return int(self._execute(f"SELECT count(*) FROM castor_tasks{where}", params)[0][0])
+
     def run_now(self, task_id: str, *, now: float) -> bool:
         # at_once: due whatever the wall clock says, as a retry by hand is. Any commit
         # to the file wakes the waiters.
@@ -1388,11 +1395,17 @@ class SQLiteStore(Store):
 
     def pending_copies(self, *, after: str | None = None, limit: int = 500) -> Sequence[TaskCopy]:
         rows = self._execute(
-            f"SELECT {_COLUMNS}, at_once, cache_key FROM castor_tasks WHERE status = 'pending' AND id > ? "
+            f"SELECT {_COLUMNS}, at_once, cache_key, concurrency_key FROM castor_tasks "
+            "WHERE status = 'pending' AND id > ? "
             "AND workflow_id IS NULL "
             "ORDER BY id LIMIT ?", (after or "", limit))
         to_wall = self._to_wall()
-        return [TaskCopy(_row_to_record(r[:-2], to_wall), bool(r[-2]), r[-1]) for r in rows]
+        return [KeyedCopy(_row_to_record(r[:-3], to_wall), bool(r[-3]), r[-2], r[-1]) for r in rows]
+
+    def concurrency_key_of(self, task_id: str) -> str | None:
+        """The task's stored concurrency key (None: not limited, or no such task), for its copy."""
+        rows = self._execute("SELECT concurrency_key FROM castor_tasks WHERE id = ?", (task_id,))
+        return rows[0][0] if rows else None
 
     def insert_copies(self, tasks: Sequence[TaskCopy]) -> CopyOutcome:
         def body(conn: sqlite3.Connection) -> CopyOutcome:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from castor.bulk_retry import members_left, members_note
 from castor.errors import ConfigurationError, UnknownTaskError
 from castor.logs import get_logger
 from castor.states import TaskStatus
@@ -50,13 +51,14 @@ class Outcome:
     ids: list[str] = field(default_factory=list)  # the tasks acted on, when known
     refused: dict[str, str] = field(default_factory=dict)  # task id -> why not
     created: list[str] = field(default_factory=list)  # the copies "run again" enqueued
+    notes: list[str] = field(default_factory=list)  # what else it left, and why (a bulk retry's members)
 
     def summary(self) -> str:
         verb = VERBS[self.action]
         text = f"{verb} {self.done} task{'s' if self.done != 1 else ''}"
         if self.refused:
             text += f"; {len(self.refused)} refused"
-        return text
+        return "; ".join([text, *self.notes])
 
 
 def act_on(manager: Manager, action: str, task_ids: list[str]) -> Outcome:
@@ -105,7 +107,10 @@ def matching(manager: Manager, action: str, query: Query) -> int:
     """How many tasks `action` on all that match `query` would act on now
     (RefusedAction if the filter does not fit the action)."""
     store = manager.store
-    return sum(store.count(_with_status(query, s)) for s in _statuses(action, query))
+    found = sum(store.count(_with_status(query, s)) for s in _statuses(action, query))
+    if action == "retry":  # workflow members are left (bulk_retry.py)
+        found -= sum(members_left(store, _with_status(query, s)) for s in _statuses(action, query))
+    return found
 
 
 def act_on_all(manager: Manager, action: str, query: Query) -> Outcome:
@@ -114,7 +119,8 @@ def act_on_all(manager: Manager, action: str, query: Query) -> Outcome:
     statuses = _statuses(action, query)
     if action == "retry":
         ids = [i for s in statuses for i in store.retry(_with_status(query, s), now=time.time())]
-        return Outcome(action, done=len(ids), ids=ids)
+        notes = [members_note(members_left(store, _with_status(query, s)), str(s)) for s in statuses]
+        return Outcome(action, done=len(ids), ids=ids, notes=[note for note in notes if note])
     if action == "delete":
         return Outcome(action, done=sum(store.purge(_with_status(query, s)) for s in statuses))
     ids = [r.id for s in statuses for r in store.list(_with_status(query, s), limit=CANCEL_LIMIT)]

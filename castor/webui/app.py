@@ -202,7 +202,8 @@ class DashboardApp:
         record = self.manager.store.get(task_id)
         if record is None:
             raise HTTPProblem(404, f"task {task_id} is not in the database (purged, or never enqueued)")
-        return ctx.render("task.html", nav="tasks", task=pages.task(record, now=time.time()))
+        return ctx.render("task.html", nav="tasks", task=pages.task(record, now=time.time()),
+                          workflow=pages.workflow(self.manager, record))
 
     def failed(self, ctx: Context) -> Response:
         return ctx.render("failed.html", nav="failed", **pages.failed(self.manager))

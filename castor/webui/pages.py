@@ -35,6 +35,9 @@ FAILED_SCAN = 1000
 # ETA statistics yet).
 QUEUE_SCAN = 1000
 DIRTY_SHOWN = 50
+# A task page lists this many members of the task's workflow (one status read each),
+# and counts their statuses; a bigger workflow's counts say they are of these only.
+MEMBERS_SHOWN = 100
 # A queue's throughput counts the tasks that ended in the last minute, up to this many
 # of each status (each counted row is read: at 1,000 a second a whole count would read
 # 60,000 rows per queue, twice a page).
@@ -183,6 +186,26 @@ def task(record: TaskRecord, *, now: float) -> dict[str, Any]:
         "options": record.options, "timeline": timeline(record), "actions": actions_for(record, now),
         "rerun_of": record.options.get(RERUN_OF), "rerun_as": record.options.get(RERUN_AS),
     }
+
+
+def workflow(manager: Manager, record: TaskRecord) -> dict[str, Any] | None:
+    """The workflow `record` is a member of, for its page (the dashboard has no workflow
+    page): its kind and state, where it is, and its members (the first MEMBERS_SHOWN, with
+    their statuses counted); None for a plain task, or a workflow deleted by hand."""
+    if record.workflow_id is None:
+        return None
+    store = manager.store
+    found = store.workflow(record.workflow_id)
+    if found is None:
+        return None
+    ordered = sorted(found.members, key=lambda m: (m[1] < 0, m[1], m[2]))  # the handler last
+    members = [{"id": task_id, "step": step, "status": store.status(task_id) or "deleted", "this": task_id == record.id}
+               for task_id, step, _index in ordered[:MEMBERS_SHOWN]]
+    counts = Counter(str(m["status"]) for m in members)
+    return {"id": found.id, "kind": found.kind, "state": str(found.state), "step": found.step + 1,
+            "steps": len(found.sizes), "size": len(found.members), "members": members,
+            "counts": [(status, counts[status]) for status in (*(str(t) for t in TaskStatus), "deleted") if counts[status]],
+            "more": max(0, len(found.members) - MEMBERS_SHOWN), "remaining": found.remaining}
 
 
 LABELS = {"retry": "Retry", "cancel": "Cancel", "delete": "Delete", "run-now": "Run now", "run-again": "Run again"}

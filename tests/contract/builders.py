@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,33 @@ def claim_one(store: Store, clocks: Clocks, owner: str = "w1", **kwargs: Any) ->
     claimed = claim(store, clocks, owner, **kwargs)
     assert len(claimed) == 1, f"expected one claim, got {[r.id for r in claimed]}"
     return claimed[0]
+
+
+def race_claims(stores: Sequence[Store], clocks: Clocks, *, rounds: int, limit: int,
+                timeout: float = 60.0) -> list[str]:
+    """Claimers racing on the same tasks: one thread per store (another connection each,
+    as each castord has), released together by a barrier, each claiming `rounds` times
+    up to `limit` tasks. Returns the ids every claimer took, in the order they came."""
+    taken: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(stores))
+
+    def claimer(store: Store, owner: str) -> None:
+        start.wait()
+        for _ in range(rounds):
+            got = claim(store, clocks, owner, limit=limit)
+            with lock:
+                taken.extend(r.id for r in got)
+
+    threads = [threading.Thread(target=claimer, args=(store, f"w{i + 1}"), daemon=True)
+               for i, store in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    stuck = [t.name for t in threads if t.is_alive()]
+    assert not stuck, f"claimers still running after {timeout:g} s: {stuck}"
+    return taken
 
 
 def failure(message: str = "boom") -> dict[str, Any]:

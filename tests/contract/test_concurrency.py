@@ -5,13 +5,11 @@ for a limited name without a key); its name's limit is a stored row."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from castor.errors import ConfigurationError
 from castor.states import TaskStatus
-from tests.contract.builders import claim, claim_one, new, outcome
+from tests.contract.builders import claim, claim_one, new, outcome, race_claims
 
 
 def ids(records):
@@ -172,22 +170,7 @@ def test_two_claimers_together_never_exceed_the_limit(backend, clocks):
         first.enqueue([new(f"{scan}-{i:02}", name=scan, concurrency_key="") for i in range(40)]
                       + [new(f"{keyed}-{key}{i:02}", name=keyed, concurrency_key=key)
                          for key in "ab" for i in range(20)])
-        taken: list[str] = []
-        lock = threading.Lock()
-        start = threading.Barrier(2)
-
-        def claimer(store, owner, taken=taken, lock=lock, start=start):
-            start.wait()
-            for _ in range(20):
-                got = claim(store, clocks, owner, limit=2)
-                with lock:
-                    taken.extend(ids(got))
-
-        threads = [threading.Thread(target=claimer, args=(s, o)) for s, o in ((first, "w1"), (second, "w2"))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
+        taken = race_claims([first, second], clocks, rounds=20, limit=2)
         assert len(set(taken)) == len(taken)
         by_group = {g: sum(1 for t in taken if t.startswith(g)) for g in (f"{scan}-", f"{keyed}-a", f"{keyed}-b")}
         assert by_group == {f"{scan}-": 3, f"{keyed}-a": 2, f"{keyed}-b": 2}, race

@@ -4,14 +4,12 @@ store's clock, which these tests hold and move (clocks.advance)."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from castor.errors import ConfigurationError
 from castor.rate_limits import BOOK_AHEAD_SECONDS
 from castor.states import TaskStatus
-from tests.contract.builders import claim, new, outcome
+from tests.contract.builders import claim, new, outcome, race_claims
 
 
 def ids(records):
@@ -135,22 +133,7 @@ def test_two_claimers_together_never_exceed_the_tokens(backend, clocks):
     first, second = backend.open(), backend.open()
     first.set_rate_limit("name", "mail", rate=1.0, burst=5)
     first.enqueue(mail(40))
-    taken: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(2)
-
-    def claimer(store, owner):
-        start.wait()
-        for _ in range(20):
-            got = claim(store, clocks, owner, limit=3)
-            with lock:
-                taken.extend(ids(got))
-
-    threads = [threading.Thread(target=claimer, args=(s, o)) for s, o in ((first, "w1"), (second, "w2"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    taken = race_claims([first, second], clocks, rounds=20, limit=3)
     assert len(taken) == 5 and len(set(taken)) == 5
     clocks.advance(2.0)
     assert len(claim(second, clocks, "w2", limit=10)) == 2
