@@ -8,7 +8,7 @@ say so rather than leave them unexplained.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any
 
 from castor.handle import Task
 
@@ -16,14 +16,9 @@ if TYPE_CHECKING:
     from castor.store import Query, Store
 
 
-class _CountsMembers(Protocol):
-    # Both stores have it (castor/store/sqlite.py, postgresql.py); Store does not declare it yet.
-    def count_workflow_members(self, query: Query) -> int: ...
-
-
 def members_left(store: Store, query: Query) -> int:
     """How many tasks `query` matches that a bulk retry of it leaves: workflow members."""
-    return cast(_CountsMembers, store).count_workflow_members(query)
+    return store.count_workflow_members(query)
 
 
 def members_note(count: int, status: str) -> str:

@@ -10,8 +10,6 @@ linked through their options: the copy's "rerun_of" names its source, the source
 
 from __future__ import annotations
 
-from typing import Protocol, cast
-
 from castor.expiry import EXPIRES_KEY
 from castor.ids import new_task_id
 from castor.states import TaskStatus
@@ -21,14 +19,9 @@ RERUN_OF = "rerun_of"
 RERUN_AS = "rerun_as"
 
 
-class _KeyReader(Protocol):
-    # Both stores have it (castor/store/sqlite.py, postgresql.py); Store does not declare it yet.
-    def concurrency_key_of(self, task_id: str) -> str | None: ...
-
-
 def concurrency_key(store: Store, task_id: str) -> str | None:
     """The task's stored concurrency key, for its copy (the record does not carry it)."""
-    return cast(_KeyReader, store).concurrency_key_of(task_id)
+    return store.concurrency_key_of(task_id)
 
 
 def copy_of(record: TaskRecord, *, now: float, concurrency_key: str | None = None) -> NewTask:

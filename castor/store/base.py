@@ -365,6 +365,16 @@ class Store(ABC):
         match `query`, whose status must be failed or cancelled). Returns their ids."""
 
     @abstractmethod
+    def count_workflow_members(self, query: Query) -> int:
+        """How many tasks `query` matches that are workflow members: what a bulk retry
+        of it leaves (a member is never retried by hand)."""
+
+    @abstractmethod
+    def concurrency_key_of(self, task_id: str) -> str | None:
+        """The task's stored concurrency key (None: not limited, or no such task): what
+        a copy of it ("Run again") keeps, so that the copy is limited as it was."""
+
+    @abstractmethod
     def run_now(self, task_id: str, *, now: float) -> bool:
         """Make a pending task whose ETA is after `now` (scheduled, or waiting out a
         retry's backoff) due at once: same id, attempts and history; its workers are
@@ -736,6 +746,9 @@ class TaskCopy:
     # Queued to run at once (no ETA, or retried without a delay): due whatever the wall clock says.
     at_once: bool
     cache_key: str | None = None
+    # concurrency=: the stored key ("" for a name limited as a whole); None: not limited.
+    # A copy without it would run unlimited.
+    concurrency_key: str | None = None
 
     @property
     def id(self) -> str:
@@ -745,7 +758,8 @@ class TaskCopy:
         """The task as it was enqueued; a store's insert of a copy adds the rest."""
         r = self.record
         return NewTask(r.id, r.name, r.mode, r.serializer, r.args, r.kwargs, r.enqueued_at, r.eta, r.queue,
-                       r.priority, r.daemon, r.options, r.unique_key, self.cache_key)
+                       r.priority, r.daemon, r.options, r.unique_key, self.cache_key,
+                       concurrency_key=self.concurrency_key)
 
 
 @dataclass(slots=True)

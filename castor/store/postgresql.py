@@ -68,7 +68,6 @@ from castor.store.base import (
     task_topic,
     work_topic,
 )
-from castor.store.keyed_copy import KeyedCopy
 from castor.store.pg_relay import RelayedListener
 from castor.store.pg_url import parse_store_url
 from castor.store.pg_wakeup import AsyncWatch, Listener, WakeGate
@@ -1670,7 +1669,7 @@ class PostgreSQLStore(Store):
             "WHERE status = 'pending' AND id > %s "
             "AND workflow_id IS NULL ORDER BY id LIMIT %s", (after or "", limit))
         to_wall = self._to_wall(clock)
-        return [KeyedCopy(_record(r[:-3], to_wall), r[-3], r[-2], r[-1]) for r in rows]
+        return [TaskCopy(_record(r[:-3], to_wall), r[-3], r[-2], r[-1]) for r in rows]
 
     def concurrency_key_of(self, task_id: str) -> str | None:
         """The task's stored concurrency key (None: not limited, or no such task), for its copy."""

@@ -55,7 +55,6 @@ from castor.store.base import (
     WorkflowRecord,
     page_direction,
 )
-from castor.store.keyed_copy import KeyedCopy
 from castor.store.wakeup import AsyncWatch, ChangeNotifier, VersionProbe, wal_path
 
 T = TypeVar("T")
@@ -1400,7 +1399,7 @@ class SQLiteStore(Store):
             "AND workflow_id IS NULL "
             "ORDER BY id LIMIT ?", (after or "", limit))
         to_wall = self._to_wall()
-        return [KeyedCopy(_row_to_record(r[:-3], to_wall), bool(r[-3]), r[-2], r[-1]) for r in rows]
+        return [TaskCopy(_row_to_record(r[:-3], to_wall), bool(r[-3]), r[-2], r[-1]) for r in rows]
 
     def concurrency_key_of(self, task_id: str) -> str | None:
         """The task's stored concurrency key (None: not limited, or no such task), for its copy."""
