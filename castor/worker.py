@@ -43,6 +43,7 @@ from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord, work_topic
 from castor.task import MODES
 from castor.workflow_inputs import compose_inputs
+from castor.workflow_stops import report_stopped
 
 if TYPE_CHECKING:
     from castor.manager import Manager
@@ -318,6 +319,16 @@ class Worker:
         task_log.settled(settlement, record, duration, accepted)
         if accepted and self.hooks.listeners:  # a refused settle: another attempt's outcome decides
             self.hooks.settled(settlement, record, exception)
+        if accepted and settlement.workflow_id is not None:
+            self._report_stopped([(settlement.workflow_id, settlement.task_id, settlement.status)])
+
+    def _report_stopped(self, ended: list[tuple[str | None, str, TaskStatus]]) -> None:
+        """The members this worker's ends stopped: their lines and hooks (castor/workflow_stops.py).
+        A read that fails leaves them without a line, never the worker without its loop."""
+        try:
+            report_stopped(self.store, self.hooks, ended, found_by=self.owner)
+        except StoreUnavailable:
+            log.warning("worker.stopped_members_unread", workflow_ids=sorted({w for w, _, _ in ended if w}))
 
     def close(self) -> None:
         """Stop the event-loop thread started for `async def` tasks (run() does this
@@ -348,6 +359,8 @@ class Worker:
             task_log.released(recovered, reason="lease expired", counted=True, found_by=self.owner)
             if recovered and self.hooks.listeners:
                 self.hooks.released(recovered, counted=True)
+            if recovered:
+                self._report_stopped([(r.workflow_id, r.id, r.status) for r in recovered])
             self._next_recovery = time.monotonic() + RECOVERY_SECONDS
             self._want_solo = self.store.has_due(mode=self.mode, queues=self.queues, now=now, isolated=True)
         if settlements or self._hot:

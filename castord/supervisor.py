@@ -32,6 +32,7 @@ from castor.manager import Manager
 from castor.periodic import Scheduler
 from castor.store.pg_relay import RelayHub, start_hub
 from castor.views import DAEMON_FORGET_SECONDS
+from castor.workflow_stops import report_stopped
 from castord import forkserver
 from castord.children import PROCESS_WORKER, THREAD_HOST, ChildSpec, child_main
 from castord.config import CHILD_KILL_GRACE_SECONDS, Config
@@ -418,6 +419,12 @@ class Supervisor:
         task_log.released(released, reason=reason, counted=count_attempt, child=child.spec.label)
         if released and self.manager.hooks.listeners:  # e.g. task.failed for a task whose child was OOM-killed
             self.manager.hooks.released(released, counted=count_attempt)
+        if released:
+            try:  # the members the lost ones' workflows stopped: their lines and hooks
+                report_stopped(self.manager.store, self.manager.hooks,
+                               [(r.workflow_id, r.id, r.status) for r in released], child=child.spec.label)
+            except Exception:  # noqa: BLE001 - never crash the master
+                log.exception("castord.stopped_members_unread", child=child.spec.label)
         return released
 
     # -- liveness ----------------------------------------------------------------

@@ -311,6 +311,12 @@ class Store(ABC):
         """The workflow's row and its members, or None if there is no such workflow."""
 
     @abstractmethod
+    def stopped_members(self, workflow_id: str, first_bad: str, *, limit: int = 1000) -> list[TaskRecord]:
+        """The members the workflow's stop ended (cancelled with WorkflowStopped), in step
+        order, if `first_bad` is the member whose end stopped it (else none): what the
+        process that ended `first_bad` writes their end lines and hooks from."""
+
+    @abstractmethod
     def step_results(self, workflow_id: str, step: int) -> list[StepResult]:
         """The members of one step of a workflow, in their order (a successor's inputs)."""
 

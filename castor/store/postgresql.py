@@ -912,6 +912,16 @@ class PostgreSQLStore(Store):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             return workflows.read_workflow(conn.cursor(), workflow_id)
 
+    def stopped_members(self, workflow_id: str, first_bad: str, *, limit: int = 1000) -> list[TaskRecord]:
+        clock = self._clock()
+        rows = self._fetch(
+            f"SELECT {_COLUMNS} FROM castor_tasks WHERE workflow_id = %s AND status = 'cancelled' "
+            "AND error->>'type' = %s "
+            "AND EXISTS (SELECT 1 FROM castor_workflows WHERE id = %s AND first_bad = %s) "
+            "ORDER BY wf_step, wf_index LIMIT %s", (workflow_id, workflows.STOPPED_TYPE, workflow_id, first_bad, limit))
+        to_wall = self._to_wall(clock)
+        return [_record(row, to_wall) for row in rows]
+
     def step_results(self, workflow_id: str, step: int) -> list[StepResult]:
         return workflows.read_step(self._fetch(workflows.STEP_RESULTS, (workflow_id, step)))
 

@@ -660,6 +660,15 @@ class SQLiteStore(Store):
         with self._locked() as conn:
             return self._retry(lambda: self._snapshot(conn, lambda c: workflows.read_workflow(c, workflow_id)))
 
+    def stopped_members(self, workflow_id: str, first_bad: str, *, limit: int = 1000) -> list[TaskRecord]:
+        rows = self._execute(
+            f"SELECT {_COLUMNS} FROM castor_tasks WHERE workflow_id = ? AND status = 'cancelled' "
+            "AND json_extract(error, '$.type') = ? "
+            "AND EXISTS (SELECT 1 FROM castor_workflows WHERE id = ? AND first_bad = ?) "
+            "ORDER BY wf_step, wf_index LIMIT ?", (workflow_id, workflows.STOPPED_TYPE, workflow_id, first_bad, limit))
+        to_wall = self._to_wall()
+        return [_row_to_record(row, to_wall) for row in rows]
+
     def step_results(self, workflow_id: str, step: int) -> list[StepResult]:
         with self._locked() as conn:
             return self._retry(lambda: workflows.read_step(conn, workflow_id, step))
