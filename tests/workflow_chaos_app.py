@@ -94,6 +94,16 @@ def _member(value: int, fail: bool) -> int:
     return value
 
 
+def _hold() -> None:
+    _started()
+    deadline = time.monotonic() + HOLD_SECONDS
+    while not castor.cancelled() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if castor.cancelled():
+        raise castor.TaskCancelled("held until cancelled")
+    raise RuntimeError(f"never cancelled in {HOLD_SECONDS:g} s")
+
+
 def define(manager: castor.Manager) -> dict[str, Any]:
     """Register the tasks on `manager`; returns them by name."""
 
@@ -124,17 +134,16 @@ def define(manager: castor.Manager) -> dict[str, Any]:
 
     @manager.task(mode="thread", name="dur.hold")
     def hold():
-        """Runs until its workflow is cancelled (thread tasks get TaskCancelled raised in them)."""
-        _started()
-        deadline = time.monotonic() + HOLD_SECONDS
-        while not castor.cancelled() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if castor.cancelled():
-            raise castor.TaskCancelled("held until cancelled")
-        raise RuntimeError(f"never cancelled in {HOLD_SECONDS:g} s")
+        """Runs until its workflow is cancelled (a thread task gets TaskCancelled raised in it)."""
+        return _hold()
+
+    @manager.task(mode="process", name="dur.phold")
+    def phold():
+        """The same in a process child (which castord stops and replaces on the cancel)."""
+        return _hold()
 
     return {"pstep": pstep, "tstep": tstep, "pmember": pmember, "tmember": tmember, "tally": tally,
-            "hold": hold}
+            "hold": hold, "phold": phold}
 
 
 def _lose_never() -> None:

@@ -11,18 +11,18 @@ The load, the section's sizes: 20 chains of 50 links (link i returns its input +
 links alternate between process and thread tasks), 10 chords of 500 members (process
 and thread members; the callback returns (len, sum)); a chain of 10 whose link 4 fails
 for good and a chord of 100 whose member 37 fails for good (decided by their arguments;
-no task has retries); and a chain whose first link runs until the test cancels the
-chain. Every task, each time it starts and just before it returns, appends a line to
-a side-effect log of the test's own (tests/workflow_chaos_app.py): the task's id, the
-fence of its claim and its process; the lines' order in that one file orders the runs
-without comparing clocks.
+no task has retries); and a chord with a thread task and a process task among its
+members that run until the test cancels the chord. Every task, each time it starts and
+just before it returns, appends a line to a side-effect log of the test's own
+(tests/workflow_chaos_app.py): the task's id, the fence of its claim and its process;
+the lines' order in that one file orders the runs without comparing clocks.
 
 The chaos (tests/durability.py), seeded (the seed is printed; CASTOR_DURABILITY_SEED
 replays one): every 0.3-1.2 s, SIGKILL a random worker child (process child or thread
 host, found in its castord's session) or, one kill in four, a castord master, started
 again at once. It runs until every workflow has ended and at least MIN_KILLS kills were
 made, masters and children both. Waits, not timing, make the kills land in the load:
-link 25 of every chain waits until GATE_KILLS kills were made, and the held chain is
+link 25 of every chain waits until GATE_KILLS kills were made, and the held chord is
 cancelled only after MIN_KILLS.
 
 castord has no option for the number of losses after which a task fails with
@@ -32,7 +32,7 @@ contract tests).
 
 It asserts, section 8's list: (1) every workflow's end state and result, the failing
 chord's ChordFailed naming exactly its failing member, the failing chain raising its
-link's exception with the later links cancelled (WorkflowStopped), the cancelled chain
+link's exception with the later links cancelled (WorkflowStopped), the cancelled chord
 cancelled with no member left pending, waiting or running; (2) per task, its runs are at
 most its attempts, no two runs share a fence, every run but the last has a lost
 attempt in the task's history, a success's result comes from its last claim, and a
@@ -40,6 +40,13 @@ follow-up's first run starts after every end of the step before it; a member can
 before its step came never ran; each callback got its members' results in order; (3)
 no task left waiting, pending or running, no WorkerLost, and no castord logged
 `workflow.advance_missed`.
+
+Known: on PostgreSQL a cancel that races the release of a running member can leave the
+member pending after its workflow ended cancelled (then it runs); the settle wait fails
+on it, naming the member. tests/integration/test_postgresql_workflow_cancel.py forces
+that race (xfail until castor/store/pg_workflows.py's cancel_workflow locks the
+members first). It needs a kill to land within milliseconds of the one cancel: it was
+seen once in six PostgreSQL runs of 30 kills 0.05-0.4 s apart, never at the defaults.
 """
 
 from __future__ import annotations
@@ -106,15 +113,17 @@ class Load:
                                                                 for i in range(1, FAILING_LINKS))).delay()
         self.failing_chord = castor.chord([member(k).s(k, fail=k == FAILING_MEMBER) for k in range(FAILING_MEMBERS)],
                                           t["tally"].s()).delay()
-        self.held = castor.chain(t["hold"].s(), t["tstep"].s(1), t["pstep"].s(2)).delay()
-        self.cancelled_at: str | None = None  # the held chain's state when the test cancelled it
+        # Two members that run until cancelled (a thread task, a process task), two quick ones.
+        self.held = castor.chord([t["hold"].s(), t["phold"].s(), t["tmember"].s(1), t["pmember"].s(2)],
+                                 t["tally"].s()).delay()
+        self.cancelled_at: str | None = None  # the held chord's state when the test cancelled it
 
     @property
     def workflows(self) -> list[castor.Workflow]:
         return [*self.chains, *self.chords, self.failing_chain, self.failing_chord, self.held]
 
     def ended(self, kills: int) -> bool:
-        """True once every workflow has ended; cancels the held chain after MIN_KILLS kills."""
+        """True once every workflow has ended; cancels the held chord after MIN_KILLS kills."""
         if self.cancelled_at is None and kills >= MIN_KILLS:
             self.cancelled_at = str(self.held.status())
             self.held.cancel()
@@ -140,8 +149,12 @@ def test_workflows_end_as_designed_while_castord_processes_are_killed(store: tup
             chaos = Chaos(fleet, seed, on_kill=lambda n: _write_atomically(gate, str(n)))
             chaos.run(lambda: load.ended(len(chaos.kills)), min_kills=MIN_KILLS, deadline=CHAOS_DEADLINE)
             print(f"seed {seed}: {len(chaos.kills)} kills: {chaos.describe()}")
-            wait_until(lambda: not any(manager.counts()[s] for s in UNFINISHED), SETTLE_TIMEOUT,
-                       f"every task to finish (seed {seed}): {_unfinished(manager)}", interval=0.2)
+            try:
+                wait_until(lambda: not any(manager.counts()[s] for s in UNFINISHED), SETTLE_TIMEOUT,
+                           "every task to finish", interval=0.2)
+            except pytest.fail.Exception:
+                pytest.fail(f"seed {seed}: tasks still unfinished {SETTLE_TIMEOUT:g} s after every workflow "
+                            f"ended: {_unfinished(manager)}")
         finally:
             left = fleet.stop()
         assert not left, f"processes of the test's castords outlived them (killed): {left}"
@@ -208,7 +221,9 @@ def _assert_designed_ends(load: Load, records: dict[str, TaskRecord]) -> None:
     assert held.status() == WorkflowStatus.CANCELLED
     with pytest.raises(castor.WorkflowCancelled):
         held.join(timeout=5)
-    assert {records[t.id].status for t in held.tasks} == {TaskStatus.CANCELLED}
+    holders, quick, callback = held.tasks[:2], held.tasks[2:4], held.last
+    assert [records[t.id].status for t in [*holders, callback]] == [TaskStatus.CANCELLED] * 3
+    assert {records[t.id].status for t in quick} <= {TaskStatus.SUCCESS, TaskStatus.CANCELLED}
 
 
 def _assert_runs_explained(load: Load, records: dict[str, TaskRecord], log: SideEffects) -> None:
@@ -241,7 +256,7 @@ def _assert_runs_explained(load: Load, records: dict[str, TaskRecord], log: Side
                 assert len(ended) >= len(before) and runs[0].line > max(ended), \
                     f"{task.id} of {workflow.id} started (line {runs[0].line}) before the step it follows ended"
     # Checked: every chain's links after the first, every callback that was to run, and
-    # the failing chain's links 1 to FAILING_LINK (the held chain's follow-ups never ran).
+    # the failing chain's links 1 to FAILING_LINK (the held chord's callback never ran).
     assert followed == CHAINS * (LINKS - 1) + CHORDS + FAILING_LINK, followed
     for chord in load.chords:
         assert [e.detail for e in log.ends.get(chord.last.id, [])] == ["ordered"], \
