@@ -245,11 +245,19 @@ def cancel_workflow(cur: Any, workflow_id: str, *, now: float, failure_ttl: floa
     message = f"workflow {workflow_id} was cancelled"
     params = {"id": workflow_id, "now": now, "failure_ttl": failure_ttl,
               "error": Jsonb({"type": STOPPED_TYPE, "message": message, "traceback": "", "args": [message]})}
-    cur.execute(f"""UPDATE castor_tasks t SET status = 'cancelled', finished_at = %(now)s, error = %(error)s,
-                           expires_at = {_EXPIRY}
-                     WHERE workflow_id = %(id)s AND status IN ('waiting', 'pending')""", params)
-    cur.execute("UPDATE castor_tasks SET cancel_requested = true WHERE workflow_id = %(id)s AND status = 'running'",
-                params)
+    # One statement, not one for the waiting and pending members and another for the
+    # running: under READ COMMITTED each statement reads its own snapshot, and a member a
+    # concurrent release moved from running to pending between the two escaped both (found
+    # by the durability test). One UPDATE waits on a member another transaction is moving
+    # and re-reads its new version (PostgreSQL's recheck of a locked row), so each member
+    # is judged as it now is: cancelled if it is not running, asked to cancel if it is.
+    cur.execute(f"""UPDATE castor_tasks t SET
+                           status = CASE WHEN t.status = 'running' THEN t.status ELSE 'cancelled' END,
+                           cancel_requested = t.cancel_requested OR t.status = 'running',
+                           finished_at = CASE WHEN t.status = 'running' THEN t.finished_at ELSE %(now)s END,
+                           error = CASE WHEN t.status = 'running' THEN t.error ELSE %(error)s END,
+                           expires_at = CASE WHEN t.status = 'running' THEN t.expires_at ELSE {_EXPIRY} END
+                     WHERE workflow_id = %(id)s AND status IN ('waiting', 'pending', 'running')""", params)
     cur.execute("UPDATE castor_workflows SET state = 'cancelled', finished_at = %(now)s, moved_at = %(now)s "
                 "WHERE id = %(id)s AND state = 'running' RETURNING state", params)
     return WorkflowStatus.CANCELLED if cur.fetchone() else read_state(cur, workflow_id)

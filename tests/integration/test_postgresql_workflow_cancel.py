@@ -39,9 +39,6 @@ def _waiting_on_locks(conn) -> int:  # noqa: ANN001 - a psycopg connection
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="castor/store/pg_workflows.py cancel_workflow: two UPDATEs, each with its "
-                   "own snapshot, miss a member a concurrent release moves from running to pending (owned by "
-                   "another helper; reported)")
 def test_a_cancel_racing_the_release_of_a_running_member_leaves_it_not_pending(location):
     manager = castor.Manager(location)
     try:

@@ -41,12 +41,12 @@ before its step came never ran; each callback got its members' results in order;
 no task left waiting, pending or running, no WorkerLost, and no castord logged
 `workflow.advance_missed`.
 
-Known: on PostgreSQL a cancel that races the release of a running member can leave the
-member pending after its workflow ended cancelled (then it runs); the settle wait fails
-on it, naming the member. tests/integration/test_postgresql_workflow_cancel.py forces
-that race (xfail until castor/store/pg_workflows.py's cancel_workflow locks the
-members first). It needs a kill to land within milliseconds of the one cancel: it was
-seen once in six PostgreSQL runs of 30 kills 0.05-0.4 s apart, never at the defaults.
+Found by it, and fixed: on PostgreSQL a cancel that raced the release of a running member
+could leave the member pending after its workflow ended cancelled (then it ran): the cancel
+was two UPDATEs, each with its own snapshot (now one; the race is forced in
+tests/integration/test_postgresql_workflow_cancel.py). It needed a kill to land within
+milliseconds of the one cancel: seen once in six PostgreSQL runs of 30 kills 0.05-0.4 s
+apart, never at the defaults.
 """
 
 from __future__ import annotations
