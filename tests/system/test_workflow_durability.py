@@ -46,7 +46,7 @@ member pending after its workflow ended cancelled (then it runs); the settle wai
 on it, naming the member. tests/integration/test_postgresql_workflow_cancel.py forces
 that race (xfail until castor/store/pg_workflows.py's cancel_workflow locks the
 members first). It needs a kill to land within milliseconds of the one cancel: it was
-seen once in six PostgreSQL runs of 30 kills 0.05-0.4 s apart, never at the defaults.
+seen once in five PostgreSQL runs of 30 kills 0.05-0.4 s apart, never in eight at the defaults.
 """
 
 from __future__ import annotations
