@@ -30,14 +30,16 @@ def _lease(text: str) -> float:
     return value
 
 
-def _prefetch(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--prefetch must be a whole number, at least 1, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--prefetch must be a whole number, at least 1, not {text}")
-    return value
+def _whole(option: str):  # noqa: ANN202 - an argparse type
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be a whole number, at least 1, not {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be a whole number, at least 1, not {text}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="pool size for --mode thread")
     parser.add_argument("--queues", default=None, help="comma-separated queues to serve (default: all)")
     parser.add_argument("--lease", type=_lease, default=30.0, help="lease seconds (default 30)")
-    parser.add_argument("--prefetch", type=_prefetch, default=32,
+    parser.add_argument("--prefetch", type=_whole("--prefetch"), default=32,
                         help="most tasks claimed in one transaction while tasks are short (default 32)")
+    parser.add_argument("--max-lost", type=_whole("--max-lost"), default=3,
+                        help="a task whose worker was lost this many times fails with WorkerLost (default 3)")
     parser.add_argument("--no-periodic", action="store_true",
                         help="do not fire @manager.periodic schedules from this process")
     args = parser.parse_args(argv)
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     queues = [q for q in (args.queues or "").split(",") if q] or None
     worker = Worker(manager, mode=args.mode, threads=args.threads, queues=queues, lease=args.lease,
-                    prefetch=args.prefetch)
+                    prefetch=args.prefetch, max_lost=args.max_lost)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     failure: list[BaseException] = []

@@ -105,6 +105,7 @@ class Worker:
         lease: float = DEFAULT_LEASE_SECONDS,
         owner: str | None = None,
         prefetch: int = PREFETCH_MAX,
+        max_lost: int = MAX_WORKER_LOSSES,
     ):
         if mode not in MODES:
             raise ConfigurationError(f"Worker mode must be 'thread' or 'process', not {mode!r}")
@@ -130,6 +131,10 @@ class Worker:
         if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
             raise ConfigurationError(f"prefetch must be a positive integer, not {prefetch!r}")
         self.prefetch = prefetch  # most tasks a process worker claims at once (1: one at a time)
+        if not isinstance(max_lost, int) or isinstance(max_lost, bool) or max_lost < 1:
+            raise ConfigurationError(f"max_lost must be a positive integer, not {max_lost!r}")
+        # A task whose worker was lost this many times fails (WorkerLost) instead of running again.
+        self.max_lost = max_lost
         self._owner = owner
         # An explicit owner is kept (until a fork); otherwise one is made on first use.
         self._owner_generation = -1
@@ -355,7 +360,7 @@ class Worker:
         self._sync_rate_limits()
         now = time.time()
         if time.monotonic() >= self._next_recovery:  # monotonic: a clock step must not pause recovery
-            recovered = self.store.recover_expired(now=now, max_lost=MAX_WORKER_LOSSES)
+            recovered = self.store.recover_expired(now=now, max_lost=self.max_lost)
             task_log.released(recovered, reason="lease expired", counted=True, found_by=self.owner)
             if recovered and self.hooks.listeners:
                 self.hooks.released(recovered, counted=True)
@@ -774,7 +779,7 @@ class Worker:
 
     def release_held(self) -> list[TaskRecord]:
         """Requeue, without counting the attempt, every task this worker still holds."""
-        return self.store.release_owner(self.owner, count_attempt=False, max_lost=MAX_WORKER_LOSSES)
+        return self.store.release_owner(self.owner, count_attempt=False, max_lost=self.max_lost)
 
     def _idle(self, slots: threading.Semaphore) -> bool:
         with self._running_lock:

@@ -80,6 +80,7 @@ class ChildSpec:
     log_file: str | None
     capture_output: bool = False
     prefetch: int = 32
+    max_lost: int = 3
 
     @property
     def mode(self) -> str:
@@ -159,7 +160,7 @@ def child_main(spec: ChildSpec, conn: Any, relay: socket.socket | None = None) -
         use_relay(manager.store, relay)  # before the worker first waits on the store
     worker = Worker(
         manager, mode=spec.mode, threads=max(1, spec.threads), queues=spec.queues,
-        lease=spec.lease, owner=spec.owner, prefetch=spec.prefetch,
+        lease=spec.lease, owner=spec.owner, prefetch=spec.prefetch, max_lost=spec.max_lost,
     )
     workers.append(worker)
     tally = Tally()

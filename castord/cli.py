@@ -82,6 +82,10 @@ def _start_options(fn: Any) -> Any:
                      envvar=_env("PREFETCH"),
                      help="Most tasks a child claims in one transaction while its tasks are short "
                           "(1: one at a time)."),
+        click.option("--max-lost", type=click.IntRange(min=1), default=3, show_default=True,
+                     envvar=_env("MAX_LOST"),
+                     help="A task whose worker died this many times (killed, crashed, its lease lost) fails "
+                          "with WorkerLost instead of running again."),
         click.option("--metrics-port", type=click.IntRange(min=0, max=65535), envvar=_env("METRICS_PORT"),
                      help="Serve Prometheus metrics on this port (needs castor[metrics]; 0: any free port)."),
         click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar=_env("METRICS_HOST"),
@@ -115,6 +119,7 @@ def build_config(app: str, **opts: Any) -> Config:
             max_tasks_per_child=opts.get("max_tasks_per_child"),
             max_memory_per_child=opts.get("max_memory_per_child"),
             lease=opts.get("lease") or 30.0, prefetch=opts.get("prefetch") or 32,
+            max_lost=opts.get("max_lost") or 3,
             metrics_port=opts.get("metrics_port"), metrics_host=opts.get("metrics_host") or "127.0.0.1",
             capture_output=bool(opts.get("capture_output")), dashboard=bool(opts.get("dashboard")),
             umask=DEFAULT_UMASK if opts.get("umask") is None else opts["umask"],

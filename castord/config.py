@@ -52,6 +52,7 @@ class Config:
     max_memory_per_child: int | None = None  # MB of RSS
     lease: float = 30.0
     prefetch: int = 32  # most tasks a child claims at once (castor/worker.py, prefetch)
+    max_lost: int = 3  # a task whose worker was lost this many times fails (WorkerLost)
     metrics_port: int | None = None  # serve Prometheus metrics here (castor[metrics])
     metrics_host: str = "127.0.0.1"
     capture_output: bool = False  # children's stdout/stderr go to log_file (gunicorn's --capture-output)

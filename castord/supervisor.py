@@ -45,7 +45,6 @@ from castord.tally import Tally
 log = get_logger("castord.master")
 
 MAX_BOOT_FAILURES = 5
-MAX_WORKER_LOSSES = 3
 # Between SIGABRT and SIGKILL for an unresponsive child; part of the minimum --lease.
 KILL_GRACE_SECONDS = CHILD_KILL_GRACE_SECONDS
 STATUS_SECONDS = 5.0
@@ -266,6 +265,7 @@ class Supervisor:
             role=slot.role, index=slot.index, generation=self.generation,
             owner=f"{self.daemon_id}:{slot.role}-{slot.index}:{uuid.uuid4().hex[:6]}",
             app=cfg.app, threads=cfg.threads, queues=cfg.queues, lease=cfg.lease, prefetch=cfg.prefetch,
+            max_lost=cfg.max_lost,
             heartbeat_interval=cfg.heartbeat_interval,
             max_tasks=cfg.max_tasks_per_child if slot.role == PROCESS_WORKER else None,
             max_memory_mb=cfg.max_memory_per_child if slot.role == PROCESS_WORKER else None,
@@ -411,7 +411,7 @@ class Supervisor:
     def _release(self, child: Child, *, count_attempt: bool, reason: str = "drained") -> list[Any]:
         try:
             released = self.manager.store.release_owner(
-                child.spec.owner, count_attempt=count_attempt, max_lost=MAX_WORKER_LOSSES)
+                child.spec.owner, count_attempt=count_attempt, max_lost=self.config.max_lost)
         except Exception:  # noqa: BLE001 - leases expire anyway; never crash the master
             log.exception("castord.release_failed", child=child.spec.label)
             return []

@@ -27,10 +27,8 @@ from castor import context
 from tests.chaos import identity
 
 DB_ENV, LOG_ENV, GATE_ENV = "DURABILITY_DB", "DURABILITY_LOG", "DURABILITY_GATE"
-# castord and castor's Worker fail a task with WorkerLost after this many losses
-# (castord/supervisor.py and castor/worker.py MAX_WORKER_LOSSES; castord has no option for
-# it). The kills here must never turn into WorkerLost (that case has its own contract
-# test), so castord's processes raise it: see _lose_never().
+# The kills here must never turn into WorkerLost (that case has its own contract test):
+# the test starts castord with --max-lost this high.
 MAX_LOST = 1_000
 GATE_SECONDS = 120.0  # a gate left shut this long opens anyway (the test fails on its kill count)
 HOLD_SECONDS = 300.0  # how long hold() runs at most unless cancelled (beyond the chaos deadline)
@@ -146,16 +144,6 @@ def define(manager: castor.Manager) -> dict[str, Any]:
             "hold": hold, "phold": phold}
 
 
-def _lose_never() -> None:
-    """Only in castord's processes (where $DURABILITY_DB is set): the loss limit, high."""
-    import castor.worker
-    import castord.supervisor
-
-    castor.worker.MAX_WORKER_LOSSES = MAX_LOST
-    castord.supervisor.MAX_WORKER_LOSSES = MAX_LOST
-
-
 if DB_ENV in os.environ:
-    _lose_never()
     manager = castor.Manager(os.environ[DB_ENV])
     define(manager)

@@ -57,6 +57,11 @@ def test_a_bad_prefetch_is_refused(manager, bad):
     with pytest.raises(ConfigurationError, match="prefetch must be a positive integer"):
         Worker(manager, mode="process", prefetch=bad)
 
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True, None])
+def test_a_bad_max_lost_is_refused(manager, bad):
+    with pytest.raises(ConfigurationError, match="max_lost must be a positive integer"):
+        Worker(manager, max_lost=bad)
+
 
 @pytest.mark.parametrize("mode,threads", [("process", 1), ("thread", 2)])
 def test_tasks_claimed_behind_a_long_one_are_handed_back_to_another_worker(manager, mode, threads):

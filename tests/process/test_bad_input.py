@@ -473,6 +473,16 @@ def test_python_m_castor_refuses_a_lease_that_never_ends_or_spins(bad_app, db_pa
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("max_lost", ["0", "-1", "1.5", "often"])
+def test_python_m_castor_refuses_a_bad_max_lost(bad_app, db_path, max_lost):
+    before = seed(db_path)
+    result = run(bad_app, sys.executable, "-m", "castor", "badapp:manager", "--max-lost", max_lost)
+    assert result.returncode == 2
+    assert "--max-lost must be a whole number, at least 1, not" in result.stdout + result.stderr
+    assert_intact(db_path, before)
+
+
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("prefetch", ["0", "-3", "2.5", "lots"])
 def test_python_m_castor_refuses_a_bad_prefetch(bad_app, db_path, prefetch):
     before = seed(db_path)
@@ -694,6 +704,9 @@ def test_a_full_disk_fails_the_enqueue_and_loses_nothing(bad_app, db_path, tmp_p
      "Invalid value for '--graceful-timeout': -1.0 is not in the range x>=0."),
     (["start", "badapp:manager", "--prefetch", "0"], "Invalid value for '--prefetch': 0 is not in the range x>=1."),
     (["start", "badapp:manager", "--prefetch", "many"], "Invalid value for '--prefetch': 'many' is not a valid integer"),
+    (["start", "badapp:manager", "--max-lost", "0"], "Invalid value for '--max-lost': 0 is not in the range x>=1."),
+    (["start", "badapp:manager", "--max-lost", "often"],
+     "Invalid value for '--max-lost': 'often' is not a valid integer"),
     (["start", "badapp:manager", "--max-tasks-per-child", "0"],
      "Invalid value for '--max-tasks-per-child': 0 is not in the range x>=1."),
     (["start", "badapp:manager", "--metrics-port", "70000"],

@@ -195,6 +195,20 @@ def test_a_task_that_exits_with_castords_own_status_is_a_lost_worker(daemons, ap
     stop_within_graceful_timeout(d)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("max_lost", [1, 5])
+def test_max_lost_sets_how_many_lost_workers_fail_a_task(daemons, app_dir, escape, max_lost):  # noqa: F811
+    """castord --max-lost N: the task whose worker dies fails with WorkerLost at the Nth loss
+    (the default, 3, is the test above)."""
+    d = start(daemons, "--max-lost", str(max_lost))
+    task = escape.exit_with.delay(7)
+    with pytest.raises(castor.WorkerLost):
+        task.join(timeout=50)
+    info = task.info()
+    assert info.status == "failed" and info.lost == max_lost and info.attempts == max_lost
+    stop_within_graceful_timeout(d)
+
+
 @pytest.mark.timeout(90)
 def test_a_crash_amid_a_batch_of_short_tasks_is_blamed_on_its_culprit_alone(daemons, app_dir, escape):  # noqa: F811
     # A process child claims short tasks in batches (castor/worker.py, prefetch): when

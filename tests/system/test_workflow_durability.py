@@ -25,10 +25,8 @@ made, masters and children both. Waits, not timing, make the kills land in the l
 link 25 of every chain waits until GATE_KILLS kills were made, and the held chord is
 cancelled only after MIN_KILLS.
 
-castord has no option for the number of losses after which a task fails with
-WorkerLost (3, MAX_WORKER_LOSSES), so castord's processes raise it to 1,000 as they
-import the app: a kill must not turn into WorkerLost here (that case has its own
-contract tests).
+castord starts with `--max-lost 1000`, so that no kill turns into WorkerLost (that case has
+its own contract tests).
 
 It asserts, section 8's list: (1) every workflow's end state and result, the failing
 chord's ChordFailed naming exactly its failing member, the failing chain raising its
@@ -63,7 +61,7 @@ from castor.states import TaskStatus, WorkflowStatus
 from castor.store.base import Query, TaskRecord
 from tests.conftest import wait_until
 from tests.durability import Chaos, Fleet, SideEffects
-from tests.workflow_chaos_app import DB_ENV, GATE_ENV, LOG_ENV, define
+from tests.workflow_chaos_app import DB_ENV, GATE_ENV, LOG_ENV, MAX_LOST, define
 
 CHAINS, LINKS = 20, 50
 CHORDS, MEMBERS = 10, 500
@@ -77,7 +75,7 @@ SETTLE_TIMEOUT = 90.0  # then for every task to finish (siblings of the failed c
 # Short leases, so that a killed master's claims come back soon: the shortest castord
 # takes with this heartbeat (1.5 x (3 + 0.25 + 2) = 7.875 s). The heartbeat timeout stays
 # long enough that a busy machine does not get a child killed as unresponsive.
-HEARTBEAT = ("--lease", "8", "--heartbeat-interval", "0.25", "--heartbeat-timeout", "3")
+HEARTBEAT = ("--lease", "8", "--heartbeat-interval", "0.25", "--heartbeat-timeout", "3", "--max-lost", str(MAX_LOST))
 STORES = {"sqlite": (("a",), ("--workers", "3", "--threads", "4")),
           "postgresql": (("a", "b"), ("--workers", "2", "--threads", "3"))}
 UNFINISHED = (TaskStatus.WAITING, TaskStatus.PENDING, TaskStatus.RUNNING)
