@@ -12,6 +12,8 @@ import psycopg
 
 # A frontend message in libpq's trace: "F <length> Parse "<name>" "<sql>" <n>", or Query.
 MESSAGE = re.compile(r"^(?=[FB]\t\d+\t)", re.MULTILINE)
+# A frontend message the client then waits on the server for: a Sync, or a simple Query.
+SYNC = re.compile(r"^F\t\d+\t(?:Sync|Query)\b", re.MULTILINE)
 
 
 class TracedStore:
@@ -38,15 +40,8 @@ class TracedStore:
     def transactions(self, during: Callable[[], Any]) -> list[list[str]]:
         """The transactions `during()` ran, each as its statements (an autocommit statement
         is a transaction of one)."""
-        for f in self._files:
-            f.flush()
-        before = {p: p.stat().st_size for p in self._dir.glob("*.trace")}
-        during()
-        for f in self._files:
-            f.flush()
         found: list[list[str]] = []
-        for path in sorted(self._dir.glob("*.trace")):
-            text = path.read_text()[before.get(path, 0):]
+        for text in self._traced(during):
             statements = [_statement(m) for m in MESSAGE.split(text)]
             found.extend(_group([s for s in statements if s is not None]))
         return found
@@ -54,17 +49,17 @@ class TracedStore:
     def round_trips(self, during: Callable[[], Any]) -> int:
         """How many times `during()` waited for the server: each Sync (the end of an
         extended-protocol exchange or of a pipeline's batch) and each simple Query."""
+        return sum(len(SYNC.findall(text)) for text in self._traced(during))
+
+    def _traced(self, during: Callable[[], Any]) -> list[str]:
+        """What each connection's trace gained while `during()` ran."""
         for f in self._files:
             f.flush()
         before = {p: p.stat().st_size for p in self._dir.glob("*.trace")}
         during()
         for f in self._files:
             f.flush()
-        count = 0
-        for path in sorted(self._dir.glob("*.trace")):
-            text = path.read_text()[before.get(path, 0):]
-            count += len(re.findall(r"^F\t\d+\t(?:Sync|Query)\b", text, re.MULTILINE))
-        return count
+        return [path.read_text()[before.get(path, 0):] for path in sorted(self._dir.glob("*.trace"))]
 
     def close(self) -> None:
         self.store.close()
