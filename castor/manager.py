@@ -20,7 +20,7 @@ from castor.producer import Producer
 from castor.rate_limits import parse_rate_limit
 from castor.retention import Retention
 from castor.serialization import get_serializer
-from castor.states import TaskStatus, parse_status
+from castor.states import TaskStatus, WorkflowStatus, parse_status
 from castor.store import NewTask, Query, Store, database_path, display_url, is_server_url, open_store
 from castor.store.base import TaskRecord
 from castor.task import (
@@ -273,7 +273,7 @@ class Manager:
         record = self.store.get(task_id)
         now = time.time()
         if record is None:
-            state = self.store.cancel_workflow(task_id, now=now)
+            state = self.cancel_workflow(task_id)
             if state is None:
                 raise UnknownTaskError.missing(task_id)
             return TaskStatus(str(state))
@@ -288,6 +288,17 @@ class Manager:
         return status
 
     revoke = cancel  # Celery's name
+
+    def cancel_workflow(self, workflow_id: str) -> WorkflowStatus | None:
+        """Workflow.cancel's store call, and the end lines and hooks of the members it
+        ended (no worker sees them: they end here). None if there is no such workflow."""
+        ended: list[TaskRecord] = []
+        state = self.store.cancel_workflow(workflow_id, now=time.time(), ended=ended)
+        for record in ended:
+            task_log.cancelled_pending(record)
+        if ended and self.hooks.listeners:
+            self.hooks.released(ended, counted=False)
+        return state
 
     def retry(self, task_id: str) -> Task[Any]:
         """Send one failed or cancelled task back to the queue, to run again now."""

@@ -96,7 +96,7 @@ class Workflow:
         """Stop the workflow: members not started end cancelled (WorkflowStopped), running
         ones are stopped as Task.cancel() stops them. A finished workflow stays as it is.
         Returns the state after the call."""
-        state = self._manager.store.cancel_workflow(self.id, now=time.time())
+        state = self._manager.cancel_workflow(self.id)
         if state is None:
             raise UnknownTaskError(f"workflow {self.id} is not in the database")
         return state

@@ -326,10 +326,13 @@ class Store(ABC):
         how many failed in all (what GroupFailed names)."""
 
     @abstractmethod
-    def cancel_workflow(self, workflow_id: str, *, now: float) -> WorkflowStatus | None:
+    def cancel_workflow(self, workflow_id: str, *, now: float,
+                        ended: list[TaskRecord] | None = None) -> WorkflowStatus | None:
         """Stop a running workflow: its waiting and pending members end cancelled, its
         running ones are asked to cancel, its row ends cancelled; one transaction. A
-        finished workflow is left as it is. Its state after the call (None: no such)."""
+        finished workflow is left as it is. Its state after the call (None: no such).
+        `ended`, if given, receives the members this call ended (as they are now), whose
+        end lines and hooks are the caller's: no worker sees them."""
 
     @abstractmethod
     def sweep_workflows(self, *, stale_after: float, now: float, limit: int = 100,

@@ -233,15 +233,17 @@ STEP_RESULTS = ("SELECT id, status, serializer, result, result_text, error FROM 
                 "WHERE workflow_id = %s AND wf_step = %s ORDER BY wf_index")
 
 
-def cancel_workflow(cur: Any, workflow_id: str, *, now: float, failure_ttl: float | None) -> WorkflowStatus | None:
+def cancel_workflow(cur: Any, workflow_id: str, *, now: float, failure_ttl: float | None,
+                    returning: str = "t.id") -> tuple[WorkflowStatus | None, list[Any]]:
     """Inside a transaction: see Store.cancel_workflow. Members first, then the
-    workflow's row: the advance's lock order."""
+    workflow's row: the advance's lock order. With the rows of the members it ended, as
+    `returning` (columns of castor_tasks) gives them."""
     cur.execute("SELECT state FROM castor_workflows WHERE id = %s", (workflow_id,))
     row = cur.fetchone()
     if row is None:
-        return None
+        return None, []
     if row[0] != WorkflowStatus.RUNNING:
-        return WorkflowStatus(row[0])
+        return WorkflowStatus(row[0]), []
     message = f"workflow {workflow_id} was cancelled"
     params = {"id": workflow_id, "now": now, "failure_ttl": failure_ttl,
               "error": Jsonb({"type": STOPPED_TYPE, "message": message, "traceback": "", "args": [message]})}
@@ -257,10 +259,12 @@ def cancel_workflow(cur: Any, workflow_id: str, *, now: float, failure_ttl: floa
                            finished_at = CASE WHEN t.status = 'running' THEN t.finished_at ELSE %(now)s END,
                            error = CASE WHEN t.status = 'running' THEN t.error ELSE %(error)s END,
                            expires_at = CASE WHEN t.status = 'running' THEN t.expires_at ELSE {_EXPIRY} END
-                     WHERE workflow_id = %(id)s AND status IN ('waiting', 'pending', 'running')""", params)
+                     WHERE workflow_id = %(id)s AND status IN ('waiting', 'pending', 'running')
+                 RETURNING t.status, {returning}""", params)
+    ended = [row[1:] for row in cur.fetchall() if row[0] == TaskStatus.CANCELLED]
     cur.execute("UPDATE castor_workflows SET state = 'cancelled', finished_at = %(now)s, moved_at = %(now)s "
                 "WHERE id = %(id)s AND state = 'running' RETURNING state", params)
-    return WorkflowStatus.CANCELLED if cur.fetchone() else read_state(cur, workflow_id)
+    return (WorkflowStatus.CANCELLED if cur.fetchone() else read_state(cur, workflow_id)), ended
 
 
 def read_state(cur: Any, workflow_id: str) -> WorkflowStatus | None:

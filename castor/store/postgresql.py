@@ -930,14 +930,22 @@ class PostgreSQLStore(Store):
         return [FailedMember(id_, name, status, error) for id_, name, status, error, _ in rows], \
             (rows[0][4] if rows else 0)
 
-    def cancel_workflow(self, workflow_id: str, *, now: float) -> WorkflowStatus | None:
-        def body(cur: Any) -> WorkflowStatus | None:
-            state = workflows.cancel_workflow(cur, workflow_id, now=now, failure_ttl=self.failure_ttl)
+    def cancel_workflow(self, workflow_id: str, *, now: float,
+                        ended: list[TaskRecord] | None = None) -> WorkflowStatus | None:
+        clock = self._clock()
+
+        def body(cur: Any) -> tuple[WorkflowStatus | None, list[Any]]:
+            state, rows = workflows.cancel_workflow(cur, workflow_id, now=now, failure_ttl=self.failure_ttl,
+                                                    returning=_COLUMNS)
             if state is WorkflowStatus.CANCELLED:
                 self._notify(cur)
-            return state
+            return state, rows
 
-        return self._write(body)
+        state, rows = self._write(body)
+        if ended is not None:
+            to_wall = self._to_wall(clock)
+            ended.extend(_record(row, to_wall) for row in rows)
+        return state
 
     def sweep_workflows(self, *, stale_after: float, now: float, limit: int = 100,
                         lock_timeout: float | None = None) -> list[SweptWorkflow]:

@@ -677,10 +677,15 @@ class SQLiteStore(Store):
         with self._locked() as conn:
             return self._retry(lambda: workflows.read_failed(conn, workflow_id, step, limit))
 
-    def cancel_workflow(self, workflow_id: str, *, now: float) -> WorkflowStatus | None:
+    def cancel_workflow(self, workflow_id: str, *, now: float,
+                        ended: list[TaskRecord] | None = None) -> WorkflowStatus | None:
         with self._locked() as conn:
-            return self._write_txn(conn, lambda c: workflows.cancel_workflow(
-                c, workflow_id, now=now, failure_ttl=self.failure_ttl))
+            state, rows = self._write_txn(conn, lambda c: workflows.cancel_workflow(
+                c, workflow_id, now=now, failure_ttl=self.failure_ttl, returning=_COLUMNS))
+        if ended is not None:
+            to_wall = self._to_wall()
+            ended.extend(_row_to_record(tuple(row), to_wall) for row in rows)
+        return state
 
     def sweep_workflows(self, *, stale_after: float, now: float, limit: int = 100,
                         lock_timeout: float | None = None) -> list[SweptWorkflow]:

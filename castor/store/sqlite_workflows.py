@@ -227,22 +227,24 @@ FAILED_MEMBERS = ("SELECT id, task_name, status, error, count(*) OVER () FROM ca
 
 
 def cancel_workflow(conn: sqlite3.Connection, workflow_id: str, *, now: float,
-                    failure_ttl: float | None) -> WorkflowStatus | None:
-    """Inside a write transaction: see Store.cancel_workflow."""
+                    failure_ttl: float | None, returning: str = "id") -> tuple[WorkflowStatus | None, list[Any]]:
+    """Inside a write transaction: see Store.cancel_workflow. With the rows of the members
+    it ended, as `returning` (columns of castor_tasks) gives them."""
     row = conn.execute("SELECT state FROM castor_workflows WHERE id = ?", (workflow_id,)).fetchone()
     if row is None:
-        return None
+        return None, []
     if row[0] != WorkflowStatus.RUNNING:
-        return WorkflowStatus(row[0])
+        return WorkflowStatus(row[0]), []
     error = json.dumps(describe_message(STOPPED_TYPE, f"workflow {workflow_id} was cancelled"))
-    conn.execute(
+    ended = conn.execute(
         f"UPDATE castor_tasks SET status = 'cancelled', finished_at = ?, error = ?, expires_at = {_EXPIRY} "
-        "WHERE workflow_id = ? AND status IN ('waiting', 'pending')", (now, error, now, failure_ttl, workflow_id))
+        f"WHERE workflow_id = ? AND status IN ('waiting', 'pending') RETURNING {returning}",
+        (now, error, now, failure_ttl, workflow_id)).fetchall()
     conn.execute("UPDATE castor_tasks SET cancel_requested = 1 WHERE workflow_id = ? AND status = 'running'",
                  (workflow_id,))
     conn.execute("UPDATE castor_workflows SET state = 'cancelled', finished_at = ?, moved_at = ? WHERE id = ?",
                  (now, now, workflow_id))
-    return WorkflowStatus.CANCELLED
+    return WorkflowStatus.CANCELLED, ended
 
 
 # Members of a running workflow stay while it runs: a successor reads their results.

@@ -57,3 +57,20 @@ def test_a_workflow_that_succeeds_reports_nothing(app) -> None:  # noqa: F811
     drain(app)
     assert workflow.join(timeout=5) == 6
     assert cancelled == []
+
+
+def test_a_workflow_cancelled_by_hand_reports_the_members_it_ended(app, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    add = task(app, "add")
+    cancelled: list[str] = []
+    app.on("task.cancelled", lambda e: cancelled.append(e.task_id))
+    caplog.set_level(logging.INFO, logger="castor.manager")
+    workflow = castor.chain(add.s(1, 2), add.s(3), add.s(4)).delay()
+    assert workflow.cancel() == castor.WorkflowStatus.CANCELLED
+    members = [t.id for t in workflow.tasks]
+    assert sorted(cancelled) == sorted(members)  # the pending first link and the waiting ones
+    lines = _cancelled_lines(caplog)
+    for task_id in members:
+        assert sum(task_id in line for line in lines) == 1, lines
+    assert workflow.cancel() == castor.WorkflowStatus.CANCELLED  # again: ends nothing more
+    assert app.cancel(workflow.id) == castor.TaskStatus.CANCELLED
+    assert sorted(cancelled) == sorted(members)
