@@ -9,6 +9,7 @@ database, the way a bug or a hand-deleted row would leave it.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from castor.states import WorkflowStatus
 from castor.store import Store
 from castor.store.base import INPUT_RESULT, NewWorkflow, SweptWorkflow
 from tests.contract.builders import Backend, Clocks, claim
+from tests.contract.conftest import BACKENDS
 from tests.contract.test_workflows import (
     C,
     F,
@@ -37,6 +39,14 @@ from tests.contract.test_workflows import (
 
 STALE = 60.0
 RUNNING, FAILED = WorkflowStatus.RUNNING, WorkflowStatus.FAILED
+
+
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres)])
+def pg_backend(request: pytest.FixtureRequest, clocks: Clocks) -> Iterator[Backend]:
+    """The contract suite's backend, PostgreSQL only (row locks)."""
+    backend = Backend(request.param, BACKENDS[request.param](request), clocks)
+    yield backend
+    backend.close_all()
 
 
 def corrupt(backend: Backend, statement: str, *params: Any) -> None:
@@ -189,13 +199,13 @@ def test_a_long_healthy_workflow_does_not_hide_the_others(store: Store, backend:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("held", ["the workflow's row", "a waiting member"])
-def test_postgresql_skips_what_another_transaction_holds(store: Store, backend: Backend, clocks: Clocks,
-                                                         held: str) -> None:
+def test_postgresql_skips_what_another_transaction_holds(pg_backend: Backend, clocks: Clocks, held: str) -> None:
     """Several castords sweep at once: one never waits on a row another holds (the row's
-    lock: SKIP LOCKED; a waiting member's, which a cancel takes before the row: NOWAIT)."""
-    if backend.name != "postgresql":
-        pytest.skip("row locks: PostgreSQL's (SQLite has one writer)")
+    lock: SKIP LOCKED; a waiting member's, which a cancel takes before the row: NOWAIT).
+    PostgreSQL's alone: SQLite has one writer."""
     import psycopg
+
+    backend, store = pg_backend, pg_backend.open()
 
     grouped(store, clocks, 3, callback=True)
     corrupt(backend, "UPDATE castor_workflows SET remaining = 9 WHERE id = 'wf'")

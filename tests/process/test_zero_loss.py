@@ -203,6 +203,32 @@ def _child_pid(d: Castord, label: str) -> int:
     return [e for e in d.events("child.spawned") if e["child"] == label][-1]["child_pid"]
 
 
+def _stop_outside_a_write(pid: int, db_path: str) -> None:
+    """SIGSTOP `pid` at a moment it holds no write transaction on the file: a process
+    stopped inside one (a lease renewal) keeps SQLite's one write lock while it is
+    stopped, and no other worker can then write at all, recovery included (that is
+    SQLite's nature, not what the test is about). Stopped, the file must take a write;
+    if not, it runs on until the lock is free, and is stopped again."""
+    def takes_a_write(timeout: float) -> bool:
+        conn = sqlite3.connect(db_path, timeout=timeout, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:  # locked: by the stopped process, or another's moment
+            return False
+        finally:
+            conn.close()
+
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        if takes_a_write(0.5):
+            return
+        os.kill(pid, signal.SIGCONT)
+        takes_a_write(10)  # until it has let go
+    pytest.fail(f"process {pid} held the database's write lock at each of 100 stops")
+
+
 def _row(db_path: str, task_id: str) -> dict:
     conn = sqlite3.connect(db_path)
     conn.row_factory = sqlite3.Row
@@ -225,7 +251,7 @@ def test_a_stalled_thread_worker_that_reclaims_its_own_task_stops_the_old_attemp
         processes.worker(app, "--mode", "process", "--lease", "2")  # recovers expired leases
         task = stallapp.long_thread.delay(str(marker), 200)  # ~10 s of its own running time
         wait_until(lambda: _lines(marker), 30, "the task to start")
-        os.kill(stalled.pid, signal.SIGSTOP)  # a long pause, a slow disk, a paused VM
+        _stop_outside_a_write(stalled.pid, db_path)  # a long pause, a slow disk, a paused VM
         try:
             wait_until(lambda: _row(db_path, task.id)["status"] == "pending", 60, "the lease to be recovered")
         finally:
