@@ -258,7 +258,7 @@ _NO_LIMITS = (" AND NOT EXISTS (SELECT 1 FROM castor_rate_limits)"
               " AND NOT EXISTS (SELECT 1 FROM castor_concurrency_limits)")
 _CLAIM = f"""UPDATE castor_tasks
                 SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
-                    started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
+                    started_at = greatest(%(now)s, enqueued_at), attempts = attempts + 1, fence = fence + 1
               WHERE id = ANY(ARRAY(
                     SELECT id FROM castor_tasks WHERE {_DUE}{{queues}}
                      ORDER BY priority DESC, eta, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
@@ -278,7 +278,7 @@ _PICK_IN = _PICK.format(queues=_IN_QUEUES)
 # Each with its start: the claim's `now`, or later for a token booked ahead (rate_limits.py).
 _CLAIM_IDS = f"""UPDATE castor_tasks
                     SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
-                        started_at = c.claim_start, attempts = attempts + 1, fence = fence + 1
+                        started_at = greatest(c.claim_start, enqueued_at), attempts = attempts + 1, fence = fence + 1
                    FROM unnest(%(ids)s::text[], %(starts)s::float8[]) AS c(claim_id, claim_start)
                   WHERE id = c.claim_id
               RETURNING {_COLUMNS}"""
@@ -1038,7 +1038,7 @@ class PostgreSQLStore(Store):
         rows = self._worker_fetch(
             f"""UPDATE castor_tasks
                    SET status = 'running', owner = %(owner)s, lease_expires = {_CLOCK} + %(lease)s,
-                       started_at = %(now)s, attempts = attempts + 1, fence = fence + 1
+                       started_at = greatest(%(now)s, enqueued_at), attempts = attempts + 1, fence = fence + 1
                  WHERE id = %(id)s AND status = 'pending'
              RETURNING {_COLUMNS}""",
             {"owner": owner, "lease": lease, "now": now, "id": task_id, "clock": clock})

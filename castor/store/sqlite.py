@@ -188,9 +188,11 @@ def _settle_statement(s: Settlement, failure_ttl: float | None) -> tuple[str, tu
 # between workers. Which rows: castor/store/ready.py fills in the WHERE (due: the
 # ETA has passed, or the task was queued to run at once, which no step of the
 # wall clock can delay; in a queue the worker serves; set apart to run alone or
-# not) and numbers the parameters (?3 now, ?5 owner, ?6 lease).
+# not) and numbers the parameters (?3 now, ?5 owner, ?6 lease). A start is never before
+# the enqueue: `now` was read before the claim's lock, and a task due at once that was
+# enqueued meanwhile is claimed with it.
 _CLAIM = f"""UPDATE castor_tasks
-                SET status = 'running', owner = ?5, lease_expires = ?6, started_at = ?3,
+                SET status = 'running', owner = ?5, lease_expires = ?6, started_at = max(?3, enqueued_at),
                     attempts = attempts + 1, fence = fence + 1
               WHERE {{where}}
           RETURNING {_CLAIM_COLUMNS}"""
@@ -843,7 +845,7 @@ class SQLiteStore(Store):
         clock = self.clock()
         rows = self._execute(
             f"""UPDATE castor_tasks
-                   SET status = 'running', owner = ?, lease_expires = ?, started_at = ?,
+                   SET status = 'running', owner = ?, lease_expires = ?, started_at = max(?, enqueued_at),
                        attempts = attempts + 1, fence = fence + 1
                  WHERE id = ? AND status = 'pending'
              RETURNING {_COLUMNS}""",

@@ -222,3 +222,15 @@ def test_every_claimed_task_is_counted_once(store, clocks):
     ids = [r.id for r in first + second + third]
     assert sorted(ids) == sorted(f"t{i}" for i in range(7))
     assert store.count(Query(status=TaskStatus.RUNNING)) == 7
+
+
+def test_a_start_is_never_before_the_enqueue(store, clocks):
+    """A worker reads `now` before its claim takes the lock; a task due at once that is
+    enqueued meanwhile (a later enqueued_at) is claimed with it. Its start is its
+    enqueue then, not a moment before (the web timeline, queue-wait figures)."""
+    store.enqueue([new("late", now=clocks.wall + 0.5)])  # enqueued after the worker read its clock
+    (record,) = claim(store, clocks)
+    assert record.started_at == clocks.wall + 0.5
+    store.enqueue([new("by_id", now=clocks.wall + 0.7)])
+    by_id = store.claim_task("by_id", "w2", lease=10.0, now=clocks.wall)
+    assert by_id is not None and by_id.started_at == clocks.wall + 0.7
