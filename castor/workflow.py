@@ -110,26 +110,29 @@ class Workflow:
         deadline = _deadline(timeout)
         store = self._manager.store
         topic = task_topic(self.id)  # a workflow's end notifies its id as a task's end does
-        seen = store.generation(topic)
-        while True:
-            record = self.info()
-            if record.state.finished:
-                return self._outcome(record)
-            store.wait_for_change(seen, self._next_wait(deadline, timeout), topic)
+        with store.hearing(topic):  # before the first look
             seen = store.generation(topic)
-
-    async def resolve(self, timeout: float | None = None) -> Any:
-        """`join` for asyncio: awaits without blocking the event loop."""
-        deadline = _deadline(timeout)
-        watch = self._manager.store.watch_async(task_topic(self.id))
-        try:
             while True:
                 record = self.info()
                 if record.state.finished:
                     return self._outcome(record)
-                await watch.wait(self._next_wait(deadline, timeout))
-        finally:
-            watch.close()
+                store.wait_for_change(seen, self._next_wait(deadline, timeout), topic)
+                seen = store.generation(topic)
+
+    async def resolve(self, timeout: float | None = None) -> Any:
+        """`join` for asyncio: awaits without blocking the event loop."""
+        deadline = _deadline(timeout)
+        topic = task_topic(self.id)
+        with self._manager.store.hearing(topic):
+            watch = self._manager.store.watch_async(topic)
+            try:
+                while True:
+                    record = self.info()
+                    if record.state.finished:
+                        return self._outcome(record)
+                    await watch.wait(self._next_wait(deadline, timeout))
+            finally:
+                watch.close()
 
     def get(self, timeout: float | None = None) -> Any:
         return self.join(timeout)

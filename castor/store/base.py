@@ -709,6 +709,14 @@ class Store(ABC):
         return None
 
     @contextmanager
+    def hearing(self, topic: str) -> Iterator[None]:
+        """While inside, notifications of this task topic move its generation (a store
+        that hears only the topics someone waits on drops the others: a workflow's end,
+        task_topic(workflow id), which the store always sends). Enter it before looking
+        at what you wait for. By default every change moves every topic: nothing to do."""
+        yield
+
+    @contextmanager
     def watch_task(self, task_id: str) -> Iterator[TaskRecord | None]:
         """While inside, the end of this task moves task_topic(task_id); enter it before
         looking at the task. Gives the task as read once the watch began, if the store

@@ -1622,6 +1622,15 @@ class PostgreSQLStore(Store):
         return self._ensure_listener().told_result(task_topic(task_id))
 
     @contextmanager
+    def hearing(self, topic: str) -> Iterator[None]:
+        listener = self._ensure_listener()
+        listener.track(topic)
+        try:
+            yield
+        finally:
+            listener.untrack(topic)
+
+    @contextmanager
     def watch_task(self, task_id: str) -> Iterator[TaskRecord | None]:
         """Settles of this task notify its topic while someone watches: a row of
         castor_watches says so (committed before the caller looks at the task: a settle

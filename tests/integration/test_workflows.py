@@ -463,3 +463,29 @@ def test_groups_and_chords_built_wrong_are_refused_with_the_fix(app, build, mess
     with pytest.raises(castor.ConfigurationError, match=message):
         build(task(app, "add"))
     assert app.counts() == dict.fromkeys(app.counts(), 0)  # nothing was stored
+
+
+def test_a_workflows_end_wakes_its_joiner(app) -> None:
+    """join() waits on the workflow's topic: its end must move it (on PostgreSQL a
+    notification of a task topic nobody said it hears is dropped, and the joiner then
+    woke only at its 0.5 s re-check)."""
+    import threading
+
+    from castor.store.base import task_topic
+
+    add = task(app, "add")
+    workflow = castor.chain(add.s(1, 2), add.s(3)).delay()
+    store = app.store
+    topic = task_topic(workflow.id)
+    with store.hearing(topic):
+        seen = store.generation(topic)
+        worker = threading.Thread(target=drain, args=(app,))
+        worker.start()
+        moved = seen
+        deadline = time.monotonic() + 30
+        while workflow.status() != "success" and time.monotonic() < deadline:
+            moved = store.wait_for_change(moved, 1.0, topic)
+        worker.join(timeout=30)
+        assert workflow.status() == "success"
+        assert store.wait_for_change(seen, 10.0, topic) != seen  # the end moved the topic
+    assert workflow.join(timeout=5) == 6
