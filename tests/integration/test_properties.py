@@ -222,10 +222,12 @@ class StoreMachine(RuleBasedStateMachine):
         for r in claimed:
             t = self.model[r.id]
             t.status, t.owner, t.attempts, t.fence = TaskStatus.RUNNING, owner, t.attempts + 1, t.fence + 1
-            t.lease_expires, t.started_at = self.clock + lease, self.wall
+            # A start is never before the enqueue (a wall clock stepped back since, or a
+            # `now` read before the claim's lock).
+            t.lease_expires, t.started_at = self.clock + lease, max(self.wall, t.enqueued_at)
             # A claim tells its lease as a wall-clock time: the `now` it was given + lease.
             assert (r.status, r.owner, r.attempts, r.fence, r.isolate, r.lease_expires, r.started_at) == (
-                TaskStatus.RUNNING, owner, t.attempts, t.fence, t.isolate, self.wall + lease, self.wall)
+                TaskStatus.RUNNING, owner, t.attempts, t.fence, t.isolate, self.wall + lease, t.started_at)
             out.append(Token(r.id, owner, t.attempts, t.fence))
         return out
 
