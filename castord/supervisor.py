@@ -61,6 +61,9 @@ WORKFLOW_SWEEP_LOCK_SECONDS = 1.0
 # Heartbeats in a row that find the database file missing or another file at its
 # path before castord gives up on it (one could catch a restore mid-rename).
 DATABASE_STRIKES = 2
+# Longer than a pass of the loop takes beyond its wait on a busy host; a gap past it
+# is the master's own stall (see _excuse_own_stall).
+STALL_SLACK_SECONDS = 0.5
 
 __all__ = ["State", "Supervisor", "backoff", "describe_exit"]
 
@@ -153,6 +156,7 @@ class Supervisor:
             self._db_identity = None
         self._db_strikes = 0
         self.last_pass = time.monotonic()  # the main loop's latest pass (see _tick)
+        self._asked_wait = 0.0  # the loop's latest wait, for _excuse_own_stall
         # PostgreSQL: the castord's one LISTEN, relayed to the children (castor/store/pg_relay.py).
         self.relay: RelayHub | None = None
 
@@ -166,6 +170,7 @@ class Supervisor:
         try:
             if self.manager.schedules:
                 self.scheduler = Scheduler(self.manager, now=time.time())
+            self.last_pass = time.monotonic()  # the spawning above was no stall
             while self._live_children() or self.state.accepting:
                 self._tick(self._wait())
         finally:
@@ -196,7 +201,8 @@ class Supervisor:
         objects: list[Any] = [self.signals.wakeup]
         for child in self._live_children():
             objects.extend((child.conn, child.process.sentinel))
-        return wait(objects, timeout=self._timeout())
+        self._asked_wait = self._timeout()
+        return wait(objects, timeout=self._asked_wait)
 
     def _timeout(self) -> float:
         now = time.monotonic()
@@ -218,7 +224,7 @@ class Supervisor:
     def _tick(self, ready: list[Any]) -> None:
         # For the metrics endpoint (its own thread): a loop that stops passing here is
         # stuck, though the endpoint still answers (castor_master_loop_age_seconds).
-        self.last_pass = time.monotonic()
+        pass_began, self.last_pass = self.last_pass, time.monotonic()
         if self.signals.wakeup in ready:
             self.signals.drain_wakeups()
         for signum in self.signals.pop_all():
@@ -229,6 +235,7 @@ class Supervisor:
         self._reap()
         self._check_reload_done()
         now = time.monotonic()
+        self._excuse_own_stall(now, since=pass_began)
         self._check_heartbeats(now)
         self._check_drain_deadline(now)
         if self.state.accepting:
@@ -428,6 +435,21 @@ class Supervisor:
         return released
 
     # -- liveness ----------------------------------------------------------------
+
+    def _excuse_own_stall(self, now: float, *, since: float) -> None:
+        """A child's silence counts only while the master was there to hear it. When
+        the master itself could not run (ctrl-Z then fg, SIGSTOP of every process, a
+        paused VM, a starved host), its children most likely could not either: the
+        time the master lost is not held against them, or one stall would kill every
+        child at the master's first look (they had no chance to beat yet)."""
+        lost = (now - since) - self._asked_wait - STALL_SLACK_SECONDS
+        if lost <= 0:
+            return
+        log.warning("castord.stalled", stalled_s=round(lost + STALL_SLACK_SECONDS, 3),
+                    message="the master's loop was held up (stopped, paused, starved or blocked): "
+                            "its children's silence in that time is excused")
+        for child in self._live_children():
+            child.last_beat = min(now, child.last_beat + lost)
 
     def _check_heartbeats(self, now: float) -> None:
         for child in self._live_children():

@@ -187,6 +187,33 @@ def test_sigstopped_child_is_killed_and_replaced(daemons, app_dir):
     assert len(marker_pids(marker)) == 2
 
 
+@pytest.mark.timeout(60)
+def test_a_stall_of_the_whole_castord_kills_no_child(daemons, app_dir):
+    """ctrl-Z then fg, SIGSTOP of every process, a paused VM: the master could not
+    watch either, so at its first look after it its children, silent through the stall
+    like itself, are not killed as unresponsive (chaos's stall_group once cost a task
+    a third loss that way)."""
+    import testapp
+
+    d = daemons().start("--workers", "1", "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5")
+    d.wait_note("READY=1")
+    status = run_cli(app_dir, "status", "testapp:manager", "--json")
+    assert status.returncode == 0, status.stderr
+    children = sorted(c["pid"] for c in json.loads(status.stdout)["children"])
+    family = [d.pid, *children]  # the master first: it must not see its children stop
+    for pid in family:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(3.0)  # the stall itself, twice --heartbeat-timeout
+    for pid in family:  # the master first again: its first look comes before any beat
+        os.kill(pid, signal.SIGCONT)
+    stalled = d.wait_event("castord.stalled")[0]
+    assert stalled["stalled_s"] >= 2.5
+    assert testapp.add.delay(2, 3).join(timeout=20) == 5
+    assert d.events("child.killed_unresponsive") == []
+    after = run_cli(app_dir, "status", "testapp:manager", "--json")
+    assert sorted(c["pid"] for c in json.loads(after.stdout)["children"]) == children
+
+
 @pytest.mark.timeout(90)
 def test_sigterm_finishes_critical_tasks_and_requeues_daemon_ones(daemons, app_dir):
     import testapp
