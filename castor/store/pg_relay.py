@@ -21,10 +21,23 @@ committed after the child's first look at the database reaches it. A reconnect o
 the master's listener sends '' (everyone) to every child, as a lost connection wakes
 everyone. If the relay breaks (the master's end closed), the child logs it once and
 opens a LISTEN connection of its own; the 0.5 s re-check stays the safety net.
+
+Work goes to one idle child, not to all. A `work:<mode>` notification means "a task of
+that mode is due", and every idle child it woke claimed at once: on 2 cores the ones that
+found nothing slowed the one that did (one delay().join() took ~0.7 ms longer with two
+idle process children than with one). So each child says on its socket when its worker
+begins and ends a wait for work (`idle <topic>`, `busy <topic>`), and the master sends a
+work line to one child waiting for it (the latest to wait), taking it off the list. With
+none waiting, the topic is owed: the next child to say `idle` is woken at once, so a
+notification that came while every child was claiming is never dropped. A claim that took
+all it asked for says `more <topic>` (more may wait): the master wakes the next idle child.
+Task topics and everyone-lines still go to every child. The master reads what the children
+say on a thread of its own; if that thread is gone, work lines go to everyone again.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -32,6 +45,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from castor.logs import get_logger
+from castor.store.base import work_topic
 from castor.store.pg_wakeup import RECONNECT_SECONDS, Generations, Listener
 
 # Bytes a child may leave unread before what it owes collapses into one wake-up.
@@ -39,6 +53,11 @@ OUTLET_LIMIT = 64 * 1024
 _READ = 4096
 # A child's end that is gone is an error to drop it for, never a SIGPIPE to the master.
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+WORK_PREFIX = work_topic("")
+# What a child says on its socket, a line each: "<verb> <work topic>".
+IDLE, BUSY, MORE = "idle", "busy", "more"
+# How long the master's reader blocks before it looks whether the hub closed.
+READ_POLL_SECONDS = 1.0
 
 log = get_logger("castor.store.relay")
 
@@ -50,6 +69,13 @@ class _Outlet:
         self.sock = sock
         self.sock.setblocking(False)
         self.pending = b""  # what did not fit yet (its head may be the rest of a line)
+        self.said = b""  # what the child said, up to its last whole line
+        self.mute = False  # the child's end closed its writing side: nothing more to read
+
+    def heard(self, data: bytes) -> list[str]:
+        """The whole lines in what the child said so far."""
+        *lines, self.said = (self.said + data).split(b"\n")
+        return [line.decode(errors="replace") for line in lines]
 
     def push(self, line: bytes) -> bool:
         """Send `line` (b'' to only flush); False if the child's end is gone."""
@@ -77,12 +103,21 @@ class _Outlet:
 
 
 class RelayHub:
-    """In castord's master: the children's sockets, fed by the store's listener."""
+    """In castord's master: the children's sockets, fed by the store's listener; work
+    lines routed to one idle child (the module's docstring says how)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._outlets: dict[int, _Outlet] = {}
         self._next = 0
+        self._idle: dict[str, list[int]] = {}  # work topic -> children waiting for it, latest last
+        self._owed: set[str] = set()  # work topics notified while no child waited for them
+        self._closed = False
+        # Rung when the set of sockets to read changes, so the reader's select sees it.
+        self._bell, self._bell_rope = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._bell.setblocking(False)
+        self._reader = threading.Thread(target=self._read_children, name="castor-relay-hub", daemon=True)
+        self._reader.start()
 
     def attach(self) -> tuple[int, socket.socket]:
         """A new child's socket: its key, and the end to hand to the child (close it
@@ -91,27 +126,134 @@ class RelayHub:
         with self._lock:
             self._next += 1
             self._outlets[self._next] = _Outlet(ours)
-            return self._next, theirs
+            key = self._next
+        self._ring()
+        return key, theirs
 
     def detach(self, key: int) -> None:
         with self._lock:
             outlet = self._outlets.pop(key, None)
+            self._unlist(key)
         if outlet is not None:
+            self._ring()
             outlet.close()
 
     def __call__(self, topic: str | None) -> None:
         """The listener's forward: a topic, or None (nothing new: flush what is owed)."""
-        line = b"" if topic is None else topic.encode() + b"\n"
         with self._lock:
+            if topic is not None and topic.startswith(WORK_PREFIX) and self._reader.is_alive():
+                self._wake_one(topic)
+                return
+            line = b"" if topic is None else topic.encode() + b"\n"
             gone = [key for key, outlet in self._outlets.items() if not outlet.push(line)]
             for key in gone:
-                self._outlets.pop(key).close()
+                self._drop(key)
+
+    def waiting(self, topic: str) -> int:
+        """How many children wait for `topic` now (for tests and status)."""
+        with self._lock:
+            return len(self._idle.get(topic, ()))
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             outlets, self._outlets = list(self._outlets.values()), {}
+            self._idle.clear()
+        self._ring()
         for outlet in outlets:
             outlet.close()
+
+    # -- under self._lock ------------------------------------------------------------
+
+    def _wake_one(self, topic: str) -> None:
+        line = topic.encode() + b"\n"
+        waiting = self._idle.get(topic, [])
+        while waiting:
+            key = waiting.pop()  # the latest to wait: the others sleep on
+            outlet = self._outlets.get(key)
+            if outlet is not None:
+                if outlet.push(line):
+                    return
+                self._drop(key)
+        self._owed.add(topic)  # the next child to wait for it is woken at once
+
+    def _on_said(self, key: int, line: str) -> None:
+        verb, _, topic = line.partition(" ")
+        if not topic.startswith(WORK_PREFIX):
+            return  # not ours to act on
+        waiting = self._idle.setdefault(topic, [])
+        if key in waiting:
+            waiting.remove(key)
+        if verb == IDLE:
+            if topic in self._owed:
+                self._owed.discard(topic)
+                outlet = self._outlets.get(key)
+                if outlet is not None and not outlet.push(topic.encode() + b"\n"):
+                    self._drop(key)
+            else:
+                waiting.append(key)
+        elif verb == MORE:
+            self._wake_one(topic)
+
+    def _unlist(self, key: int) -> None:
+        for waiting in self._idle.values():
+            if key in waiting:
+                waiting.remove(key)
+
+    def _drop(self, key: int) -> None:
+        outlet = self._outlets.pop(key, None)
+        self._unlist(key)
+        if outlet is not None:
+            outlet.close()
+
+    # -- the reader thread -----------------------------------------------------------
+
+    def _ring(self) -> None:
+        try:
+            self._bell_rope.send(b"x", _SEND_FLAGS | socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # rung already (its buffer is full), or closed
+
+    def _read_children(self) -> None:
+        try:
+            self._read_until_closed()
+        except Exception:  # noqa: BLE001 - work lines then go to every child, as before routing
+            log.exception("wakeup.relay_reader_failed", fallback="work wake-ups go to every child")
+
+    def _read_until_closed(self) -> None:
+        while not self._closed:
+            with self._lock:
+                socks = {outlet.sock: key for key, outlet in self._outlets.items() if not outlet.mute}
+            try:
+                ready, _, _ = select.select([self._bell, *socks], [], [], READ_POLL_SECONDS)
+            except (OSError, ValueError):  # a socket closed under the select: look again
+                continue
+            for sock in ready:
+                if sock is self._bell:
+                    try:
+                        self._bell.recv(_READ)
+                    except OSError:
+                        pass
+                    continue
+                try:
+                    data = sock.recv(_READ)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                with self._lock:
+                    key = socks[sock]
+                    outlet = self._outlets.get(key)
+                    if outlet is None:
+                        continue
+                    if not data:
+                        outlet.mute = True  # its writes may still go through
+                        self._unlist(key)
+                        continue
+                    for line in outlet.heard(data):
+                        self._on_said(key, line)
+        for sock in (self._bell, self._bell_rope):
+            sock.close()
 
 
 class RelayedListener(Generations):
@@ -126,6 +268,9 @@ class RelayedListener(Generations):
         self._channel = channel
         self._own: Listener | None = None
         self.relayed = True  # False once it fell back to a LISTEN of its own
+        self._send_lock = threading.Lock()
+        self._waiters: dict[str, int] = {}  # work topic -> our threads waiting for it
+        self._listed: set[str] = set()  # work topics the master has us waiting for
         self._thread = threading.Thread(target=self._run, name="castor-pg-relay", daemon=True)
         self._thread.start()
 
@@ -143,6 +288,56 @@ class RelayedListener(Generations):
                 self.bump(line.decode(errors="replace"))
         if not self._closed:
             self._fall_back()
+
+    def wait(self, seen: int, timeout: float, topic: str | None = None) -> int:
+        """As Generations.wait; a wait for work is said to the master (`idle`, and
+        `busy` if it ends by itself), which sends a work line to one waiting child."""
+        if topic is None or not topic.startswith(WORK_PREFIX) or not self.relayed:
+            return super().wait(seen, timeout, topic)
+        with self._cond:
+            if self.generation(topic) != seen or self._closed:
+                return self.generation(topic)
+            count = self._waiters.get(topic, 0)
+            self._waiters[topic] = count + 1
+            say_idle = topic not in self._listed
+            self._listed.add(topic)
+        if say_idle:
+            self._say(IDLE, topic)
+        try:
+            return super().wait(seen, timeout, topic)
+        finally:
+            with self._cond:
+                left = self._waiters[topic] - 1
+                if left:
+                    self._waiters[topic] = left
+                else:
+                    del self._waiters[topic]
+                # Still listed: the master did not wake us (a timeout, an everyone-line).
+                say_busy = not left and topic in self._listed
+                if say_busy:
+                    self._listed.discard(topic)
+            if say_busy:
+                self._say(BUSY, topic)
+
+    def more(self, topic: str) -> None:
+        """Our claim took all it asked for: more may wait, wake the next idle child."""
+        if self.relayed:
+            self._say(MORE, topic)
+
+    def bump(self, topic: str = "") -> None:
+        if topic.startswith(WORK_PREFIX):
+            with self._cond:
+                self._listed.discard(topic)  # the master took us off its list to wake us
+        super().bump(topic)
+
+    def _say(self, verb: str, topic: str) -> None:
+        """One line to the master, never blocking: one that does not fit is dropped
+        (the master then wakes us less, and the 0.5 s re-check still looks)."""
+        with self._send_lock:
+            try:
+                self._relay.send(f"{verb} {topic}\n".encode(), _SEND_FLAGS | socket.MSG_DONTWAIT)
+            except OSError:
+                pass  # gone: the reading thread falls back to a LISTEN of our own
 
     def _fall_back(self) -> None:
         """The relay broke: say so once, wake everyone, then listen on our own."""

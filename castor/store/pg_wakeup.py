@@ -91,6 +91,11 @@ class Generations:
         """The result a tracked task's settle told, if it told one."""
         return self._told.get(topic)
 
+    def more(self, topic: str) -> None:
+        """A claim took all it asked for: more of `topic`'s work may wait. Only castord's
+        relay acts on it (pg_relay.py: it wakes the next idle child); here every idle
+        worker heard the notification already."""
+
     def bump(self, topic: str = "") -> None:
         """A notification of `topic` ('': for everyone) arrived."""
         topic, _, extra = topic.partition(TOLD)

@@ -31,6 +31,9 @@ class Polling:
     def told_result(self, topic: str) -> None:
         return None  # nothing is told: the waiter reads the task
 
+    def more(self, topic: str) -> None:
+        pass  # nobody is woken: every waiter polls
+
     def wait(self, seen: int, timeout: float, topic: str | None = None) -> int:
         self._closed.wait(max(0.0, timeout))
         return 0

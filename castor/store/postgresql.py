@@ -793,23 +793,31 @@ class PostgreSQLStore(Store):
         # transaction, is then closed rather than pooled (_give_back).
         with self._session() as conn:
             with conn.pipeline():
-                conn.execute("BEGIN")
-                conn.execute(_NOT_DURABLE)
-                settled = [conn.execute(sql, params) for sql, params in plan.statements]
-                members = [s for s in settlements if s.workflow_id is not None]
-                if members:
-                    # Before the claim (the design had it after): the claim then sees the
-                    # successors this advance released, so the worker that ended a chain's
-                    # link takes the next one in the same round trip, as on SQLite. The
-                    # workflow rows' locks are still held for the server's work only.
-                    self._advance(conn, [s.task_id for s in members], max(s.finished_at for s in members))
-                claiming = conn.execute(*claim) if claim is not None else None
-                limits = conn.execute(_ANY_LIMIT) if claim is not None else None
+                settled: list[Any] = []
                 if settlements:
+                    conn.execute("BEGIN")
+                    conn.execute(_NOT_DURABLE)
+                    settled = [conn.execute(sql, params) for sql, params in plan.statements]
+                    members = [s for s in settlements if s.workflow_id is not None]
+                    if members:
+                        # Before the claim (the design had it after): the claim then sees the
+                        # successors this advance released, so the worker that ended a chain's
+                        # link takes the next one in the same round trip, as on SQLite.
+                        self._advance(conn, [s.task_id for s in members], max(s.finished_at for s in members))
                     conn.execute(_NOTIFY_SETTLED, {
                         "channel": self._channel, "work_prefix": work_topic(""), "task_prefix": task_topic(""),
                         "retried": _retried_soon(settlements), "ids": [s.task_id for s in settlements]})
-                conn.execute("COMMIT")
+                    # The settles commit before the claim runs, in the same round trip: a
+                    # joiner hears its task's end without waiting for this worker's next
+                    # claim, and no workflow row stays locked through it.
+                    conn.execute("COMMIT")
+                claiming = limits = None
+                if claim is not None:
+                    conn.execute("BEGIN")
+                    conn.execute(_NOT_DURABLE)
+                    claiming = conn.execute(*claim)
+                    limits = conn.execute(_ANY_LIMIT)
+                    conn.execute("COMMIT")
             rows = plan.rows(settled)
             claimed = claiming.fetchall() if claiming is not None else []
             limited = bool(limits.fetchone()[0]) if limits is not None else False
@@ -1031,6 +1039,8 @@ class PostgreSQLStore(Store):
         accepted, claimed, limited = self._settle_and_claim(settlements, claim)
         if claim is not None and not claimed and limited:
             claimed = self._claim_limited(owner, mode, queues, limit, lease, now, isolated, clock)
+        if claim is not None and len(claimed) >= limit and self._listener is not None:
+            self._listener.more(work_topic(mode))  # castord's relay wakes the next idle child
         return accepted, _best_first(claimed, self._to_wall(clock, now))
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:
@@ -1473,15 +1483,20 @@ class PostgreSQLStore(Store):
         # Only what this worker may claim (not set apart to run alone, in its queues),
         # and the first lease to expire (told as a wall-clock time).
         in_queues = _IN_QUEUES if queues is not None else ""
-        eta, lease_left = self._fetch(
-            f"""SELECT (SELECT min(eta) FROM castor_tasks
-                         WHERE status = 'pending' AND mode = %(mode)s AND NOT isolate AND NOT at_once
-                           AND eta > %(now)s{in_queues}{_NOT_PAUSED}),
-                       (SELECT min(lease_expires) FROM castor_tasks WHERE status = 'running') - {_CLOCK}""",
-            {"mode": mode, "now": now, "queues": list(queues or []), "clock": self._clock()})[0]
+        clock = self._clock()
+        with self._session() as conn:
+            with conn.pipeline():  # both reads in one round trip (an idle worker's every look)
+                soonest = conn.execute(
+                    f"""SELECT (SELECT min(eta) FROM castor_tasks
+                                 WHERE status = 'pending' AND mode = %(mode)s AND NOT isolate AND NOT at_once
+                                   AND eta > %(now)s{in_queues}{_NOT_PAUSED}),
+                               (SELECT min(lease_expires) FROM castor_tasks WHERE status = 'running') - {_CLOCK}""",
+                    {"mode": mode, "now": now, "queues": list(queues or []), "clock": clock})
+                # A task held back by a rate limit is due already: look again when a token is.
+                reading = conn.execute(_BUCKETS_NOW, {"clock": clock})
+            eta, lease_left = soonest.fetchone()
+            buckets = reading.fetchall()
         times = [t for t in (eta, None if lease_left is None else now + lease_left) if t is not None]
-        # A task held back by a rate limit is due already: look again when a token is.
-        buckets = self._fetch(_BUCKETS_NOW, {"clock": self._clock()})
         if buckets:
             clock = buckets[0][0]
             token = next_token([row[1:] for row in buckets], clock)

@@ -7,6 +7,7 @@ notification that arrived."""
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -121,16 +122,24 @@ def test_a_store_that_began_waiting_keeps_its_own_listener(stores):
 
 @pytest.mark.timeout(60)
 def test_a_notification_between_the_childs_socket_and_its_start_is_kept(stores):
-    """The master makes a child's socket before it starts the child: what is notified
-    while the child boots waits in the socket, and moves the child's generation once
-    its store takes the relay."""
+    """The master makes a child's socket before it starts the child: work notified while
+    the child boots, when no child waits for work, is owed to the first that does (its
+    first wait ends at once); what every child hears waits in the socket, and moves the
+    child's generation once its store takes the relay."""
     master, child, writer = stores(), stores(), stores()
     hub = start_hub(master)
     assert hub is not None
     _key, end = hub.attach()
     marker = master.generation(TOPIC)
     writer.enqueue([new("early", mode="process")])
-    assert master.wait_for_change(marker, LONG, TOPIC) != marker  # the master has relayed it
+    assert master.wait_for_change(marker, LONG, TOPIC) != marker  # the master has heard it
+    watched = new("watched", mode="thread")
+    writer.enqueue([watched])
+    marker = master.generation()
+    writer.cancel(watched.id, now=time.time())  # a change every child hears ('')
+    assert master.wait_for_change(marker, LONG) != marker
     assert use_relay(child, end)
-    wait_until(lambda: child.generation(TOPIC) > 0, LONG, "the early notification in the child")
+    wait_until(lambda: child.generation() > 0, LONG, "the early everyone-line in the child")
+    seen = child.generation(TOPIC)
+    assert child.wait_for_change(seen, LONG, TOPIC) != seen  # the owed work line, at once
     hub.close()
