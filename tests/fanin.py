@@ -9,7 +9,9 @@ ended. Every run of the callback appends its pid to DIR/callback-runs.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import sys
 import threading
 import time
@@ -56,6 +58,7 @@ def define(manager: castor.Manager) -> tuple[castor.TaskFunction, castor.TaskFun
 
 
 def main(url: str, directory: str, number: str) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks before it stops a stuck one
     os.environ[MEET_DIR] = directory
     manager = castor.Manager(url)
     define(manager)

@@ -38,8 +38,9 @@ class TracedStore:
         self.store._drop_idle()  # noqa: SLF001 - none opened before the trace
 
     def transactions(self, during: Callable[[], Any]) -> list[list[str]]:
-        """The transactions `during()` ran, each as its statements (an autocommit statement
-        is a transaction of one)."""
+        """The transactions `during()` ran, each as its statements: a BEGIN ... COMMIT
+        block, a simple Query, or the statements sent outside a block up to a Sync (the
+        extended protocol's implicit transaction: one statement, or a pipeline's run)."""
         found: list[list[str]] = []
         for text in self._traced(during):
             statements = [_statement(m) for m in MESSAGE.split(text)]
@@ -67,27 +68,46 @@ class TracedStore:
             f.close()
 
 
+# In what _statement gives: a simple Query's SQL starts with this (it ends its own
+# transaction), a Sync is this alone.
+QUERY, SYNCED = "\x00query\x00", "\x00sync\x00"
+
+
 def _statement(message: str) -> str | None:
-    """The SQL of a Parse or Query message sent to the server."""
-    head = re.match(r'F\t\d+\t(?:Parse\t "[^"]*" "|Query\t ")', message)
+    """The SQL of a Parse (or QUERY + the SQL of a Query) sent to the server; SYNCED for a Sync."""
+    if re.match(r"F\t\d+\tSync\b", message):
+        return SYNCED
+    head = re.match(r'F\t\d+\t(?:(Parse)\t "[^"]*" "|Query\t ")', message)
     if head is None:
         return None
-    return message[head.end():].strip().rsplit('"', 1)[0].strip()
+    sql = message[head.end():].strip().rsplit('"', 1)[0].strip()
+    return sql if head.group(1) else QUERY + sql
 
 
 def _group(statements: list[str]) -> Iterator[list[str]]:
-    current: list[str] | None = None
+    block: list[str] | None = None  # inside BEGIN ... COMMIT
+    implicit: list[str] = []  # sent outside a block since the last Sync
     for sql in statements:
-        word = sql.split(None, 1)[0].upper() if sql else ""
-        if word == "BEGIN":
-            current = []
-        elif word in ("COMMIT", "ROLLBACK") and current is not None:
-            yield current
-            current = None
-        elif current is not None:
-            current.append(sql)
-        else:
+        simple = sql.startswith(QUERY)
+        sql = sql.removeprefix(QUERY)
+        word = sql.split(None, 1)[0].upper() if sql and sql != SYNCED else ""
+        if sql == SYNCED:
+            if block is None and implicit:
+                yield implicit
+                implicit = []
+        elif word == "BEGIN":
+            block = []
+        elif word in ("COMMIT", "ROLLBACK") and block is not None:
+            yield block
+            block = None
+        elif block is not None:
+            block.append(sql)
+        elif simple:
             yield [sql]
+        else:
+            implicit.append(sql)
+    if implicit:
+        yield implicit
 
 
 def unprepared(url: str) -> str:

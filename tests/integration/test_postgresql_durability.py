@@ -27,6 +27,13 @@ from tests.pg_trace import TracedStore, unprepared
 psycopg = pytest.importorskip("psycopg")
 
 NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
+# The same, said inside a statement of the transaction (set_config(..., true) is local to it).
+NOT_DURABLE_IN = "set_config('synchronous_commit', 'off', true)"
+
+
+def durable(transaction: list[str]) -> bool:
+    """Whether the transaction's commit waits for the WAL flush: nothing in it said otherwise."""
+    return NOT_DURABLE not in transaction and not any(NOT_DURABLE_IN in sql for sql in transaction)
 WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE)\b|pg_notify", re.IGNORECASE)
 def writes(transactions: list[list[str]]) -> list[list[str]]:
     return [t for t in transactions if any(WRITES.search(sql) for sql in t)]
@@ -55,7 +62,7 @@ def test_the_trace_sees_a_durable_write_as_such(traced: TracedStore) -> None:
     """The reader itself: an enqueue is seen, as one write without the setting."""
     found = writes(traced.transactions(lambda: traced.store.enqueue([new("a", now=time.time())])))
     assert len(found) == 1 and "INSERT INTO castor_tasks" in found[0][0], found
-    assert NOT_DURABLE not in found[0]
+    assert durable(found[0])
 
 
 def test_every_write_of_a_worker_skips_the_wal_flush(traced: TracedStore) -> None:
@@ -92,7 +99,7 @@ def test_every_write_of_a_worker_skips_the_wal_flush(traced: TracedStore) -> Non
             store.set_rate_limit("name", "paced", rate=100.0, burst=1)  # an operator's write: durable
         found = writes(traced.transactions(operation))
         assert found, f"{name} wrote nothing: the test proves nothing"
-        if any(NOT_DURABLE not in t for t in found):
+        if any(durable(t) for t in found):
             waiting[name] = found
     assert not waiting, f"these wait for the WAL flush: {sorted(waiting)}"
     assert store.get(gone.id).status == TaskStatus.PENDING and store.get(lapsed.id).lost == 1
@@ -113,4 +120,21 @@ def test_a_producers_writes_stay_durable(traced: TracedStore) -> None:
         found = writes(traced.transactions(operation))
         assert found, f"{name} wrote nothing: the test proves nothing"
         for transaction in found:
-            assert NOT_DURABLE not in transaction, f"{name} returns before its commit is durable: {transaction}"
+            assert durable(transaction), f"{name} returns before its commit is durable: {transaction}"
+
+
+def test_a_workers_setting_ends_with_its_transaction(traced: TracedStore) -> None:
+    """The worker's claim says synchronous_commit off inside the pipeline's implicit
+    transaction (no BEGIN): it holds there, and the pooled session a producer's durable
+    write uses next is back to on."""
+    from castor.store.postgresql import _ANY_LIMIT_NOT_DURABLE  # noqa: PLC0415 - the statement under test
+
+    store = traced.store
+    claimed(store, "first")
+    with store._session() as conn:  # noqa: SLF001 - the connection the store pools
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        with conn.pipeline():
+            conn.execute(_ANY_LIMIT_NOT_DURABLE)
+            inside = conn.execute("SELECT current_setting('synchronous_commit')")
+        assert inside.fetchone()[0] == "off"
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"

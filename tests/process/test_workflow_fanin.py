@@ -73,9 +73,11 @@ def test_ten_thousand_members_settled_by_several_processes_release_the_callback_
 
 
 def _output_of(proc: subprocess.Popen[bytes]) -> str:
-    """What a worker process printed (it is stopped first, by its pid, if it still runs)."""
+    """What a worker process printed (it is stopped first, by its pid, if it still runs,
+    after it printed every thread's stack: why it did not stop is then in the failure)."""
     if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGUSR1)  # tests/fanin.py: faulthandler dumps, then goes on
+        os.kill(proc.pid, signal.SIGTERM)  # delivered after: pending signals go lowest first
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
