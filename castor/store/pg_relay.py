@@ -166,16 +166,19 @@ class RelayHub:
     # -- under self._lock ------------------------------------------------------------
 
     def _wake_one(self, topic: str) -> None:
-        line = topic.encode() + b"\n"
         waiting = self._idle.get(topic, [])
         while waiting:
-            key = waiting.pop()  # the latest to wait: the others sleep on
-            outlet = self._outlets.get(key)
-            if outlet is not None:
-                if outlet.push(line):
-                    return
-                self._drop(key)
+            if self._send(waiting.pop(), topic):  # the latest to wait: the others sleep on
+                return
         self._owed.add(topic)  # the next child to wait for it is woken at once
+
+    def _send(self, key: int, topic: str) -> bool:
+        """`topic`'s line to one child; False (and the child dropped) if it is gone."""
+        outlet = self._outlets.get(key)
+        if outlet is not None and outlet.push(topic.encode() + b"\n"):
+            return True
+        self._drop(key)
+        return False
 
     def _on_said(self, key: int, line: str) -> None:
         verb, _, topic = line.partition(" ")
@@ -187,9 +190,7 @@ class RelayHub:
         if verb == IDLE:
             if topic in self._owed:
                 self._owed.discard(topic)
-                outlet = self._outlets.get(key)
-                if outlet is not None and not outlet.push(topic.encode() + b"\n"):
-                    self._drop(key)
+                self._send(key, topic)
             else:
                 waiting.append(key)
         elif verb == MORE:

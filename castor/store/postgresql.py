@@ -1018,7 +1018,14 @@ class PostgreSQLStore(Store):
                                                                              isolated, clock))
         if not rows and limited:
             rows = self._claim_limited(owner, mode, queues, limit, lease, now, isolated, clock)
+        self._say_if_full(mode, limit, rows)
         return _best_first(rows, self._to_wall(clock, now))
+
+    def _say_if_full(self, mode: str, limit: int, claimed: Sequence[Any]) -> None:
+        """A claim that took all it asked for: more may wait, and castord's relay wakes
+        the next idle child (pg_relay.py; a no-op for a listener of our own)."""
+        if len(claimed) >= limit and self._listener is not None:
+            self._listener.more(work_topic(mode))
 
     def _claim_limited(self, owner: str, mode: str, queues: Sequence[str] | None, limit: int, lease: float,
                        now: float, isolated: bool, clock: float | None) -> list[tuple[Any, ...]]:
@@ -1047,8 +1054,8 @@ class PostgreSQLStore(Store):
         accepted, claimed, limited = self._settle_and_claim(settlements, claim)
         if claim is not None and not claimed and limited:
             claimed = self._claim_limited(owner, mode, queues, limit, lease, now, isolated, clock)
-        if claim is not None and len(claimed) >= limit and self._listener is not None:
-            self._listener.more(work_topic(mode))  # castord's relay wakes the next idle child
+        if claim is not None:
+            self._say_if_full(mode, limit, claimed)
         return accepted, _best_first(claimed, self._to_wall(clock, now))
 
     def claim_task(self, task_id: str, owner: str, *, lease: float, now: float) -> TaskRecord | None:

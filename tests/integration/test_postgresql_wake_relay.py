@@ -143,3 +143,33 @@ def test_a_notification_between_the_childs_socket_and_its_start_is_kept(stores):
     seen = child.generation(TOPIC)
     assert child.wait_for_change(seen, LONG, TOPIC) != seen  # the owed work line, at once
     hub.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_claim_that_took_all_it_asked_for_says_more_and_a_short_one_does_not(stores):
+    """What a child store says to the master after its claims (read from the master's end of
+    its socket by hand): `more` after a full claim, whether plain or in an exchange; nothing
+    after a short one (the next line is the idle of a wait that came after it)."""
+    import socket  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    child, writer = stores(), stores()
+    master_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    master_end.settimeout(LONG)
+    assert use_relay(child, child_end)
+    writer.enqueue([new(f"t{i}", mode="process") for i in range(3)])
+    said = master_end.makefile("r")
+
+    def claim(limit):
+        return child.claim("w", mode="process", queues=None, limit=limit, lease=30.0, now=time.time())
+
+    assert len(claim(1)) == 1
+    assert said.readline() == f"more {TOPIC}\n"
+    _, got = child.settle_and_claim([], "w", mode="process", queues=None, limit=1, lease=30.0, now=time.time())
+    assert len(got) == 1
+    assert said.readline() == f"more {TOPIC}\n"
+    assert len(claim(5)) == 1  # short: nothing said
+    seen = child.generation(TOPIC)
+    child.wait_for_change(seen, 0.05, TOPIC)
+    assert [said.readline(), said.readline()] == [f"idle {TOPIC}\n", f"busy {TOPIC}\n"]
+    master_end.close()
