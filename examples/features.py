@@ -82,8 +82,10 @@ def main() -> None:
         except castor.TaskCancelled:
             print("cancel:", crawl.status())
 
-        # Unique: a pending twin is returned instead of a duplicate.
-        first, second = sync_account.delay(7), sync_account.delay(7)
+        # Unique: a pending twin is returned instead of a duplicate (due in 0.5 s, so that
+        # the worker cannot have finished the first before the second is asked for).
+        first = sync_account.apply_async((7,), countdown=0.5)
+        second = sync_account.apply_async((7,), countdown=0.5)
         print("unique: same task" if first == second else "unique: BROKEN", first.join(timeout=10))
 
         # Caching: a recent success answers without running again.
