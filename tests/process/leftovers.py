@@ -1,4 +1,5 @@
-"""What a stopped castord left running: processes by session and process group, from /proc.
+"""What a stopped castord left running: processes by session and process group, from /proc;
+and killing a set of processes as one, as the kernel's OOM killer or cgroup.kill does.
 
 Zombies are not counted: a dead process whose parent is gone waits for pid 1 to
 reap it, and on some machines (containers, micro-VMs) pid 1 never does.
@@ -6,7 +7,10 @@ reap it, and on some machines (containers, micro-VMs) pid 1 never does.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 from dataclasses import dataclass
 
 
@@ -55,9 +59,35 @@ def in_groups(pgids: set[int], sid: int) -> list[Proc]:
 
 def alive(pid: int) -> bool:
     """True while `pid` is a live (not zombie) process."""
+    return state(pid) not in (None, "Z", "X")
+
+
+def state(pid: int) -> str | None:
+    """Its state letter in /proc (R, S, T, Z, ...), or None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+        return None
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
+def kill_together(pids: set[int], timeout: float = 10.0) -> None:
+    """SIGKILL `pids` so that none of them acts on another's death.
+
+    Killing one by one leaves the rest a moment to react (a master that requeues a
+    dead child's tasks, a sibling that claims one and runs it again). So: SIGSTOP
+    every one, wait until each is stopped (a stopped process runs no code of its
+    own), then SIGKILL them; the kernel wakes a stopped process only to die.
+    """
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # one that ended since the listing
+            os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while running := [pid for pid in pids if state(pid) not in (None, "T", "t", "Z", "X")]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {running} did not stop within {timeout} s of SIGSTOP")
+        time.sleep(0.005)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
