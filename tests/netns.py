@@ -23,13 +23,13 @@ import json
 import os
 import random
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.process.leftovers import kill_together
 from tests.tools import require_tool, unavailable
 
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` mounts a named namespace
@@ -89,18 +89,14 @@ class Host:
         return out
 
     def kill_all(self, timeout: float = 30.0) -> list[int]:
-        """SIGKILL every process of the host, by pid, until none is left (one may fork
-        meanwhile: look again); returns the pids killed."""
+        """SIGKILL every process of the host, by pid, together (none acts on another's
+        death: a master that requeues a dead child's task, a sibling that runs it), until
+        none is left (one may fork meanwhile: look again); returns the pids killed."""
         killed: list[int] = []
         deadline = time.monotonic() + timeout
         while pids := self.pids():
-            for pid in pids:
-                if pid not in killed:
-                    killed.append(pid)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            killed += [pid for pid in pids if pid not in killed]
+            kill_together(set(pids), timeout=max(1.0, deadline - time.monotonic()))
             if time.monotonic() > deadline:
                 raise RuntimeError(f"host {self.name}: processes {pids} outlived SIGKILL for {timeout} s")
             time.sleep(0.01)
