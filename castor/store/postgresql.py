@@ -135,15 +135,34 @@ _UNFINISHED_TWIN = "SELECT id FROM castor_tasks WHERE unique_key = %s AND status
 # (not four: BEGIN, INSERT, NOTIFY, COMMIT); as durable as a transaction's commit.
 _INSERT_AND_NOTIFY = f"WITH new AS ({_INSERT} RETURNING id) SELECT pg_notify(%(channel)s, %(topic)s) FROM new"
 
+# A worker's writes (claims, settles, renewals, recovery) do not wait for the WAL flush:
+# a server crash may lose the last of them, and at-least-once delivery with the fence
+# turns any such loss into a re-run, never a wrong outcome. A producer's stay durable.
+_NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
+# The same for a pipeline's implicit transaction (statements without BEGIN, up to the
+# pipeline's Sync, are one transaction; SET LOCAL outside a BEGIN does nothing): fewer
+# statements to queue, each ~80 µs of the client's CPU (docs/benchmarks.md).
+_NOT_DURABLE_HERE = "set_config('synchronous_commit', 'off', true)"
+# For the rest of a settle's transaction, from just before _NOTIFY_SETTLED (the settles
+# and the workflows' advance before it keep PostgreSQL's own choice): that statement's
+# generic plan, made once per connection. The commit is the worker's: not durable.
+_GENERIC_PLANS = "set_config('plan_cache_mode', 'force_generic_plan', true)"
+_NOTIFYING = f"SELECT {_NOT_DURABLE_HERE}, {_GENERIC_PLANS}"
+
 # Someone joins a task (Store.watch_task): a row of castor_watches, never a write to the
-# task's row (a claim would pass over a row locked by it: SKIP LOCKED).
-_WATCH = ("INSERT INTO castor_watches (task_id, watcher, since) "
-          "VALUES (%s, %s, extract(epoch FROM clock_timestamp()))")
+# task's row (a claim would pass over a row locked by it: SKIP LOCKED). Its transaction's
+# commit does not wait for the WAL flush (set_config in the same statement: one statement
+# to queue, not two; ~40 us of the joiner's CPU, beside the worker's claim on 2 cores).
+# The INSERT runs whether or not the SELECT reads it.
+_WATCH_ROW = ("watch AS (INSERT INTO castor_watches (task_id, watcher, since) "
+              "VALUES (%s, %s, extract(epoch FROM clock_timestamp())))")
+_WATCH = f"WITH {_WATCH_ROW} SELECT {_NOT_DURABLE_HERE}"
 # The watches this process's joiners ended are deleted by its next watch, in the same
 # statement (a join then costs the round trips it did before watches had a table).
 _REWATCH = f"""WITH ended AS (DELETE FROM castor_watches
-                               WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[])))
-               {_WATCH}"""
+                               WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[]))),
+                    {_WATCH_ROW}
+               SELECT {_NOT_DURABLE_HERE}"""
 _UNWATCH = "DELETE FROM castor_watches WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
 # A watch outlives its joiner only if the joiner died; one of a task no longer pending or
 # running is of no use once its joiner read the status (well within a minute).
@@ -193,19 +212,6 @@ _NOTIFY_SETTLED = f"""SELECT pg_notify(%(channel)s, v.topic)
 # re-check (every 0.5 s they read the next ETA and sleep until it).
 WAKE_AHEAD_SECONDS = 1.0
 
-# A worker's writes (claims, settles, renewals, recovery) do not wait for the WAL flush:
-# a server crash may lose the last of them, and at-least-once delivery with the fence
-# turns any such loss into a re-run, never a wrong outcome. A producer's stay durable.
-_NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
-# The same for a pipeline's implicit transaction (statements without BEGIN, up to the
-# pipeline's Sync, are one transaction; SET LOCAL outside a BEGIN does nothing): fewer
-# statements to queue, each ~80 µs of the client's CPU (docs/benchmarks.md).
-_NOT_DURABLE_HERE = "set_config('synchronous_commit', 'off', true)"
-# For the rest of a settle's transaction, from just before _NOTIFY_SETTLED (the settles
-# and the workflows' advance before it keep PostgreSQL's own choice): that statement's
-# generic plan, made once per connection. The commit is the worker's: not durable.
-_GENERIC_PLANS = "set_config('plan_cache_mode', 'force_generic_plan', true)"
-_NOTIFYING = f"SELECT {_NOT_DURABLE_HERE}, {_GENERIC_PLANS}"
 
 # Every write for a claim names its fencing token: only that claim may write.
 _FENCE = "WHERE id = %(id)s AND fence = %(fence)s AND status = 'running'"
@@ -1697,7 +1703,6 @@ class PostgreSQLStore(Store):
             with self._session() as conn:
                 with conn.pipeline():
                     conn.execute("BEGIN")
-                    conn.execute(_NOT_DURABLE)
                     if ended:
                         conn.execute(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher))
                     else:

@@ -80,7 +80,13 @@ def test_every_write_of_a_worker_skips_the_wal_flush(traced: TracedStore) -> Non
         (got,) = store.claim("w", mode="thread", queues=None, limit=1, lease=30.0, now=now())
         return got
 
+    def watch() -> None:
+        with store.watch_task("held"):  # a joiner's watch row: gone with its connection anyway
+            pass
+
     operations: dict[str, Callable[[], Any]] = {
+        "a joiner's watch": watch,
+        "a joiner's watch, deleting the ended ones": watch,
         "claim": lambda: store.claim("w", mode="process", queues=None, limit=1, lease=30.0, now=now()),
         "claim_task": lambda: store.claim_task("by-id", "w", lease=30.0, now=now()),
         "renew": lambda: store.renew([record.claim], lease=30.0),
@@ -138,3 +144,16 @@ def test_a_workers_setting_ends_with_its_transaction(traced: TracedStore) -> Non
             inside = conn.execute("SELECT current_setting('synchronous_commit')")
         assert inside.fetchone()[0] == "off"
         assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+
+
+def test_a_settles_generic_plan_setting_ends_with_its_transaction(traced: TracedStore) -> None:
+    """plan_cache_mode is forced for the settle's notification statement only: the claim
+    after it in the same pipeline, and the pooled session after, are back to auto."""
+    store = traced.store
+    record = claimed(store, "settled")
+    store.enqueue([new("next", now=time.time())])
+    accepted, _ = store.settle_and_claim([success(record)], "w", mode="process", queues=None, limit=1,
+                                         lease=30.0, now=time.time())
+    assert accepted == [True]
+    with store._session() as conn:  # noqa: SLF001 - the connection the store pools
+        assert conn.execute("SHOW plan_cache_mode").fetchone()[0] == "auto"
