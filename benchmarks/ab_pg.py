@@ -1,0 +1,115 @@
+"""Two castor trees by turns on one PostgreSQL: paired ratios of compare_pg.py's castor side.
+
+    git worktree add /tmp/castor-base <commit>          # the tree to compare against
+    .venv/bin/python benchmarks/ab_pg.py /tmp/castor-base [--pairs 4] [--only drain,latency]
+
+On a shared machine the same run's figures move ±30 % from one minute to the next, so a
+change is judged here by pairs: each pair runs a workload with castord imported from
+this checkout (A) and from the other tree (B), back to back, on one throwaway server, in
+alternating order; the figure is B's value over A's per pair and their median. The producer
+side (the enqueue, the join) is always this checkout's: what differs is the castord
+and the store code its processes import (PYTHONPATH puts the tree first).
+
+Workloads: compare_pg.py's castor drain (both setups) and latency (p50/p90/p99).
+Every process started is stopped by its pid (compare_pg.py's CastorBench.close).
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare_pg  # noqa: E402
+from installed import compile_castor  # noqa: E402
+
+from tests.postgres import TestPostgres, ThrowawayServer  # noqa: E402
+
+WORKLOADS = ("drain", "latency")
+
+
+def with_tree(tree: Path) -> None:
+    """castord spawned by CastorBench imports castor and castord from `tree` first."""
+    spawn = compare_pg.CastorBench.spawn
+
+    def spawn_from_tree(self: Any, *options: str) -> float:
+        self.env["PYTHONPATH"] = f"{self.dir}:{tree}:{self.env['PYTHONPATH']}"
+        return spawn(self, *options)
+
+    compare_pg.CastorBench.spawn = spawn_from_tree  # type: ignore[method-assign]
+    compare_pg.CastorBench._ab_original_spawn = spawn  # type: ignore[attr-defined]
+
+
+def restore() -> None:
+    compare_pg.CastorBench.spawn = compare_pg.CastorBench._ab_original_spawn  # type: ignore[attr-defined]
+
+
+def one(pg: TestPostgres, workload: str, tree: Path, args: argparse.Namespace) -> dict[str, float]:
+    with_tree(tree)
+    try:
+        if workload == "latency":
+            return compare_pg.castor_latency(pg, args.latency_n)
+        out: dict[str, float] = {}
+        for setup in compare_pg.CASTOR_SETUPS:
+            out.update(compare_pg.castor_drain(pg, args.drain_n, setup))
+        return out
+    finally:
+        restore()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("other", type=Path, help="the other castor tree (B), e.g. a git worktree")
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--only", default=",".join(WORKLOADS))
+    parser.add_argument("--drain-n", type=int, default=10_000)
+    parser.add_argument("--latency-n", type=int, default=300)
+    args = parser.parse_args()
+    only = [w for w in args.only.split(",") if w]
+    if unknown := set(only) - set(WORKLOADS):
+        parser.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
+    if not (args.other / "castor" / "__init__.py").is_file() or not (args.other / "castord").is_dir():
+        parser.error(f"{args.other} is not a castor tree (no castor/ and castord/ in it)")
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
+    here = compare_pg.REPO
+    compile_castor()  # this checkout's bytecode, and the other's: start-up must not differ by it
+    for package in ("castor", "castord"):
+        if not compileall.compile_dir(args.other / package, quiet=1):
+            raise SystemExit(f"compiling {args.other / package} failed: see above")
+    server = ThrowawayServer(fsync=True)
+    server.start()
+    try:
+        pg = TestPostgres(server.url(), server)
+        ratios: dict[str, list[float]] = defaultdict(list)
+        values: dict[str, dict[str, list[float]]] = {"A": defaultdict(list), "B": defaultdict(list)}
+        for pair in range(args.pairs):
+            for workload in only:
+                order = [("A", here), ("B", args.other)]
+                if pair % 2:
+                    order.reverse()
+                got = {label: one(pg, workload, tree, args) for label, tree in order}
+                for figure, a in got["A"].items():
+                    b = got["B"][figure]
+                    values["A"][figure].append(a)
+                    values["B"][figure].append(b)
+                    ratios[figure].append(b / a if a else float("nan"))
+                print(f"pair {pair + 1}, {workload}: " + "; ".join(
+                    f"{f}: A {got['A'][f]:,.2f} B {got['B'][f]:,.2f}" for f in got["A"]), flush=True)
+        print(f"\nA = {here}, B = {args.other}; medians of {args.pairs} pairs")
+        print(f"{'figure':55s} {'A':>12s} {'B':>12s} {'B/A':>8s}  (B/A per pair)")
+        for figure, rs in ratios.items():
+            print(f"{figure:55s} {statistics.median(values['A'][figure]):12,.2f} "
+                  f"{statistics.median(values['B'][figure]):12,.2f} {statistics.median(rs):8.3f}  "
+                  f"({' '.join(f'{r:.2f}' for r in rs)})")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
