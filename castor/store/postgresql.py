@@ -148,6 +148,13 @@ _NOT_DURABLE_HERE = "set_config('synchronous_commit', 'off', true)"
 # generic plan, made once per connection. The commit is the worker's: not durable.
 _GENERIC_PLANS = "set_config('plan_cache_mode', 'force_generic_plan', true)"
 _NOTIFYING = f"SELECT {_NOT_DURABLE_HERE}, {_GENERIC_PLANS}"
+PLAN_CACHE_MODE_SINCE = 120000  # server_version_num: plan_cache_mode came in PostgreSQL 12
+
+
+def _notifying(server_version: int) -> str:
+    """The statement before _NOTIFY_SETTLED: an older server has no plan_cache_mode (it
+    would refuse the name), and plans that statement each time."""
+    return _NOTIFYING if server_version >= PLAN_CACHE_MODE_SINCE else f"SELECT {_NOT_DURABLE_HERE}"
 
 # Someone joins a task (Store.watch_task): a row of castor_watches, never a write to the
 # task's row (a claim would pass over a row locked by it: SKIP LOCKED). Its transaction's
@@ -834,7 +841,7 @@ class PostgreSQLStore(Store):
                         # successors this advance released, so the worker that ended a chain's
                         # link takes the next one in the same round trip, as on SQLite.
                         self._advance(conn, [s.task_id for s in members], max(s.finished_at for s in members))
-                    conn.execute(_NOTIFYING)  # holds to the COMMIT (or the pipeline's Sync)
+                    conn.execute(_notifying(conn.info.server_version))  # holds to the COMMIT (or the Sync)
                     conn.execute(_NOTIFY_SETTLED, {
                         "channel": self._channel, "work_prefix": work_topic(""), "task_prefix": task_topic(""),
                         "retried": _retried_soon(settlements), "ids": [s.task_id for s in settlements]})

@@ -77,3 +77,15 @@ def test_a_workers_exchanges_and_a_joiners_watch_reuse_their_plans(store):
     assert len(used) >= 5, found  # the claim, the settles, the notification, the watch, the INSERT
     replanned = [(statement[:100], custom) for statement, custom, _ in used if custom > FIRST_CUSTOM_PLANS]
     assert not replanned, f"planned anew at every execution: {replanned}"
+
+
+def test_a_server_without_plan_cache_mode_is_not_asked_for_it(store):
+    from castor.store.postgresql import PLAN_CACHE_MODE_SINCE, _notifying  # noqa: PLC0415 - the choice under test
+
+    assert "plan_cache_mode" in _notifying(150004)
+    older = _notifying(PLAN_CACHE_MODE_SINCE - 1)  # PostgreSQL 11 would refuse the setting's name
+    assert "plan_cache_mode" not in older and "synchronous_commit" in older
+    with store._session() as conn:  # noqa: SLF001 - the older statement still runs, and says what it must
+        with conn.transaction():
+            conn.execute(older)
+            assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
