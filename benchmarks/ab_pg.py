@@ -10,7 +10,9 @@ alternating order; the figure is B's value over A's per pair and their median. T
 side (the enqueue, the join) is always this checkout's: what differs is the castord
 and the store code its processes import (PYTHONPATH puts the tree first).
 
-Workloads: compare_pg.py's castor drain (both setups) and latency (p50/p90/p99).
+Workloads: compare_pg.py's castor drain (both setups; tasks/s, higher is better) and
+latency (p50/p90/p99 ms, lower is better): read B/A by the figure's sense. Both trees must
+speak the database's schema version (this checkout's migrations make it).
 Every process started is stopped by its pid (compare_pg.py's CastorBench.close).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -38,7 +41,7 @@ def with_tree(tree: Path) -> None:
     spawn = compare_pg.CastorBench.spawn
 
     def spawn_from_tree(self: Any, *options: str) -> float:
-        self.env["PYTHONPATH"] = f"{self.dir}:{tree}:{self.env['PYTHONPATH']}"
+        self.env["PYTHONPATH"] = os.pathsep.join((str(self.dir), str(tree), self.env["PYTHONPATH"]))
         return spawn(self, *options)
 
     compare_pg.CastorBench.spawn = spawn_from_tree  # type: ignore[method-assign]
@@ -98,12 +101,15 @@ def main() -> None:
                     b = got["B"][figure]
                     values["A"][figure].append(a)
                     values["B"][figure].append(b)
-                    ratios[figure].append(b / a if a else float("nan"))
+                    if a:  # a zero figure (none measured) has no ratio
+                        ratios[figure].append(b / a)
                 print(f"pair {pair + 1}, {workload}: " + "; ".join(
                     f"{f}: A {got['A'][f]:,.2f} B {got['B'][f]:,.2f}" for f in got["A"]), flush=True)
         print(f"\nA = {here}, B = {args.other}; medians of {args.pairs} pairs")
         print(f"{'figure':55s} {'A':>12s} {'B':>12s} {'B/A':>8s}  (B/A per pair)")
         for figure, rs in ratios.items():
+            if not rs:
+                continue
             print(f"{figure:55s} {statistics.median(values['A'][figure]):12,.2f} "
                   f"{statistics.median(values['B'][figure]):12,.2f} {statistics.median(rs):8.3f}  "
                   f"({' '.join(f'{r:.2f}' for r in rs)})")

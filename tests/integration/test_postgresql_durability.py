@@ -152,8 +152,12 @@ def test_a_settles_generic_plan_setting_ends_with_its_transaction(traced: Traced
     store = traced.store
     record = claimed(store, "settled")
     store.enqueue([new("next", now=time.time())])
-    accepted, _ = store.settle_and_claim([success(record)], "w", mode="process", queues=None, limit=1,
-                                         lease=30.0, now=time.time())
-    assert accepted == [True]
+    accepted, claimed_next = store.settle_and_claim([success(record)], "w", mode="process", queues=None, limit=1,
+                                                    lease=30.0, now=time.time())
+    assert accepted == [True] and [r.id for r in claimed_next] == ["next"]
     with store._session() as conn:  # noqa: SLF001 - the connection the store pools
         assert conn.execute("SHOW plan_cache_mode").fetchone()[0] == "auto"
+    assert store.settle_one(success(claimed_next[0]))  # a lone settle: the pipeline's implicit transaction
+    with store._session() as conn:  # noqa: SLF001
+        assert conn.execute("SHOW plan_cache_mode").fetchone()[0] == "auto"
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"

@@ -84,10 +84,12 @@ def kill_together(pids: set[int], timeout: float = 10.0) -> None:
         with contextlib.suppress(ProcessLookupError):  # one that ended since the listing
             os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + timeout
-    while running := [pid for pid in pids if state(pid) not in (None, "T", "t", "Z", "X")]:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes {running} did not stop within {timeout} s of SIGSTOP")
-        time.sleep(0.005)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    try:
+        while running := [pid for pid in pids if state(pid) not in (None, "T", "t", "Z", "X")]:
+            if time.monotonic() > deadline:  # one in uninterruptible sleep, say
+                raise RuntimeError(f"processes {running} did not stop within {timeout} s of SIGSTOP")
+            time.sleep(0.005)
+    finally:  # killed even then: none is left stopped, holding its sessions and leases
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -35,7 +35,8 @@ cancelled with no member left pending, waiting or running; (2) per task, its run
 most its attempts, no two runs share a fence, every run but the last has a lost
 attempt in the task's history, a success's result comes from its last claim, and a
 follow-up's first run starts after every end of the step before it; a member cancelled
-before its step came never ran; each callback got its members' results in order; (3)
+before its step came never ran (one of the first step, whose step came at once, only in
+attempts a kill took); each callback got its members' results in order; (3)
 no task left waiting, pending or running, no WorkerLost, and no castord logged
 `workflow.advance_missed`.
 
@@ -240,11 +241,13 @@ def _assert_runs_explained(load: Load, records: dict[str, TaskRecord], log: Side
         if record.status == TaskStatus.SUCCESS:
             assert record.fence in [e.fence for e in log.ends.get(task_id, [])], \
                 f"{where}: its result is not from a run of its last claim {record.fence}: {log.ends.get(task_id)}"
+        elif _error_type(record) == STOPPED_ERROR and record.wf_step > 0:
+            assert not runs, f"{where} ran though its step never came"
         elif _error_type(record) == STOPPED_ERROR:
-            # Its workflow ended it without an outcome of its own: either its step never came,
-            # or it had begun and a kill took the run (lost), and it waited again when the
-            # stop came (a held chord's member, say, requeued from a killed child, then cancelled).
-            assert len(lost) >= len(runs), f"{where} ran {len(runs)} times, {len(lost)} lost, though its workflow stopped it"
+            # The first step came at once: a member of it the stop ended may have begun, if
+            # a kill took each run (a held chord's member requeued from a killed child, then
+            # cancelled with the chord while it waited again).
+            assert len(lost) >= len(runs), f"{where} ran {len(runs)} times, {len(lost)} lost, though stopped"
     followed = 0
     for workflow in load.workflows:
         for before, after in pairwise(workflow.steps):
