@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import os
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare_pg  # noqa: E402
@@ -36,24 +34,8 @@ from tests.postgres import TestPostgres, ThrowawayServer  # noqa: E402
 WORKLOADS = ("drain", "latency")
 
 
-def with_tree(tree: Path) -> None:
-    """castord spawned by CastorBench imports castor and castord from `tree` first."""
-    spawn = compare_pg.CastorBench.spawn
-
-    def spawn_from_tree(self: Any, *options: str) -> float:
-        self.env["PYTHONPATH"] = os.pathsep.join((str(self.dir), str(tree), self.env["PYTHONPATH"]))
-        return spawn(self, *options)
-
-    compare_pg.CastorBench.spawn = spawn_from_tree  # type: ignore[method-assign]
-    compare_pg.CastorBench._ab_original_spawn = spawn  # type: ignore[attr-defined]
-
-
-def restore() -> None:
-    compare_pg.CastorBench.spawn = compare_pg.CastorBench._ab_original_spawn  # type: ignore[attr-defined]
-
-
 def one(pg: TestPostgres, workload: str, tree: Path, args: argparse.Namespace) -> dict[str, float]:
-    with_tree(tree)
+    compare_pg.CASTORD_TREE = tree
     try:
         if workload == "latency":
             return compare_pg.castor_latency(pg, args.latency_n)
@@ -62,7 +44,7 @@ def one(pg: TestPostgres, workload: str, tree: Path, args: argparse.Namespace) -
             out.update(compare_pg.castor_drain(pg, args.drain_n, setup))
         return out
     finally:
-        restore()
+        compare_pg.CASTORD_TREE = compare_pg.REPO
 
 
 def main() -> None:

@@ -65,6 +65,9 @@ import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# The tree castord's processes import castor and castord from (benchmarks/ab_pg.py sets
+# another by turns); the producer here always uses this checkout's.
+CASTORD_TREE = REPO
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import POLL, stop_by_pid  # noqa: E402
 from installed import compile_castor  # noqa: E402
@@ -294,7 +297,7 @@ class CastorBench:
         self.dir = Path(tempfile.mkdtemp(prefix="castor-compare-pg-castor-"))
         (self.dir / "castorapp.py").write_text(CASTOR_APP)
         self.env = {**os.environ, "PG_BENCH_URL": url,
-                    "PYTHONPATH": os.pathsep.join(p for p in (str(self.dir), str(REPO), os.environ.get("PYTHONPATH"))
+                    "PYTHONPATH": os.pathsep.join(p for p in (str(self.dir), str(CASTORD_TREE), os.environ.get("PYTHONPATH"))
                                                   if p)}
         self.env.pop("NOTIFY_SOCKET", None)
         self.daemon: subprocess.Popen[bytes] | None = None
