@@ -76,6 +76,8 @@ from castor.store.polling import Polling, PollingWatch
 try:
     import psycopg
     from psycopg.types.json import Jsonb
+
+    from castor.store.pg_batch import Batch
 except ImportError:  # pragma: no cover - the extra is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -170,6 +172,8 @@ _REWATCH = f"""WITH ended AS (DELETE FROM castor_watches
                                WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[]))),
                     {_WATCH_ROW}
                SELECT {_NOT_DURABLE_HERE}"""
+# The watch's first look at the task, in the same round trip.
+_READ_TASK = f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = %s"
 _UNWATCH = "DELETE FROM castor_watches WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
 # A watch outlives its joiner only if the joiner died; one of a task no longer pending or
 # running is of no use once its joiner read the status (well within a minute).
@@ -823,43 +827,48 @@ class PostgreSQLStore(Store):
         the fence make either a re-run, never a wrong outcome. What a producer writes
         (.delay()) stays durable."""
         plan = _SettlePlan(settlements, self.failure_ttl)
-        # BEGIN and COMMIT by hand: psycopg's transaction block waits for each of them in
-        # a pipeline (four round trips, libpq's trace shows). After an error the server
-        # skips the rest, COMMIT too, up to the sync; the connection, left in a failed
-        # transaction, is then closed rather than pooled (_give_back).
+        # One write, one read (castor/store/pg_batch.py), BEGIN and COMMIT included. After
+        # an error the server skips the rest, COMMIT too, up to the Sync; the connection,
+        # left in a failed transaction, is then closed rather than pooled (_give_back).
         with self._session() as conn:
-            with conn.pipeline():
-                settled: list[Any] = []
-                if settlements:
-                    # A transaction of their own when a claim follows; else the implicit one.
-                    if claim is not None:
-                        conn.execute("BEGIN")
-                    settled = [conn.execute(sql, params) for sql, params in plan.statements]
-                    members = [s for s in settlements if s.workflow_id is not None]
-                    if members:
-                        # Before the claim (the design had it after): the claim then sees the
-                        # successors this advance released, so the worker that ended a chain's
-                        # link takes the next one in the same round trip, as on SQLite.
-                        self._advance(conn, [s.task_id for s in members], max(s.finished_at for s in members))
-                    conn.execute(_notifying(conn.info.server_version))  # holds to the COMMIT (or the Sync)
-                    conn.execute(_NOTIFY_SETTLED, {
-                        "channel": self._channel, "work_prefix": work_topic(""), "task_prefix": task_topic(""),
-                        "retried": _retried_soon(settlements), "ids": [s.task_id for s in settlements]})
-                    # The settles commit before the claim runs, in the same round trip: the
-                    # server notifies a joiner before it claims, and no workflow row stays
-                    # locked through the claim.
-                    if claim is not None:
-                        conn.execute("COMMIT")
-                claiming = limits = None
+            batch = self._batch(conn)
+            settled: list[Any] = []
+            if settlements:
+                # A transaction of their own when a claim follows; else the implicit one.
                 if claim is not None:
-                    # The pipeline's implicit transaction, committed at its Sync: two
-                    # statements to queue, not five (BEGIN, SET LOCAL and COMMIT around them).
-                    claiming = conn.execute(*claim)
-                    limits = conn.execute(_ANY_LIMIT_NOT_DURABLE)
+                    batch.execute("BEGIN")
+                settled = [batch.execute(sql, params) for sql, params in plan.statements]
+                members = [s for s in settlements if s.workflow_id is not None]
+                if members:
+                    # Before the claim (the design had it after): the claim then sees the
+                    # successors this advance released, so the worker that ended a chain's
+                    # link takes the next one in the same round trip, as on SQLite.
+                    self._advance(batch, [s.task_id for s in members], max(s.finished_at for s in members))
+                batch.execute(_notifying(conn.info.server_version))  # holds to the COMMIT (or the Sync)
+                batch.execute(_NOTIFY_SETTLED, {
+                    "channel": self._channel, "work_prefix": work_topic(""), "task_prefix": task_topic(""),
+                    "retried": _retried_soon(settlements), "ids": [s.task_id for s in settlements]})
+                # The settles commit before the claim runs, in the same round trip: the
+                # server notifies a joiner before it claims, and no workflow row stays
+                # locked through the claim.
+                if claim is not None:
+                    batch.execute("COMMIT")
+            claiming = limits = None
+            if claim is not None:
+                # The batch's implicit transaction, committed at its Sync: two statements,
+                # not five (BEGIN, SET LOCAL and COMMIT around them).
+                claiming = batch.execute(*claim)
+                limits = batch.execute(_ANY_LIMIT_NOT_DURABLE)
+            batch.run()
             rows = plan.rows(settled)
             claimed = claiming.fetchall() if claiming is not None else []
             limited = bool(limits.fetchone()[0]) if limits is not None else False
         return [row is not None for row in rows], claimed, limited
+
+    def _batch(self, conn: Any) -> Any:
+        """Statements for `conn` written at once (castor/store/pg_batch.py), prepared
+        unless the URL says castor_prepare=off."""
+        return Batch(conn, prepare=self._target.prepare)
 
     def _advance(self, cur: Any, ids: Sequence[str], now: float) -> None:
         """Every ending path's last write before COMMIT (castor/store/pg_workflows.py):
@@ -1530,15 +1539,16 @@ class PostgreSQLStore(Store):
         in_queues = _IN_QUEUES if queues is not None else ""
         clock = self._clock()
         with self._session() as conn:
-            with conn.pipeline():  # both reads in one round trip (an idle worker's every look)
-                soonest = conn.execute(
-                    f"""SELECT (SELECT min(eta) FROM castor_tasks
-                                 WHERE status = 'pending' AND mode = %(mode)s AND NOT isolate AND NOT at_once
-                                   AND eta > %(now)s{in_queues}{_NOT_PAUSED}),
-                               (SELECT min(lease_expires) FROM castor_tasks WHERE status = 'running') - {_CLOCK}""",
-                    {"mode": mode, "now": now, "queues": list(queues or []), "clock": clock})
-                # A task held back by a rate limit is due already: look again when a token is.
-                reading = conn.execute(_BUCKETS_NOW, {"clock": clock})
+            batch = self._batch(conn)  # both reads in one round trip (an idle worker's every look)
+            soonest = batch.execute(
+                f"""SELECT (SELECT min(eta) FROM castor_tasks
+                             WHERE status = 'pending' AND mode = %(mode)s AND NOT isolate AND NOT at_once
+                               AND eta > %(now)s{in_queues}{_NOT_PAUSED}),
+                           (SELECT min(lease_expires) FROM castor_tasks WHERE status = 'running') - {_CLOCK}""",
+                {"mode": mode, "now": now, "queues": list(queues or []), "clock": clock})
+            # A task held back by a rate limit is due already: look again when a token is.
+            reading = batch.execute(_BUCKETS_NOW, {"clock": clock})
+            batch.run()
             eta, lease_left = soonest.fetchone()
             buckets = reading.fetchall()
         times = [t for t in (eta, None if lease_left is None else now + lease_left) if t is not None]
@@ -1708,14 +1718,15 @@ class PostgreSQLStore(Store):
         try:
             clock = self._clock()
             with self._session() as conn:
-                with conn.pipeline():
-                    conn.execute("BEGIN")
-                    if ended:
-                        conn.execute(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher))
-                    else:
-                        conn.execute(_WATCH, (task_id, watcher))
-                    conn.execute("COMMIT")
-                    reading = conn.execute(f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = %s", (task_id,))
+                batch = self._batch(conn)
+                batch.execute("BEGIN")
+                if ended:
+                    batch.execute(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher))
+                else:
+                    batch.execute(_WATCH, (task_id, watcher))
+                batch.execute("COMMIT")
+                reading = batch.execute(_READ_TASK, (task_id,))
+                batch.run()
                 rows = reading.fetchall()
             yield _record(rows[0], self._to_wall(clock)) if rows else None
         finally:

@@ -1,0 +1,180 @@
+"""castor/store/pg_batch.py against a real server: statements written at once read back
+exactly as a cursor reads them, a refused statement raises psycopg's error for it, each
+statement is prepared once per connection (and not at all with prepare off), and a batch
+larger than the socket's buffers or a connection that broke cannot wedge it."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from psycopg.types.json import Jsonb  # noqa: E402 - after the importorskip
+
+from castor.store.pg_batch import Batch, convert  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
+
+
+@pytest.fixture
+def conn(postgres_db_url: str) -> Iterator[object]:
+    with psycopg.connect(postgres_db_url, autocommit=True) as c:
+        yield c
+
+
+def ours(conn: object) -> list[tuple[str, str]]:
+    """The prepared statements Batch made on `conn`: (name, statement)."""
+    rows = conn.execute("SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'castor\\_%%'").fetchall()
+    return sorted(rows)
+
+
+VALUES = [
+    "text with ünïcode and 'quotes'", b"\x00\xffbytes", 7, 2**40, 1.5, Decimal("1.25"), True, None,
+    Jsonb({"a": [1, "b", None]}), ["x", "y"], [1, 2, 3], uuid.UUID(int=5),
+    datetime.datetime(2026, 12, 3, 9, 30, tzinfo=datetime.UTC), datetime.date(2026, 12, 3),
+]
+
+
+def test_rows_read_as_through_a_cursor(conn: object) -> None:
+    sql = "SELECT " + ", ".join(["%s"] * len(VALUES))
+    expected = conn.execute(sql, VALUES).fetchall()
+    batch = Batch(conn)
+    first, second = batch.execute(sql, VALUES), batch.execute(sql, VALUES)
+    batch.run()
+    assert first.fetchall() == expected
+    assert second.fetchone() == expected[0]
+    assert expected[0][0] == VALUES[0] and expected[0][1] == VALUES[1]  # the cursor's own reading is right
+
+
+def test_named_placeholders_a_repeated_name_and_a_literal_percent(conn: object) -> None:
+    batch = Batch(conn)
+    result = batch.execute("SELECT %(n)s::int + %(n)s::int, %(s)s || '100%%', '%%(n)s'", {"n": 2, "s": "at "})
+    batch.run()
+    assert result.fetchall() == [(4, "at 100%", "%(n)s")]
+    assert convert("SELECT %(n)s, %(m)s, %(n)s")[1:] == (("n", "m"), 2)
+
+
+def test_rowcount_and_a_statement_without_rows(conn: object) -> None:
+    conn.execute("CREATE TABLE t (v int)")
+    conn.execute("INSERT INTO t SELECT generate_series(1, 5)")
+    batch = Batch(conn)
+    updated = batch.execute("UPDATE t SET v = v + 1 WHERE v > %s", (2,))
+    batch.run()
+    assert updated.rowcount == 3
+    with pytest.raises(psycopg.ProgrammingError, match="no rows"):
+        updated.fetchall()
+
+
+@pytest.mark.parametrize(("sql", "params", "error", "message"), [
+    ("SELECT %s, %(a)s", {"a": 1}, ValueError, "mixes"),
+    ("SELECT %(a)s", (1,), TypeError, "mapping"),
+    ("SELECT %s, %s", (1,), TypeError, "takes 2 parameters, 1 given"),
+    ("SELECT %(a)s", {"b": 1}, KeyError, "a"),
+])
+def test_bad_calls_are_refused_before_anything_is_sent(conn: object, sql: str, params: object, error: type,
+                                                       message: str) -> None:
+    batch = Batch(conn)
+    with pytest.raises(error, match=message):
+        batch.execute(sql, params)
+    batch.run()  # nothing queued: nothing sent
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_refused_statement_raises_its_error_and_the_rest_is_skipped(conn: object) -> None:
+    conn.execute("CREATE TABLE t (v int)")
+    batch = Batch(conn)
+    batch.execute("INSERT INTO t VALUES (1)")
+    batch.execute("SELECT 1 / %s", (0,))
+    after = batch.execute("INSERT INTO t VALUES (2) RETURNING v")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        batch.run()
+    # The implicit transaction rolled back at the Sync: neither insert stays, the
+    # connection is idle and out of pipeline mode, ready for the next statement.
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert conn.pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF
+    with pytest.raises(psycopg.ProgrammingError):
+        after.fetchall()
+
+
+def test_a_refused_statement_inside_begin_leaves_the_transaction_failed(conn: object) -> None:
+    """What the store's _give_back reads to close the connection rather than pool it."""
+    batch = Batch(conn)
+    batch.execute("BEGIN")
+    batch.execute("SELECT 1 / %s", (0,))
+    batch.execute("COMMIT")
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        batch.run()
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+
+
+def test_each_statement_is_prepared_once_per_connection_and_parameter_types(conn: object) -> None:
+    for _ in range(3):
+        batch = Batch(conn)
+        as_int = batch.execute("SELECT %s", (1,))
+        as_text = batch.execute("SELECT %s", ("one",))
+        batch.run()
+        assert (as_int.fetchone(), as_text.fetchone()) == ((1,), ("one",))
+    prepared = ours(conn)
+    assert [statement for _, statement in prepared] == ["SELECT $1", "SELECT $1"]  # one per type, not per run
+    assert len({name for name, _ in prepared}) == 2
+
+
+def test_another_connection_prepares_its_own(conn: object, postgres_db_url: str) -> None:
+    with psycopg.connect(postgres_db_url, autocommit=True) as other:
+        for c in (conn, other):
+            batch = Batch(c)
+            result = batch.execute("SELECT %s::int * 2", (21,))
+            batch.run()
+            assert result.fetchone() == (42,)
+        assert len(ours(conn)) == 1 and len(ours(other)) == 1
+
+
+def test_prepare_off_prepares_nothing(conn: object) -> None:
+    for _ in range(2):
+        batch = Batch(conn, prepare=False)
+        result = batch.execute("SELECT %s::text || 'x'", ("a",))
+        batch.run()
+        assert result.fetchone() == ("ax",)
+    assert ours(conn) == []
+
+
+def test_a_statement_the_server_would_not_prepare_is_prepared_again_next_time(conn: object) -> None:
+    """Had its name been kept as prepared, the second run would ask for a statement that
+    does not exist (InvalidSqlStatementName) instead of the table's absence."""
+    for _ in range(2):
+        batch = Batch(conn)
+        batch.execute("SELECT v FROM missing WHERE v = %s", (1,))
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            batch.run()
+    conn.execute("CREATE TABLE missing (v int)")
+    conn.execute("INSERT INTO missing VALUES (1)")
+    batch = Batch(conn)
+    found = batch.execute("SELECT v FROM missing WHERE v = %s", (1,))
+    batch.run()
+    assert found.fetchall() == [(1,)]
+
+
+def test_a_batch_larger_than_the_socket_buffers(conn: object) -> None:
+    """Megabytes each way: written while its answers are read, it cannot wedge."""
+    batch = Batch(conn)
+    payload = "x" * 2000
+    results = [batch.execute("SELECT %s::int, %s::text", (i, payload)) for i in range(3000)]
+    batch.run()
+    assert [r.fetchone() for r in results] == [(i, payload) for i in range(3000)]
+
+
+def test_a_connection_that_broke_raises_operational_error(conn: object, postgres_db_url: str) -> None:
+    pid = conn.info.backend_pid
+    with psycopg.connect(postgres_db_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_until(lambda: admin.execute("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s)",
+                                         (pid,)).fetchone()[0], 30, "the backend to end")
+    batch = Batch(conn)
+    batch.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError):
+        batch.run()
+    conn.close()  # as the store's session does: left mid-batch, it is never used again
