@@ -35,7 +35,8 @@ from typing import Any
 from psycopg import OperationalError, errors, pq
 from psycopg.adapt import PyFormat, Transformer
 
-_PLACEHOLDER = re.compile(r"%(?:\((\w+)\))?s|%%")
+# A placeholder, a literal %, or any other % (refused, as a cursor refuses it).
+_PLACEHOLDER = re.compile(r"%(?:\((\w+)\))?s|%%|%(?:\(\w+\))?.?")
 # Converted texts are castor's own statements (a bounded set); kept up to this many.
 _CONVERTED_LIMIT = 512
 _converted: dict[str, tuple[bytes, tuple[str, ...] | None, int]] = {}
@@ -68,8 +69,11 @@ def convert(sql: str) -> tuple[bytes, tuple[str, ...] | None, int]:
 
     def number(match: re.Match[str]) -> str:
         nonlocal positional
-        if match.group(0) == "%%":
+        text = match.group(0)
+        if text == "%%":
             return "%"
+        if not text.endswith("s"):
+            raise ValueError(f"only %s, %(name)s and %% are allowed in a batch's statement, not {text!r}")
         name = match.group(1)
         if name is None:
             positional += 1

@@ -862,10 +862,10 @@ class PostgreSQLStore(Store):
             batch.run()
             rows = plan.rows(settled)
             claimed = claiming.fetchall() if claiming is not None else []
-            limited = bool(limits.fetchone()[0]) if limits is not None else False
+            limited = bool(limits.fetchall()[0][0]) if limits is not None else False
         return [row is not None for row in rows], claimed, limited
 
-    def _batch(self, conn: Any) -> Any:
+    def _batch(self, conn: Any) -> Batch:
         """Statements for `conn` written at once (castor/store/pg_batch.py), prepared
         unless the URL says castor_prepare=off."""
         return Batch(conn, prepare=self._target.prepare)
@@ -1549,7 +1549,7 @@ class PostgreSQLStore(Store):
             # A task held back by a rate limit is due already: look again when a token is.
             reading = batch.execute(_BUCKETS_NOW, {"clock": clock})
             batch.run()
-            eta, lease_left = soonest.fetchone()
+            eta, lease_left = soonest.fetchall()[0]  # one row: a SELECT of two aggregates
             buckets = reading.fetchall()
         times = [t for t in (eta, None if lease_left is None else now + lease_left) if t is not None]
         if buckets:

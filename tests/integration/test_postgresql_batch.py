@@ -74,6 +74,9 @@ def test_rowcount_and_a_statement_without_rows(conn: object) -> None:
     ("SELECT %(a)s", (1,), TypeError, "mapping"),
     ("SELECT %s, %s", (1,), TypeError, "takes 2 parameters, 1 given"),
     ("SELECT %(a)s", {"b": 1}, KeyError, "a"),
+    ("SELECT %b", (b"x",), ValueError, "not '%b'"),
+    ("SELECT %(a)t", {"a": 1}, ValueError, "not '%\\(a\\)t'"),
+    ("SELECT 5 % 2", (), ValueError, "not '% '"),
 ])
 def test_bad_calls_are_refused_before_anything_is_sent(conn: object, sql: str, params: object, error: type,
                                                        message: str) -> None:
