@@ -156,6 +156,10 @@ class Worker:
         # then writes its own outcome (whose commit wakes the claimer).
         self._claimer_waiting = False
         self._hot = False  # the last round claimed something: skip the read-first check
+        # The last claim took all it asked for: work flows, so the next exchange does not
+        # ask the store when to look again (next_due) in case it finds nothing.
+        self._full = False
+        self._looked: tuple[float | None] | None = None  # what the last exchange's look said
         self._unavailable: tuple[float, float] | None = None  # since, last said (monotonic)
         self._unavailable_lock = threading.Lock()
         self._max_tasks: int | None = None
@@ -368,16 +372,23 @@ class Worker:
                 self._report_stopped([(r.workflow_id, r.id, r.status) for r in recovered])
             self._next_recovery = time.monotonic() + RECOVERY_SECONDS
             self._want_solo = self.store.has_due(mode=self.mode, queues=self.queues, now=now, isolated=True)
+        self._looked = None
         if settlements or self._hot:
-            accepted, claims = self.store.settle_and_claim(
+            # A worker that finds nothing looks when to look again before it waits: in
+            # the same round trip (Store.exchange), unless work is flowing.
+            done = self.store.exchange(
                 settlements, self.owner, mode=self.mode, queues=self.queues, limit=limit,
-                lease=self.lease, now=now,
+                lease=self.lease, now=now, look=limit > 0 and not self._full,
             )
-            for settlement, ok in zip(settlements, accepted, strict=True):
+            if done.looked:
+                self._looked = (done.next_due,)
+            claims = done.claims
+            for settlement, ok in zip(settlements, done.accepted, strict=True):
                 self._settled(settlement, ok)
         else:
             claims = self._claim(limit, now) if limit > 0 else []
         self._hot = bool(claims)
+        self._full = limit > 0 and len(claims) >= limit
         return claims
 
     def _exchange_or_wait(self, settlements: list[Settlement], limit: int) -> list[TaskRecord]:
@@ -812,11 +823,17 @@ class Worker:
         return True
 
     def _wait_for_work(self, seen: int) -> None:
+        """Sleep until `seen` moves, a task is due or a lease expires (next_due: from the
+        exchange that found nothing, if it looked), or IDLE_RECHECK_SECONDS."""
         now = time.time()
-        try:
-            due = self.store.next_due(mode=self.mode, now=now, queues=self.queues)
-        except StoreUnavailable:  # the next exchange says so, and waits it out
-            due = None
+        looked, self._looked = self._looked, None
+        if looked is not None:
+            due = looked[0]
+        else:
+            try:
+                due = self.store.next_due(mode=self.mode, now=now, queues=self.queues)
+            except StoreUnavailable:  # the next exchange says so, and waits it out
+                due = None
         timeout = IDLE_RECHECK_SECONDS if due is None else min(IDLE_RECHECK_SECONDS, max(0.0, due - now))
         if timeout > 0:
             self.store.wait_for_change(seen, timeout, self._wake_topic)

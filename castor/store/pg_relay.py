@@ -31,8 +31,15 @@ work line to one child waiting for it (the latest to wait), taking it off the li
 none waiting, the topic is owed: the next child to say `idle` is woken at once, so a
 notification that came while every child was claiming is never dropped. A claim that took
 all it asked for says `more <topic>` (more may wait): the master wakes the next idle child.
-Task topics and everyone-lines still go to every child. The master reads what the children
-say on a thread of its own; if that thread is gone, work lines go to everyone again.
+
+A task topic goes only to the children that track it: a child says `track task:<id>` when
+its first joiner of that task starts to listen and `untrack task:<id>` when the last one
+stops (every settle of a joined task woke every child, and each of their workers, on the
+way to the one joiner that waited). A child says `track` before its watch commits, so
+before any settle can notify it; the master reads what its children said before it
+routes a task topic, so the line is never behind the notification. Everyone-lines still
+go to every child. The master reads what the children say on a thread of its own; if that
+thread is gone, work and task lines go to everyone again.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from typing import Any, Protocol
 
 from castor.logs import get_logger
 from castor.store.base import work_topic
-from castor.store.pg_wakeup import RECONNECT_SECONDS, Generations, Listener
+from castor.store.pg_wakeup import RECONNECT_SECONDS, TASK_PREFIX, TOLD, Generations, Listener
 
 # Bytes a child may leave unread before what it owes collapses into one wake-up.
 OUTLET_LIMIT = 64 * 1024
@@ -56,6 +63,8 @@ _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 WORK_PREFIX = work_topic("")
 # What a child says on its socket, a line each: "<verb> <work topic>".
 IDLE, BUSY, MORE = "idle", "busy", "more"
+# ... and "<verb> task:<id>": a child's joiners listen for that task's end, or no longer.
+TRACK, UNTRACK = "track", "untrack"
 # How long the master's reader blocks before it looks whether the hub closed.
 READ_POLL_SECONDS = 1.0
 
@@ -112,6 +121,7 @@ class RelayHub:
         self._next = 0
         self._idle: dict[str, list[int]] = {}  # work topic -> children waiting for it, latest last
         self._owed: set[str] = set()  # work topics notified while no child waited for them
+        self._tracking: dict[str, set[int]] = {}  # task topic -> the children whose joiners listen for it
         self._closed = False
         # Rung when the set of sockets to read changes, so the reader's select sees it.
         self._bell, self._bell_rope = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -141,13 +151,27 @@ class RelayHub:
     def __call__(self, topic: str | None) -> None:
         """The listener's forward: a topic, or None (nothing new: flush what is owed)."""
         with self._lock:
-            if topic is not None and topic.startswith(WORK_PREFIX) and self._reader.is_alive():
-                self._wake_one(topic)
-                return
-            line = b"" if topic is None else topic.encode() + b"\n"
-            gone = [key for key, outlet in self._outlets.items() if not outlet.push(line)]
+            outlets = list(self._outlets.items())
+            if topic is None:
+                line = b""
+            else:
+                line = topic.encode() + b"\n"
+                if self._reader.is_alive():  # else everyone hears everything, as before routing
+                    if topic.startswith(WORK_PREFIX):
+                        self._wake_one(topic)
+                        return
+                    if topic.startswith(TASK_PREFIX):
+                        self._read_said()  # a child's `track`, sent before its watch committed
+                        keys = self._tracking.get(topic.partition(TOLD)[0], set())
+                        outlets = [(key, outlet) for key, outlet in outlets if key in keys]
+            gone = [key for key, outlet in outlets if not outlet.push(line)]
             for key in gone:
                 self._drop(key)
+
+    def tracking(self, topic: str) -> int:
+        """How many children's joiners listen for a task topic now (for tests)."""
+        with self._lock:
+            return len(self._tracking.get(topic, ()))
 
     def waiting(self, topic: str) -> int:
         """How many children wait for `topic` now (for tests and status)."""
@@ -182,6 +206,14 @@ class RelayHub:
 
     def _on_said(self, key: int, line: str) -> None:
         verb, _, topic = line.partition(" ")
+        if topic.startswith(TASK_PREFIX):
+            if verb == TRACK:
+                self._tracking.setdefault(topic, set()).add(key)
+            elif verb == UNTRACK and (keys := self._tracking.get(topic)) is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._tracking[topic]
+            return
         if not topic.startswith(WORK_PREFIX):
             return  # not ours to act on
         waiting = self._idle.setdefault(topic, [])
@@ -200,6 +232,32 @@ class RelayHub:
         for waiting in self._idle.values():
             if key in waiting:
                 waiting.remove(key)
+        for topic in [t for t, keys in self._tracking.items() if key in keys]:
+            self._tracking[topic].discard(key)
+            if not self._tracking[topic]:
+                del self._tracking[topic]
+
+    def _read_said(self) -> None:
+        """Take in what every child said and has not been read yet (without blocking)."""
+        for key, outlet in list(self._outlets.items()):
+            if not outlet.mute:
+                self._read_from(key, outlet)
+
+    def _read_from(self, key: int, outlet: _Outlet) -> None:
+        """What one child said, up to what it has sent (the socket does not block)."""
+        while True:
+            try:
+                data = outlet.sock.recv(_READ)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                outlet.mute = True  # its writes may still go through
+                self._unlist(key)
+                return
+            for line in outlet.heard(data):
+                self._on_said(key, line)
 
     def _drop(self, key: int) -> None:
         outlet = self._outlets.pop(key, None)
@@ -236,23 +294,11 @@ class RelayHub:
                     except OSError:
                         pass
                     continue
-                try:
-                    data = sock.recv(_READ)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                with self._lock:
+                with self._lock:  # read under the lock: the listener's thread reads too (_read_said)
                     key = socks[sock]
                     outlet = self._outlets.get(key)
-                    if outlet is None:
-                        continue
-                    if not data:
-                        outlet.mute = True  # its writes may still go through
-                        self._unlist(key)
-                        continue
-                    for line in outlet.heard(data):
-                        self._on_said(key, line)
+                    if outlet is not None and not outlet.mute:
+                        self._read_from(key, outlet)
         for sock in (self._bell, self._bell_rope):
             sock.close()
 
@@ -319,6 +365,13 @@ class RelayedListener(Generations):
                     self._listed.discard(topic)
             if say_busy:
                 self._say(BUSY, topic)
+
+    def _tracking(self, topic: str, tracked: bool) -> None:
+        """Our first joiner of a task listens (or our last stopped): the master sends us
+        that task's topic from now on (or no longer). Said under the lock, so that the
+        master hears track and untrack in the order they happened here."""
+        if self.relayed:
+            self._say(TRACK if tracked else UNTRACK, topic)
 
     def more(self, topic: str) -> None:
         """Our claim took all it asked for: more may wait, wake the next idle child."""

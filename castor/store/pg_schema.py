@@ -244,6 +244,13 @@ MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX castor_workflows_running ON castor_workflows (created_at) WHERE state = 'running'",
     ],
+    [
+        # An idle worker's look (postgresql.py's _LOOK): the soonest ETA not reached yet
+        # is this index's head, not a walk of castor_tasks_ready past every due task.
+        # A task queued to run at once (a plain delay()) never enters it.
+        """CREATE INDEX castor_tasks_scheduled ON castor_tasks (mode, isolate, eta) INCLUDE (queue, task_name)
+           WHERE status = 'pending' AND NOT at_once""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

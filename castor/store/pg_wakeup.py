@@ -11,7 +11,10 @@ Each notification names whom it is for (castor/store/base.py's topics):
 A daemon thread holds the listening connection and stamps each notification with a
 sequence number; a waiter's generation for its topic is the last stamp of that topic or
 of an everyone-notification, so it moves only for what the waiter waits for. Waiters
-block on one condition until their generation moves.
+block on a condition of their topic's (one lock for all) until their generation moves,
+and only a notification that moves it wakes them: a worker waiting for work sleeps
+through the settles of other tasks, a joiner through the work notifications (on 2
+cores each needless wake-up is CPU taken from the one that matters).
 
 A listener that loses its connection wakes everyone (a waiter then re-checks the
 database, which is what a notification asks anyway) and connects again after a pause:
@@ -57,7 +60,10 @@ class Generations:
     the notifications: a LISTEN connection here, castord's relay in castor/store/pg_relay.py)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()  # every condition's below
+        self._cond = threading.Condition(self._mutex)  # waiters for any notification (topic None)
+        # topic -> the condition its waiters block on (on the same lock), and how many wait
+        self._waiting: dict[str, tuple[threading.Condition, int]] = {}
         self._seq = 0  # stamps every notification: generation(None) moves for each
         self._everyone = 0  # the stamp of the last notification for everyone
         self._topics: dict[str, int] = {}  # topic -> the stamp of its last notification
@@ -75,17 +81,25 @@ class Generations:
     def track(self, topic: str) -> None:
         """Count notifications of a task topic from now on (they are dropped otherwise)."""
         with self._cond:
-            self._tracked[topic] = self._tracked.get(topic, 0) + 1
+            count = self._tracked.get(topic, 0) + 1
+            self._tracked[topic] = count
+            if count == 1:
+                self._tracking(topic, True)
 
     def untrack(self, topic: str) -> None:
         with self._cond:
             left = self._tracked.get(topic, 0) - 1
             if left > 0:
                 self._tracked[topic] = left
-            else:
-                self._tracked.pop(topic, None)
+            elif self._tracked.pop(topic, None) is not None:
                 self._topics.pop(topic, None)
                 self._told.pop(topic, None)
+                self._tracking(topic, False)
+
+    def _tracking(self, topic: str, tracked: bool) -> None:
+        """Under the lock, when the first waiter tracks a task topic or the last stops:
+        castord's children tell the master (pg_relay.py), which then sends them the
+        topic's notifications; a Listener of its own hears every topic anyway."""
 
     def told_result(self, topic: str) -> ToldResult | None:
         """The result a tracked task's settle told, if it told one."""
@@ -101,26 +115,46 @@ class Generations:
         topic, _, extra = topic.partition(TOLD)
         with self._cond:
             self._seq += 1
+            moved: str | None = None  # the one topic whose generation moved ('': all of them)
             if not topic:
                 self._everyone = self._seq
+                moved = ""
+                for cond, _ in self._waiting.values():
+                    cond.notify_all()
             elif not topic.startswith(TASK_PREFIX) or topic in self._tracked:
                 self._topics[topic] = self._seq
+                moved = topic
                 if extra and topic in self._tracked and (told := _told(extra)) is not None:
                     self._told[topic] = told
-            self._cond.notify_all()
-            watchers = list(self._watchers)
+                if (waiting := self._waiting.get(topic)) is not None:
+                    waiting[0].notify_all()
+            self._cond.notify_all()  # generation(None) moves for every notification
+            watchers = [w for w in self._watchers if w.topic is None or moved in ("", w.topic)]
         for watcher in watchers:
             watcher.wake()
 
     def wait(self, seen: int, timeout: float, topic: str | None = None) -> int:
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            while self.generation(topic) == seen and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return self.generation(topic)
+            if topic is None:
+                cond = self._cond
+            else:
+                cond, count = self._waiting.get(topic) or (threading.Condition(self._mutex), 0)
+                self._waiting[topic] = (cond, count + 1)
+            try:
+                while self.generation(topic) == seen and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    cond.wait(remaining)
+                return self.generation(topic)
+            finally:
+                if topic is not None:
+                    count = self._waiting[topic][1] - 1
+                    if count:
+                        self._waiting[topic] = (cond, count)
+                    else:
+                        del self._waiting[topic]
 
     def watch(self, topic: str | None = None) -> AsyncWatch:
         watcher = AsyncWatch(self, topic)
@@ -137,14 +171,16 @@ class Generations:
         self._closed = True
         with self._cond:
             self._cond.notify_all()
+            for cond, _ in self._waiting.values():
+                cond.notify_all()
 
 
 class Listener(Generations):
     """A LISTEN connection, a thread reading it, and the topics' generations it moves.
 
     `forward(to)` hands every notification's topic to `to` as well, from the thread,
-    before any filtering ('' after a lost connection too), and None after each quiet
-    POLL_SECONDS: castord's master relays them so (castor/store/pg_relay.py).
+    before any filtering ('' after a lost connection too), and None every POLL_SECONDS:
+    castord's master relays them so (castor/store/pg_relay.py).
     """
 
     def __init__(self, connect: Callable[[], Any], channel: str):
@@ -181,8 +217,12 @@ class Listener(Generations):
                 if conn is None:
                     conn = self._conn = self._listen()
                     self.bump()  # what was sent while we were away is unknown: look again
-                for notice in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
+                # One generator for POLL_SECONDS, each notification bumped as it arrives
+                # (a generator per notification cost the hand-over its set-up each time).
+                for notice in conn.notifies(timeout=POLL_SECONDS):
                     self.bump(notice.payload)
+                    if self._closed:
+                        break
                 for to in self._forwards:
                     to(None)
             except Exception:  # noqa: BLE001 - a lost connection (or a failed reconnect): try again
@@ -220,7 +260,7 @@ class AsyncWatch:
 
     def __init__(self, listener: Generations, topic: str | None = None):
         self._listener = listener
-        self._topic = topic
+        self.topic = topic
         self._seen = listener.generation(topic)
         self._lock = threading.Lock()
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
@@ -238,7 +278,7 @@ class AsyncWatch:
         with self._lock:
             self._waiter = (loop, future)
         try:
-            if self._listener.generation(self._topic) == self._seen:
+            if self._listener.generation(self.topic) == self._seen:
                 try:
                     await asyncio.wait_for(future, timeout)
                 except TimeoutError:
@@ -246,7 +286,7 @@ class AsyncWatch:
         finally:
             with self._lock:
                 self._waiter = None
-            self._seen = self._listener.generation(self._topic)
+            self._seen = self._listener.generation(self.topic)
 
     def close(self) -> None:
         self._listener.forget(self)

@@ -214,6 +214,63 @@ class TestSettleAndClaim:
         assert claims[0].fence > a.fence
 
 
+class TestExchange:
+    """settle_and_claim and, asked to look, next_due's answer after a claim that took
+    nothing: what a worker asks before it waits (one round trip on PostgreSQL)."""
+
+    def exchange(self, store, clocks, settlements=(), *, look=True, limit=5, queues=None):
+        return store.exchange(list(settlements), "w", mode="process", queues=queues, limit=limit, lease=10.0,
+                              now=clocks.wall, look=look)
+
+    def test_a_claim_that_takes_nothing_tells_when_to_look_again(self, store, clocks):
+        t = clocks.wall
+        store.enqueue([new("a"), new("later", eta=t + 30), new("sooner", eta=t + 20, queue="other"),
+                       new("th", eta=t + 5, mode="thread")])
+        a = claim_one(store, clocks, "w")
+        done = self.exchange(store, clocks, [outcome(a, at=t)])
+        assert (done.accepted, done.claims, done.looked, done.next_due) == ([True], [], True, t + 20)
+        done = self.exchange(store, clocks, queues=["default"])
+        assert (done.looked, done.next_due) == (True, t + 30)
+        assert done.next_due == store.next_due(mode="process", now=t, queues=["default"])
+
+    def test_nothing_anywhere_is_a_look_that_says_none(self, store, clocks):
+        done = self.exchange(store, clocks)
+        assert (done.claims, done.looked, done.next_due) == ([], True, None)
+
+    def test_the_look_sees_what_the_same_exchange_settled(self, store, clocks):
+        """A retry written by the exchange is what the look finds (it reads after the settle)."""
+        t = clocks.wall
+        store.enqueue([new("a")])
+        a = claim_one(store, clocks, "w")
+        done = self.exchange(store, clocks, [outcome(a, TaskStatus.PENDING, at=t, eta=t + 40)])
+        assert (done.accepted, done.claims, done.looked, done.next_due) == ([True], [], True, t + 40)
+
+    def test_a_lease_that_expires_first_is_when_to_look(self, store, clocks):
+        t = clocks.wall
+        store.enqueue([new("running"), new("later", eta=t + 60)])
+        claim_one(store, clocks, "other", lease=5.0)
+        done = self.exchange(store, clocks)
+        assert done.looked and done.next_due == pytest.approx(t + 5.0)
+
+    def test_a_claim_that_takes_a_task_does_not_look(self, store, clocks):
+        store.enqueue([new("a"), new("later", eta=clocks.wall + 30)])
+        done = self.exchange(store, clocks)
+        assert ([r.id for r in done.claims], done.looked, done.next_due) == (["a"], False, None)
+
+    def test_not_asked_it_does_not_look(self, store, clocks):
+        store.enqueue([new("later", eta=clocks.wall + 30)])
+        done = self.exchange(store, clocks, look=False)
+        assert (done.claims, done.looked, done.next_due) == ([], False, None)
+
+    def test_settles_only_and_looks(self, store, clocks):
+        t = clocks.wall
+        store.enqueue([new("a"), new("b"), new("later", eta=t + 30)])
+        a = claim_one(store, clocks, "w")
+        done = self.exchange(store, clocks, [outcome(a, at=t)], limit=0)
+        assert (done.accepted, done.claims, done.looked, done.next_due) == ([True], [], True, t + 30)
+        assert store.status("b") == TaskStatus.PENDING
+
+
 def test_every_claimed_task_is_counted_once(store, clocks):
     store.enqueue([new(f"t{i}") for i in range(7)])
     first = claim(store, clocks, "w1", limit=3)

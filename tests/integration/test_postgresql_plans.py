@@ -94,3 +94,31 @@ def test_a_server_without_plan_cache_mode_is_not_asked_for_it(store):
         with conn.transaction():
             conn.execute(older)
             assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+
+
+def _index_names(node: dict[str, Any]) -> set[str]:
+    found = {node["Index Name"]} if "Index Name" in node else set()
+    for child in node.get("Plans", []):
+        found |= _index_names(child)
+    return found
+
+
+def test_an_idle_workers_look_reads_the_head_of_the_scheduled_index_not_the_backlog(store):
+    """The soonest ETA not reached yet is castor_tasks_scheduled's head: with thousands of
+    tasks due (queued to run at once), the ready index would be read past every one of
+    them first (10,000 due: 1.2 ms a look, and a look rides on every exchange that finds
+    nothing)."""
+    from castor.store.postgresql import _LOOK_ANY  # noqa: PLC0415 - the statement under test
+
+    t = time.time()
+    store.enqueue([new(f"due{i}", now=t) for i in range(3000)] + [new("later", eta=t + 60, now=t)])
+    assert store.next_due(mode="process", now=t) == t + 60
+    with store._session() as conn:  # noqa: SLF001
+        conn.execute("ANALYZE castor_tasks")
+        (plan,), = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _LOOK_ANY.replace("%(clock)s", "NULL"),
+                                {"mode": "process", "now": t}).fetchall()
+    top = plan[0]["Plan"]
+    assert "castor_tasks_scheduled" in _index_names(top), plan
+    assert "castor_tasks_ready" not in _index_names(top), plan
+    # A few pages (the index's root and leaf, the pauses), not the backlog's (~30 at 3,000).
+    assert top["Shared Hit Blocks"] + top["Shared Read Blocks"] < 15, plan

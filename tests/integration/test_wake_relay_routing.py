@@ -110,16 +110,48 @@ def test_a_full_claim_wakes_the_next_idle_child(hub):
 
 
 @pytest.mark.timeout(30)
-def test_task_topics_and_everyone_lines_reach_every_child(hub):
+def test_everyone_lines_reach_every_child_and_owed_work_waits(hub):
     a, b = Child(hub), Child(hub)
     a.say("idle")
     waiting(hub, 1)
-    for topic in ("task:0123", "", "work:thread"):  # nobody waits for thread work: owed
+    for topic in ("", "work:thread"):  # nobody waits for thread work: owed
         hub(topic)
     hub("")
-    assert [a.line() for _ in range(3)] == ["task:0123", "", ""]
-    assert [b.line() for _ in range(3)] == ["task:0123", "", ""]
+    assert [a.line() for _ in range(2)] == ["", ""]
+    assert [b.line() for _ in range(2)] == ["", ""]
     assert hub.waiting(WORK) == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_task_topic_reaches_only_the_children_whose_joiners_track_it(hub):
+    """Said just before the hub routes the notification, with no wait between: the hub
+    reads what the children said first (a child says `track` before its watch commits)."""
+    a, b, c = Child(hub), Child(hub), Child(hub)
+    a.say("track", "task:0123")
+    b.say("track", "task:0123")
+    told = "task:0123\x1fjson\x1ft\x1fMQ=="  # with the result its settle told
+    hub(told)
+    hub("")
+    assert [a.line(), a.line()] == [told, ""]
+    assert [b.line(), b.line()] == [told, ""]
+    assert c.line() == ""  # the everyone-line is the first it hears: no task line came before
+    a.say("untrack", "task:0123")
+    hub("task:0123")
+    hub("")
+    assert a.line() == ""
+    assert [b.line(), b.line()] == ["task:0123", ""]
+    assert hub.tracking("task:0123") == 1
+    hub.detach(b.key)
+    assert hub.tracking("task:0123") == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_child_gone_is_no_longer_tracking(hub):
+    a = Child(hub)
+    a.say("track", "task:0123")
+    wait_until(lambda: hub.tracking("task:0123") == 1, 10, "the track line read")
+    a.sock.close()  # its end gone: the master finds it out
+    wait_until(lambda: hub.tracking("task:0123") == 0, 10, "the closed child forgotten")
 
 
 @pytest.mark.timeout(30)
@@ -145,6 +177,8 @@ def test_with_its_reader_gone_the_hub_sends_work_lines_to_everyone(hub):
     hub._reader = dead  # noqa: SLF001 - what a reader that died leaves
     hub(WORK)  # nobody said idle, and nobody can be heard: everyone is woken
     assert a.line() == WORK and b.line() == WORK
+    hub("task:0123")  # nobody said track, and nobody can be heard: everyone hears it
+    assert a.line() == "task:0123" and b.line() == "task:0123"
 
 
 # -- the child's side -------------------------------------------------------------------
@@ -219,3 +253,15 @@ def test_a_child_says_nothing_for_waits_on_other_topics_or_after_its_topic_moved
     assert listener.wait(0, 30, WORK) != 0  # returns at once, says nothing
     listener.more(WORK)
     assert master.line() == f"more {WORK}"
+
+
+@pytest.mark.timeout(30)
+def test_a_child_says_track_for_its_first_joiner_of_a_task_and_untrack_after_its_last(master):
+    listener = master.listener
+    listener.track("task:0123")
+    listener.track("task:0123")  # a second joiner of the same task: nothing more to say
+    listener.untrack("task:0123")
+    listener.untrack("task:0123")
+    listener.untrack("task:0123")  # one too many: nothing tracked, nothing said
+    listener.more(WORK)  # the next thing it says
+    assert [master.line() for _ in range(3)] == ["track task:0123", "untrack task:0123", f"more {WORK}"]
