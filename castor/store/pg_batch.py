@@ -140,7 +140,9 @@ class Batch:
         conn = self._conn
         pgconn = conn.pgconn
         tx = Transformer(conn)
-        prepared = _prepared.setdefault(conn, _Prepared()) if self._prepare else None
+        prepared = None
+        if self._prepare and (prepared := _prepared.get(conn)) is None:
+            prepared = _prepared[conn] = _Prepared()
         # Per command sent: the Result to fill (None for a PREPARE), and for a PREPARE the
         # key to forget unless the server accepted it.
         expect: list[tuple[Result | None, tuple[bytes, tuple[int, ...]] | None]] = []

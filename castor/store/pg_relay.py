@@ -53,7 +53,7 @@ from typing import Any, Protocol
 
 from castor.logs import get_logger
 from castor.store.base import work_topic
-from castor.store.pg_wakeup import RECONNECT_SECONDS, TASK_PREFIX, TOLD, Generations, Listener
+from castor.store.pg_wakeup import POLL_SECONDS, RECONNECT_SECONDS, TASK_PREFIX, TOLD, LedGenerations, Listener
 
 # Bytes a child may leave unread before what it owes collapses into one wake-up.
 OUTLET_LIMIT = 64 * 1024
@@ -303,9 +303,10 @@ class RelayHub:
             sock.close()
 
 
-class RelayedListener(Generations):
-    """In a castord child: the Listener's interface, fed by the master's relay; on its
-    own LISTEN connection (`connect`, `channel`) once the relay breaks."""
+class RelayedListener(LedGenerations):
+    """In a castord child: the Listener's interface, fed by the master's relay (read by a
+    thread of its own, or by the waiting worker itself: LedGenerations); on its own
+    LISTEN connection (`connect`, `channel`) once the relay breaks."""
 
     def __init__(self, relay: socket.socket, connect: Callable[[], Any], channel: str):
         super().__init__()
@@ -318,23 +319,42 @@ class RelayedListener(Generations):
         self._send_lock = threading.Lock()
         self._waiters: dict[str, int] = {}  # work topic -> our threads waiting for it
         self._listed: set[str] = set()  # work topics the master has us waiting for
+        self._buffer = b""  # what the relay sent after its last whole line (the reader's)
+        self._relay_lost = False
         self._thread = threading.Thread(target=self._run, name="castor-pg-relay", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        buffer = b""
-        while not self._closed:
-            try:
-                chunk = self._relay.recv(_READ)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            *lines, buffer = (buffer + chunk).split(b"\n")
+    def _can_lead(self) -> bool:
+        return not self._closed and self.relayed and not self._relay_lost
+
+    def _read(self, timeout: float) -> bool:
+        if self._relay_lost:
+            return False
+        try:
+            ready, _, _ = select.select([self._relay, self._wake_r], [], [], max(0.0, timeout))
+            if self._wake_r in ready:
+                self._woken()
+            chunk = self._relay.recv(_READ) if self._relay in ready else None
+        except (OSError, ValueError):  # closed under the select
+            chunk = b""
+        if chunk == b"":
+            self._relay_lost = True  # the thread falls back to a LISTEN of our own
+            return False
+        if chunk:
+            *lines, self._buffer = (self._buffer + chunk).split(b"\n")
             for line in lines:
                 self.bump(line.decode(errors="replace"))
+        return True
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._stand_aside()
+            with self._reading:
+                if self._closed or not self._read(POLL_SECONDS):
+                    break
         if not self._closed:
             self._fall_back()
+        self._close_wake()
 
     def wait(self, seen: int, timeout: float, topic: str | None = None) -> int:
         """As Generations.wait; a wait for work is said to the master (`idle`, and
@@ -419,10 +439,11 @@ class RelayedListener(Generations):
     def close(self) -> None:
         super().close()
         try:
-            self._relay.shutdown(socket.SHUT_RDWR)  # the thread's recv returns
+            self._relay.shutdown(socket.SHUT_RDWR)  # the reader's select returns
         except OSError:
             pass
-        self._relay.close()
+        with self._reading:  # closed once no one reads it
+            self._relay.close()
         if self._own is not None:
             self._own.close()
 
@@ -434,6 +455,7 @@ class RelayedListener(Generations):
             self._relay.close()
         except OSError:
             pass
+        self._close_wake()
         if self._own is not None:
             self._own.abandon()
 

@@ -966,16 +966,27 @@ class PostgreSQLStore(Store):
         topic = _wakes(task)
         gate = self._gate
         if topic is None:
-            self._write_new(lambda cur: cur.execute(_INSERT, params), transaction=False)
+            self._insert_one(_INSERT, params)
         elif gate.begin(topic):
             params.update(channel=self._channel, topic=topic)
             try:
-                self._write_new(lambda cur: cur.execute(_INSERT_AND_NOTIFY, params), transaction=False)
+                self._insert_one(_INSERT_AND_NOTIFY, params)
             finally:
                 gate.end(topic)
         else:
-            self._write_new(lambda cur: cur.execute(_INSERT, params), transaction=False)
+            self._insert_one(_INSERT, params)
             gate.skipped(topic)
+
+    def _insert_one(self, sql: str, params: dict[str, Any]) -> None:
+        """One producer's statement, its own durable transaction, through a Batch: a
+        cursor's execute cost the client ~0.1 ms more CPU, before the task's wake-up."""
+        with self._session() as conn:
+            batch = self._batch(conn)
+            batch.execute(sql, params)
+            try:
+                batch.run()
+            except psycopg.errors.UniqueViolation as exc:
+                raise _conflict(exc) from exc
 
     def _write_new(self, body: Callable[[Any], T], *, transaction: bool = True) -> T:
         """A write of new rows: a duplicate task id is the caller's (TaskIdConflict).
@@ -987,10 +998,7 @@ class PostgreSQLStore(Store):
                 with conn.transaction():
                     return body(conn.cursor())
             except psycopg.errors.UniqueViolation as exc:
-                if exc.diag.constraint_name == "castor_tasks_pkey":
-                    raise TaskIdConflict(f"a task with this id already exists ({_first_line(exc)}); "
-                                         "task ids must be unique") from exc
-                raise
+                raise _conflict(exc) from exc
 
     # -- workflows (castor/store/pg_workflows.py) -----------------------------------
 
@@ -1870,6 +1878,13 @@ class PostgreSQLStore(Store):
             return written
 
         return self._write(body)
+
+
+def _conflict(exc: psycopg.errors.UniqueViolation) -> Exception:
+    """A duplicate task id is the caller's (TaskIdConflict); any other duplicate is ours."""
+    if exc.diag.constraint_name == "castor_tasks_pkey":
+        return TaskIdConflict(f"a task with this id already exists ({_first_line(exc)}); task ids must be unique")
+    return exc
 
 
 def _first_line(exc: BaseException) -> str:
