@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from castor.clocks import boot_clock
-from castor.errors import FailedMember
+from castor.errors import FailedMember, StoreUnavailable
 from castor.states import TaskStatus, WorkflowStatus
 
 
@@ -498,7 +498,10 @@ class Store(ABC):
         accepted, claims = self.settle_and_claim(settlements, owner, mode=mode, queues=queues, limit=limit,
                                                  lease=lease, now=now, isolated=isolated)
         if look and not claims:
-            return Exchanged(accepted, claims, True, self.next_due(mode=mode, now=now, queues=queues))
+            try:
+                return Exchanged(accepted, claims, True, self.next_due(mode=mode, now=now, queues=queues))
+            except StoreUnavailable:  # written already: the worker looks again on its own
+                pass
         return Exchanged(accepted, claims)
 
     @abstractmethod

@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from castor.interrupts import shielded
 from castor.logs import get_logger
 from castor.store.base import work_topic
 from castor.store.pg_wakeup import POLL_SECONDS, RECONNECT_SECONDS, TASK_PREFIX, TOLD, LedGenerations, Listener
@@ -334,16 +335,19 @@ class RelayedListener(LedGenerations):
             ready, _, _ = select.select([self._relay, self._wake_r], [], [], max(0.0, timeout))
             if self._wake_r in ready:
                 self._woken()
-            chunk = self._relay.recv(_READ) if self._relay in ready else None
+            if self._relay not in ready:
+                return True
+            with shielded():  # what is read is bumped, all of it (LedGenerations._read)
+                chunk = self._relay.recv(_READ)
+                if chunk:
+                    *lines, self._buffer = (self._buffer + chunk).split(b"\n")
+                    for line in lines:
+                        self.bump(line.decode(errors="replace"))
         except (OSError, ValueError):  # closed under the select
             chunk = b""
-        if chunk == b"":
+        if not chunk:
             self._relay_lost = True  # the thread falls back to a LISTEN of our own
             return False
-        if chunk:
-            *lines, self._buffer = (self._buffer + chunk).split(b"\n")
-            for line in lines:
-                self.bump(line.decode(errors="replace"))
         return True
 
     def _run(self) -> None:
@@ -406,12 +410,14 @@ class RelayedListener(LedGenerations):
 
     def _say(self, verb: str, topic: str) -> None:
         """One line to the master, never blocking: one that does not fit is dropped
-        (the master then wakes us less, and the 0.5 s re-check still looks)."""
+        (the master then wakes us less, and the 0.5 s re-check still looks). A line this
+        short goes whole or not at all: Linux sends a stream socket's write of one buffer
+        (an skb) entirely or fails it with EAGAIN."""
         with self._send_lock:
             try:
                 self._relay.send(f"{verb} {topic}\n".encode(), _SEND_FLAGS | socket.MSG_DONTWAIT)
             except OSError:
-                pass  # gone: the reading thread falls back to a LISTEN of our own
+                pass  # full, or gone: the reading thread falls back to a LISTEN of our own
 
     def _fall_back(self) -> None:
         """The relay broke: say so once, wake everyone, then listen on our own."""

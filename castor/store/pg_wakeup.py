@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from castor.interrupts import shielded
 from castor.store.base import ToldResult
 
 RECONNECT_SECONDS = 0.5
@@ -204,7 +205,10 @@ class LedGenerations(Generations):
 
     def _read(self, timeout: float) -> bool:
         """Under `_reading`: wait up to `timeout` for the source (or `_wake_r`: call
-        `_woken` when select says so), bump what came; False if the source is lost."""
+        `_woken` when select says so), bump what came; False if the source is lost.
+        Only the select may be interrupted: what is taken from the source is bumped
+        shielded, all of it (an exception raised into a leading thread task between the
+        two would lose the rest)."""
         raise NotImplementedError
 
     def _can_lead(self) -> bool:
@@ -226,12 +230,19 @@ class LedGenerations(Generations):
     # -- waiting --------------------------------------------------------------------------
 
     def wait(self, seen: int, timeout: float, topic: str | None = None) -> int:
-        """As Generations.wait; the first waiter reads the source itself meanwhile."""
-        if not self._lead():
-            return super().wait(seen, timeout, topic)
+        """As Generations.wait; the first waiter reads the source itself meanwhile.
+
+        Taking the lead and giving it back are shielded (castor/interrupts.py): an
+        exception raised into this thread (a thread task's timeout or cancel) lands in the
+        select or the follower's wait, never between the two, where it would leave the
+        lead taken and nobody reading."""
         deadline = time.monotonic() + max(0.0, timeout)
-        lost = False
+        led = lost = False
         try:
+            with shielded():
+                led = self._lead()
+            if not led:
+                return super().wait(seen, timeout, topic)
             while self.generation(topic) == seen and not self._closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -240,7 +251,9 @@ class LedGenerations(Generations):
                     lost = True  # the thread deals with it; meanwhile follow
                     break
         finally:
-            self._step_down()
+            if led:
+                with shielded():
+                    self._step_down()
         remaining = deadline - time.monotonic()
         if lost and remaining > 0:
             return super().wait(seen, remaining, topic)
@@ -298,8 +311,17 @@ class Listener(LedGenerations):
         self._forwards: list[Callable[[str | None], None]] = []
         self._conn: Any = None
         self._broken = False  # a reader found the connection lost: the thread reconnects
+        import psycopg
+
+        # What a lost connection raises while it is read (anything else, a thread task's
+        # timeout raised into a leader among them, is not ours to catch).
+        self._lost = (psycopg.Error, OSError, ValueError)
         # LISTEN before the first generation is handed out: a commit after it wakes.
-        self._conn = self._listen()
+        try:
+            self._conn = self._listen()
+        except BaseException:
+            self._close_wake()
+            raise
         self._thread = threading.Thread(target=self._run, name="castor-pg-listen", daemon=True)
         self._thread.start()
 
@@ -334,11 +356,12 @@ class Listener(LedGenerations):
             if self._wake_r in ready:
                 self._woken()
             if pgconn.socket in ready:
-                pgconn.consume_input()  # raises OperationalError on a lost connection
-                encoding = conn.info.encoding
-                while (notice := pgconn.notifies()) is not None:
-                    self.bump(notice.extra.decode(encoding, errors="replace"))
-        except Exception:  # noqa: BLE001 - lost: the thread reconnects, everyone looks again
+                with shielded():
+                    pgconn.consume_input()  # raises OperationalError on a lost connection
+                    encoding = conn.info.encoding
+                    while (notice := pgconn.notifies()) is not None:
+                        self.bump(notice.extra.decode(encoding, errors="replace"))
+        except self._lost:  # the thread reconnects; everyone looks again
             self._broken = True
             self.bump()
             return False

@@ -986,7 +986,8 @@ class PostgreSQLStore(Store):
             try:
                 batch.run()
             except psycopg.errors.UniqueViolation as exc:
-                raise _conflict(exc) from exc
+                _raise_if_task_id_taken(exc)
+                raise
 
     def _write_new(self, body: Callable[[Any], T], *, transaction: bool = True) -> T:
         """A write of new rows: a duplicate task id is the caller's (TaskIdConflict).
@@ -998,7 +999,8 @@ class PostgreSQLStore(Store):
                 with conn.transaction():
                     return body(conn.cursor())
             except psycopg.errors.UniqueViolation as exc:
-                raise _conflict(exc) from exc
+                _raise_if_task_id_taken(exc)
+                raise
 
     # -- workflows (castor/store/pg_workflows.py) -----------------------------------
 
@@ -1880,11 +1882,12 @@ class PostgreSQLStore(Store):
         return self._write(body)
 
 
-def _conflict(exc: psycopg.errors.UniqueViolation) -> Exception:
-    """A duplicate task id is the caller's (TaskIdConflict); any other duplicate is ours."""
+def _raise_if_task_id_taken(exc: psycopg.errors.UniqueViolation) -> None:
+    """A duplicate task id is the caller's (TaskIdConflict); any other duplicate is
+    ours, and the caller re-raises it."""
     if exc.diag.constraint_name == "castor_tasks_pkey":
-        return TaskIdConflict(f"a task with this id already exists ({_first_line(exc)}); task ids must be unique")
-    return exc
+        raise TaskIdConflict(f"a task with this id already exists ({_first_line(exc)}); "
+                             "task ids must be unique") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections import Counter
+from urllib.parse import quote
 
 import pytest
 
@@ -419,19 +420,21 @@ def test_a_screen_gets_big_finished_counts_from_the_statistics_and_the_rest_exac
 
 
 def test_the_pending_counts_walk_the_ready_index_whatever_the_planner_thinks_it_costs(opened, location,
-                                                                                      monkeypatch):
+                                                                                      monkeypatch, request):
     """After a big backlog the ready index keeps its pages and the planner, costing it
     by them, scanned the whole table for the screens' pending counts. Here the planner
-    is made to think index pages dear (random_page_cost); the reads still take the index."""
+    is made to think index pages dear (random_page_cost, for this test's connections only:
+    set on the database, it reached every test after it on the same server); the reads
+    still take the index."""
     store = opened()
     now = time.time()
     store.enqueue([new(f"t{i:04d}", now=now, queue=f"q{i % 3}") for i in range(2000)])
     with psycopg.connect(location, autocommit=True) as conn:
         conn.execute("ANALYZE castor_tasks")
-        dbname = conn.execute("SELECT current_database()").fetchone()[0]
-        conn.execute(f'ALTER DATABASE "{dbname}" SET random_page_cost = 1000')
     store.close()
-    store = opened()  # new connections take the database's setting
+    location = location.replace("options=", "options=" + quote("-crandom_page_cost=1000 "), 1)
+    store = open_store(location)  # its connections think index pages dear
+    request.addfinalizer(store.close)
     statements: list[tuple[str, object]] = []
     by_index = store._fetch_by_index
 

@@ -171,3 +171,64 @@ def test_a_leader_whose_relay_closes_returns_once_the_child_falls_back(relayed, 
     worker.join(LONG)
     assert returned and returned[0] != seen  # the fall-back wakes everyone to look again
     assert not listener.relayed
+
+
+class Stop(Exception):
+    """What castor raises into a thread task (its timeout, its cancel) stands for."""
+
+
+def interrupted_leader(listener: Any, wait: Any) -> tuple[threading.Thread, list[BaseException]]:
+    """A thread that waits (leading) until an exception raised into it, as castor raises
+    one into a thread task (its Guard: castor/interrupts.py), stops it."""
+    from castor.interrupts import guard
+
+    raised: list[BaseException] = []
+    guards: list[Any] = []
+
+    def waiter() -> None:
+        guards.append(guard())
+        try:
+            while True:
+                wait()
+        except Stop as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    wait_until(lambda: guards and listener._leader == thread.ident, LONG, "the thread to lead")  # noqa: SLF001
+    guards[0].interrupt(Stop)  # delivered once it runs Python again:
+    listener._wake_reader()  # noqa: SLF001 - its select returns
+    thread.join(LONG)
+    return thread, raised
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_raised_into_a_leader_reaches_it_and_the_lead_is_given_back(pair):
+    """A thread task joining another leads; its timeout (raised into its thread) must stop
+    it, not be taken for a lost connection, and must not leave the lead taken."""
+    listening, writing = pair
+    listener = listening._ensure_listener()  # noqa: SLF001
+    seen = listening.generation(WORK)
+    thread, raised = interrupted_leader(listener, lambda: listening.wait_for_change(seen, 0.5, WORK))
+    assert not thread.is_alive() and len(raised) == 1
+    assert listener._leader is None  # noqa: SLF001 - given back
+    assert not listener._broken  # noqa: SLF001 - the connection was never lost
+    seen = listening.generation(WORK)
+    writing.enqueue([new("a", mode="process")])
+    assert listening.wait_for_change(seen, LONG, WORK) != seen  # read as before
+
+
+@pytest.mark.timeout(30)
+def test_an_exception_raised_into_a_childs_leading_worker_reaches_it(relayed):
+    master, listener = relayed
+    seen = listener.generation(WORK)
+    thread, raised = interrupted_leader(listener, lambda: listener.wait(seen, 0.5, WORK))
+    assert not thread.is_alive() and len(raised) == 1
+    assert listener._leader is None  # noqa: SLF001 - given back
+    assert listener.relayed
+    returned: list[int] = []
+    worker = threading.Thread(target=lambda: returned.append(listener.wait(seen, LONG, WORK)))
+    worker.start()
+    master.sendall(f"{WORK}\n".encode())
+    worker.join(LONG)
+    assert returned and returned[0] != seen

@@ -228,3 +228,23 @@ class TestLockTimeout:
         finally:
             release.join()
             conn.close()
+
+
+def test_an_exchange_whose_look_cannot_be_read_keeps_what_it_wrote(store, monkeypatch):
+    """The settles committed before the look (Store.exchange's default) failed: the
+    exchange still says they were accepted, and that it did not look (the worker then
+    looks on its own). Raised instead, the worker would write them again, refused."""
+    from castor.store.base import Settlement
+
+    store.enqueue([new("a")])
+    (rec,) = store.claim("w", mode="process", queues=None, limit=1, lease=30.0, now=1000.0)
+
+    def locked(**_: object) -> None:
+        raise DatabaseLockedError("database is locked")
+
+    monkeypatch.setattr(store, "next_due", locked)
+    done = store.exchange([Settlement("a", "w", rec.attempts, TaskStatus.SUCCESS, result="1", finished_at=1000.0,
+                                      fence=rec.fence)], "w", mode="process", queues=None, limit=5, lease=30.0,
+                          now=1000.0, look=True)
+    assert (done.accepted, done.claims, done.looked) == ([True], [], False)
+    assert store.status("a") == TaskStatus.SUCCESS

@@ -265,3 +265,4 @@ def test_a_child_says_track_for_its_first_joiner_of_a_task_and_untrack_after_its
     listener.untrack("task:0123")  # one too many: nothing tracked, nothing said
     listener.more(WORK)  # the next thing it says
     assert [master.line() for _ in range(3)] == ["track task:0123", "untrack task:0123", f"more {WORK}"]
+
