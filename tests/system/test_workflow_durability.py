@@ -263,8 +263,12 @@ def _assert_runs_explained(load: Load, records: dict[str, TaskRecord], log: Side
     # the failing chain's links 1 to FAILING_LINK (the held chord's callback never ran).
     assert followed == CHAINS * (LINKS - 1) + CHORDS + FAILING_LINK, followed
     for chord in load.chords:
-        assert [e.detail for e in log.ends.get(chord.last.id, [])] == ["ordered"], \
-            f"the callback of {chord.id} did not run once with its members' results in order"
+        # Every run of the callback had its members' results in order. More than one run
+        # only with a lost attempt for each extra one (checked above, per task): CI (seed
+        # 530494055) killed a child after the callback's end line and before its settle.
+        details = [e.detail for e in log.ends.get(chord.last.id, [])]
+        assert details and set(details) == {"ordered"}, \
+            f"the callback of {chord.id} did not run with its members' results in order: {details}"
 
 
 def _assert_none_lost(records: dict[str, TaskRecord], fleet: Fleet) -> None:
