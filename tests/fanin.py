@@ -86,7 +86,11 @@ def main(url: str, directory: str, number: str) -> int:
 
     threading.Thread(target=stop_when_ended, daemon=True).start()
     worker.run()
+    # Where a process that does not stop was (CI saw one twice, its stack dump empty: after
+    # these lines, it hung in the interpreter's exit, where faulthandler is gone).
+    print(f"fanin {number}: the worker returned", flush=True)
     manager.close()
+    print(f"fanin {number}: the manager closed", flush=True)
     return 0
 
 
