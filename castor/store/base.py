@@ -492,9 +492,9 @@ class Store(ABC):
     ) -> Exchanged:
         """settle_and_claim; with `look`, a claim that takes nothing is followed by what
         next_due says (the worker's next question before it waits). A store with round
-        trips answers both in one (PostgreSQL does): an idle worker's separate look,
-        running beside the wake-up of the task's joiner, cost that wake-up ~0.3 ms on 2
-        cores (docs/benchmarks.md)."""
+        trips answers both in one (PostgreSQL does): a round trip and its CPU less per
+        task on an idle worker (in latency, too small to tell from noise on its own:
+        docs/benchmarks.md)."""
         accepted, claims = self.settle_and_claim(settlements, owner, mode=mode, queues=queues, limit=limit,
                                                  lease=lease, now=now, isolated=isolated)
         if look and not claims:

@@ -978,8 +978,9 @@ class PostgreSQLStore(Store):
             gate.skipped(topic)
 
     def _insert_one(self, sql: str, params: dict[str, Any]) -> None:
-        """One producer's statement, its own durable transaction, through a Batch: a
-        cursor's execute cost the client ~0.1 ms more CPU, before the task's wake-up."""
+        """One producer's statement, its own durable transaction, through a Batch (a
+        cursor's execute cost the client ~20 µs more CPU a call: 230 against ~212 µs a
+        `.delay()`, measured in-process)."""
         with self._session() as conn:
             batch = self._batch(conn)
             batch.execute(sql, params)
@@ -989,13 +990,11 @@ class PostgreSQLStore(Store):
                 _raise_if_task_id_taken(exc)
                 raise
 
-    def _write_new(self, body: Callable[[Any], T], *, transaction: bool = True) -> T:
-        """A write of new rows: a duplicate task id is the caller's (TaskIdConflict).
-        transaction=False: body is one statement, committed on its own (autocommit)."""
+    def _write_new(self, body: Callable[[Any], T]) -> T:
+        """A write of new rows in one transaction: a duplicate task id is the caller's
+        (TaskIdConflict). One task alone goes through _insert_one."""
         with self._session() as conn:
             try:
-                if not transaction:
-                    return body(conn.cursor())
                 with conn.transaction():
                     return body(conn.cursor())
             except psycopg.errors.UniqueViolation as exc:
