@@ -34,7 +34,7 @@ def ours(conn: object) -> list[tuple[str, str]]:
 
 VALUES = [
     "text with ünïcode and 'quotes'", b"\x00\xffbytes", 7, 2**40, 1.5, Decimal("1.25"), True, None,
-    Jsonb({"a": [1, "b", None]}), ["x", "y"], [1, 2, 3], uuid.UUID(int=5),
+    Jsonb({"a": [1, "b", None]}), [1, 2, 3], uuid.UUID(int=5),
     datetime.datetime(2026, 12, 3, 9, 30, tzinfo=datetime.UTC), datetime.date(2026, 12, 3),
 ]
 
@@ -48,6 +48,46 @@ def test_rows_read_as_through_a_cursor(conn: object) -> None:
     assert first.fetchall() == expected
     assert second.fetchone() == expected[0]
     assert expected[0][0] == VALUES[0] and expected[0][1] == VALUES[1]  # the cursor's own reading is right
+
+
+# Arrays as a worker's settles send them (binary, pg_batch._format), each with the cast
+# its statement gives it: text with the characters text-format arrays must quote, NULLs
+# among values, a NULL-only array cast to another type, an empty one (sent as text).
+ARRAYS = [
+    ("%s::text[]", ['a,b', 'q"uote', "back\\slash", "{brace}", " space ", "NULL", "", None, "ünï"]),
+    ("%s::int8[]", [1, None, 2**40, -5]),
+    ("%s::float8[]", [1.5, None, 1e300]),
+    ("%s::bool[]", [True, False, None]),
+    ("%s::bytea[]", [b"\x00\xff", None, b""]),
+    ("%s::jsonb[]", [Jsonb({"a": [1, None]}), None, Jsonb("s")]),
+    ("%s::jsonb[]", [None, None]),
+    ("%s::float8[]", [None]),
+    ("%s::text[]", []),
+    ("%s::int8[]", []),
+]
+
+
+def test_arrays_read_back_as_through_a_cursor(conn: object) -> None:
+    sql = "SELECT " + ", ".join(cast for cast, _ in ARRAYS)
+    values = [value for _, value in ARRAYS]
+    expected = conn.execute(sql, values).fetchall()
+    batch = Batch(conn)
+    result = batch.execute(sql, values)
+    any_of = batch.execute("SELECT 'b' = ANY(%s), 'z' = ANY(%s)", [["a", "b"], []])  # no cast: as _NOTIFY_SETTLED's
+    batch.run()
+    assert result.fetchall() == expected
+    assert expected[0][0] == ARRAYS[0][1] and expected[0][4] == ARRAYS[4][1]  # the cursor's own reading is right
+    assert any_of.fetchall() == [(True, False)]
+
+
+def test_a_list_of_text_without_a_cast_arrives_typed_text_array(conn: object) -> None:
+    """The one difference from a cursor (pg_batch._format): a cursor sends a list of
+    str untyped, so `SELECT %s` reads back the text '{x,y}'; the batch sends text[]."""
+    assert conn.execute("SELECT %s", [["x", "y"]]).fetchall() == [("{x,y}",)]
+    batch = Batch(conn)
+    result = batch.execute("SELECT %s, pg_typeof(%s)::text", [["x", "y"], ["x"]])
+    batch.run()
+    assert result.fetchall() == [(["x", "y"], "text[]")]
 
 
 def test_named_placeholders_a_repeated_name_and_a_literal_percent(conn: object) -> None:
