@@ -38,6 +38,7 @@ from castor.execution import EventLoopThread, Outcome, execute, failure_outcome,
 from castor.expiry import expired_message, expires_at
 from castor.failures import describe
 from castor.logs import get_logger
+from castor.pool_slots import PoolSlots
 from castor.rate_limits import BOOK_AHEAD_SECONDS
 from castor.states import TaskStatus
 from castor.store.base import Settlement, TaskRecord, work_topic
@@ -187,7 +188,12 @@ class Worker:
         # Both under _running_lock (the hand-back thread takes from them).
         self.waiting: deque[TaskRecord] = deque()
         self._finished: list[Settlement] = []
-        self._waiting_since = 0.0  # monotonic time the tasks in `waiting` were claimed
+        # Monotonic time `waiting` was filled from empty, or (pool) a thread last took from it.
+        self._waiting_since = 0.0
+        # Pool: a thread that takes a held task and leaves at most this many nudges the
+        # claimer (once per batch) to claim the next batch while they run (0: never).
+        self._refill_at = 0
+        self._refill_asked = True
         self._task_started: float | None = None  # process mode, in a batch: when the running task began
         self._handed = 0  # pool: claimed tasks given to threads that have not started them yet
         self._average_duration: float | None = None
@@ -537,6 +543,8 @@ class Worker:
         with self._running_lock:
             records = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
             self._handed += len(records)
+            if records:
+                self._waiting_since = time.monotonic()
         for record in records:
             work.put(record)
         return len(records)
@@ -546,6 +554,7 @@ class Worker:
         with self._running_lock:
             if self.waiting and not self._stop.is_set():
                 record = self.waiting.popleft()
+                self._waiting_since = time.monotonic()  # the pool's hand-back test: still moving
                 self.running[record.claim] = record  # counted as running from here (max_tasks)
                 return record
         return None
@@ -595,7 +604,7 @@ class Worker:
         return len(back) - len(kept)
 
     def _run_pool(self, until_idle: bool) -> None:
-        slots = threading.Semaphore(self.concurrency)
+        slots = PoolSlots(self.concurrency)
         work: queue.SimpleQueue[TaskRecord | None] = queue.SimpleQueue()
         finished: queue.SimpleQueue[Settlement] = queue.SimpleQueue()
         threads = [
@@ -626,9 +635,18 @@ class Worker:
                 unwritten += more
                 now = time.monotonic()
                 if self.waiting and now - self._waiting_since >= HANDBACK_SECONDS:
-                    self.hand_back(write_finished=False, keep_booked=True)  # every thread is busy with a longer task
+                    # No thread took a held task for that long: every thread is busy with a longer one.
+                    self.hand_back(write_finished=False, keep_booked=True)
                 overdue = bool(unwritten) and now - unwritten_since >= HANDBACK_SECONDS
                 if not got_slot:
+                    if slots.nudged():  # not a timeout: a thread took a held task (_hold_for_pool)
+                        if self._refill_due():
+                            # Claim the next batch now, with the outcomes so far, while
+                            # the threads run this one.
+                            claims = self._exchange_or_wait(unwritten, min(self._batch_size(), self._room()))
+                            unwritten = []
+                            self._hold_for_pool(claims)
+                        continue
                     if overdue or not self.waiting:
                         self._exchange_or_wait(unwritten, 0)
                         unwritten = []
@@ -658,7 +676,7 @@ class Worker:
                     self._handed += min(free, len(claims))
                 for record in claims[:free]:
                     work.put(record)
-                self._hold(claims[free:], watch=False)
+                self._hold_for_pool(claims[free:])
                 if claims:
                     continue
                 if until_idle and self._idle(slots):
@@ -687,7 +705,24 @@ class Worker:
             while self._unwritten:
                 self._exchange_or_wait([], 0)
 
-    def _solo_round(self, slots: threading.Semaphore, work: queue.SimpleQueue[TaskRecord | None],
+    def _hold_for_pool(self, records: list[TaskRecord]) -> None:
+        """Hold claimed tasks for the pool's threads to take. The first thread to take
+        one nudges the claimer, which claims the next batch (with the outcomes written
+        so far) while the threads run this one: on a short-task backlog one exchange
+        is in flight all the time, instead of one after each batch ran out (8 threads,
+        10,000 no-op tasks on PostgreSQL: ~3,000 -> ~4,000 tasks/s). At most two
+        batches are held. Never with batches of one (long tasks)."""
+        size = self._batch_size()
+        self._refill_at = size if size > 1 else 0
+        self._refill_asked = not records or not self._refill_at
+        self._hold(records, watch=False)
+
+    def _refill_due(self) -> bool:
+        """Whether to claim the next batch before the held tasks are gone: no more
+        than a batch is held, and the worker is not stopping (or at max_tasks)."""
+        return 0 < len(self.waiting) <= self._refill_at and not self._stop.is_set() and self._room() > 0
+
+    def _solo_round(self, slots: PoolSlots, work: queue.SimpleQueue[TaskRecord | None],
                     finished: queue.SimpleQueue[Settlement]) -> None:
         """A task marked to run alone waits (it ran beside a thread-host crash): let
         the pool empty, run it with nothing beside it, claim nothing meanwhile."""
@@ -792,13 +827,13 @@ class Worker:
         """Requeue, without counting the attempt, every task this worker still holds."""
         return self.store.release_owner(self.owner, count_attempt=False, max_lost=self.max_lost)
 
-    def _idle(self, slots: threading.Semaphore) -> bool:
+    def _idle(self, slots: PoolSlots) -> bool:
         with self._running_lock:
-            return not self.running and slots._value == self.concurrency  # noqa: SLF001
+            return not self.running and slots.free == self.concurrency
 
     def _pool_thread(
         self, work: queue.SimpleQueue[TaskRecord | None], finished: queue.SimpleQueue[Settlement],
-        slots: threading.Semaphore,
+        slots: PoolSlots,
     ) -> None:
         while (record := work.get()) is not None:
             with self._running_lock:  # counted as handed until it counts as running
@@ -809,6 +844,9 @@ class Worker:
                 if not (self._claimer_waiting and self._settle_here(settlement)):
                     finished.put(settlement)
                 record = self._next_waiting()
+                if record is not None and len(self.waiting) <= self._refill_at and not self._refill_asked:
+                    self._refill_asked = True
+                    slots.nudge()  # few enough held: the claimer claims the next batch now
             slots.release()  # after the put: the claimer then settles it at once
 
     def _settle_here(self, settlement: Settlement) -> bool:

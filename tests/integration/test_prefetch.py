@@ -43,6 +43,38 @@ def test_short_tasks_are_claimed_in_batches_and_all_succeed(manager, mode, threa
     assert len(claims) <= 100 // PREFETCH_MAX + threads + 1, len(claims)
 
 
+def test_a_pool_claims_the_next_batch_while_it_runs_this_one(manager, monkeypatch):
+    """Short tasks: the claimer does not wait for the held tasks to run out. The first
+    thread to take a held task nudges it (castor/pool_slots.py), and it claims the next
+    batch while the threads run this one. Here every held task waits for that claim
+    before it returns (one per thread), so the held ones cannot run out first (on code
+    without the nudge, it waits 10 s in vain). The first two tasks, handed to the two threads
+    straight from the claim, do not wait: they are not taken from the held ones."""
+    refilled = threading.Event()
+    waited: list[bool] = []
+
+    @manager.task(mode="thread")
+    def noop(i):
+        if i >= 2 and not refilled.is_set() and len(waited) < 2:  # one wait per thread
+            waited.append(refilled.wait(10))
+        return i
+
+    handles = noop.map([(i,) for i in range(40)])
+    worker = fast_worker(manager, "thread", threads=2, prefetch=8)
+    exchange = manager.store.exchange
+
+    def spied(settlements, owner, **kwargs):
+        if kwargs.get("limit", 0) > 0 and worker.waiting:
+            refilled.set()  # a claim while tasks are still held
+        return exchange(settlements, owner, **kwargs)
+
+    monkeypatch.setattr(manager.store, "exchange", spied)
+    worker.run(until_idle=True)
+    assert waited and all(waited), waited
+    assert [h.join(timeout=5) for h in handles] == list(range(40))
+    assert all(manager.store.get(h.id).attempts == 1 for h in handles)
+
+
 def test_the_batch_follows_task_durations(manager):
     worker = Worker(manager, mode="process", prefetch=8)
     assert worker._batch_size() == 1  # noqa: SLF001 - nothing known yet: one at a time
