@@ -14,8 +14,9 @@ back. What a cursor does is kept: the SQL keeps psycopg's placeholders (`%s`,
 `%(name)s`), values are dumped and rows loaded by psycopg's adapters (the connection's
 Transformer), so a value reads and writes as through a cursor, but for one thing: a
 non-empty list goes in binary (`_format`), typed, so a list of str is text[] where a
-cursor leaves it untyped (castor's statements cast each array or compare it with
-text, so the server reads the same values either way); a statement the
+cursor leaves it untyped, and an empty list is typed text[] too (`_types`; castor's
+statements cast each array or compare it with text, so the server reads the same
+values either way); a statement the
 server refused raises psycopg's error for it (the ones after it, skipped by the server
 up to the Sync, raise nothing more); a broken connection raises psycopg.OperationalError.
 With `prepare`, each statement is prepared on the connection in the same write as its
@@ -152,7 +153,7 @@ class Batch:
         pgconn.enter_pipeline_mode()
         for query, values, result in self._queued:
             dumped = tx.dump_sequence(values, [_format(v) for v in values])
-            types, formats = tuple(tx.types or ()), list(tx.formats or ())
+            types, formats = _types(values, tx.types or ()), list(tx.formats or ())
             if prepared is None:
                 pgconn.send_query_params(query, dumped, param_types=types, param_formats=formats)
                 expect.append((result, None))
@@ -193,9 +194,22 @@ def _format(value: Any) -> PyFormat:
     """A list in binary: psycopg's text format quotes each element with a regex search
     (a settle batch of 38: ~500 µs of client CPU in text, ~110 µs in binary; a
     worker's settles and claims send up to nine arrays). The server reads the same
-    array either way. An empty list stays text: its element type is unknown, and the
-    text form '{}' lets the server take the type the statement gives it."""
+    array either way. An empty list has no element to dump in binary: text '{}' (and
+    typed by _types)."""
     return PyFormat.BINARY if type(value) is list and value else PyFormat.AUTO
+
+
+_TEXT_ARRAY = 1009  # text[]'s oid: what psycopg sends a non-empty list of str as, in binary
+
+
+def _types(values: Sequence[Any], types: Sequence[int]) -> tuple[int, ...]:
+    """The parameter types to send. psycopg leaves an empty list untyped ('{}', oid 0),
+    where a non-empty list of str goes as text[]: a statement would then be prepared
+    twice, once per shape (a settle's retried ids are mostly empty). Typed text[], an
+    empty list keeps the statement one prepared form; the statements cast their arrays."""
+    if not any(type(v) is list and not v for v in values):
+        return tuple(types)
+    return tuple(_TEXT_ARRAY if type(v) is list and not v else t for v, t in zip(values, types, strict=True))
 
 
 def _exchange(pgconn: Any) -> list[Any]:

@@ -80,6 +80,18 @@ def test_arrays_read_back_as_through_a_cursor(conn: object) -> None:
     assert any_of.fetchall() == [(True, False)]
 
 
+def test_a_statement_with_an_empty_or_a_full_list_of_text_is_prepared_once(conn: object) -> None:
+    """An empty list is typed text[] like a full one of str (pg_batch._types): one
+    prepared form, whichever comes first (a settle's retried ids are mostly empty)."""
+    sql = "SELECT count(*) FROM unnest(%s::text[]), (SELECT 'x' = ANY(%s)) AS a(found)"
+    for values in ([[], []], [["a", "b"], ["x"]], [[], ["y"]], [["c"], []]):
+        batch = Batch(conn)
+        result = batch.execute(sql, values)
+        batch.run()
+        assert result.fetchall() == [(len(values[0]),)]
+    assert len(ours(conn)) == 1, ours(conn)
+
+
 def test_a_list_of_text_without_a_cast_arrives_typed_text_array(conn: object) -> None:
     """The one difference from a cursor (pg_batch._format): a cursor sends a list of
     str untyped, so `SELECT %s` reads back the text '{x,y}'; the batch sends text[]."""
