@@ -13,6 +13,9 @@ import json
 import logging
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -108,6 +111,31 @@ def install_fast_path(handler: Any) -> None:
     _fast_handler = handler
 
 
+# json.dumps(line, default=repr) builds an encoder per call (~5 µs of the ~12 µs a line
+# took to render); this one is made once, with the same options.
+_encoder = json.JSONEncoder(default=repr)
+# The lines emit() holds back for one write, per thread, inside lines_together().
+_held = threading.local()
+
+
+@contextmanager
+def lines_together() -> Iterator[None]:
+    """Hold the hot-path lines this thread emits in the block and write them in one
+    write at its end (a worker's batch of task ends: one write and flush instead of
+    one per task, ~7 µs each). Lines stay in the order emitted; a line of any other
+    kind (structlog's) goes out at once. Nested blocks write at the outermost end."""
+    if _fast_handler is None or getattr(_held, "lines", None) is not None:
+        yield
+        return
+    _held.lines = []
+    try:
+        yield
+    finally:
+        lines, _held.lines = _held.lines, None
+        if lines:
+            _fast_handler.write_lines(lines)
+
+
 def emit(logger: logging.Logger, levelno: int, event: str, fields: dict[str, Any]) -> None:
     """Log `event` with `fields`, as `get_logger(logger.name).<level>(event, **fields)`
     would, for lines written once per task (a task's end).
@@ -131,4 +159,8 @@ def emit(logger: logging.Logger, levelno: int, event: str, fields: dict[str, Any
     line["timestamp"] = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     line["pid"] = os.getpid()
     line["role"] = _role
-    handler.write_line(levelno, json.dumps(line, default=repr))
+    held = getattr(_held, "lines", None)
+    if held is not None:
+        held.append((levelno, _encoder.encode(line)))
+    else:
+        handler.write_line(levelno, _encoder.encode(line))

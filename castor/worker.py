@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from castor import context, task_log
+from castor import context, logs, task_log
 from castor.context import TaskContext, baked
 from castor.durations import to_seconds
 from castor.errors import (
@@ -389,8 +389,9 @@ class Worker:
             if done.looked:
                 self._looked = (done.next_due,)
             claims = done.claims
-            for settlement, ok in zip(settlements, done.accepted, strict=True):
-                self._settled(settlement, ok)
+            with logs.lines_together():  # the batch's task lines in one write
+                for settlement, ok in zip(settlements, done.accepted, strict=True):
+                    self._settled(settlement, ok)
         else:
             claims = self._claim(limit, now) if limit > 0 else []
         self._hot = bool(claims)

@@ -76,14 +76,20 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, levelno: int, text: str) -> None:
         """Write one rendered line, under the handler's lock like emit()."""
+        self.write_lines([(levelno, text)])
+
+    def write_lines(self, lines: list[tuple[int, str]]) -> None:
+        """Write rendered lines (levelno, text) in one write, under the handler's lock."""
         if self.journal:
-            text = f"<{priority(levelno)}>{text}"
+            text = "".join(f"<{priority(levelno)}>{line}{self.terminator}" for levelno, line in lines)
+        else:
+            text = "".join(line + self.terminator for _, line in lines)
         with self.lock:  # type: ignore[union-attr]
             try:
-                self.stream.write(text + self.terminator)
+                self.stream.write(text)
                 self.flush()
             except Exception:  # noqa: BLE001 - as logging does: a log write never raises
-                self.handleError(logging.makeLogRecord({"msg": text, "levelno": levelno}))
+                self.handleError(logging.makeLogRecord({"msg": text, "levelno": lines[-1][0]}))
 
 
 class LogSink:

@@ -72,7 +72,10 @@ def test_flush_shows_a_partial_line_and_long_lines_are_cut(log_file):
         writer.write(b"bytes")  # type: ignore[arg-type]
 
 
-def test_emit_writes_what_structlog_would(log_file):
+def test_emit_writes_what_structlog_would(log_file, monkeypatch):
+    # castord's handler alone on the root, as in castord (pytest's own set aside): else
+    # emit() takes structlog's path too, and the test would compare it with itself.
+    monkeypatch.setattr(logging.root, "handlers", [logs._fast_handler])  # noqa: SLF001
     structured = logs.get_logger("castor.worker")
     structured.info("task.succeeded", task_id="a", duration_ms=1.5)
     logs.emit(logging.getLogger("castor.worker"), logging.INFO, "task.succeeded", {"task_id": "a", "duration_ms": 1.5})
@@ -80,6 +83,51 @@ def test_emit_writes_what_structlog_would(log_file):
     for event in (slow, fast):
         event.pop("timestamp")
     assert slow == fast
+
+
+def test_lines_together_hold_the_lines_for_one_write_at_the_end(log_file, monkeypatch):
+    """A worker's batch of task ends (castor/worker.py): held, in order, through a
+    nested block and an exception, then one write; the same text as emitted alone."""
+    handler = logs._fast_handler  # noqa: SLF001 - the handler configure() installed
+    monkeypatch.setattr(logging.root, "handlers", [handler])  # as in castord: pytest's own set aside
+    writes: list[str] = []
+    real_write = handler.stream.write
+    monkeypatch.setattr(handler.stream, "write", lambda text: writes.append(text) or real_write(text))
+    worker = logging.getLogger("castor.worker")
+    logs.emit(worker, logging.INFO, "task.succeeded", {"task_id": "alone"})
+    with pytest.raises(RuntimeError), logs.lines_together():
+        for i in range(3):
+            logs.emit(worker, logging.INFO, "task.succeeded", {"task_id": f"t{i}"})
+            with logs.lines_together():  # nested: written at the outer block's end
+                logs.emit(worker, logging.ERROR, "task.failed", {"task_id": f"f{i}"})
+        assert len(writes) == 1 and lines(log_file)[-1]["task_id"] == "alone"  # nothing more yet
+        raise RuntimeError("the block fails: what it held is written all the same")
+    assert len(writes) == 2
+    events = lines(log_file)
+    assert [e["task_id"] for e in events] == ["alone", "t0", "f0", "t1", "f1", "t2", "f2"]
+    assert [e["level"] for e in events[1:3]] == ["info", "error"]
+    alone, held = dict(events[0]), dict(events[1])
+    for event in (alone, held):
+        event.pop("timestamp"), event.pop("task_id")
+    assert alone == held
+
+
+def test_lines_together_on_the_journal_give_each_line_its_priority(log_file, monkeypatch):
+    handler = logs._fast_handler  # noqa: SLF001
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(handler, "journal", True)
+    with logs.lines_together():
+        logs.emit(logging.getLogger("castor.worker"), logging.INFO, "task.succeeded", {"task_id": "a"})
+        logs.emit(logging.getLogger("castor.worker"), logging.ERROR, "task.failed", {"task_id": "b"})
+    first, second = log_file.read_text().splitlines()
+    assert first.startswith(f"<{priority(logging.INFO)}>{{") and second.startswith(f"<{priority(logging.ERROR)}>{{")
+
+
+def test_lines_together_without_castords_handler_changes_nothing(caplog):
+    assert logs._fast_handler is None  # noqa: SLF001 - a client's process
+    with caplog.at_level(logging.INFO, logger="castor.worker"), logs.lines_together():
+        logs.emit(logging.getLogger("castor.worker"), logging.INFO, "task.succeeded", {"task_id": "c"})
+        assert len(caplog.records) == 1  # through structlog, at once
 
 
 def test_emit_respects_levels_and_other_handlers(log_file, tmp_path):
