@@ -166,13 +166,25 @@ def _notifying(server_version: int) -> str:
 # The INSERT runs whether or not the SELECT reads it.
 _WATCH_ROW = ("watch AS (INSERT INTO castor_watches (task_id, watcher, since) "
               "VALUES (%s, %s, extract(epoch FROM clock_timestamp())))")
-_WATCH = f"WITH {_WATCH_ROW} SELECT {_NOT_DURABLE_HERE}"
+# A watch and a settle of its task take one transaction-level advisory lock (castor's
+# class, the id's hash; the two-key space, apart from castor's other advisory locks and
+# any an application takes with one key): the settle from before it looks for watches
+# (_NOTIFY_SETTLED) to its COMMIT, the watch to its own. Without it a watch that committed
+# after the settle looked, and a first look at the task before the settle committed,
+# left the joiner to its 0.5 s re-check (~1 join in 1,000 in compare_pg's latency run).
+# Either the watch waits for the settle's COMMIT (its first look then sees the end), or
+# the settle waits for the watch's (its look for watches then sees it).
+WATCH_LOCK_CLASS = 1667330932  # 'cast' in ASCII, as an int4
+_WATCH_LOCK = f"pg_advisory_xact_lock({WATCH_LOCK_CLASS}, hashtext(%s))"
+_LOCK_WATCHED = (f"SELECT count(pg_advisory_xact_lock({WATCH_LOCK_CLASS}, k)) FROM "
+                 "(SELECT DISTINCT hashtext(id) AS k FROM unnest(%(ids)s::text[]) AS s(id) ORDER BY k) AS keys")
+_WATCH = f"WITH {_WATCH_ROW} SELECT {_NOT_DURABLE_HERE}, {_WATCH_LOCK}"
 # The watches this process's joiners ended are deleted by its next watch, in the same
 # statement (a join then costs the round trips it did before watches had a table).
 _REWATCH = f"""WITH ended AS (DELETE FROM castor_watches
                                WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[]))),
                     {_WATCH_ROW}
-               SELECT {_NOT_DURABLE_HERE}"""
+               SELECT {_NOT_DURABLE_HERE}, {_WATCH_LOCK}"""
 # The watch's first look at the task, in the same round trip.
 _READ_TASK = f"SELECT {_COLUMNS} FROM castor_tasks WHERE id = %s"
 _UNWATCH = "DELETE FROM castor_watches WHERE (task_id, watcher) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
@@ -187,9 +199,9 @@ _FORGET_WATCHES = """DELETE FROM castor_watches w
 # due soon that are pending now (so written by this transaction, as a rule), those of
 # a concurrency-limited task's mode once it is no longer running (its slot is free), and the
 # joiners of these tasks (a refused settle wakes its task's joiners for nothing: they
-# look and wait again). Last, so that a watch begun while the settles ran is seen too;
-# one that commits between this statement and the COMMIT is missed, and its joiner
-# wakes at its 0.5 s re-check. A joiner's notification carries a small success's result
+# look and wait again). Last, so that a watch begun while the settles ran is seen too,
+# and after _LOCK_WATCHED, so that one committing between this statement and the COMMIT
+# cannot be missed (it waits for the COMMIT, then its first look sees the end). A joiner's notification carries a small success's result
 # (pg_wakeup.told_result), so that join returns without reading the row again; base64
 # without line breaks (castord's relay passes topics line by line). Identical
 # notifications of one transaction are sent once (PostgreSQL folds them): no DISTINCT.
@@ -883,10 +895,12 @@ class PostgreSQLStore(Store):
                     # successors this advance released, so the worker that ended a chain's
                     # link takes the next one in the same round trip, as on SQLite.
                     self._advance(batch, [s.task_id for s in members], max(s.finished_at for s in members))
+                ids = [s.task_id for s in settlements]
+                batch.execute(_LOCK_WATCHED, {"ids": ids})  # to the COMMIT: a watch waits for it, or it for a watch
                 batch.execute(_notifying(conn.info.server_version))  # holds to the COMMIT (or the Sync)
                 batch.execute(_NOTIFY_SETTLED, {
                     "channel": self._channel, "work_prefix": work_topic(""), "task_prefix": task_topic(""),
-                    "retried": _retried_soon(settlements), "ids": [s.task_id for s in settlements]})
+                    "retried": _retried_soon(settlements), "ids": ids})
                 # The settles commit before the claim runs, in the same round trip: the
                 # server notifies a joiner before it claims, and no workflow row stays
                 # locked through the claim.
@@ -1757,7 +1771,7 @@ class PostgreSQLStore(Store):
     def watch_task(self, task_id: str) -> Iterator[TaskRecord | None]:
         """Settles of this task notify its topic while someone watches: a row of
         castor_watches says so (committed before the caller looks at the task: a settle
-        that commits after that look sees it; _NOTIFY_SETTLED says when one may not).
+        that commits after that look sees it, _WATCH_LOCK making sure of it).
 
         One round trip: the watch commits without waiting for the WAL flush (a watch
         lost to a server crash went with its joiner's connection), then the task is
@@ -1774,9 +1788,9 @@ class PostgreSQLStore(Store):
                 batch = self._batch(conn)
                 batch.execute("BEGIN")
                 if ended:
-                    batch.execute(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher))
+                    batch.execute(_REWATCH, ([t for t, _ in ended], [w for _, w in ended], task_id, watcher, task_id))
                 else:
-                    batch.execute(_WATCH, (task_id, watcher))
+                    batch.execute(_WATCH, (task_id, watcher, task_id))
                 batch.execute("COMMIT")
                 reading = batch.execute(_READ_TASK, (task_id,))
                 batch.run()
