@@ -174,7 +174,7 @@ _WATCH_ROW = ("watch AS (INSERT INTO castor_watches (task_id, watcher, since) "
 # left the joiner to its 0.5 s re-check (~1 join in 1,000 in compare_pg's latency run).
 # Either the watch waits for the settle's COMMIT (its first look then sees the end), or
 # the settle waits for the watch's (its look for watches then sees it).
-WATCH_LOCK_CLASS = 1667330932  # 'cast' in ASCII, as an int4
+WATCH_LOCK_CLASS = 0x63737477  # 'cstw'; the migrations' lock is pg_schema.LOCK_CLASS, 'cast'
 _WATCH_LOCK = f"pg_advisory_xact_lock({WATCH_LOCK_CLASS}, hashtext(%s))"
 _LOCK_WATCHED = (f"SELECT count(pg_advisory_xact_lock({WATCH_LOCK_CLASS}, k)) FROM "
                  "(SELECT DISTINCT hashtext(id) AS k FROM unnest(%(ids)s::text[]) AS s(id) ORDER BY k) AS keys")
