@@ -711,8 +711,9 @@ class Worker:
         one nudges the claimer, which claims the next batch (with the outcomes written
         so far) while the threads run this one: on a short-task backlog one exchange
         is in flight all the time, instead of one after each batch ran out (8 threads,
-        10,000 no-op tasks on PostgreSQL: ~3,000 -> ~4,000 tasks/s). At most two
-        batches are held. Never with batches of one (long tasks)."""
+        10,000 no-op tasks on PostgreSQL: ~10 % more tasks/s, judged by pairs in
+        docs/benchmarks.md). At most two batches are held. Never with batches of one
+        (long tasks)."""
         size = self._batch_size()
         self._refill_at = size if size > 1 else 0
         self._refill_asked = not records or not self._refill_at
