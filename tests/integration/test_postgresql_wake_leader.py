@@ -7,6 +7,7 @@ a hand-over between threads."""
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -136,6 +137,16 @@ def relayed():
     master.close()
 
 
+def reading(thread: threading.Thread) -> bool:
+    """Whether `thread` is inside the source's read: it leads, the hand-over is done."""
+    frame = sys._current_frames().get(thread.ident or 0)  # noqa: SLF001 - the thread's stack, read-only
+    while frame is not None:
+        if frame.f_code.co_name == "_read":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @pytest.mark.timeout(30)
 def test_a_childs_worker_reads_its_work_line_from_the_relay_itself(relayed):
     master, listener = relayed
@@ -153,6 +164,9 @@ def test_a_childs_worker_reads_its_work_line_from_the_relay_itself(relayed):
     worker.start()
     master.settimeout(LONG)
     assert master.recv(4096) == f"idle {WORK}\n".encode()  # said from inside the wait
+    # "idle" is said before the wait takes the lead: a line sent at once may still be
+    # read by the relay's thread as it hands over (the wake-up the same; CI saw it once).
+    wait_until(lambda: reading(worker), LONG, "the worker to lead")
     master.sendall(f"{WORK}\n".encode())
     worker.join(LONG)
     assert returned and returned[0] != seen
